@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv (once) and install keras_rpat with its test extras, pinned by
+# constraints.txt. A CPU build of torch is installed first so that pip never pulls
+# the multi-GB CUDA wheels; GPU users follow the README instead.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.keras_rpat-installed
+TORCH_CPU ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test test-torch test-tensorflow demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt "$(TORCH_CPU)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	@echo "== keras_rpat tests, KERAS_BACKEND=torch"
+	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
+	@echo "== keras_rpat tests, KERAS_BACKEND=tensorflow"
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)
+
+test-torch: $(STAMP)
+	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
+
+test-tensorflow: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/keras-rpat demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py --smoke
+	$(PY) benchmarks/input_pipeline.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

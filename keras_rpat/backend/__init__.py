@@ -1,0 +1,1 @@
+"""Backend dispatch: the only place that knows which Keras backend is active."""
