@@ -1,1 +1,53 @@
-"""Backend dispatch: the only place that knows which Keras backend is active."""
+"""Backend dispatch: the only place that knows which Keras backend is active.
+
+`keras.ops` has no gradient operator, so each supported backend provides, in its
+own module, the input gradient used by the attacks, a no-gradient context and the
+body of `RPATTrainer.train_step`. Everything else in keras_rpat uses `keras.ops`.
+"""
+
+import importlib
+
+import keras
+
+SUPPORTED_BACKENDS = ("torch", "tensorflow")
+
+
+def get_backend():
+    """Returns the backend module for the active Keras backend.
+
+    Raises:
+        RuntimeError: if Keras runs on a backend keras_rpat does not support.
+    """
+    name = keras.config.backend()
+    if name not in SUPPORTED_BACKENDS:
+        raise RuntimeError(
+            f"keras_rpat supports the Keras backends {SUPPORTED_BACKENDS}; the "
+            f"active backend is {name!r}. Set the environment variable "
+            "KERAS_BACKEND=torch (the default for keras_rpat) or "
+            "KERAS_BACKEND=tensorflow before importing keras or keras_rpat."
+        )
+    return importlib.import_module(f"keras_rpat.backend.{name}")
+
+
+def input_gradient(loss_fn, x):
+    """Returns `(loss, d loss / d x)` for a scalar-valued `loss_fn(x)`.
+
+    Only the gradient with respect to `x` is computed: model weights receive no
+    gradient and no parameter `.grad` is touched.
+    """
+    return get_backend().input_gradient(loss_fn, x)
+
+
+def no_grad():
+    """A context in which forward passes record no gradient."""
+    return get_backend().no_grad()
+
+
+def train_step(trainer, data):
+    """Runs `RPATTrainer.train_step` with the backend's autodiff."""
+    return get_backend().train_step(trainer, data)
+
+
+def assign_moving_average(targets, sources, decay):
+    """`t <- decay * t + (1 - decay) * s` for each pair, in place."""
+    return get_backend().assign_moving_average(targets, sources, decay)

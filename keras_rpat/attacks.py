@@ -1,0 +1,473 @@
+"""Adversarial attacks: `attack(model, x, y) -> x_adv`.
+
+Every attack holds its threat model (`norm`, `epsilon`, `step_size`,
+`num_steps`, `random_start`) and no weights. Input gradients come from
+`keras_rpat.backend`; everything else is `keras.ops`, so an attack can run
+inside a compiled or captured training step (no host synchronisation, no
+Python branch on tensor values).
+
+Three reference implementations are reproduced (REFERENCE §2.1) and selected
+with `style`:
+
+| style | start | step / projection | used by |
+|---|---|---|---|
+| `"advertorch"` | L-inf: `U[-eps, eps]`; L2: `u - x` with `u ~ U[0,1]`, scaled to the ball | L-inf: sign step, clamp to ball, clip to box; L2: `g / max(|g|, 1e-6)`, clip to box, then scale into the ball | Bench PGD-AT, Consistency-AT, evaluation |
+| `"trades"` | `x + 0.001 * N(0, I)`, not clipped | L-inf: sign step, clamp to ball, clip; L2: `g / (|g| + 1e-8)`, renorm into the ball, clip | TRADES (KL loss) and MART (CE loss) |
+| `"sotas"` | L-inf: `U[-eps, eps]`; L2: radius `eps * u`, Gaussian direction; clipped | L-inf: sign step, clamp, clip; L2: `g / (|g| + 1e-10)`, renorm, clip | ReBAT / RPAT++ (with `training=True`) |
+"""
+
+import keras
+from keras import ops
+
+from keras_rpat import backend as rpat_backend
+
+NORMS = ("linf", "l2")
+STYLES = ("advertorch", "trades", "sotas")
+ATTACK_LOSSES = ("ce", "kl")
+
+_NORM_ALIASES = {
+    "linf": "linf",
+    "l_inf": "linf",
+    "inf": "linf",
+    "l-inf": "linf",
+    "l2": "l2",
+    "l_2": "l2",
+    "2": "l2",
+}
+
+
+def parse_epsilon(value, name="epsilon"):
+    """Parses `8/255`, `"8/255"`, `"0.031"` or a float into a float."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                value = float(num) / float(den)
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"`{name}` must be a number or a fraction such as '8/255'. "
+                f"Received: {name}={text!r}"
+            ) from None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a number. Received: {name}={value!r}"
+        ) from None
+
+
+def _canonical_norm(norm):
+    key = str(norm).lower().replace(" ", "")
+    if key not in _NORM_ALIASES:
+        raise ValueError(
+            f"Unknown `norm`: {norm!r}. Expected one of {NORMS} "
+            "('linf' for L-infinity, 'l2' for L2)."
+        )
+    return _NORM_ALIASES[key]
+
+
+def _positive(value, name, allow_zero=False):
+    value = parse_epsilon(value, name)
+    if value != value or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(
+            f"`{name}` must be {bound}. Received: {name}={value}. Pixels are in "
+            "[0, 1], so an L-inf budget of 8 pixel levels is 8/255."
+        )
+    return value
+
+
+def _batch_norms(v):
+    """Per-sample L2 norm, shaped to broadcast against `v`."""
+    axes = tuple(range(1, len(v.shape)))
+    sq = ops.sum(ops.square(v), axis=axes, keepdims=True)
+    return ops.sqrt(sq)
+
+
+def _soft_targets(y, logits):
+    """Integer labels (B,) or soft labels (B, C) -> float targets (B, C)."""
+    num_classes = logits.shape[-1]
+    if len(y.shape) >= 2 and y.shape[-1] == num_classes and y.shape[-1] != 1:
+        return ops.cast(y, logits.dtype)
+    y = ops.reshape(y, (-1,))
+    return ops.one_hot(ops.cast(y, "int32"), num_classes, dtype=logits.dtype)
+
+
+def cross_entropy(y, logits):
+    """Per-sample cross-entropy for integer or soft labels (mixed CE for CutMix)."""
+    targets = _soft_targets(y, logits)
+    return -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
+
+
+def _kl_from_logits(target_logits, logits):
+    """Per-sample `KL(softmax(target) || softmax(logits))` over classes."""
+    log_t = ops.log_softmax(target_logits, axis=-1)
+    return ops.sum(ops.exp(log_t) * (log_t - ops.log_softmax(logits, axis=-1)), axis=-1)
+
+
+def _check_images(x):
+    """Eager-only validation of user-supplied numpy images."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        from keras_rpat.datasets import validate_images
+
+        validate_images(x)
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class Attack:
+    """Base class of attacks: `attack(model, x, y) -> x_adv`.
+
+    Subclasses implement `perturb(model, x, y)`. The returned tensor is a
+    constant (`stop_gradient`). BatchNorm runs in inference mode unless
+    `training=True`; in inference mode the model's BatchNorm statistics are
+    left untouched.
+
+    Args:
+        training: run the model in training mode while attacking (the
+            ReBAT/SOTAs pipeline). Defaults to `False` (inference mode, Bench).
+        schedule: optional `{epoch: {param: value}}`; from that (0-based)
+            epoch on, `RPATTrainer` uses the attack with those parameters
+            replaced (Table 6's stronger adversary:
+            `{100: {"epsilon": 10/255, "num_steps": 12}}`).
+        seed: seed of the attack's random start.
+    """
+
+    def __init__(self, training=False, schedule=None, seed=None):
+        self.training = bool(training)
+        self.seed = seed
+        self.schedule = None
+        self._seed_generator = None
+        self.schedule = self._check_schedule(schedule)
+
+    # -- schedule -----------------------------------------------------------
+    def _check_schedule(self, schedule):
+        if schedule is None:
+            return None
+        if not isinstance(schedule, dict):
+            raise ValueError(
+                "`schedule` must be a dict {epoch: {parameter: value}}. "
+                f"Received: schedule={schedule!r}"
+            )
+        out = {}
+        valid = set(self.get_config())
+        for epoch, overrides in schedule.items():
+            epoch = int(epoch)
+            if epoch < 0 or not isinstance(overrides, dict):
+                raise ValueError(
+                    "`schedule` maps a non-negative epoch to a dict of attack "
+                    f"parameters. Received: {epoch!r}: {overrides!r}"
+                )
+            unknown = set(overrides) - valid - {"schedule"}
+            if unknown:
+                raise ValueError(
+                    f"Unknown attack parameter(s) {sorted(unknown)} in `schedule`. "
+                    f"Valid: {sorted(valid - {'schedule', 'seed'})}"
+                )
+            out[epoch] = dict(overrides)
+        return out
+
+    def at_epoch(self, epoch):
+        """Returns the attack to use at the given 0-based epoch."""
+        if not self.schedule:
+            return self
+        overrides = {}
+        for start in sorted(self.schedule):
+            if epoch >= start:
+                overrides.update(self.schedule[start])
+        if not overrides:
+            return self
+        config = self.get_config()
+        config.update(overrides)
+        config["schedule"] = None
+        attack = self.__class__.from_config(config)
+        attack._seed_generator = self._seed_generator
+        return attack
+
+    # -- randomness ---------------------------------------------------------
+    @property
+    def seed_generator(self):
+        if self._seed_generator is None:
+            self._seed_generator = keras.random.SeedGenerator(self.seed)
+        return self._seed_generator
+
+    def build_state(self):
+        """Creates the random-state variable (outside any traced function)."""
+        return self.seed_generator
+
+    # -- call ---------------------------------------------------------------
+    def __call__(self, model, x, y):
+        _check_images(x)
+        x = ops.convert_to_tensor(x, dtype="float32")
+        y = ops.convert_to_tensor(y)
+        x_adv = self.perturb(model, x, y)
+        return ops.stop_gradient(x_adv)
+
+    def perturb(self, model, x, y):
+        raise NotImplementedError
+
+    def _logits(self, model, x):
+        return model(x, training=self.training)
+
+    def get_config(self):
+        return {"training": self.training, "schedule": self.schedule, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("schedule"):
+            config["schedule"] = {int(k): v for k, v in config["schedule"].items()}
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.__class__.__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class PGD(Attack):
+    """Projected gradient descent in the L-inf or L2 ball, inside [0, 1].
+
+    Args:
+        norm: `"linf"` or `"l2"`.
+        epsilon: radius of the ball (pixel fraction; `8/255` or the string
+            `"8/255"`).
+        step_size: step length. L-inf default `epsilon / 4`.
+        num_steps: number of steps (10 for training, 20 for evaluation).
+        random_start: draw a random start (see `style`); `False` starts at `x`.
+        style: `"advertorch"` (default), `"trades"` or `"sotas"`: the start
+            and projection order of the three reference code bases; see the
+            module docstring.
+        loss: `"ce"` (cross-entropy, mean over the batch) or `"kl"` (the
+            TRADES attack: summed `KL(p(x) || p(x'))` with the clean
+            prediction computed once).
+        training: run BatchNorm in training mode during the attack (ReBAT).
+        schedule: per-epoch parameter overrides (see `Attack`).
+        seed: seed of the random start.
+
+    Example:
+
+    ```python
+    attack = keras_rpat.attacks.PGD("linf", epsilon=8/255, step_size=2/255, num_steps=10)
+    x_adv = attack(model, x, y)
+    ```
+
+    References:
+        - Madry et al., Towards Deep Learning Models Resistant to Adversarial
+          Attacks, ICLR 2018.
+    """
+
+    def __init__(
+        self,
+        norm="linf",
+        epsilon=8 / 255,
+        step_size=None,
+        num_steps=10,
+        random_start=True,
+        style="advertorch",
+        loss="ce",
+        training=False,
+        schedule=None,
+        seed=None,
+    ):
+        self.norm = _canonical_norm(norm)
+        self.epsilon = _positive(epsilon, "epsilon")
+        if step_size is None:
+            step_size = self.epsilon / 4
+        self.step_size = _positive(step_size, "step_size")
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
+            raise ValueError(
+                f"`num_steps` must be a non-negative integer. Received: num_steps={num_steps!r}"
+            )
+        self.num_steps = int(num_steps)
+        self.random_start = bool(random_start)
+        if style not in STYLES:
+            raise ValueError(f"Unknown `style`: {style!r}. Expected one of {STYLES}.")
+        self.style = style
+        if loss not in ATTACK_LOSSES:
+            raise ValueError(f"Unknown attack `loss`: {loss!r}. Expected one of {ATTACK_LOSSES}.")
+        self.loss = loss
+        super().__init__(training=training, schedule=schedule, seed=seed)
+
+    def get_config(self):
+        return {
+            "norm": self.norm,
+            "epsilon": self.epsilon,
+            "step_size": self.step_size,
+            "num_steps": self.num_steps,
+            "random_start": self.random_start,
+            "style": self.style,
+            "loss": self.loss,
+            **super().get_config(),
+        }
+
+    # -- pieces -------------------------------------------------------------
+    def _clip_box(self, x, delta):
+        return ops.clip(x + delta, 0.0, 1.0) - x
+
+    def _renorm(self, delta, floor):
+        # torch.renorm(p=2, dim=0, maxnorm=eps): scale by eps/(|d| + 1e-7) if |d| > eps.
+        norms = _batch_norms(delta)
+        factor = ops.where(norms > self.epsilon, self.epsilon / (norms + floor), 1.0)
+        return delta * factor
+
+    def _init_delta(self, x):
+        shape = ops.shape(x)
+        seed = self.seed_generator
+        if not self.random_start:
+            return ops.zeros_like(x)
+        if self.style == "trades":
+            # x' = x + 0.001 * N(0, I), not clipped (REFERENCE §8 #27).
+            return 0.001 * keras.random.normal(shape, seed=seed, dtype=x.dtype)
+        if self.norm == "linf":
+            delta = keras.random.uniform(
+                shape, minval=-self.epsilon, maxval=self.epsilon, seed=seed, dtype=x.dtype
+            )
+            return self._clip_box(x, delta)
+        if self.style == "advertorch":
+            # delta = u - x, u ~ U[0, 1]; clamp_by_pnorm to eps; clip to box.
+            u = keras.random.uniform(shape, seed=seed, dtype=x.dtype)
+            delta = u - x
+            norms = _batch_norms(delta)
+            delta = delta * ops.minimum(self.epsilon / ops.maximum(norms, 1e-12), 1.0)
+            return self._clip_box(x, delta)
+        # sotas L2: radius eps * u (u ~ U[0,1] per sample), Gaussian direction.
+        g = keras.random.normal(shape, seed=seed, dtype=x.dtype)
+        radius_shape = (shape[0],) + (1,) * (len(x.shape) - 1)
+        u = keras.random.uniform(radius_shape, seed=seed, dtype=x.dtype)
+        delta = self.epsilon * u * g / ops.maximum(_batch_norms(g), 1e-12)
+        return self._clip_box(x, delta)
+
+    def _step(self, x, delta, grad):
+        s = self.step_size
+        if self.norm == "linf":
+            delta = delta + s * ops.sign(grad)
+            if self.style == "trades":
+                x_adv = ops.minimum(ops.maximum(x + delta, x - self.epsilon), x + self.epsilon)
+                return ops.clip(x_adv, 0.0, 1.0) - x
+            delta = ops.clip(delta, -self.epsilon, self.epsilon)
+            return self._clip_box(x, delta)
+        norms = _batch_norms(grad)
+        if self.style == "advertorch":
+            delta = delta + s * grad / ops.maximum(norms, 1e-6)
+            delta = self._clip_box(x, delta)
+            dn = _batch_norms(delta)
+            return delta * ops.minimum(self.epsilon / ops.maximum(dn, 1e-12), 1.0)
+        floor = 1e-8 if self.style == "trades" else 1e-10
+        delta = delta + s * grad / (norms + floor)
+        delta = self._renorm(delta, 1e-7)
+        return self._clip_box(x, delta)
+
+    def perturb(self, model, x, y):
+        if self.loss == "kl":
+            clean_logits = ops.stop_gradient(self._logits(model, x))
+
+            def loss_fn(x_adv):
+                return ops.sum(_kl_from_logits(clean_logits, self._logits(model, x_adv)))
+
+        else:
+
+            def loss_fn(x_adv):
+                return ops.mean(cross_entropy(y, self._logits(model, x_adv)))
+
+        delta = self._init_delta(x)
+        for _ in range(self.num_steps):
+            _, grad = rpat_backend.input_gradient(loss_fn, x + delta)
+            delta = self._step(x, delta, grad)
+        return x + delta
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class FGSM(PGD):
+    """Fast gradient sign method: one L-inf step of size `epsilon` from `x`.
+
+    Args:
+        epsilon: L-inf budget.
+        random_start: start from a uniform point in the ball first (FGSM-RS).
+        training, schedule, seed: see `Attack`.
+
+    References:
+        - Goodfellow et al., Explaining and Harnessing Adversarial Examples,
+          ICLR 2015.
+    """
+
+    def __init__(self, epsilon=8 / 255, random_start=False, training=False, schedule=None, seed=None, **kwargs):
+        kwargs.pop("norm", None)
+        kwargs.pop("num_steps", None)
+        step_size = kwargs.pop("step_size", None)
+        super().__init__(
+            norm="linf",
+            epsilon=epsilon,
+            step_size=epsilon if step_size is None else step_size,
+            num_steps=1,
+            random_start=random_start,
+            training=training,
+            schedule=schedule,
+            seed=seed,
+            **kwargs,
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class RandomNoise(Attack):
+    """Uniform noise `U[-epsilon, epsilon]` per pixel, clipped to [0, 1].
+
+    The perturbation of the random-noise-trained model and of the "Random"
+    test perturbation of Figure 2. Fresh noise every call.
+
+    Args:
+        epsilon: half-width of the uniform noise.
+        training, schedule, seed: see `Attack`.
+    """
+
+    def __init__(self, epsilon=8 / 255, training=False, schedule=None, seed=None):
+        self.epsilon = _positive(epsilon, "epsilon")
+        self.norm = "linf"
+        super().__init__(training=training, schedule=schedule, seed=seed)
+
+    def get_config(self):
+        return {"epsilon": self.epsilon, **super().get_config()}
+
+    def perturb(self, model, x, y):
+        noise = keras.random.uniform(
+            ops.shape(x), minval=-self.epsilon, maxval=self.epsilon, seed=self.seed_generator, dtype=x.dtype
+        )
+        return ops.clip(x + noise, 0.0, 1.0)
+
+
+def TRADESAttack(norm="linf", epsilon=8 / 255, step_size=2 / 255, num_steps=10, **kwargs):
+    """The TRADES inner maximisation: summed KL to the clean prediction.
+
+    `PGD(style="trades", loss="kl")`: start `x + 0.001 N(0, I)`, inference mode.
+    """
+    return PGD(norm, epsilon, step_size, num_steps, style="trades", loss="kl", **kwargs)
+
+
+def MARTAttack(norm="linf", epsilon=8 / 255, step_size=2 / 255, num_steps=10, **kwargs):
+    """The MART inner maximisation: CE from a `x + 0.001 N(0, I)` start."""
+    return PGD(norm, epsilon, step_size, num_steps, style="trades", loss="ce", **kwargs)
+
+
+_ATTACKS = {"pgd": PGD, "fgsm": FGSM, "random_noise": RandomNoise}
+
+
+def get(identifier):
+    """Returns an attack from an instance, `None`, a config dict or a name."""
+    if identifier is None or isinstance(identifier, Attack):
+        return identifier
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    if isinstance(identifier, str) and identifier.lower() in _ATTACKS:
+        return _ATTACKS[identifier.lower()]()
+    raise ValueError(
+        f"Could not interpret attack: {identifier!r}. Pass a "
+        f"keras_rpat.attacks.Attack, None (clean training) or one of {sorted(_ATTACKS)}."
+    )
+
+
+def serialize(attack):
+    return None if attack is None else keras.saving.serialize_keras_object(attack)

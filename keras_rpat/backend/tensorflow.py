@@ -1,0 +1,45 @@
+"""TensorFlow implementations of the backend hooks (see `keras_rpat.backend`)."""
+
+import contextlib
+
+import tensorflow as tf
+
+
+def input_gradient(loss_fn, x):
+    x = tf.stop_gradient(x)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(x)
+        loss = loss_fn(x)
+    grad = tape.gradient(loss, x)
+    return tf.stop_gradient(loss), tf.stop_gradient(grad)
+
+
+def no_grad():
+    # Forward passes outside a GradientTape record nothing; callers also wrap
+    # outputs in `stop_gradient`.
+    return contextlib.nullcontext()
+
+
+def assign_moving_average(targets, sources, decay):
+    for t, s in zip(targets, sources):
+        if isinstance(decay, (int, float)) and decay == 0.0:
+            t.assign(tf.cast(s.value, t.dtype))
+        else:
+            t.assign(decay * t.value + (1.0 - decay) * tf.cast(s.value, t.dtype))
+
+
+def train_step(trainer, data):
+    x, y, sample_weight = trainer._unpack(data)
+    # The attack and the teacher run before the tape opens, so the tape records
+    # only the training forward passes.
+    x_adv, static_views = trainer._pre_gradient_views(x, y)
+    trainable_weights = trainer.trainable_weights
+    with tf.GradientTape() as tape:
+        total, terms, views = trainer._gradient_views_and_losses(
+            x, y, x_adv, static_views, sample_weight
+        )
+        scaled = trainer.optimizer.scale_loss(total)
+    gradients = tape.gradient(scaled, trainable_weights)
+    trainer.optimizer.apply(gradients, trainable_weights)
+    trainer._after_update(x)
+    return trainer._update_metrics(y, total, terms, views, sample_weight)

@@ -1,0 +1,505 @@
+"""`RPATTrainer`: adversarial training with `model.fit`.
+
+The trainer wraps a classifier, runs the attack, computes exactly the views its
+losses declare, each with its own training-mode forward pass in the reference
+order, and applies the update. The train step has one body per backend
+(`keras_rpat/backend/{torch,tensorflow}.py`); everything they call lives here
+and uses `keras.ops` only. Nothing in the step synchronises with the host or
+branches on a tensor value: every choice that depends on the epoch (attack
+schedule, loss start epochs, weight-averaging warm-up) is made between epochs,
+and the train function is rebuilt when it changes.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_rpat import attacks as attacks_lib
+from keras_rpat import backend as rpat_backend
+from keras_rpat import losses as losses_lib
+
+_INPUT_OF_VIEW = {
+    "clean": "x",
+    "clean_kl": "x",
+    "adv": "adv",
+    "interp": "interp",
+    "teacher_clean": "x",
+    "teacher_adv": "adv",
+    "teacher_interp": "teacher_interp",
+}
+
+
+class _Holder:
+    """A plain container Keras does not track (for derived models)."""
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class WeightAveraging:
+    """Weight averaging (EMA) of the online model, the teacher of ReBAT/RPAT++.
+
+    After every optimiser step (and the optional post-step clean forward),
+    `theta_wa <- decay * theta_wa + (1 - decay) * theta` for every variable,
+    BatchNorm moving statistics included, no bias correction. Before
+    `start_epoch` the decay is 0, so the average is an exact copy of the online
+    model (REFERENCE §3.3).
+
+    Args:
+        decay: EMA decay (0.999).
+        start_epoch: first (0-based) epoch with a non-zero decay (105).
+        teacher_training: run the teacher's forward passes in training mode.
+            `False` (default) is inference mode; the reference code uses
+            training mode during epoch 105 only (a quirk, REFERENCE §8 #12).
+        evaluate_average: evaluate (and report) the averaged model in
+            `evaluate()`, as the paper does for ReBAT and RPAT++.
+    """
+
+    def __init__(self, decay=0.999, start_epoch=105, teacher_training=False, evaluate_average=True):
+        decay = float(decay)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"`decay` must be in [0, 1). Received: decay={decay}")
+        if int(start_epoch) != start_epoch or start_epoch < 0:
+            raise ValueError(
+                f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}"
+            )
+        self.decay = decay
+        self.start_epoch = int(start_epoch)
+        self.teacher_training = bool(teacher_training)
+        self.evaluate_average = bool(evaluate_average)
+
+    def decay_at(self, epoch):
+        return self.decay if epoch >= self.start_epoch else 0.0
+
+    def get_config(self):
+        return {
+            "decay": self.decay,
+            "start_epoch": self.start_epoch,
+            "teacher_training": self.teacher_training,
+            "evaluate_average": self.evaluate_average,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class _EpochCallback(keras.callbacks.Callback):
+    """Tells the trainer which epoch starts (for its epoch-dependent phases)."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self._trainer = trainer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._trainer.set_epoch(epoch)
+
+
+def _correct(y, logits):
+    pred = ops.argmax(logits, axis=-1)
+    if len(y.shape) >= 2 and y.shape[-1] == logits.shape[-1] and y.shape[-1] != 1:
+        label = ops.argmax(y, axis=-1)
+    else:
+        label = ops.reshape(y, (-1,))
+    return ops.cast(ops.equal(ops.cast(pred, "int32"), ops.cast(label, "int32")), "float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class RPATTrainer(keras.Model):
+    """Adversarial training of a classifier with any combination of AT losses.
+
+    Args:
+        classifier: a Keras model mapping images in [0, 1] to logits.
+        attack: a `keras_rpat.attacks.Attack` producing `x'`, or `None` for
+            clean training.
+        losses: a list of `keras_rpat.losses.ViewLoss`; the total loss is their
+            weighted sum. RPAT is `RobustPerception()` added to any list.
+        loss_weights: optional list (or dict by loss name) of multipliers.
+        weight_averaging: a `WeightAveraging` (or `True` for the defaults) to
+            keep an EMA teacher; needed by `BoAT` and `RPATPlusPlus`.
+        post_step_clean_forward: after each update, run one training-mode clean
+            forward whose output is unused (it moves the BatchNorm statistics;
+            the ReBAT pipeline does this, REFERENCE §8 #13).
+        track_clean_accuracy: report training clean accuracy; when no loss
+            needs the clean view it costs one inference-mode forward.
+        eval_attack: optional attack used by `evaluate()` (and
+            `validation_data`) to report `adv_acc` next to `clean_acc`.
+        seed: seed of the trainer's own randomness (Beta-sampled `alpha`).
+
+    Example:
+
+    ```python
+    classifier = keras_rpat.models.get("resnet18_bottleneck", num_classes=10)
+    trainer = keras_rpat.RPATTrainer(
+        classifier,
+        attack=keras_rpat.attacks.PGD("linf", 8/255, 2/255, num_steps=10),
+        losses=[keras_rpat.losses.AdversarialCrossEntropy(),
+                keras_rpat.losses.RobustPerception(alpha=0.5)],
+    )
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
+    trainer.fit(train_data, epochs=110)
+    ```
+
+    References:
+        - Wang & Liu, Failure Cases Are Better Learned But Boundary Says Sorry,
+          ICCV 2025.
+    """
+
+    def __init__(
+        self,
+        classifier,
+        attack=None,
+        losses=None,
+        loss_weights=None,
+        weight_averaging=None,
+        post_step_clean_forward=False,
+        track_clean_accuracy=True,
+        eval_attack=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(classifier, keras.Model):
+            raise ValueError(
+                "`classifier` must be a keras.Model mapping images to logits "
+                f"(e.g. keras_rpat.models.get('resnet18')). Received: {type(classifier).__name__}"
+            )
+        self.classifier = classifier
+        self.attack = attacks_lib.get(attack)
+        self.eval_attack = attacks_lib.get(eval_attack)
+        if losses is None:
+            losses = [losses_lib.AdversarialCrossEntropy() if self.attack is not None else losses_lib.CrossEntropy()]
+        if isinstance(losses, losses_lib.ViewLoss):
+            losses = [losses]
+        self.loss_terms = [losses_lib.get(l) for l in losses]
+        if not self.loss_terms:
+            raise ValueError("`losses` must contain at least one keras_rpat.losses.ViewLoss.")
+        names = [l.name for l in self.loss_terms]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"Loss names must be unique (they name the logged terms). Received: {names}. "
+                "Pass `name=` to tell them apart."
+            )
+        self.loss_weights = self._resolve_weights(loss_weights, names)
+        if weight_averaging is True:
+            weight_averaging = WeightAveraging()
+        elif isinstance(weight_averaging, dict):
+            weight_averaging = WeightAveraging(**weight_averaging)
+        self.weight_averaging = weight_averaging or None
+        self.post_step_clean_forward = bool(post_step_clean_forward)
+        self.track_clean_accuracy = bool(track_clean_accuracy)
+        self.seed = seed
+
+        self._check_views()
+        self._num_classes = int(classifier.outputs[0].shape[-1]) if hasattr(classifier, "outputs") and classifier.outputs else None
+        self._aux = _Holder()
+        self._aux.feature_models = {}
+        self.teacher = None
+        if self.weight_averaging is not None:
+            self.teacher = keras.models.clone_model(classifier)
+            self.teacher.set_weights(classifier.get_weights())
+            self.teacher.trainable = False
+            if [tuple(v.shape) for v in self.teacher.weights] != [tuple(v.shape) for v in classifier.weights]:
+                raise ValueError("Could not clone the classifier for weight averaging: variable shapes differ.")
+        self._seed_generator = keras.random.SeedGenerator(seed)
+        for attack in (self.attack, self.eval_attack):
+            if attack is not None:
+                attack.build_state()
+
+        self._total_tracker = keras.metrics.Mean(name="loss")
+        self._term_trackers = [keras.metrics.Mean(name=n) for n in names]
+        self._clean_acc = keras.metrics.Mean(name="clean_acc")
+        self._adv_acc = keras.metrics.Mean(name="adv_acc")
+        self._epoch = 0
+        self._phase = None
+        self._apply_phase(0)
+        self.built = True
+
+    # ------------------------------------------------------------------ setup
+    def _resolve_weights(self, loss_weights, names):
+        if loss_weights is None:
+            return [1.0] * len(names)
+        if isinstance(loss_weights, dict):
+            unknown = set(loss_weights) - set(names)
+            if unknown:
+                raise ValueError(f"`loss_weights` names unknown losses {sorted(unknown)}; the losses are {names}.")
+            return [float(loss_weights.get(n, 1.0)) for n in names]
+        loss_weights = [float(w) for w in loss_weights]
+        if len(loss_weights) != len(names):
+            raise ValueError(
+                f"`loss_weights` must have one entry per loss ({len(names)}). Received {len(loss_weights)}."
+            )
+        return loss_weights
+
+    def _check_views(self):
+        for loss in self.loss_terms:
+            for view in loss.required_views:
+                if view not in losses_lib.ALL_VIEWS:
+                    raise ValueError(
+                        f"Loss {loss.name!r} needs the view {view!r}, which RPATTrainer cannot "
+                        f"produce. Available views: {losses_lib.ALL_VIEWS}."
+                    )
+                if self.attack is None and view not in ("clean", "clean_kl", "teacher_clean"):
+                    raise ValueError(
+                        f"Loss {loss.name!r} needs the view {view!r}, which needs an attack, "
+                        "but attack=None. Pass an attack (e.g. keras_rpat.attacks.PGD()) or use "
+                        "keras_rpat.losses.CrossEntropy() for clean training."
+                    )
+                if view.startswith("teacher_") and self.weight_averaging is None:
+                    raise ValueError(
+                        f"Loss {loss.name!r} needs the weight-averaged teacher (view {view!r}), "
+                        "but weight_averaging=None. Pass weight_averaging=keras_rpat.WeightAveraging()."
+                    )
+                if view in ("interp", "teacher_interp") and not hasattr(loss, "interpolation_alpha"):
+                    raise ValueError(f"Loss {loss.name!r} needs {view!r} but defines no interpolation_alpha().")
+            if loss.proxy != "logits":
+                self._check_proxy(loss.proxy)
+
+    def _check_proxy(self, proxy):
+        try:
+            self.classifier.get_layer(proxy).output  # noqa: B018
+            self.classifier.inputs[0]  # noqa: B018
+        except (ValueError, AttributeError, TypeError, IndexError):
+            raise ValueError(
+                f"The perception proxy {proxy!r} needs a functional classifier with a layer named "
+                f"{proxy!r} (every keras_rpat.models model has one)."
+            ) from None
+
+    def _feature_model(self, proxies):
+        if not proxies:
+            return self.classifier
+        key = tuple(proxies)
+        if key not in self._aux.feature_models:
+            outputs = [self.classifier.outputs[0]] + [self.classifier.get_layer(p).output for p in key]
+            self._aux.feature_models[key] = keras.Model(self.classifier.inputs, outputs)
+        return self._aux.feature_models[key]
+
+    # ------------------------------------------------------------------ phases
+    def set_epoch(self, epoch):
+        """Selects the attack, active losses and EMA decay of a 0-based epoch.
+
+        Called by `fit` at the start of every epoch. If anything changes, the
+        train function is rebuilt (it is traced with static choices).
+        """
+        self._epoch = int(epoch)
+        changed = self._apply_phase(self._epoch)
+        if changed and self.train_function is not None:
+            self.make_train_function(force=True)
+
+    def _apply_phase(self, epoch):
+        attack = self.attack.at_epoch(epoch) if self.attack is not None else None
+        active = tuple(i for i, l in enumerate(self.loss_terms) if epoch >= l.start_epoch)
+        decay = self.weight_averaging.decay_at(epoch) if self.weight_averaging else None
+        phase = (repr(attack), active, decay)
+        if phase == self._phase:
+            return False
+        self._phase = phase
+        self._active_attack = attack
+        self._active = active
+        self._wa_decay = decay
+        order, proxies = [], {}
+        for i in active:
+            loss = self.loss_terms[i]
+            for view in loss.required_views:
+                if view not in order:
+                    order.append(view)
+                if loss.proxy != "logits":
+                    proxies.setdefault(view, [])
+                    if loss.proxy not in proxies[view]:
+                        proxies[view].append(loss.proxy)
+        self._view_order = order
+        self._view_proxies = proxies
+        self._interp_alpha_source = {}
+        for view in ("interp", "teacher_interp"):
+            for i in active:
+                if view in self.loss_terms[i].required_views:
+                    self._interp_alpha_source[view] = self.loss_terms[i]
+                    break
+        return True
+
+    @property
+    def epoch(self):
+        return self._epoch
+
+    # ------------------------------------------------------------------ step
+    def _unpack(self, data):
+        return keras.utils.unpack_x_y_sample_weight(data)
+
+    def _input(self, view, x, x_adv, alphas):
+        kind = _INPUT_OF_VIEW[view]
+        if kind == "x":
+            return x
+        if kind == "adv":
+            return x_adv
+        alpha = alphas[view if kind == "interp" else "teacher_interp"]
+        return x + alpha * (x_adv - x)
+
+    def _pre_gradient_views(self, x, y):
+        """Runs the attack and the no-gradient forwards (teacher, clean eval)."""
+        x = ops.convert_to_tensor(x)
+        x_adv = None
+        if self._active_attack is not None:
+            x_adv = ops.stop_gradient(self._active_attack.perturb(self.classifier, x, y))
+        static = {}
+        alphas = {}
+        for view, loss in self._interp_alpha_source.items():
+            alphas[view] = loss.interpolation_alpha(self._seed_generator)
+            static[f"{view}_alpha"] = alphas[view]
+        static["_alphas"] = alphas
+        teacher_views = [v for v in self._view_order if v.startswith("teacher_")]
+        if teacher_views:
+            training = self.weight_averaging.teacher_training
+            with rpat_backend.no_grad():
+                for view in teacher_views:
+                    logits = self.teacher(self._input(view, x, x_adv, alphas), training=training)
+                    static[view] = ops.stop_gradient(logits)
+        if self.track_clean_accuracy and "clean" not in self._view_order:
+            with rpat_backend.no_grad():
+                static["_clean_eval"] = ops.stop_gradient(self.classifier(x, training=False))
+        return x_adv, static
+
+    def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None):
+        """The training-mode forwards (one per view, in order) and the losses."""
+        alphas = static.pop("_alphas")
+        views = dict(static)
+        for view in self._view_order:
+            if view.startswith("teacher_"):
+                continue
+            inputs = self._input(view, x, x_adv, alphas)
+            proxies = self._view_proxies.get(view, ())
+            outputs = self._feature_model(proxies)(inputs, training=True)
+            if proxies:
+                views[view] = outputs[0]
+                for proxy, feature in zip(proxies, outputs[1:]):
+                    views[f"{view}:{proxy}"] = feature
+            else:
+                views[view] = outputs
+        terms = {}
+        total = None
+        for i in self._active:
+            loss = self.loss_terms[i]
+            value = loss(y, views, sample_weight=sample_weight)
+            terms[i] = value
+            weighted = value * self.loss_weights[i] if self.loss_weights[i] != 1.0 else value
+            total = weighted if total is None else total + weighted
+        return total, terms, views
+
+    def _after_update(self, x):
+        if self.post_step_clean_forward:
+            with rpat_backend.no_grad():
+                self.classifier(x, training=True)
+        if self.teacher is not None:
+            rpat_backend.assign_moving_average(self.teacher.weights, self.classifier.weights, self._wa_decay)
+
+    def _update_metrics(self, y, total, terms, views, sample_weight=None):
+        self._total_tracker.update_state(total)
+        for i, value in terms.items():
+            self._term_trackers[i].update_state(value)
+        if "adv" in views:
+            self._adv_acc.update_state(_correct(y, views["adv"]))
+        clean = views.get("clean", views.get("_clean_eval"))
+        if clean is not None:
+            self._clean_acc.update_state(_correct(y, clean))
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        return rpat_backend.train_step(self, data)
+
+    def test_step(self, data):
+        x, y, sample_weight = self._unpack(data)
+        model = self.evaluation_model
+        logits = model(x, training=False)
+        self._total_tracker.update_state(ops.mean(attacks_lib.cross_entropy(y, logits)))
+        self._clean_acc.update_state(_correct(y, logits))
+        logs = {"loss": self._total_tracker.result(), "clean_acc": self._clean_acc.result()}
+        if self.eval_attack is not None:
+            x_adv = self.eval_attack.perturb(model, ops.convert_to_tensor(x), y)
+            self._adv_acc.update_state(_correct(y, model(ops.stop_gradient(x_adv), training=False)))
+            logs["adv_acc"] = self._adv_acc.result()
+        return logs
+
+    @property
+    def evaluation_model(self):
+        """The model `evaluate()` reports: the WA teacher if configured, else the classifier."""
+        if self.teacher is not None and self.weight_averaging.evaluate_average:
+            return self.teacher
+        return self.classifier
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self._total_tracker, *self._term_trackers, self._clean_acc, self._adv_acc]
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validate_inputs=True, **kwargs):
+        """`keras.Model.fit`, plus input validation and epoch tracking.
+
+        Args:
+            validate_inputs: check the first batch (or the arrays) for pixels
+                outside [0, 1], integer images and out-of-range labels before
+                training. Checking happens on the host, outside the train step.
+            Others: as `keras.Model.fit`.
+        """
+        if self.optimizer is None:
+            raise ValueError(
+                "Call `trainer.compile(optimizer=...)` before `fit`, e.g. "
+                "trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))."
+            )
+        if validate_inputs:
+            self.validate_data(x, y)
+        callbacks = list(callbacks or [])
+        callbacks.append(_EpochCallback(self))
+        return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
+
+    def validate_data(self, x, y=None):
+        """Checks images and labels (arrays, or the first batch of a PyDataset)."""
+        if isinstance(x, keras.utils.PyDataset):
+            if len(x) == 0:
+                raise ValueError("The training dataset is empty.")
+            batch = x[0]
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        if x is None or not isinstance(x, np.ndarray):
+            return
+        from keras_rpat.datasets import validate_images, validate_labels
+
+        validate_images(x)
+        if y is None:
+            return
+        y = np.asarray(y)
+        num_classes = self._num_classes
+        if y.ndim == 2 and num_classes is not None and y.shape[1] == num_classes and y.shape[1] > 1:
+            if not np.issubdtype(y.dtype, np.floating) or y.min() < 0 or not np.allclose(y.sum(1), 1.0, atol=1e-3):
+                raise ValueError(
+                    "Soft labels of shape (N, num_classes) must be float probabilities summing to 1 per row."
+                )
+        elif num_classes is not None:
+            validate_labels(y, num_classes)
+        if len(y) != len(x):
+            raise ValueError(f"Images and labels differ in length: {len(x)} images, {len(y)} labels.")
+
+    # ------------------------------------------------------------------ config
+    def get_config(self):
+        ser = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "classifier": ser(self.classifier),
+            "attack": attacks_lib.serialize(self.attack),
+            "losses": [ser(l) for l in self.loss_terms],
+            "loss_weights": list(self.loss_weights),
+            "weight_averaging": None if self.weight_averaging is None else ser(self.weight_averaging),
+            "post_step_clean_forward": self.post_step_clean_forward,
+            "track_clean_accuracy": self.track_clean_accuracy,
+            "eval_attack": attacks_lib.serialize(self.eval_attack),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        de = keras.saving.deserialize_keras_object
+        config["classifier"] = de(config["classifier"], custom_objects=custom_objects)
+        for key in ("attack", "eval_attack", "weight_averaging"):
+            if config.get(key) is not None:
+                config[key] = de(config[key], custom_objects=custom_objects)
+        config["losses"] = [de(l, custom_objects=custom_objects) for l in config["losses"]]
+        return cls(**config)
