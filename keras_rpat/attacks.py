@@ -322,23 +322,21 @@ class PGD(Attack):
             return ops.zeros_like(x)
         if self.style == "trades":
             # x' = x + 0.001 * N(0, I), not clipped (REFERENCE §8 #27).
-            return 0.001 * keras.random.normal(shape, seed=seed, dtype=x.dtype)
+            return 0.001 * rpat_backend.random_normal(shape, dtype=x.dtype, seed=seed)
         if self.norm == "linf":
-            delta = keras.random.uniform(
-                shape, minval=-self.epsilon, maxval=self.epsilon, seed=seed, dtype=x.dtype
-            )
+            delta = rpat_backend.random_uniform(shape, -self.epsilon, self.epsilon, x.dtype, seed)
             return self._clip_box(x, delta)
         if self.style == "advertorch":
             # delta = u - x, u ~ U[0, 1]; clamp_by_pnorm to eps; clip to box.
-            u = keras.random.uniform(shape, seed=seed, dtype=x.dtype)
+            u = rpat_backend.random_uniform(shape, 0.0, 1.0, x.dtype, seed)
             delta = u - x
             norms = _batch_norms(delta)
             delta = delta * ops.minimum(self.epsilon / ops.maximum(norms, 1e-12), 1.0)
             return self._clip_box(x, delta)
         # sotas L2: radius eps * u (u ~ U[0,1] per sample), Gaussian direction.
-        g = keras.random.normal(shape, seed=seed, dtype=x.dtype)
+        g = rpat_backend.random_normal(shape, dtype=x.dtype, seed=seed)
         radius_shape = (shape[0],) + (1,) * (len(x.shape) - 1)
-        u = keras.random.uniform(radius_shape, seed=seed, dtype=x.dtype)
+        u = rpat_backend.random_uniform(radius_shape, 0.0, 1.0, x.dtype, seed)
         delta = self.epsilon * u * g / ops.maximum(_batch_norms(g), 1e-12)
         return self._clip_box(x, delta)
 
@@ -433,8 +431,8 @@ class RandomNoise(Attack):
         return {"epsilon": self.epsilon, **super().get_config()}
 
     def perturb(self, model, x, y):
-        noise = keras.random.uniform(
-            ops.shape(x), minval=-self.epsilon, maxval=self.epsilon, seed=self.seed_generator, dtype=x.dtype
+        noise = rpat_backend.random_uniform(
+            ops.shape(x), -self.epsilon, self.epsilon, x.dtype, self.seed_generator
         )
         return ops.clip(x + noise, 0.0, 1.0)
 

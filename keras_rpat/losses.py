@@ -28,6 +28,7 @@ References:
 import keras
 from keras import ops
 
+from keras_rpat import backend as rpat_backend
 from keras_rpat.attacks import cross_entropy
 
 DISTANCES = ("mse", "kl", "js", "cosine")
@@ -389,7 +390,7 @@ class RobustPerception(ViewLoss):
         """The `alpha` of this batch (a Python float or a scalar tensor)."""
         if self.alpha_sampling == "fixed":
             return self.alpha
-        b = keras.random.beta((), 0.75, 0.75, seed=seed_generator)
+        b = rpat_backend.random_beta(0.75, 0.75, seed=seed_generator)
         near = ops.maximum(b, 1.0 - b)
         return near if self.alpha_sampling == "beta-" else 1.0 - near
 

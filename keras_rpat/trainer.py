@@ -321,7 +321,12 @@ class RPATTrainer(keras.Model):
 
     # ------------------------------------------------------------------ step
     def _unpack(self, data):
-        return keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = ops.convert_to_tensor(x, dtype="float32")
+        y = ops.convert_to_tensor(y)
+        if sample_weight is not None:
+            sample_weight = ops.convert_to_tensor(sample_weight)
+        return x, y, sample_weight
 
     def _input(self, view, x, x_adv, alphas):
         kind = _INPUT_OF_VIEW[view]
@@ -334,7 +339,6 @@ class RPATTrainer(keras.Model):
 
     def _pre_gradient_views(self, x, y):
         """Runs the attack and the no-gradient forwards (teacher, clean eval)."""
-        x = ops.convert_to_tensor(x)
         x_adv = None
         if self._active_attack is not None:
             x_adv = ops.stop_gradient(self._active_attack.perturb(self.classifier, x, y))
@@ -440,7 +444,7 @@ class RPATTrainer(keras.Model):
                 training. Checking happens on the host, outside the train step.
             Others: as `keras.Model.fit`.
         """
-        if self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:
             raise ValueError(
                 "Call `trainer.compile(optimizer=...)` before `fit`, e.g. "
                 "trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))."

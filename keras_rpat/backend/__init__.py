@@ -51,3 +51,24 @@ def train_step(trainer, data):
 def assign_moving_average(targets, sources, decay):
     """`t <- decay * t + (1 - decay) * s` for each pair, in place."""
     return get_backend().assign_moving_average(targets, sources, decay)
+
+
+def random_uniform(shape, minval=0.0, maxval=1.0, dtype="float32", seed=None):
+    """Uniform random numbers drawn on the device, without host synchronisation.
+
+    `seed` is a `keras.random.SeedGenerator`. On torch the numbers come from a
+    device-side `torch.Generator` seeded once from it (Keras' own torch random
+    ops re-seed from a host integer on every call, a device-to-host sync that
+    also breaks CUDA-graph capture).
+    """
+    return get_backend().random_uniform(shape, minval, maxval, dtype, seed)
+
+
+def random_normal(shape, mean=0.0, stddev=1.0, dtype="float32", seed=None):
+    """Gaussian random numbers drawn on the device (see `random_uniform`)."""
+    return get_backend().random_normal(shape, mean, stddev, dtype, seed)
+
+
+def random_beta(concentration1, concentration0, dtype="float32", seed=None):
+    """One Beta(c1, c0) sample as a scalar tensor (see `random_uniform`)."""
+    return get_backend().random_beta(concentration1, concentration0, dtype, seed)

@@ -43,3 +43,21 @@ def train_step(trainer, data):
     trainer.optimizer.apply(gradients, trainable_weights)
     trainer._after_update(x)
     return trainer._update_metrics(y, total, terms, views, sample_weight)
+
+
+def random_uniform(shape, minval, maxval, dtype, seed):
+    import keras
+
+    return keras.random.uniform(shape, minval=minval, maxval=maxval, dtype=dtype, seed=seed)
+
+
+def random_normal(shape, mean, stddev, dtype, seed):
+    import keras
+
+    return keras.random.normal(shape, mean=mean, stddev=stddev, dtype=dtype, seed=seed)
+
+
+def random_beta(concentration1, concentration0, dtype, seed):
+    import keras
+
+    return keras.random.beta((), concentration1, concentration0, dtype=dtype, seed=seed)

@@ -1,6 +1,14 @@
 """PyTorch implementations of the backend hooks (see `keras_rpat.backend`)."""
 
+import random as _py_random
+import weakref
+
 import torch
+from keras.src.backend.torch.core import get_device
+from keras.src.backend.torch.core import to_torch_dtype
+
+# One device-side generator per (SeedGenerator, device), seeded once.
+_GENERATORS = weakref.WeakKeyDictionary()
 
 
 def input_gradient(loss_fn, x):
@@ -43,3 +51,48 @@ def train_step(trainer, data):
         trainer.optimizer.apply(gradients, trainable_weights)
         trainer._after_update(x)
     return trainer._update_metrics(y, total, terms, views, sample_weight)
+
+
+def _generator(seed, device):
+    if seed is None:
+        return None
+    per_device = _GENERATORS.setdefault(seed, {})
+    key = str(device)
+    if key not in per_device:
+        initial = getattr(seed, "_initial_seed", None)
+        if initial is None:
+            initial = _py_random.randrange(2**31)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(initial))
+        per_device[key] = generator
+    return per_device[key]
+
+
+def _shape(shape):
+    return tuple(int(s) for s in shape)
+
+
+def random_uniform(shape, minval, maxval, dtype, seed):
+    device = get_device()
+    dtype = to_torch_dtype(dtype)
+    u = torch.rand(_shape(shape), generator=_generator(seed, device), dtype=dtype, device=device)
+    return u * (maxval - minval) + minval
+
+
+def random_normal(shape, mean, stddev, dtype, seed):
+    device = get_device()
+    dtype = to_torch_dtype(dtype)
+    n = torch.randn(_shape(shape), generator=_generator(seed, device), dtype=dtype, device=device)
+    return n * stddev + mean
+
+
+def random_beta(concentration1, concentration0, dtype, seed):
+    # Beta(a, b) = Ga / (Ga + Gb) with unit-scale Gamma draws on the device.
+    device = get_device()
+    dtype = to_torch_dtype(dtype)
+    generator = _generator(seed, device)
+    a = torch.full((1,), float(concentration1), dtype=dtype, device=device)
+    b = torch.full((1,), float(concentration0), dtype=dtype, device=device)
+    ga = torch._standard_gamma(a, generator=generator)
+    gb = torch._standard_gamma(b, generator=generator)
+    return (ga / (ga + gb)).reshape(())

@@ -1,0 +1,267 @@
+"""Named presets: the paper's methods with their hyper-parameters, as data.
+
+`keras_rpat.presets.get("trades+rpat", norm="l2")` returns a `Preset`: the
+attack, the losses, weight averaging, the data pipeline and the optimisation
+schedule of REFERENCE §3 and Appendix A. `preset.build_trainer(classifier)` and
+`preset.optimizer(steps_per_epoch)` turn it into objects.
+
+| preset | attack | losses | pipeline |
+|---|---|---|---|
+| `clean` | none | CE on `x` | Bench |
+| `random_noise` | `U[-eps, eps]` | CE on `x + noise` | Bench |
+| `pgd_at` | PGD-10 (advertorch) | CE on `x'` | Bench |
+| `trades` | TRADES KL attack | TRADES (beta 6) | Bench |
+| `mart` | MART CE attack | MART (beta 6) | Bench |
+| `consistency_at` | PGD-10 on two views | CE + JS (lambda 1, T 0.5) | Bench, two views |
+| `<any above>+rpat` | same | + RobustPerception(alpha 0.5, lambda 1) | same |
+| `rebat` | PGD-10 (SOTAs, training mode) | CE + BoAT (beta 1 from epoch 105), WA 0.999 | SOTAs |
+| `rpat_plus_plus` | as ReBAT | CE + RPAT++ (beta 1 from epoch 105), WA 0.999 | SOTAs |
+
+Budgets: L-inf epsilon 8/255, step 2/255; L2 epsilon 128/255, step 32/255 (the
+paper; REFERENCE §8 #7: `l2_step_size=15/255` gives the upstream convention).
+"""
+
+import copy
+import dataclasses
+from typing import Optional
+
+from keras_rpat import attacks as attacks_lib
+from keras_rpat import losses as losses_lib
+
+BASE_METHODS = ("clean", "random_noise", "pgd_at", "trades", "mart", "consistency_at")
+SOTA_METHODS = ("rebat", "rpat_plus_plus")
+
+_ALIASES = {
+    "pgdat": "pgd_at",
+    "pgd": "pgd_at",
+    "consistency": "consistency_at",
+    "consistencyat": "consistency_at",
+    "cons_at": "consistency_at",
+    "rpat++": "rpat_plus_plus",
+    "rpatplusplus": "rpat_plus_plus",
+    "rpat_pp": "rpat_plus_plus",
+    "ce": "clean",
+    "random": "random_noise",
+    "wa": "wa",
+}
+
+BUDGETS = {
+    "linf": {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10},
+    "l2": {"epsilon": 128 / 255, "step_size": 32 / 255, "num_steps": 10},
+}
+
+
+def list_presets():
+    """All preset names."""
+    names = []
+    for m in BASE_METHODS:
+        names.append(m)
+        if m not in ("clean", "random_noise"):
+            names.append(m + "+rpat")
+    return names + list(SOTA_METHODS) + ["wa"]
+
+
+def canonical_name(name):
+    key = str(name).strip().lower().replace("-", "_").replace(" ", "")
+    rpat = False
+    for suffix in ("+rpat", "_rpat"):
+        if key.endswith(suffix) and key not in ("rpat_pp",):
+            key, rpat = key[: -len(suffix)], True
+    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", ""), key))
+    full = key + ("+rpat" if rpat else "")
+    if full not in list_presets():
+        raise ValueError(f"Unknown preset: {name!r}. Valid presets: {', '.join(list_presets())}.")
+    return full
+
+
+@dataclasses.dataclass
+class Preset:
+    """A method's full configuration. See the module docstring for the table.
+
+    Attributes:
+        name: canonical preset name.
+        attack: the training attack (or `None`).
+        losses: list of `keras_rpat.losses.ViewLoss`.
+        weight_averaging: a `WeightAveraging` or `None`.
+        post_step_clean_forward: the ReBAT pipeline's extra clean forward.
+        pipeline: `"bench"` (zero padding, no normalisation) or `"sotas"`
+            (reflect padding, CIFAR-10 mean/std inside the model).
+        two_view: Consistency-AT's two augmented views per image.
+        epochs: the paper's schedule length (110 Bench, 200 SOTAs).
+        schedule: `"multistep"` (x0.1 per epoch at milestones) or
+            `"piecewise"` (per-iteration division by `lr_factor`).
+        milestones: learning-rate milestones (epochs).
+        lr_factor: divisor of the piecewise schedule (1.5).
+        learning_rate, momentum, weight_decay: SGD settings.
+        norm: `"linf"` or `"l2"`.
+        arch: the paper's default architecture for this method.
+        normalize: input normalisation inside the model (`"cifar10"` or None).
+    """
+
+    name: str
+    attack: Optional[attacks_lib.Attack]
+    losses: list
+    weight_averaging: object = None
+    post_step_clean_forward: bool = False
+    pipeline: str = "bench"
+    two_view: bool = False
+    epochs: int = 110
+    schedule: str = "multistep"
+    milestones: tuple = (100, 105)
+    lr_factor: float = 1.5
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    norm: str = "linf"
+    arch: str = "resnet18_bottleneck"
+    normalize: Optional[str] = None
+
+    # -- builders -----------------------------------------------------------
+    def build_trainer(self, classifier, **overrides):
+        """Returns an `RPATTrainer` for `classifier` (not compiled)."""
+        from keras_rpat.trainer import RPATTrainer
+
+        kwargs = dict(
+            attack=copy.deepcopy(self.attack),
+            losses=[l.__class__.from_config(l.get_config()) for l in self.losses],
+            weight_averaging=copy.deepcopy(self.weight_averaging),
+            post_step_clean_forward=self.post_step_clean_forward,
+        )
+        kwargs.update(overrides)
+        return RPATTrainer(classifier, **kwargs)
+
+    def learning_rate_schedule(self, steps_per_epoch):
+        from keras_rpat import optimizers
+
+        if self.schedule == "piecewise":
+            return optimizers.PiecewiseDecay(
+                self.learning_rate, steps_per_epoch, milestones=self.milestones, factor=self.lr_factor
+            )
+        return optimizers.MultiStepDecay(self.learning_rate, self.milestones, steps_per_epoch, gamma=0.1)
+
+    def optimizer(self, steps_per_epoch):
+        """Torch-style SGD with this preset's schedule."""
+        from keras_rpat import optimizers
+
+        return optimizers.SGD(
+            self.learning_rate_schedule(steps_per_epoch),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+
+    def with_epochs(self, epochs):
+        """The same preset on a shorter (or longer) schedule.
+
+        Learning-rate milestones, the weight-averaging start, loss start epochs
+        and attack schedule epochs scale by `epochs / self.epochs` (rounded,
+        kept inside the run).
+        """
+        epochs = int(epochs)
+        if epochs <= 0:
+            raise ValueError(f"`epochs` must be a positive integer. Received: epochs={epochs}")
+        if epochs == self.epochs:
+            return copy.deepcopy(self)
+
+        def scale(e):
+            return min(max(int(round(e * epochs / self.epochs)), 0), max(epochs - 1, 0))
+
+        new = copy.deepcopy(self)
+        new.epochs = epochs
+        new.milestones = tuple(scale(m) for m in self.milestones)
+        if new.weight_averaging is not None:
+            new.weight_averaging.start_epoch = scale(new.weight_averaging.start_epoch)
+        for loss in new.losses:
+            if loss.start_epoch:
+                loss.start_epoch = scale(loss.start_epoch)
+        if new.attack is not None and new.attack.schedule:
+            new.attack.schedule = {scale(k): v for k, v in new.attack.schedule.items()}
+        return new
+
+    def describe(self):
+        """A one-line human description."""
+        attack = "none" if self.attack is None else repr(self.attack)
+        losses = " + ".join(f"{l.__class__.__name__}" for l in self.losses)
+        return f"{self.name}: attack={attack}; losses={losses}; {self.epochs} epochs, {self.schedule} LR"
+
+
+def _attack(kind, norm, style, training, l2_step_size):
+    b = dict(BUDGETS[norm])
+    if norm == "l2" and l2_step_size is not None:
+        b["step_size"] = attacks_lib.parse_epsilon(l2_step_size, "l2_step_size")
+    if kind == "trades":
+        return attacks_lib.TRADESAttack(norm, **b)
+    if kind == "mart":
+        return attacks_lib.MARTAttack(norm, **b)
+    return attacks_lib.PGD(norm, style=style, training=training, **b)
+
+
+def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
+    """Returns the `Preset` for a method.
+
+    Args:
+        name: one of `list_presets()` (e.g. `"pgd_at"`, `"trades+rpat"`,
+            `"rebat"`, `"rpat_plus_plus"`).
+        norm: `"linf"` (8/255, step 2/255) or `"l2"` (128/255, step 32/255).
+        l2_step_size: override the L2 step (e.g. `15/255`, the upstream
+            convention).
+        stronger_attack: Table 6's "$": from epoch 100 on, epsilon 10/255 and
+            12 steps (L-inf, SOTAs methods).
+
+    Example:
+
+    ```python
+    preset = keras_rpat.presets.get("pgd_at+rpat")
+    trainer = preset.build_trainer(keras_rpat.models.get(preset.arch))
+    trainer.compile(optimizer=preset.optimizer(steps_per_epoch=391))
+    ```
+    """
+    from keras_rpat.trainer import WeightAveraging
+
+    full = canonical_name(name)
+    norm = attacks_lib._canonical_norm(norm)
+    rpat = full.endswith("+rpat")
+    method = full[: -len("+rpat")] if rpat else full
+    if method in ("clean", "random_noise"):
+        attack = None if method == "clean" else attacks_lib.RandomNoise(BUDGETS["linf"]["epsilon"])
+        view = "clean" if method == "clean" else "adv"
+        preset = Preset(full, attack, [losses_lib.CrossEntropy(view=view, name="ce")], norm=norm)
+    elif method in ("pgd_at", "trades", "mart", "consistency_at"):
+        attack = _attack(method, norm, "advertorch", False, l2_step_size)
+        losses = {
+            "pgd_at": lambda: [losses_lib.AdversarialCrossEntropy()],
+            "trades": lambda: [losses_lib.TRADES(beta=6.0)],
+            "mart": lambda: [losses_lib.MART(beta=6.0)],
+            "consistency_at": lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.Consistency(1.0, 0.5)],
+        }[method]()
+        if rpat:
+            losses.append(losses_lib.RobustPerception(alpha=0.5, weight=1.0))
+        preset = Preset(full, attack, losses, two_view=method == "consistency_at", norm=norm)
+    else:  # rebat, rpat_plus_plus, wa
+        attack = _attack("pgd", norm, "sotas", True, l2_step_size)
+        if stronger_attack:
+            if norm != "linf":
+                raise ValueError("`stronger_attack` is defined for the L-inf threat model only (Table 6).")
+            attack.schedule = {100: {"epsilon": 10 / 255, "num_steps": 12}}
+        losses = [losses_lib.AdversarialCrossEntropy()]
+        if method == "rebat":
+            losses.append(losses_lib.BoAT(beta=1.0, start_epoch=105))
+        elif method == "rpat_plus_plus":
+            losses.append(losses_lib.RPATPlusPlus(beta=1.0, alpha=0.5, start_epoch=105))
+        preset = Preset(
+            full,
+            attack,
+            losses,
+            weight_averaging=WeightAveraging(decay=0.999, start_epoch=105),
+            post_step_clean_forward=True,
+            pipeline="sotas",
+            epochs=200,
+            schedule="piecewise",
+            milestones=(100, 150),
+            lr_factor=1.5,
+            norm=norm,
+            arch="preact_resnet18",
+            normalize="cifar10",
+        )
+    if stronger_attack and method not in SOTA_METHODS:
+        raise ValueError("`stronger_attack` applies to the ReBAT and RPAT++ presets (Table 6).")
+    return preset

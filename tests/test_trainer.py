@@ -1,0 +1,426 @@
+"""RPATTrainer: reference parity, cross-backend agreement, phases, errors."""
+
+import os
+import subprocess
+import sys
+
+import keras_rpat  # noqa: F401  (sets the default backend)
+
+import keras
+import numpy as np
+import pytest
+
+from keras_rpat import attacks, layers, losses, models, optimizers, presets
+from keras_rpat.trainer import RPATTrainer, WeightAveraging
+
+BACKEND = keras.config.backend()
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def tiny_classifier(num_classes=3, seed=0, channels=4):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = layers.BatchNorm(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.GlobalAveragePooling2D(name="penultimate")(h)
+    out = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, out)
+
+
+def batch(n=16, num_classes=3, seed=0, size=8):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, size, size, 3)).astype("float32")
+    y = rng.integers(0, num_classes, size=(n,)).astype("int64")
+    return x, y
+
+
+def np_(t):
+    return keras.ops.convert_to_numpy(t)
+
+
+# --------------------------------------------------------------------------
+# View planning
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, order",
+    [
+        ("pgd_at", ["adv"]),
+        ("pgd_at+rpat", ["adv", "interp", "clean"]),
+        ("trades", ["clean", "adv", "clean_kl"]),
+        ("trades+rpat", ["clean", "adv", "clean_kl", "interp"]),
+        ("mart", ["clean", "adv"]),
+        ("mart+rpat", ["clean", "adv", "interp"]),
+        ("consistency_at+rpat", ["adv", "interp", "clean"]),
+        ("clean", ["clean"]),
+    ],
+)
+def test_forward_order_follows_reference(method, order):
+    trainer = presets.get(method).build_trainer(tiny_classifier())
+    assert trainer._view_order == order
+
+
+def test_teacher_views_only_from_start_epoch():
+    trainer = presets.get("rpat_plus_plus").build_trainer(tiny_classifier())
+    assert trainer._view_order == ["adv"]
+    assert trainer._wa_decay == 0.0
+    trainer.set_epoch(105)
+    assert trainer._view_order == ["adv", "teacher_clean", "teacher_interp"]
+    assert trainer._wa_decay == pytest.approx(0.999)
+
+
+# --------------------------------------------------------------------------
+# Plain-PyTorch reference parity (torch backend)
+# --------------------------------------------------------------------------
+@pytest.mark.skipif(BACKEND != "torch", reason="compares against a torch module in-process")
+def test_two_steps_match_plain_pytorch_reference():
+    import torch
+    import torch.nn.functional as F
+
+    classifier = tiny_classifier(channels=5)
+    # Non-trivial BN state.
+    classifier(batch(16, seed=3)[0], training=True)
+    eps, step, steps, r = 8 / 255, 2 / 255, 3, 0.5
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(5)
+            self.fc = torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = F.relu(self.bn(self.conv(x)))
+            return self.fc(h.mean((2, 3)))
+
+    net = Net().double()
+    kw = {w.path.split("/")[-2] + "/" + w.path.split("/")[-1]: np_(w) for w in classifier.weights}
+    with torch.no_grad():
+        net.conv.weight.copy_(torch.tensor(kw["conv/kernel"]).permute(3, 2, 0, 1))
+        net.bn.weight.copy_(torch.tensor(kw["bn/gamma"]))
+        net.bn.bias.copy_(torch.tensor(kw["bn/beta"]))
+        net.bn.running_mean.copy_(torch.tensor(kw["bn/moving_mean"]))
+        net.bn.running_var.copy_(torch.tensor(kw["bn/moving_variance"]))
+        net.fc.weight.copy_(torch.tensor(kw["logits/kernel"]).T)
+        net.fc.bias.copy_(torch.tensor(kw["logits/bias"]))
+    net = net.float()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def reference_step(x, y):
+        # advertorch PGD (L-inf, start at x), eval-mode BN.
+        net.eval()
+        delta = torch.zeros_like(x)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(net(x + delta), y)
+            (g,) = torch.autograd.grad(loss, [delta])
+            delta = delta.detach() + step * g.sign()
+            delta = delta.clamp(-eps, eps)
+            delta = (x + delta).clamp(0, 1) - x
+        x_adv = (x + delta).detach()
+        net.train()  # adv_train_ra.py: z(x'), z(x~), z(x), each its own forward
+        z_adv = net(x_adv)
+        z_int = net(r * x + (1 - r) * x_adv)
+        z_cln = net(x)
+        loss = F.cross_entropy(z_adv, y) + 1.0 * F.mse_loss(z_int, r * z_cln + (1 - r) * z_adv)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    trainer = RPATTrainer(
+        classifier,
+        attack=attacks.PGD("linf", eps, step, steps, random_start=False),
+        losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(alpha=0.5, weight=1.0)],
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
+    for seed in (11, 12):
+        x, y = batch(16, seed=seed)
+        ref = reference_step(torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y))
+        logs = trainer.train_on_batch(x, y, return_dict=True)
+        assert float(logs["loss"]) == pytest.approx(ref, rel=1e-5)
+    kw = {w.path.split("/")[-2] + "/" + w.path.split("/")[-1]: np_(w) for w in classifier.weights}
+    pairs = [
+        (kw["conv/kernel"], net.conv.weight.detach().permute(2, 3, 1, 0)),
+        (kw["bn/gamma"], net.bn.weight),
+        (kw["bn/beta"], net.bn.bias),
+        (kw["bn/moving_mean"], net.bn.running_mean),
+        (kw["bn/moving_variance"], net.bn.running_var),
+        (kw["logits/kernel"], net.fc.weight.detach().T),
+        (kw["logits/bias"], net.fc.bias),
+    ]
+    for ours, theirs in pairs:
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# torch and tensorflow agree
+# --------------------------------------------------------------------------
+def test_torch_and_tensorflow_agree_on_one_step(tmp_path):
+    other = "tensorflow" if BACKEND == "torch" else "torch"
+    script = os.path.join(HERE, "cross_backend_step.py")
+    here_out, other_out = tmp_path / "here.npz", tmp_path / "other.npz"
+    env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, script, str(other_out)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, HERE)
+    try:
+        import cross_backend_step
+    finally:
+        sys.path.remove(HERE)
+    cross_backend_step.main(str(here_out))
+    a, b = np.load(here_out), np.load(other_out)
+    assert str(a["backend"]) == BACKEND and str(b["backend"]) == other
+    keys = [k for k in a.files if k != "backend"]
+    assert {k.split("/")[0] for k in keys} == set(cross_backend_step.METHODS)
+    for key in keys:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+# --------------------------------------------------------------------------
+# fit for every preset
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", presets.list_presets())
+def test_fit_runs_for_every_preset(name):
+    preset = presets.get(name).with_epochs(2)
+    preset.attack and setattr(preset.attack, "num_steps", 2)
+    classifier = models.get("small_cnn", num_classes=3, input_shape=(8, 8, 3), widths=(4, 4, 4))
+    trainer = preset.build_trainer(classifier)
+    trainer.compile(optimizer=preset.optimizer(steps_per_epoch=2))
+    x, y = batch(16)
+    history = trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert np.isfinite(logs["loss"])
+    for loss in trainer.loss_terms:
+        assert loss.name in logs
+    if preset.attack is not None:
+        assert "adv_acc" in logs
+    assert 0.0 <= logs["clean_acc"] <= 1.0
+
+
+def test_every_loss_term_is_active_in_its_epoch():
+    preset = presets.get("rebat").with_epochs(2)
+    assert preset.weight_averaging.start_epoch == 1 and preset.losses[1].start_epoch == 1
+    trainer = preset.build_trainer(tiny_classifier())
+    trainer.attack.num_steps = 1
+    trainer.compile(optimizer=optimizers.SGD(0.05))
+    x, y = batch(16)
+    history = trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    boat = history.history["boat"]
+    assert boat[0] == 0.0 and boat[1] > 0.0
+
+
+# --------------------------------------------------------------------------
+# Weight averaging
+# --------------------------------------------------------------------------
+def test_weight_average_is_copy_before_start_and_ema_after():
+    classifier = tiny_classifier()
+    trainer = RPATTrainer(
+        classifier,
+        attack=attacks.PGD(num_steps=1),
+        losses=[losses.AdversarialCrossEntropy()],
+        weight_averaging=WeightAveraging(decay=0.9, start_epoch=1),
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    x, y = batch(8)
+    trainer.train_on_batch(x, y)
+    for t, s in zip(trainer.teacher.weights, classifier.weights):
+        np.testing.assert_array_equal(np_(t), np_(s))
+    trainer.set_epoch(1)
+    before_t = [np_(w) for w in trainer.teacher.weights]
+    trainer.train_on_batch(x, y)
+    after_s = [np_(w) for w in classifier.weights]
+    for t, bt, s in zip(trainer.teacher.weights, before_t, after_s):
+        np.testing.assert_allclose(np_(t), 0.9 * bt + 0.1 * s, rtol=1e-5, atol=1e-7)
+    assert trainer.evaluation_model is trainer.teacher
+
+
+def test_post_step_clean_forward_moves_bn_statistics_only():
+    def run(flag):
+        classifier = tiny_classifier()
+        trainer = RPATTrainer(classifier, attack=attacks.PGD(num_steps=1, random_start=False), post_step_clean_forward=flag)
+        trainer.compile(optimizer=optimizers.SGD(0.1))
+        trainer.train_on_batch(*batch(8))
+        return {w.path: np_(w) for w in classifier.weights}
+
+    a, b = run(False), run(True)
+    for path in a:
+        if "moving" in path:
+            assert not np.allclose(a[path], b[path])
+        else:
+            np.testing.assert_allclose(a[path], b[path], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Capturable step: no host synchronisation, no branch on tensor values
+# --------------------------------------------------------------------------
+@pytest.mark.skipif(BACKEND != "torch", reason="tensorflow traces the step as a graph already")
+@pytest.mark.parametrize("method", ["pgd_at+rpat", "trades+rpat", "mart+rpat", "rpat_plus_plus", "rebat"])
+def test_train_step_makes_no_host_sync(method, monkeypatch):
+    import torch
+
+    preset = presets.get(method)
+    preset.attack.num_steps = 2
+    if preset.weight_averaging is not None:
+        preset.weight_averaging.start_epoch = 0
+        for loss in preset.losses:
+            loss.start_epoch = 0
+    trainer = preset.build_trainer(tiny_classifier())
+    trainer.compile(optimizer=optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
+    x, y = batch(8)
+    data = (keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y))
+    trainer.train_step(data)  # warm-up: builds optimizer state
+
+    def forbidden(name):
+        def fail(self, *args, **kwargs):
+            raise AssertionError(f"host synchronisation in the train step: Tensor.{name}")
+
+        return fail
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    trainer.train_step(data)
+
+
+# --------------------------------------------------------------------------
+# CutMix, saving, schedules
+# --------------------------------------------------------------------------
+def test_soft_labels_give_the_mixed_cross_entropy():
+    classifier = tiny_classifier()
+    x, y = batch(8)
+    y2 = np.roll(y, 1)
+    lam = 0.3
+    soft = (lam * np.eye(3)[y] + (1 - lam) * np.eye(3)[y2]).astype("float32")
+    trainer = RPATTrainer(classifier, attack=attacks.RandomNoise(1e-6), losses=[losses.AdversarialCrossEntropy()])
+    trainer.compile(optimizer=optimizers.SGD(0.0))
+    logs = trainer.test_on_batch(x, soft, return_dict=True)
+    logits = np_(classifier(x, training=False))
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -(lam * logp[np.arange(8), y] + (1 - lam) * logp[np.arange(8), y2]).mean()
+    assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
+    trainer.fit(x, soft, batch_size=8, epochs=1, verbose=0)
+
+
+def test_keras_file_round_trip(tmp_path):
+    preset = presets.get("rpat_plus_plus")
+    classifier = models.get("small_cnn", num_classes=3, input_shape=(8, 8, 3), widths=(4, 4, 4), normalize="cifar10")
+    trainer = preset.build_trainer(classifier, eval_attack=attacks.PGD(num_steps=1))
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    x, y = batch(8)
+    trainer.train_on_batch(x, y)
+    path = tmp_path / "trainer.keras"
+    trainer.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, RPATTrainer)
+    assert loaded.get_config()["losses"] == trainer.get_config()["losses"]
+    assert repr(loaded.attack) == repr(trainer.attack)
+    np.testing.assert_allclose(np_(loaded.predict(x, verbose=0)), np_(trainer.predict(x, verbose=0)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np_(loaded.teacher(x, training=False)), np_(trainer.teacher(x, training=False)), rtol=1e-5
+    )
+    classifier_path = tmp_path / "classifier.keras"
+    trainer.classifier.save(classifier_path)
+    again = keras.saving.load_model(classifier_path)
+    np.testing.assert_allclose(np_(again(x)), np_(classifier(x)), rtol=1e-5)
+
+
+def test_attack_schedule_switches_attack_between_epochs():
+    attack = attacks.PGD("linf", 8 / 255, 2 / 255, 1, schedule={1: {"epsilon": 10 / 255, "num_steps": 2}})
+    trainer = RPATTrainer(tiny_classifier(), attack=attack)
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    x, y = batch(8)
+    trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert trainer._active_attack.epsilon == pytest.approx(8 / 255)
+    trainer.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0)
+    assert trainer._active_attack.epsilon == pytest.approx(10 / 255)
+    assert trainer._active_attack.num_steps == 2
+
+
+def test_evaluate_reports_clean_and_adversarial_accuracy():
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1), eval_attack=attacks.PGD(num_steps=2))
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    x, y = batch(16)
+    logs = trainer.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert set(logs) >= {"loss", "clean_acc", "adv_acc"}
+    assert logs["adv_acc"] <= logs["clean_acc"] + 1e-6
+
+
+# --------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------
+def compiled_trainer(**kwargs):
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1), **kwargs)
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    return trainer
+
+
+def test_pixels_outside_unit_range_are_rejected():
+    x, y = batch(8)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        compiled_trainer().fit(x * 255.0, y, epochs=1, verbose=0)
+
+
+def test_integer_images_are_rejected():
+    x, y = batch(8)
+    with pytest.raises(ValueError, match="255"):
+        compiled_trainer().fit((x * 255).astype("uint8"), y, epochs=1, verbose=0)
+
+
+def test_labels_out_of_range_are_rejected():
+    x, y = batch(8)
+    with pytest.raises(ValueError, match="num_classes|range"):
+        compiled_trainer().fit(x, y + 3, epochs=1, verbose=0)
+
+
+def test_fit_requires_compile():
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1))
+    with pytest.raises(ValueError, match="compile"):
+        trainer.fit(*batch(8), epochs=1, verbose=0)
+
+
+def test_loss_needing_an_attack_without_one():
+    with pytest.raises(ValueError, match="needs an attack"):
+        RPATTrainer(tiny_classifier(), attack=None, losses=[losses.AdversarialCrossEntropy()])
+
+
+def test_teacher_loss_without_weight_averaging():
+    with pytest.raises(ValueError, match="WeightAveraging"):
+        RPATTrainer(tiny_classifier(), attack=attacks.PGD(), losses=[losses.AdversarialCrossEntropy(), losses.BoAT()])
+
+
+def test_feature_proxy_needs_named_layer():
+    inputs = keras.Input((8, 8, 3))
+    out = keras.layers.Dense(3)(keras.layers.Flatten()(inputs))
+    with pytest.raises(ValueError, match="third_to_last"):
+        RPATTrainer(
+            keras.Model(inputs, out),
+            attack=attacks.PGD(),
+            losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(proxy="third_to_last")],
+        )
+
+
+def test_feature_proxy_trains():
+    classifier = models.get("small_cnn", num_classes=3, input_shape=(8, 8, 3), widths=(4, 4, 4))
+    for proxy in ("penultimate", "third_to_last"):
+        trainer = RPATTrainer(
+            classifier,
+            attack=attacks.PGD(num_steps=1),
+            losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(proxy=proxy)],
+        )
+        trainer.compile(optimizer=optimizers.SGD(0.1))
+        logs = trainer.train_on_batch(*batch(8), return_dict=True)
+        assert np.isfinite(logs["rpat"]) and logs["rpat"] > 0
+
+
+def test_duplicate_loss_names_and_bad_weights():
+    with pytest.raises(ValueError, match="unique"):
+        RPATTrainer(tiny_classifier(), attack=attacks.PGD(), losses=[losses.AdversarialCrossEntropy()] * 2)
+    with pytest.raises(ValueError, match="one entry per loss"):
+        RPATTrainer(tiny_classifier(), attack=attacks.PGD(), loss_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="keras.Model"):
+        RPATTrainer(lambda x: x, attack=attacks.PGD())
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ValueError, match="pgd_at"):
+        presets.get("pgd_att")
