@@ -1,0 +1,814 @@
+"""Tests for keras_rpat.models and keras_rpat.layers.
+
+Parameter counts are the ones of REFERENCE.md section 5.5. Numerical parity is
+checked against plain PyTorch modules written here from the specification
+(REFERENCE.md sections 5.1-5.4), with the Keras weights copied into them.
+"""
+
+import ast
+import pathlib
+
+import keras_rpat  # noqa: F401  (sets the default backend before keras)
+
+import keras
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from keras_rpat import layers as rpat_layers
+from keras_rpat import models
+
+# Keras' torch backend converts tensors with `np.array(tensor)`, which NumPy 2
+# reports for torch tensors; it is not about this code.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword"
+    ":DeprecationWarning"
+)
+
+# ----------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------
+
+
+def _count(weights):
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _rel_err(actual, expected):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = max(np.max(np.abs(expected)), 1e-12)
+    return float(np.max(np.abs(actual - expected)) / scale)
+
+
+def _randomize_batchnorm(model, seed=0):
+    """Non-trivial BN parameters and statistics, so inference mode is tested."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, rpat_layers.BatchNorm):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c).astype("float32"),
+                    rng.normal(0.0, 0.1, c).astype("float32"),
+                    rng.normal(0.0, 0.1, c).astype("float32"),
+                    rng.uniform(0.5, 1.5, c).astype("float32"),
+                ]
+            )
+
+
+def _bn_state(model):
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()[2:]]
+        for layer in model.layers
+        if isinstance(layer, rpat_layers.BatchNorm)
+    }
+
+
+def _set_bn_state(model, state):
+    for name, (mean, var) in state.items():
+        layer = model.get_layer(name)
+        gamma, beta = layer.get_weights()[:2]
+        layer.set_weights([gamma, beta, mean, var])
+
+
+# ----------------------------------------------------------------------------
+# Parameter counts (REFERENCE.md section 5.5)
+# ----------------------------------------------------------------------------
+
+PARAM_COUNTS = {
+    # name: ({num_classes: trainable}, BN buffers)
+    "resnet18_bottleneck": (
+        {10: 13_958_986, 100: 14_143_396, 200: 14_348_296},
+        30_848,
+    ),
+    "preact_resnet18": ({10: 11_172_170, 100: 11_218_340, 200: 11_269_640}, 7_808),
+    "wide_resnet34_10": (
+        {10: 46_160_474, 100: 46_218_164, 200: 46_282_264},
+        22_432,
+    ),
+    "wide_resnet28_10": (
+        {10: 36_479_194, 100: 36_536_884, 200: 36_600_984},
+        17_952,
+    ),
+    "resnet18": ({10: 11_173_962, 100: 11_220_132, 200: 11_271_432}, 9_600),
+}
+
+PENULTIMATE_DIM = {
+    "resnet18": 512,
+    "resnet18_bottleneck": 2048,
+    "preact_resnet18": 512,
+    "wide_resnet34_10": 640,
+    "wide_resnet28_10": 640,
+}
+# Stage before the last one on a 32x32 input: (height, width, channels).
+THIRD_TO_LAST_MAP = {
+    "resnet18": (8, 8, 256),
+    "resnet18_bottleneck": (8, 8, 1024),
+    "preact_resnet18": (8, 8, 256),
+    "wide_resnet34_10": (16, 16, 320),
+    "wide_resnet28_10": (16, 16, 320),
+}
+
+
+@pytest.mark.parametrize("num_classes", [10, 100, 200])
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_parameter_counts(name, num_classes):
+    trainable, buffers = PARAM_COUNTS[name]
+    model = models.get(name, num_classes=num_classes)
+    assert model.name == name
+    assert _count(model.trainable_weights) == trainable[num_classes]
+    assert _count(model.non_trainable_weights) == buffers
+    assert model.count_params() == trainable[num_classes] + buffers
+    # The feature layers exist, with the documented shapes.
+    assert model.get_layer("logits").output.shape == (None, num_classes)
+    assert model.get_layer("penultimate").output.shape == (
+        None,
+        PENULTIMATE_DIM[name],
+    )
+    assert model.get_layer("third_to_last").output.shape == (
+        None,
+        int(np.prod(THIRD_TO_LAST_MAP[name])),
+    )
+    # Convolutions are bias-free, the classifier has one.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            assert not layer.use_bias
+    assert model.get_layer("logits").use_bias
+
+
+def test_small_cnn_is_small():
+    model = models.get("small_cnn")
+    assert _count(model.trainable_weights) == 6_418
+    assert model.get_layer("penultimate").output.shape == (None, 32)
+    assert model.get_layer("third_to_last").output.shape == (None, 16 * 16 * 16)
+
+
+def test_stem_stride_two_on_tiny_imagenet():
+    model = models.get(
+        "resnet18_bottleneck",
+        num_classes=200,
+        input_shape=(64, 64, 3),
+        data_format="channels_last",
+        stem_stride=2,
+    )
+    trainable, buffers = PARAM_COUNTS["resnet18_bottleneck"]
+    assert _count(model.trainable_weights) == trainable[200]
+    assert _count(model.non_trainable_weights) == buffers
+    # 64 -> 32 after the stem, so the maps are the CIFAR ones.
+    assert model.get_layer("third_to_last").output.shape == (None, 8 * 8 * 1024)
+    assert model.output.shape == (None, 200)
+
+
+# ----------------------------------------------------------------------------
+# Registry and argument validation
+# ----------------------------------------------------------------------------
+
+
+def test_list_models():
+    assert models.list_models() == [
+        "preact_resnet18",
+        "resnet18",
+        "resnet18_bottleneck",
+        "small_cnn",
+        "wide_resnet28_10",
+        "wide_resnet34_10",
+    ]
+
+
+@pytest.mark.parametrize(
+    "alias, canonical",
+    [
+        ("preactresnet18", "preact_resnet18"),
+        ("PreActResNet-18", "preact_resnet18"),
+        ("wrn34_10", "wide_resnet34_10"),
+        ("WRN-34-10", "wide_resnet34_10"),
+        ("wrn28_10", "wide_resnet28_10"),
+        ("wideresnet28_10", "wide_resnet28_10"),
+        ("ResNet18", "resnet18"),
+        ("resnet18-bottleneck", "resnet18_bottleneck"),
+        ("small-cnn", "small_cnn"),
+    ],
+)
+def test_aliases(alias, canonical):
+    assert models.canonical_name(alias) == canonical
+
+
+def test_get_passes_options():
+    model = models.get(
+        "SmallCNN", num_classes=3, widths=(2, 3, 4), normalize=None
+    )
+    assert model.name == "small_cnn"
+    assert model.get_layer("penultimate").output.shape == (None, 4)
+    assert model.output.shape == (None, 3)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="Unknown model name") as info:
+        models.get("resnet1000")
+    for name in models.list_models():
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.5, "10", True])
+def test_bad_num_classes(num_classes):
+    with pytest.raises(ValueError, match="`num_classes` must be a positive"):
+        models.get("small_cnn", num_classes=num_classes)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"stem_stride": 0}, "`stem_stride`"),
+        ({"data_format": "NHWC"}, "`data_format`"),
+        ({"input_shape": (32, 32)}, "`input_shape`"),
+        ({"input_shape": (None, None, 3)}, "`input_shape`"),
+        ({"normalize": "imagenet"}, "`normalize`"),
+        ({"normalize": (0.5,)}, "`normalize`"),
+        ({"widths": (8, 16)}, "`widths`"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.get("small_cnn", **kwargs)
+
+
+def test_bad_wide_resnet_depth():
+    with pytest.raises(ValueError, match="`depth`"):
+        models.wide_resnet(depth=12, widen_factor=1)
+    with pytest.raises(ValueError, match="`widen_factor`"):
+        models.wide_resnet(depth=10, widen_factor=0)
+
+
+def test_normalize_needs_matching_channels():
+    with pytest.raises(ValueError, match="3 channel statistics"):
+        models.get("small_cnn", input_shape=(32, 32, 1), normalize="cifar10")
+
+
+# ----------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------
+
+
+def test_input_normalization():
+    mean = np.array(rpat_layers.CIFAR10_MEAN, "float32")
+    std = np.array(rpat_layers.CIFAR10_STD, "float32")
+    x = np.random.default_rng(0).uniform(size=(2, 5, 4, 3)).astype("float32")
+
+    layer = rpat_layers.InputNormalization(data_format="channels_last")
+    np.testing.assert_allclose(_np(layer(x)), (x - mean) / std, rtol=1e-6)
+    assert layer.weights == []
+
+    layer = rpat_layers.InputNormalization(data_format="channels_first")
+    x_cf = x.transpose(0, 3, 1, 2)
+    expected = (x_cf - mean[:, None, None]) / std[:, None, None]
+    np.testing.assert_allclose(_np(layer(x_cf)), expected, rtol=1e-6)
+
+    custom = rpat_layers.InputNormalization(mean=0.5, std=0.25)
+    np.testing.assert_allclose(_np(custom(x)), (x - 0.5) / 0.25, rtol=1e-6)
+
+    config = layer.get_config()
+    clone = rpat_layers.InputNormalization.from_config(config)
+    assert clone.mean == layer.mean and clone.std == layer.std
+    assert clone.data_format == "channels_first"
+
+    with pytest.raises(ValueError, match="`std` must be > 0"):
+        rpat_layers.InputNormalization(std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="same length"):
+        rpat_layers.InputNormalization(mean=(0.1, 0.2), std=(0.2, 0.2, 0.2))
+
+
+def test_normalize_adds_no_weights():
+    plain = models.get("small_cnn")
+    normalized = models.get("small_cnn", normalize="cifar10")
+    custom = models.get("small_cnn", normalize=((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)))
+    assert normalized.layers[1].name == "input_normalization"
+    assert isinstance(normalized.layers[1], rpat_layers.InputNormalization)
+    assert custom.get_layer("input_normalization").std == (0.2, 0.2, 0.2)
+    assert normalized.count_params() == plain.count_params()
+    assert custom.count_params() == plain.count_params()
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_batchnorm_matches_torch_formulas(axis):
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 3.0, size=(4, 3, 5, 6)).astype("float32")
+    layer = rpat_layers.BatchNorm(axis=axis)
+    assert layer.momentum == 0.9 and layer.epsilon == 1e-5
+    layer.build(x.shape)
+    channels = x.shape[axis]
+    gamma = rng.uniform(0.5, 1.5, channels).astype("float32")
+    beta = rng.normal(size=channels).astype("float32")
+    layer.set_weights(
+        [gamma, beta, np.zeros(channels, "float32"), np.ones(channels, "float32")]
+    )
+    out = _np(layer(x, training=True))
+
+    reduce = tuple(a for a in range(4) if a != axis % 4)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    x64 = x.astype("float64")
+    mean = x64.mean(axis=reduce)
+    var = x64.var(axis=reduce)
+    n = x.size // channels
+    expected = (x64 - mean.reshape(shape)) / np.sqrt(
+        var.reshape(shape) + 1e-5
+    ) * gamma.reshape(shape) + beta.reshape(shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    moving_mean, moving_var = layer.get_weights()[2:]
+    np.testing.assert_allclose(moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        moving_var, 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5
+    )
+
+    # Same numbers as torch.nn.BatchNorm2d (channels are axis 1 there).
+    bn = torch.nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.copy_(torch.from_numpy(beta))
+    x_t = torch.from_numpy(np.moveaxis(x, axis, 1).copy())
+    ref = np.moveaxis(bn(x_t).detach().numpy(), 1, axis)
+    assert _rel_err(out, ref) < 1e-5
+    assert _rel_err(moving_mean, bn.running_mean.numpy()) < 1e-5
+    assert _rel_err(moving_var, bn.running_var.numpy()) < 1e-5
+
+    # Inference uses the moving statistics.
+    out = _np(layer(x, training=False))
+    bn.eval()
+    assert _rel_err(out, np.moveaxis(bn(x_t).detach().numpy(), 1, axis)) < 1e-5
+
+
+def test_batchnorm_config_and_unsupported_options():
+    layer = rpat_layers.BatchNorm(axis=1, momentum=0.8, name="bn")
+    config = layer.get_config()
+    assert config["momentum"] == 0.8 and config["epsilon"] == 1e-5
+    clone = rpat_layers.BatchNorm.from_config(config)
+    assert isinstance(clone, rpat_layers.BatchNorm)
+    assert (clone.axis, clone.momentum, clone.epsilon) == (1, 0.8, 1e-5)
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert isinstance(restored, rpat_layers.BatchNorm)
+
+    with pytest.raises(ValueError, match="renormalization"):
+        rpat_layers.BatchNorm(renorm=True)
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match="masking"):
+        rpat_layers.BatchNorm()(x, training=True, mask=np.ones((2,), bool))
+
+
+def test_initializers():
+    kernel = _np(rpat_layers.torch_kernel_initializer(seed=1)((3, 3, 64, 128)))
+    bound = 1.0 / np.sqrt(3 * 3 * 64)
+    assert np.abs(kernel).max() <= bound
+    assert abs(kernel.std() - bound / np.sqrt(3)) < 0.02 * bound
+
+    bias_init = rpat_layers.TorchBiasUniform(512, seed=2)
+    bias = _np(bias_init((1000,)))
+    assert np.abs(bias).max() <= 1 / np.sqrt(512)
+    assert bias.std() > 0.5 / np.sqrt(3 * 512)
+    config = bias_init.get_config()
+    assert config["fan_in"] == 512 and "minval" not in config
+    clone = keras.initializers.deserialize(
+        keras.initializers.serialize(bias_init)
+    )
+    assert isinstance(clone, rpat_layers.TorchBiasUniform)
+    assert clone.fan_in == 512 and clone.maxval == bias_init.maxval
+    with pytest.raises(ValueError, match="`fan_in`"):
+        rpat_layers.TorchBiasUniform(0)
+
+    wrn = _np(rpat_layers.kaiming_normal_fan_out(seed=3)((3, 3, 64, 128)))
+    assert abs(wrn.std() - np.sqrt(2.0 / (9 * 128))) < 0.02 * np.sqrt(
+        2.0 / (9 * 128)
+    )
+    assert abs(wrn.mean()) < 0.01
+
+
+def test_model_initialisation():
+    resnet = models.get("small_cnn")
+    bias = resnet.get_layer("logits").bias
+    assert 0 < np.abs(_np(bias)).max() <= 1 / np.sqrt(32)
+    wrn = models.wide_resnet(depth=10, widen_factor=1, num_classes=5)
+    assert np.all(_np(wrn.get_layer("logits").bias) == 0)
+    kernel = _np(wrn.get_layer("block2_layer_0_conv1").kernel)  # 3x3, 16->32
+    assert abs(kernel.std() - np.sqrt(2 / (9 * 32))) < 0.15 * np.sqrt(2 / (9 * 32))
+
+
+def test_no_backend_imports_in_library_modules():
+    root = pathlib.Path(models.__file__).parent
+    for filename in ("layers.py", "models.py"):
+        tree = ast.parse((root / filename).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("torch", "tensorflow"), filename
+
+
+# ----------------------------------------------------------------------------
+# PyTorch reference modules (written from REFERENCE.md section 5)
+# ----------------------------------------------------------------------------
+
+
+def _conv3x3(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+class TorchBasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class TorchBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != 4 * planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, 4 * planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(4 * planes),
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class TorchPreActBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class TorchResNet(nn.Module):
+    """Bench ResNet (stem BN, no final BN) or SOTAs PreActResNet (the reverse)."""
+
+    def __init__(self, block, num_classes, preact=False):
+        super().__init__()
+        self.preact = preact
+        self.conv1 = _conv3x3(3, 64)
+        if not preact:
+            self.bn1 = nn.BatchNorm2d(64)
+        self.in_planes = 64
+        self.layer1 = self._make_layer(block, 64, 1)
+        self.layer2 = self._make_layer(block, 128, 2)
+        self.layer3 = self._make_layer(block, 256, 2)
+        self.layer4 = self._make_layer(block, 512, 2)
+        if preact:
+            self.bn = nn.BatchNorm2d(512 * block.expansion)
+        self.linear = nn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, stride):
+        layers = []
+        for s in (stride, 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        if not self.preact:
+            out = F.relu(self.bn1(out))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if self.preact:
+            out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+class TorchWideBasic(nn.Module):
+    def __init__(self, in_planes, out_planes, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = _conv3x3(in_planes, out_planes, stride)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = _conv3x3(out_planes, out_planes)
+        self.equal_in_out = in_planes == out_planes
+        if not self.equal_in_out:
+            self.convShortcut = nn.Conv2d(
+                in_planes, out_planes, 1, stride=stride, bias=False
+            )
+
+    def forward(self, x):
+        if not self.equal_in_out:
+            x = F.relu(self.bn1(x))
+            out = self.conv1(x)
+            shortcut = self.convShortcut(x)
+        else:
+            out = self.conv1(F.relu(self.bn1(x)))
+            shortcut = x
+        out = self.conv2(F.relu(self.bn2(out)))
+        return shortcut + out
+
+
+class TorchNetworkBlock(nn.Module):
+    def __init__(self, n, in_planes, out_planes, stride):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                TorchWideBasic(
+                    in_planes if i == 0 else out_planes,
+                    out_planes,
+                    stride if i == 0 else 1,
+                )
+                for i in range(n)
+            ]
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class TorchWideResNet(nn.Module):
+    def __init__(self, depth, widen_factor, num_classes):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = _conv3x3(3, widths[0])
+        self.block1 = TorchNetworkBlock(n, widths[0], widths[1], 1)
+        self.block2 = TorchNetworkBlock(n, widths[1], widths[2], 2)
+        self.block3 = TorchNetworkBlock(n, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x):
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.relu(self.bn1(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+def _copy_keras_to_torch(kmodel, tmodel):
+    """Copies every Keras weight into the module of the same (dotted) name."""
+    copied = set()
+    with torch.no_grad():
+        for name, module in tmodel.named_modules():
+            if not isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+                continue
+            kname = "logits" if name in ("linear", "fc") else name.replace(".", "_")
+            layer = kmodel.get_layer(kname)
+            weights = [torch.from_numpy(w) for w in layer.get_weights()]
+            if isinstance(module, nn.Conv2d):
+                (kernel,) = weights
+                module.weight.copy_(kernel.permute(3, 2, 0, 1))  # HWIO -> OIHW
+            elif isinstance(module, nn.BatchNorm2d):
+                gamma, beta, mean, var = weights
+                module.weight.copy_(gamma)
+                module.bias.copy_(beta)
+                module.running_mean.copy_(mean)
+                module.running_var.copy_(var)
+            else:
+                kernel, bias = weights
+                module.weight.copy_(kernel.T)
+                module.bias.copy_(bias)
+            copied.add(kname)
+    expected = {layer.name for layer in kmodel.layers if layer.weights}
+    assert copied == expected
+    return {name.replace(".", "_"): m for name, m in tmodel.named_modules()}
+
+
+PARITY_INPUT = dict(num_classes=7, input_shape=(16, 16, 3), data_format="channels_last")
+PARITY_CASES = {
+    # name: (Keras model, PyTorch reference, PyTorch stage before the last)
+    "resnet18": (
+        lambda: models.resnet18(**PARITY_INPUT),
+        lambda: TorchResNet(TorchBasicBlock, 7),
+        "layer3",
+    ),
+    "resnet18_bottleneck": (
+        lambda: models.resnet18_bottleneck(**PARITY_INPUT),
+        lambda: TorchResNet(TorchBottleneck, 7),
+        "layer3",
+    ),
+    "preact_resnet18": (
+        lambda: models.preact_resnet18(**PARITY_INPUT),
+        lambda: TorchResNet(TorchPreActBlock, 7, preact=True),
+        "layer3",
+    ),
+    # Depth 16 has both block kinds (projection and identity shortcut).
+    "wide_resnet16_2": (
+        lambda: models.wide_resnet(depth=16, widen_factor=2, **PARITY_INPUT),
+        lambda: TorchWideResNet(16, 2, 7),
+        "block2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARITY_CASES))
+def test_torch_parity(case):
+    build_keras, build_torch, stage3 = PARITY_CASES[case]
+    keras.utils.set_random_seed(0)
+    kmodel = build_keras()
+    _randomize_batchnorm(kmodel)
+    tmodel = build_torch()
+    torch_modules = _copy_keras_to_torch(kmodel, tmodel)
+
+    x = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype("float32")
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+    # Inference mode, plus the perception-proxy features.
+    captured = {}
+    hooks = [
+        getattr(tmodel, stage3).register_forward_hook(
+            lambda m, i, o: captured.__setitem__("third", o)
+        ),
+        torch_modules["linear" if hasattr(tmodel, "linear") else "fc"]
+        .register_forward_hook(lambda m, i, o: captured.__setitem__("pen", i[0])),
+    ]
+    tmodel.eval()
+    with torch.no_grad():
+        ref = tmodel(x_t).numpy()
+    for hook in hooks:
+        hook.remove()
+    logits, penultimate, third = models.feature_model(kmodel)(x, training=False)
+    assert _rel_err(_np(logits), ref) <= 1e-4
+    assert _rel_err(_np(penultimate), captured["pen"].numpy()) <= 1e-4
+    third_ref = captured["third"].numpy().transpose(0, 2, 3, 1).reshape(4, -1)
+    assert _rel_err(_np(third), third_ref) <= 1e-4
+
+    # Training mode: batch statistics, and the running-statistics update.
+    tmodel.train()
+    with torch.no_grad():
+        ref = tmodel(x_t).numpy()
+    out = _np(kmodel(x, training=True))
+    assert _rel_err(out, ref) <= 1e-4
+    for layer in kmodel.layers:
+        if isinstance(layer, rpat_layers.BatchNorm):
+            module = torch_modules[layer.name]
+            mean, var = layer.get_weights()[2:]
+            assert _rel_err(mean, module.running_mean.numpy()) <= 1e-5, layer.name
+            assert _rel_err(var, module.running_var.numpy()) <= 1e-5, layer.name
+
+
+# ----------------------------------------------------------------------------
+# Data formats, features, serialization
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "builder, options",
+    [
+        # Stride-2 3x3 convs (symmetric padding), 1x1 stride-2 shortcuts, BN.
+        (models.wide_resnet, {"depth": 10, "widen_factor": 1}),
+        (models.small_cnn, {"normalize": "cifar10", "stem_stride": 2}),
+    ],
+)
+def test_data_formats_agree(builder, options):
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype("float32")
+    last = builder(input_shape=(16, 16, 3), data_format="channels_last", **options)
+    _randomize_batchnorm(last)
+    first = builder(input_shape=(3, 16, 16), data_format="channels_first", **options)
+    first.set_weights(last.get_weights())
+    x_first = x.transpose(0, 3, 1, 2)
+    for training in (False, True):
+        out_last = _np(last(x, training=training))
+        out_first = _np(first(x_first, training=training))
+        assert _rel_err(out_first, out_last) <= 1e-4
+    for a, b in zip(_bn_state(last).values(), _bn_state(first).values()):
+        assert _rel_err(a[0], b[0]) <= 1e-5 and _rel_err(a[1], b[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_bottleneck", "preact_resnet18"])
+def test_feature_model_shapes(name):
+    # Values are checked against PyTorch in `test_torch_parity`.
+    model = models.get(name)
+    features = models.feature_model(model)
+    assert features.name == f"{name}_features"
+    assert [tuple(t.shape) for t in features.outputs] == [
+        (None, 10),
+        (None, PENULTIMATE_DIM[name]),
+        (None, int(np.prod(THIRD_TO_LAST_MAP[name]))),
+    ]
+    stage3 = "layer3_1_add" if name == "preact_resnet18" else "layer3_1_out"
+    assert tuple(model.get_layer(stage3).output.shape[1:]) == THIRD_TO_LAST_MAP[name]
+
+
+def test_feature_model_wide_resnet_shapes():
+    model = models.wide_resnet(depth=10, widen_factor=10)
+    outputs = models.feature_model(model, proxies=("second_to_last", "third_to_last"))
+    assert [tuple(t.shape) for t in outputs.outputs] == [
+        (None, 10),
+        (None, 640),
+        (None, 16 * 16 * 320),
+    ]
+    single = models.feature_model(model, proxies="penultimate")
+    assert len(single.outputs) == 2
+
+
+def test_feature_model_shares_state():
+    keras.utils.set_random_seed(0)
+    model = models.get("small_cnn")
+    features = models.feature_model(model)
+    assert features.get_layer("conv1") is model.get_layer("conv1")
+    x = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype("float32")
+    start = _bn_state(model)
+    logits_a = _np(model(x, training=True))
+    after_a = _bn_state(model)
+    _set_bn_state(model, start)
+    logits_b = _np(features(x, training=True)[0])
+    after_b = _bn_state(model)
+    np.testing.assert_allclose(logits_a, logits_b, rtol=1e-6, atol=1e-6)
+    for name in after_a:
+        np.testing.assert_allclose(after_a[name][0], after_b[name][0], rtol=1e-6)
+        np.testing.assert_allclose(after_a[name][1], after_b[name][1], rtol=1e-6)
+        assert not np.allclose(after_a[name][1], start[name][1])
+
+
+def test_feature_model_errors():
+    model = models.get("small_cnn")
+    with pytest.raises(ValueError, match="no layer named 'layer9'"):
+        models.feature_model(model, proxies=("layer9",))
+
+
+def test_fit_updates_batchnorm_like_a_training_call():
+    """The compiled (graph / jit) training path uses the same BN update."""
+    keras.utils.set_random_seed(0)
+    model = models.get("small_cnn", normalize="cifar10")
+    x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
+    y = np.arange(8) % 10
+    start = _bn_state(model)
+    model(x, training=True)
+    expected = _bn_state(model)
+    _set_bn_state(model, start)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.train_on_batch(x, y)
+    for name, (mean, var) in _bn_state(model).items():
+        np.testing.assert_allclose(mean, expected[name][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, expected[name][1], rtol=1e-5, atol=1e-6)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = models.get("small_cnn", num_classes=4, normalize="cifar10")
+    _randomize_batchnorm(model)
+    x = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype("float32")
+    path = tmp_path / "small_cnn.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.name == "small_cnn"
+    assert isinstance(loaded.get_layer("bn1"), rpat_layers.BatchNorm)
+    assert isinstance(
+        loaded.get_layer("input_normalization"), rpat_layers.InputNormalization
+    )
+    np.testing.assert_array_equal(_np(loaded(x)), _np(model(x)))
+    np.testing.assert_array_equal(
+        _np(loaded(x, training=True)), _np(model(x, training=True))
+    )
+    features = models.feature_model(loaded)
+    assert tuple(features.outputs[2].shape) == (None, 16 * 16 * 16)
