@@ -3,6 +3,21 @@
 Importing `keras_rpat` selects the PyTorch backend when `KERAS_BACKEND` is unset
 (Keras' own default is TensorFlow). The backend is fixed the first time Keras is
 imported, so set `KERAS_BACKEND` before importing Keras or keras_rpat.
+
+Example:
+
+```python
+import keras_rpat
+
+classifier = keras_rpat.models.get("resnet18_bottleneck", num_classes=10)
+trainer = keras_rpat.RPATTrainer(
+    classifier,
+    attack=keras_rpat.attacks.PGD("linf", epsilon=8/255, step_size=2/255, num_steps=10),
+    losses=[keras_rpat.losses.AdversarialCrossEntropy(),
+            keras_rpat.losses.RobustPerception(alpha=0.5)],
+)
+trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
+```
 """
 
 import os as _os
@@ -10,3 +25,52 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "torch")
 
 __version__ = "0.1.0"
+
+from keras_rpat import attacks  # noqa: E402
+from keras_rpat import datasets  # noqa: E402
+from keras_rpat import layers  # noqa: E402
+from keras_rpat import losses  # noqa: E402
+from keras_rpat import models  # noqa: E402
+from keras_rpat import optimizers  # noqa: E402
+from keras_rpat import presets  # noqa: E402
+from keras_rpat.attacks import FGSM  # noqa: E402
+from keras_rpat.attacks import PGD  # noqa: E402
+from keras_rpat.attacks import RandomNoise  # noqa: E402
+from keras_rpat.losses import MART  # noqa: E402
+from keras_rpat.losses import TRADES  # noqa: E402
+from keras_rpat.losses import AdversarialCrossEntropy  # noqa: E402
+from keras_rpat.losses import BoAT  # noqa: E402
+from keras_rpat.losses import Consistency  # noqa: E402
+from keras_rpat.losses import CrossEntropy  # noqa: E402
+from keras_rpat.losses import RobustPerception  # noqa: E402
+from keras_rpat.losses import RPATPlusPlus  # noqa: E402
+from keras_rpat.trainer import RPATTrainer  # noqa: E402
+from keras_rpat.trainer import WeightAveraging  # noqa: E402
+
+__all__ = [
+    "__version__",
+    # modules
+    "attacks",
+    "datasets",
+    "layers",
+    "losses",
+    "models",
+    "optimizers",
+    "presets",
+    # trainer
+    "RPATTrainer",
+    "WeightAveraging",
+    # attacks
+    "PGD",
+    "FGSM",
+    "RandomNoise",
+    # losses
+    "CrossEntropy",
+    "AdversarialCrossEntropy",
+    "TRADES",
+    "MART",
+    "Consistency",
+    "RobustPerception",
+    "BoAT",
+    "RPATPlusPlus",
+]

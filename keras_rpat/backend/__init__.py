@@ -72,3 +72,8 @@ def random_normal(shape, mean=0.0, stddev=1.0, dtype="float32", seed=None):
 def random_beta(concentration1, concentration0, dtype="float32", seed=None):
     """One Beta(c1, c0) sample as a scalar tensor (see `random_uniform`)."""
     return get_backend().random_beta(concentration1, concentration0, dtype, seed)
+
+
+def device_name():
+    """A short description of the device Keras computes on (`"cpu"`, `"cuda:0"`...)."""
+    return get_backend().device_name()

@@ -61,3 +61,8 @@ def random_beta(concentration1, concentration0, dtype, seed):
     import keras
 
     return keras.random.beta((), concentration1, concentration0, dtype=dtype, seed=seed)
+
+
+def device_name():
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "cpu"

@@ -96,3 +96,10 @@ def random_beta(concentration1, concentration0, dtype, seed):
     ga = torch._standard_gamma(a, generator=generator)
     gb = torch._standard_gamma(b, generator=generator)
     return (ga / (ga + gb)).reshape(())
+
+
+def device_name():
+    device = str(get_device())
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name()})"
+    return device
