@@ -376,6 +376,11 @@ class PGD(Attack):
         for _ in range(self.num_steps):
             _, grad = rpat_backend.input_gradient(loss_fn, x + delta)
             delta = self._step(x, delta, grad)
+        if self.training and self.style == "sotas":
+            # `attack_pgd` ends with one more forward (its max-loss selection);
+            # in training mode its only effect is one more BatchNorm update.
+            with rpat_backend.no_grad():
+                self._logits(model, x + delta)
         return x + delta
 
 

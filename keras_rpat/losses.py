@@ -441,11 +441,14 @@ class _GuardedTeacherLoss(ViewLoss):
         super().__init__(start_epoch, reduction, name, dtype)
         self.beta = float(beta)
 
-    def _guard(self, per_sample):
-        batch_value = ops.mean(per_sample)
+    def _guarded_kl(self, teacher, student):
+        # Decide without gradient, then recompute from a cleaned-up (constant)
+        # teacher: masking a NaN term with `where` alone would still send
+        # 0 * NaN = NaN back through the KL.
+        batch_value = ops.stop_gradient(ops.mean(kl_per_sample(teacher, student)))
         ok = ops.logical_and(ops.isfinite(batch_value), batch_value < 1e10)
-        safe = ops.where(ops.isfinite(per_sample), per_sample, 0.0)
-        return self.beta * ops.where(ok, safe, 0.0)
+        teacher = ops.where(ok, teacher, ops.zeros_like(teacher))
+        return self.beta * ops.where(ok, kl_per_sample(teacher, student), 0.0)
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta}
@@ -475,7 +478,7 @@ class BoAT(_GuardedTeacherLoss):
         super().__init__(beta, start_epoch, reduction, name, dtype)
 
     def call(self, y_true, views):
-        return self._guard(kl_per_sample(views["teacher_adv"], views["adv"]))
+        return self._guarded_kl(views["teacher_adv"], views["adv"])
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
@@ -510,7 +513,7 @@ class RPATPlusPlus(_GuardedTeacherLoss):
     def call(self, y_true, views):
         a = self.alpha
         teacher = views["teacher_interp"] - (1.0 - a) * views["teacher_clean"]
-        return self._guard(kl_per_sample(teacher, a * views["adv"]))
+        return self._guarded_kl(teacher, a * views["adv"])
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
