@@ -169,6 +169,9 @@ class Attack:
                     f"Valid: {sorted(valid - {'schedule', 'seed'})}"
                 )
             out[epoch] = dict(overrides)
+            # Build the scheduled attack once now, so a bad value fails here.
+            config = {**self.get_config(), **overrides, "schedule": None}
+            self.__class__.from_config(config)
         return out
 
     def at_epoch(self, epoch):

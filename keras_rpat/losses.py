@@ -299,6 +299,13 @@ class Consistency(ViewLoss):
         self.temperature = float(temperature)
 
     def call(self, y_true, views):
+        n = views["adv"].shape[0]
+        if n is not None and n % 2:
+            raise ValueError(
+                "Consistency needs a two-view batch [aug1(x); aug2(x)] of even size; "
+                f"received {n} samples. Build the data with "
+                "keras_rpat.datasets.make_datasets(..., two_view=True)."
+            )
         z1, z2 = ops.split(views["adv"], 2, axis=0)
         js = js_per_sample(z1, z2, self.temperature)
         return self.weight * ops.concatenate([js, js], axis=0)

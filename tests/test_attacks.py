@@ -619,3 +619,8 @@ def test_fgsm_round_trip_keeps_its_shape():
     fgsm = attacks.FGSM(4 / 255)
     again = attacks.FGSM.from_config(fgsm.get_config())
     assert (again.num_steps, again.step_size, again.norm) == (1, 4 / 255, "linf")
+
+
+def test_bad_value_in_schedule_fails_at_construction():
+    with pytest.raises(ValueError, match="epsilon"):
+        attacks.PGD(schedule={100: {"epsilon": -1.0}})

@@ -919,3 +919,9 @@ def test_unknown_view_and_identifier_raise():
     with pytest.raises(ValueError, match="Could not interpret loss"):
         losses.get("focal")
     assert isinstance(losses.get("trades"), losses.TRADES)
+
+
+def test_consistency_rejects_odd_batches():
+    logits = np.zeros((5, 3), "float32")
+    with pytest.raises(ValueError, match="two_view"):
+        losses.Consistency()(np.zeros(5), {"adv": logits})
