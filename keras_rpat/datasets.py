@@ -476,7 +476,8 @@ def load(name, data_dir=None, **options):
       when given. Options: `num_classes=None` (inferred from the labels).
     * `"synthetic"`: a small built-in task that needs no download (see below).
       Options: `n_train=2048`, `n_test=512`, `num_classes=10`, `image_size=32`,
-      `seed=0`.
+      `seed=0`, `contrast=1.0` (scales the grating amplitude; the demo uses a
+      lower contrast so that the adversary matters).
 
     Every dataset also accepts `n_train` and `n_test`, which keep an evenly
     strided subset (see `Dataset.subset`).
@@ -914,7 +915,7 @@ def _hsv_to_rgb(h):
     return 1.0 - np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, seed=0):
+def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, seed=0, contrast=1.0):
     _check_positive_int(n_train, "n_train")
     _check_positive_int(n_test, "n_test")
     _check_positive_int(image_size, "image_size")
@@ -934,6 +935,11 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(
             f"`seed` must be a non-negative integer. Received: seed={seed!r}"
+        )
+    if not 0.0 < float(contrast) <= 2.5:
+        raise ValueError(
+            "`contrast` must be in (0, 2.5] (it scales the grating amplitude, "
+            f"0.3-0.4 at 1.0). Received: contrast={contrast!r}"
         )
     c = int(num_classes)
     k = np.arange(c)
@@ -963,7 +969,7 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
         t = np.cos(theta[y])[:, None, None] * uu + np.sin(theta[y])[:, None, None] * vv
         wave = np.sin(2.0 * np.pi * freq[y][:, None, None] * t + phase[:, None, None])
         wave = wave.astype(np.float32)
-        amplitude = rng.uniform(0.3, 0.4, n).astype(np.float32)[:, None, None, None]
+        amplitude = (float(contrast) * rng.uniform(0.3, 0.4, n)).astype(np.float32)[:, None, None, None]
         img = (
             amplitude * grating_colour[y][:, None, None, :].astype(np.float32)
         ) * wave[..., None]
@@ -992,7 +998,7 @@ _LOADERS = {
     "cifar10": (_load_cifar10, ("download",)),
     "cifar100": (_load_cifar100, ("download",)),
     "tiny_imagenet": (_load_tiny_imagenet, ("cache_dir", "use_cache")),
-    "synthetic": (_load_synthetic, ("num_classes", "image_size", "seed")),
+    "synthetic": (_load_synthetic, ("num_classes", "image_size", "seed", "contrast")),
 }
 
 

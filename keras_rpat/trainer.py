@@ -466,7 +466,7 @@ class RPATTrainer(keras.Model):
             return
         from keras_rpat.datasets import validate_images, validate_labels
 
-        validate_images(x)
+        validate_images(x, data_format=self._data_format())
         if y is None:
             return
         y = np.asarray(y)
@@ -480,6 +480,12 @@ class RPATTrainer(keras.Model):
             validate_labels(y, num_classes)
         if len(y) != len(x):
             raise ValueError(f"Images and labels differ in length: {len(x)} images, {len(y)} labels.")
+
+    def _data_format(self):
+        shape = tuple(self.classifier.inputs[0].shape) if getattr(self.classifier, "inputs", None) else ()
+        if len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3):
+            return "channels_first"
+        return "channels_last"
 
     # ------------------------------------------------------------------ config
     def get_config(self):
