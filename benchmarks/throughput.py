@@ -37,12 +37,12 @@ def parse_args(argv=None):
     p.add_argument("--num-steps", type=int, default=10, help="PGD steps per training step")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run: resnet18, batch 8, 16x16, PGD-2, 2 steps")
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run: resnet18, batch 4, 8x8, PGD-2, 2 steps")
     p.add_argument("--out", default=os.path.join(HERE, "throughput.json"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.batch_size, args.image_size = "resnet18", 8, 16
+        args.models, args.batch_size, args.image_size = "resnet18", 4, 8
         args.num_steps, args.steps, args.warmup = 2, 2, 1
     return args
 
