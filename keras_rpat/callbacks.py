@@ -1,0 +1,258 @@
+"""Keras callbacks for adversarial training.
+
+`RobustEvaluation` is the per-epoch robustness check of the reference code
+bases (REFERENCE §4): clean and PGD accuracy on the test set after every
+epoch, the best checkpoint (highest robust accuracy, strict improvement) and
+the final one.
+"""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_rpat import attacks as attacks_lib
+from keras_rpat import evaluation
+
+__all__ = ["RobustEvaluation"]
+
+
+def _print_msg(message):
+    """Keras' own callback output (honours `keras.config.disable_interactive_logging`)."""
+    try:
+        from keras.src.utils import io_utils
+    except ImportError:  # pragma: no cover - Keras moved it
+        import sys
+
+        sys.stdout.write(message + "\n")
+        return
+    io_utils.print_msg(message)
+
+
+class RobustEvaluation(keras.callbacks.Callback):
+    """Clean and PGD accuracy after every epoch; best and final checkpoints.
+
+    After every `every` epochs (and after the last one) the callback
+    evaluates the trainer's `evaluation_model` (the weight-averaged model for
+    ReBAT / RPAT++, else the classifier) on the test set: clean accuracy and
+    the accuracy under a PGD attack with a random start, in inference mode.
+    By default the attack is a `num_steps`-step PGD (10, as the authors select
+    checkpoints; REFERENCE §8 #4) in the norm, budget and step of the
+    trainer's training attack (L-inf 8/255, step 2/255 when the trainer has no
+    PGD attack), with the advertorch algorithm.
+
+    The evaluated model is saved to `checkpoint_dir/best.keras` whenever its
+    robust accuracy is strictly higher than every earlier one, and to
+    `checkpoint_dir/final.keras` after every evaluated epoch (so after the
+    last epoch it is the final model). Files are written atomically.
+
+    Per-epoch records `{"epoch", "clean", "robust", "lr", "time",
+    "eval_time"}` (epochs counted from 1, accuracies in percent, `time` the
+    epoch's wall time in seconds) are kept in `history` and written to
+    `history_path` as JSON. `val_clean_acc` and `val_robust_acc` (fractions,
+    like the trainer's `clean_acc`) are added to the epoch logs, so Keras'
+    `History` and progress bar show them.
+
+    Resuming with `fit(..., initial_epoch=k)`: an existing history file is
+    loaded, records after epoch `k` are dropped, and the best accuracy is
+    restored from it.
+
+    Args:
+        x_test: test images in the model's layout, float in [0, 1].
+        y_test: integer test labels.
+        attack: optional `keras_rpat.attacks.Attack` to evaluate with instead
+            of the default PGD.
+        every: evaluate every `every` epochs (the last epoch is always
+            evaluated).
+        num_steps: steps of the default PGD (10; 20 for PGD-20 selection).
+        checkpoint_dir: folder for `best.keras` and `final.keras`; `None`
+            saves nothing.
+        history_path: JSON file for the per-epoch records; `None` keeps them
+            in memory only.
+        n: evaluate on `n` evenly strided test examples; `None` uses all.
+        batch_size: evaluation batch size.
+        seed: seed of the PGD random start.
+        verbose: 1 prints one line per evaluation (through Keras' `io_utils`),
+            0 is silent.
+
+    Attributes:
+        history: list of per-epoch records.
+        best: best robust accuracy so far (percent), or `None`.
+        best_epoch: its epoch (counted from 1), or `None`.
+
+    Example:
+
+    ```python
+    callback = keras_rpat.callbacks.RobustEvaluation(
+        x_test, y_test, checkpoint_dir="runs/pgd_at", history_path="runs/pgd_at/history.json")
+    trainer.fit(train_data, epochs=110, callbacks=[callback])
+    callback.best, callback.best_epoch
+    ```
+    """
+
+    def __init__(
+        self,
+        x_test,
+        y_test,
+        attack=None,
+        every=1,
+        num_steps=10,
+        checkpoint_dir=None,
+        history_path=None,
+        n=None,
+        batch_size=256,
+        seed=0,
+        verbose=1,
+    ):
+        super().__init__()
+        if attack is not None and not isinstance(attack, attacks_lib.Attack):
+            raise ValueError(
+                "`attack` must be a keras_rpat.attacks.Attack or None (a PGD in the "
+                f"training attack's threat model). Received: {attack!r}"
+            )
+        evaluation._check_positive_int(every, "every")
+        evaluation._check_positive_int(batch_size, "batch_size")
+        evaluation._check_positive_int(n, "n", allow_none=True)
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+            raise ValueError(f"`num_steps` must be a positive integer. Received: num_steps={num_steps!r}")
+        x_test = np.asarray(x_test)
+        y_test = np.asarray(y_test)
+        idx = evaluation._strided_indices(len(x_test), n)
+        if idx is not None:
+            x_test, y_test = x_test[idx], y_test[idx]
+        self.x_test = x_test
+        self.y_test = y_test
+        self.attack = attack
+        self.every = int(every)
+        self.num_steps = int(num_steps)
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.history_path = None if history_path is None else os.fspath(history_path)
+        self.n = n
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.verbose = verbose
+        self.history = []
+        self.best = None
+        self.best_epoch = None
+        self._checked = False
+        self._epoch_start = None
+        self._first_epoch_of_fit = True
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def best_path(self):
+        return None if self.checkpoint_dir is None else os.path.join(self.checkpoint_dir, "best.keras")
+
+    @property
+    def final_path(self):
+        return None if self.checkpoint_dir is None else os.path.join(self.checkpoint_dir, "final.keras")
+
+    # ------------------------------------------------------------------ helpers
+    def evaluation_model(self):
+        """The model that is evaluated and saved."""
+        inner = getattr(self.model, "evaluation_model", None)
+        return inner if isinstance(inner, keras.Model) else self.model
+
+    def evaluation_attack(self):
+        """The attack used for the robust accuracy."""
+        if self.attack is not None:
+            return self.attack
+        norm, epsilon, step_size = "linf", 8 / 255, 2 / 255
+        train_attack = getattr(self.model, "attack", None)
+        if isinstance(train_attack, attacks_lib.FGSM):
+            norm, epsilon, step_size = "linf", train_attack.epsilon, train_attack.epsilon / 4
+        elif isinstance(train_attack, attacks_lib.PGD):
+            # The base (epoch-0) parameters: validation keeps the nominal budget
+            # even when the training adversary is strengthened (Table 6).
+            norm, epsilon, step_size = train_attack.norm, train_attack.epsilon, train_attack.step_size
+        return evaluation._pgd_attack(norm, epsilon, step_size, self.num_steps, self.seed)
+
+    def _current_lr(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return None
+        try:
+            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        except Exception:
+            return None
+
+    def _write_history(self):
+        if self.history_path is not None:
+            evaluation._atomic_write_json(self.history_path, self.history)
+
+    def _restore(self, epoch):
+        """Keeps records up to `epoch` (1-based count of finished epochs)."""
+        if not self.history and self.history_path is not None and os.path.exists(self.history_path):
+            try:
+                with open(self.history_path) as f:
+                    loaded = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(
+                    f"Could not read the evaluation history {self.history_path}: {e}. "
+                    "Delete it or pass another `history_path`."
+                ) from None
+            if not isinstance(loaded, list):
+                raise ValueError(f"{self.history_path} does not hold a list of per-epoch records.")
+            self.history = loaded
+        self.history = [r for r in self.history if int(r["epoch"]) <= epoch]
+        self.best, self.best_epoch = None, None
+        for record in self.history:
+            if record.get("robust") is not None and (self.best is None or record["robust"] > self.best):
+                self.best, self.best_epoch = record["robust"], int(record["epoch"])
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, logs=None):
+        self._first_epoch_of_fit = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch_of_fit:
+            self._restore(epoch)
+            self._first_epoch_of_fit = False
+        self._epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch_time = None if self._epoch_start is None else time.time() - self._epoch_start
+        total = (self.params or {}).get("epochs")
+        last = total is not None and epoch + 1 >= total
+        if (epoch + 1) % self.every and not last:
+            return
+        start = time.time()
+        model = self.evaluation_model()
+        if not self._checked:
+            self.x_test, self.y_test, _, _ = evaluation._check_data(model, self.x_test, self.y_test)
+            self._checked = True
+        clean_correct = evaluation._clean_correct(model, self.x_test, self.y_test, self.batch_size)
+        robust_correct = evaluation._attack_correct(
+            model, self.evaluation_attack(), self.x_test, self.y_test, self.batch_size
+        )
+        n = len(self.x_test)
+        clean = evaluation._percent(clean_correct, n)
+        robust = evaluation._percent(robust_correct, n)
+        record = {
+            "epoch": epoch + 1,
+            "clean": clean,
+            "robust": robust,
+            "lr": self._current_lr(),
+            "time": None if epoch_time is None else round(epoch_time, 3),
+            "eval_time": round(time.time() - start, 3),
+        }
+        self.history = [r for r in self.history if int(r["epoch"]) != epoch + 1]
+        self.history.append(record)
+        improved = self.best is None or robust > self.best
+        if improved:
+            self.best, self.best_epoch = robust, epoch + 1
+            if self.best_path is not None:
+                evaluation._atomic_save_model(model, self.best_path)
+        if self.final_path is not None:
+            evaluation._atomic_save_model(model, self.final_path)
+        self._write_history()
+        if logs is not None:
+            logs["val_clean_acc"] = clean / 100.0
+            logs["val_robust_acc"] = robust / 100.0
+        if self.verbose:
+            _print_msg(
+                f"Epoch {epoch + 1}: clean {clean:.2f}%, robust {robust:.2f}%"
+                + (" (best)" if improved else f" (best {self.best:.2f}% at epoch {self.best_epoch})")
+            )
