@@ -27,7 +27,9 @@ _os.environ.setdefault("KERAS_BACKEND", "torch")
 __version__ = "0.1.0"
 
 from keras_rpat import attacks  # noqa: E402
+from keras_rpat import callbacks  # noqa: E402
 from keras_rpat import datasets  # noqa: E402
+from keras_rpat import evaluation  # noqa: E402
 from keras_rpat import layers  # noqa: E402
 from keras_rpat import losses  # noqa: E402
 from keras_rpat import models  # noqa: E402
@@ -46,12 +48,17 @@ from keras_rpat.losses import RobustPerception  # noqa: E402
 from keras_rpat.losses import RPATPlusPlus  # noqa: E402
 from keras_rpat.trainer import RPATTrainer  # noqa: E402
 from keras_rpat.trainer import WeightAveraging  # noqa: E402
+from keras_rpat.callbacks import RobustEvaluation  # noqa: E402
+from keras_rpat.evaluation import EvalResult  # noqa: E402
+from keras_rpat.evaluation import mean_nrr  # noqa: E402
 
 __all__ = [
     "__version__",
     # modules
     "attacks",
+    "callbacks",
     "datasets",
+    "evaluation",
     "layers",
     "losses",
     "models",
@@ -60,6 +67,10 @@ __all__ = [
     # trainer
     "RPATTrainer",
     "WeightAveraging",
+    "RobustEvaluation",
+    # evaluation
+    "EvalResult",
+    "mean_nrr",
     # attacks
     "PGD",
     "FGSM",
