@@ -22,10 +22,11 @@ def no_grad():
 
 def assign_moving_average(targets, sources, decay):
     for t, s in zip(targets, sources):
-        if isinstance(decay, (int, float)) and decay == 0.0:
-            t.assign(tf.cast(s.value, t.dtype))
+        value = tf.cast(s.value, t.dtype)
+        if (isinstance(decay, (int, float)) and decay == 0.0) or not tf.as_dtype(t.dtype).is_floating:
+            t.assign(value)
         else:
-            t.assign(decay * t.value + (1.0 - decay) * tf.cast(s.value, t.dtype))
+            t.assign(decay * t.value + (1.0 - decay) * value)
 
 
 def train_step(trainer, data):

@@ -27,8 +27,15 @@ def no_grad():
 
 def assign_moving_average(targets, sources, decay):
     with torch.no_grad():
-        t = [v.value for v in targets]
-        s = [v.value.to(tv.dtype) for v, tv in zip(sources, t)]
+        pairs = [(t.value, s.value) for t, s in zip(targets, sources)]
+        floats = [(t, s) for t, s in pairs if t.is_floating_point()]
+        others = [(t, s) for t, s in pairs if not t.is_floating_point()]
+        for t, s in others:  # e.g. seed-generator states: copied, not averaged
+            t.copy_(s)
+        if not floats:
+            return
+        t = [p[0] for p in floats]
+        s = [p[1].to(p[0].dtype) for p in floats]
         if isinstance(decay, (int, float)) and decay == 0.0:
             torch._foreach_copy_(t, s)
         else:
