@@ -1,0 +1,282 @@
+"""Figures of the paper drawn from recipe results (matplotlib, Agg backend).
+
+* `perception_figure`: Figures 2 and 5. Grouped bars of the success-case and
+  failure-case logit MSE per model (clean / random-noise / PGD-AT training,
+  each with its test perturbation), and the clean and perturbed accuracy as
+  lines on a secondary axis; one panel per setting.
+* `ablation_figure`: Figure 4. Clean / AA / Mean / NRR bars per regulariser
+  (a) and per interpolation weight (b), with the paper's numbers (where the
+  paper gives them) as markers.
+* `plot_recipe`: the PNGs of a figure recipe from `collect_results` output.
+
+matplotlib is imported lazily: `pip install matplotlib` if it is missing.
+"""
+
+import math
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+__all__ = ["ablation_figure", "perception_figure", "plot_recipe"]
+
+_COLORS = {
+    "success": "#4C72B0",
+    "failure": "#DD8452",
+    "clean_acc": "#2CA02C",
+    "perturbed_acc": "#C44E52",
+    "clean_best": "#4C72B0",
+    "aa_best": "#DD8452",
+    "mean": "#55A868",
+    "nrr": "#8172B2",
+}
+_SMOKE_NOTE = "SMOKE RUN (tiny synthetic data): numbers are meaningless"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(
+            "Drawing the figures needs matplotlib. Install it with `pip install matplotlib` "
+            "(or `pip install keras-rpat[plots]`)."
+        ) from e
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _value(row, key):
+    v = row.get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _save(fig, path):
+    """`fig.savefig` through a temporary file and `os.replace` (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return str(path)
+
+
+def perception_figure(panels, path, title=None, note=None):
+    """Draws Figure 2 / Figure 5: logit MSE of success and failure cases.
+
+    Args:
+        panels: list of `(panel_title, rows)`; each row is a dict with
+            `label` (e.g. `"PGD-AT / PGD-20"`), `mse_success`, `mse_failure`
+            (optional `*_std`), `clean_acc` and `perturbed_acc` (percent).
+            Missing values are left out (and marked "n/a").
+        path: the PNG file to write.
+        title: figure title.
+        note: an optional line under the title (e.g. a smoke-run warning).
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.6), squeeze=False)
+    handles = None
+    for ax, (panel_title, rows) in zip(axes[0], panels):
+        labels = [r["label"] for r in rows]
+        xs = list(range(len(rows)))
+        width = 0.36
+        for offset, key, name in ((-width / 2, "mse_success", "Success cases"), (width / 2, "mse_failure", "Failure cases")):
+            heights, errs, positions = [], [], []
+            for x, r in zip(xs, rows):
+                v = _value(r, key)
+                if v is None:
+                    ax.text(x + offset, 0, "n/a", ha="center", va="bottom", fontsize=8, color="gray")
+                    continue
+                heights.append(v)
+                errs.append(_value(r, key + "_std") or 0.0)
+                positions.append(x + offset)
+            ax.bar(
+                positions,
+                heights,
+                width,
+                yerr=errs if any(errs) else None,
+                capsize=3,
+                color=_COLORS["success" if key == "mse_success" else "failure"],
+                label=f"MSE, {name.lower()}",
+                edgecolor="black",
+                linewidth=0.5,
+            )
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=9)
+        ax.set_xlabel("Training algorithm / perturbation method")
+        ax.set_ylabel("MSE of logits (benign vs. perturbed)")
+        ax.set_title(panel_title, fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+        ax2 = ax.twinx()
+        for key, name, marker in (("clean_acc", "Clean accuracy", "o"), ("perturbed_acc", "Perturbed accuracy", "s")):
+            pts = [(x, _value(r, key)) for x, r in zip(xs, rows) if _value(r, key) is not None]
+            if pts:
+                ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=_COLORS[key], label=name, linewidth=1.8)
+        ax2.set_ylim(0, 100)
+        ax2.set_ylabel("Accuracy (%)")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles = (h1 + h2, l1 + l2)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+    if handles:
+        fig.legend(handles[0], handles[1], loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    _titles(fig, title, note)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _titles(fig, title, note):
+    """Title on top; the note (e.g. a smoke-run warning) under the legend."""
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=12)
+    if note:
+        fig.text(0.5, -0.06, note, ha="center", va="top", fontsize=10, color="#B22222", fontweight="bold")
+
+
+def ablation_figure(panels, path, title=None, note=None, metrics=("clean_best", "aa_best", "mean", "nrr")):
+    """Draws Figure 4: Clean / AA / Mean / NRR per regulariser and per weight.
+
+    Args:
+        panels: list of `(panel_title, rows)`; each row is a dict with
+            `label`, the metrics (optional `<metric>_std`) and optional
+            `paper` (a dict of the paper's numbers, drawn as black markers).
+        path: the PNG file to write.
+        title: figure title.
+        note: an optional line under the title.
+        metrics: the metrics drawn as bars.
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    names = {"clean_best": "Clean", "aa_best": "AA", "mean": "Mean", "nrr": "NRR", "pgd20_best": "PGD-20"}
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(6.4 * n, 4.6), squeeze=False)
+    paper_drawn = False
+    for ax, (panel_title, rows) in zip(axes[0], panels):
+        xs = list(range(len(rows)))
+        width = 0.8 / len(metrics)
+        for i, metric in enumerate(metrics):
+            offset = (i - (len(metrics) - 1) / 2) * width
+            pos, heights, errs = [], [], []
+            for x, r in zip(xs, rows):
+                v = _value(r, metric)
+                if v is not None:
+                    pos.append(x + offset)
+                    heights.append(v)
+                    errs.append(_value(r, metric + "_std") or 0.0)
+                paper = (r.get("paper") or {}).get(metric)
+                if paper is not None:
+                    ax.plot(
+                        [x + offset],
+                        [paper],
+                        marker="D",
+                        color="black",
+                        markersize=5,
+                        linestyle="none",
+                        label="Paper's number" if not paper_drawn else None,
+                    )
+                    paper_drawn = True
+            ax.bar(
+                pos,
+                heights,
+                width,
+                yerr=errs if any(errs) else None,
+                capsize=2,
+                color=_COLORS.get(metric, None),
+                label=names.get(metric, metric),
+                edgecolor="black",
+                linewidth=0.5,
+            )
+        for x, r in zip(xs, rows):
+            if all(_value(r, m) is None for m in metrics):
+                ax.text(x, 2, "not run", ha="center", va="bottom", fontsize=9, color="gray")
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r["label"] for r in rows])
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("Accuracy / score (%)")
+        ax.set_title(panel_title, fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    _titles(fig, title, note)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _rows(recipe, found, entries, metrics, label_of):
+    from keras_rpat.recipes import _aggregate
+    from keras_rpat.recipes import _paper_value
+
+    rows = []
+    for e in entries:
+        values = found.get((e["method"], e["dataset"], e["arch"], e["norm"]), [])
+        row = {"label": label_of(e)}
+        for metric in metrics:
+            value, std, _ = _aggregate(values, metric)
+            row[metric] = value
+            row[metric + "_std"] = std
+        paper = {m: _paper_value(recipe, e, m) for m in metrics}
+        row["paper"] = {k: v for k, v in paper.items() if v is not None}
+        rows.append(row)
+    return rows
+
+
+def plot_recipe(recipe, found, out_dir, smoke=False):
+    """Draws the PNG(s) of a figure recipe; returns the paths written.
+
+    Args:
+        recipe: a `keras_rpat.recipes.Recipe` of kind `"figure"`.
+        found: `keras_rpat.recipes.collect_results(recipe, out_dir)`.
+        out_dir: output folder.
+        smoke: add a smoke-run warning to the figure.
+    """
+    from keras_rpat.recipes import ARCH_LABELS
+    from keras_rpat.recipes import DATASET_LABELS
+
+    out_dir = Path(out_dir)
+    note = _SMOKE_NOTE if smoke else None
+    entries = recipe.entries()
+    paths = []
+    if recipe.config["perception"] is not None:
+        metrics = ("mse_success", "mse_failure", "clean_acc", "perturbed_acc")
+        panels = []
+        for setup in recipe.config["setups"]:
+            for norm in recipe.norms:
+                sel = [e for e in entries if e["dataset"] == setup["dataset"] and e["arch"] == setup["arch"] and e["norm"] == norm]
+                label = f"{DATASET_LABELS[setup['dataset']]}, {ARCH_LABELS.get(setup['arch'], setup['arch'])}"
+                if len(recipe.norms) > 1:
+                    label += f", {norm}"
+                rows = _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ "))
+                panels.append((label, rows))
+        paths.append(perception_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
+    else:
+        metrics = ("clean_best", "aa_best", "mean", "nrr")
+        groups = list(dict.fromkeys(m.group for m in recipe.methods))
+        panels = []
+        for g in groups:
+            sel = [e for e in entries if e["group"] == g]
+            panels.append((g or recipe.paper, _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label)))
+        paths.append(ablation_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
+    return paths
