@@ -424,3 +424,17 @@ def test_duplicate_loss_names_and_bad_weights():
 def test_unknown_preset_lists_valid_names():
     with pytest.raises(ValueError, match="pgd_at"):
         presets.get("pgd_att")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="device-side generators exist on torch only")
+def test_device_random_state_round_trips_for_resume():
+    from keras_rpat import backend as rpat_backend
+    from keras_rpat.backend import torch as torch_backend
+
+    seed = keras.random.SeedGenerator(3)
+    rpat_backend.random_uniform((2,), 0.0, 1.0, "float32", seed)
+    state = torch_backend.get_random_state(seed)
+    first = np_(rpat_backend.random_uniform((5,), 0.0, 1.0, "float32", seed))
+    torch_backend.set_random_state(seed, state)
+    again = np_(rpat_backend.random_uniform((5,), 0.0, 1.0, "float32", seed))
+    np.testing.assert_array_equal(first, again)

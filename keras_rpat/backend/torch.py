@@ -110,3 +110,25 @@ def device_name():
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name()})"
     return device
+
+
+def get_random_state(seed):
+    """JSON-able state of the device generators behind a SeedGenerator."""
+    import base64
+
+    return {
+        device: base64.b64encode(bytes(g.get_state().cpu().numpy().tobytes())).decode("ascii")
+        for device, g in _GENERATORS.get(seed, {}).items()
+    }
+
+
+def set_random_state(seed, state):
+    """Restores what `get_random_state` returned (for resumed runs)."""
+    import base64
+
+    import numpy as np
+
+    for device, encoded in (state or {}).items():
+        raw = np.frombuffer(base64.b64decode(encoded), dtype=np.uint8).copy()
+        generator = _generator(seed, device)
+        generator.set_state(torch.from_numpy(raw))
