@@ -26,24 +26,6 @@ def backend_line():
     )
 
 
-def threat_model_options(func):
-    """The shared `--norm/--epsilon/--step-size` options."""
-    from keras_rpat.attacks import parse_epsilon
-
-    def eps(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return parse_epsilon(value, param.name)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-
-    func = click.option("--step-size", callback=eps, default=None, help="Attack step (e.g. 2/255). Default: the norm's.")(func)
-    func = click.option("--epsilon", callback=eps, default=None, help="Budget, e.g. 8/255 (linf) or 128/255 (l2).")(func)
-    func = click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True, help="Threat model.")(func)
-    return func
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(keras_rpat.__version__, prog_name="keras-rpat")
 def main():
@@ -79,25 +61,18 @@ def demo(epochs, n_train, n_test, batch_size, seed, out):
         click.echo(f"wrote {out}")
 
 
-def _register_optional():
-    """Adds the evaluation and recipe commands (their modules import lazily)."""
-    try:
-        from keras_rpat._cli_eval import autoattack_command, eval_command
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        main.add_command(eval_command, "eval")
-        main.add_command(autoattack_command, "autoattack")
-    try:
-        from keras_rpat._cli_recipe import recipe_group, train_command
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        main.add_command(recipe_group, "recipe")
-        main.add_command(train_command, "train")
+def _register_commands():
+    """Adds the evaluation, training and recipe commands (defined in their own modules)."""
+    from keras_rpat._cli_eval import autoattack_command, eval_command
+    from keras_rpat._cli_recipe import recipe_group, train_command
+
+    main.add_command(train_command, "train")
+    main.add_command(eval_command, "eval")
+    main.add_command(autoattack_command, "autoattack")
+    main.add_command(recipe_group, "recipe")
 
 
-_register_optional()
+_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
