@@ -8,9 +8,6 @@ import os
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-# TensorFlow (imported by Keras utilities and tensorflow-datasets) logs start-up
-# notices on stderr; keep the CLI output readable unless the user asks for them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
