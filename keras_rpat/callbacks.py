@@ -253,6 +253,6 @@ class RobustEvaluation(keras.callbacks.Callback):
             logs["val_robust_acc"] = robust / 100.0
         if self.verbose:
             _print_msg(
-                f"Epoch {epoch + 1}: clean {clean:.2f}%, robust {robust:.2f}%"
+                f"\nEpoch {epoch + 1}: clean {clean:.2f}%, robust {robust:.2f}%"
                 + (" (best)" if improved else f" (best {self.best:.2f}% at epoch {self.best_epoch})")
             )
