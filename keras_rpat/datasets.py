@@ -287,6 +287,13 @@ def _check_positive_int(value, name, allow_none=False):
         )
 
 
+def _check_non_negative_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative integer. Received: {name}={value!r}"
+        )
+
+
 def _as_storage_images(x, name):
     """Returns images as uint8 when lossless, else float32 in [0, 1]."""
     x = validate_images(x, name=name, allow_uint8=True)
@@ -932,10 +939,7 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
         raise ValueError(
             f"`image_size` must be at least 8. Received: image_size={image_size}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(
-            f"`seed` must be a non-negative integer. Received: seed={seed!r}"
-        )
+    _check_non_negative_int(seed, "seed")
     if not 0.0 < float(contrast) <= 2.5:
         raise ValueError(
             "`contrast` must be in (0, 2.5] (it scales the grating amplitude, "
@@ -1161,14 +1165,7 @@ class TrainSequence(keras.utils.PyDataset):
                 f"'reflect' (SOTAs). Received: pad_mode={pad_mode!r}"
             )
         _channel_axis(data_format)
-        if (
-            isinstance(seed, bool)
-            or not isinstance(seed, (int, np.integer))
-            or seed < 0
-        ):
-            raise ValueError(
-                f"`seed` must be a non-negative integer. Received: seed={seed!r}"
-            )
+        _check_non_negative_int(seed, "seed")
         if two_view and cutmix:
             raise ValueError(
                 "`two_view=True` and `cutmix=True` cannot be combined (no reference "
@@ -1235,14 +1232,7 @@ class TrainSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch):
         """Sets the epoch (e.g. when resuming training) and reshuffles."""
-        if (
-            isinstance(epoch, bool)
-            or not isinstance(epoch, (int, np.integer))
-            or epoch < 0
-        ):
-            raise ValueError(
-                f"`epoch` must be a non-negative integer. Received: epoch={epoch!r}"
-            )
+        _check_non_negative_int(epoch, "epoch")
         self.epoch = int(epoch)
         self._order = self._make_order()
 
