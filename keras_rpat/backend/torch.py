@@ -1,14 +1,14 @@
 """PyTorch implementations of the backend hooks (see `keras_rpat.backend`)."""
 
-import random as _py_random
-import weakref
-
 import torch
 from keras.src.backend.torch.core import get_device
-from keras.src.backend.torch.core import to_torch_dtype
 
-# One device-side generator per (SeedGenerator, device), seeded once.
-_GENERATORS = weakref.WeakKeyDictionary()
+from keras_rpat.backend import torch_fast
+from keras_rpat.backend.torch_random import get_random_state  # noqa: F401  (backend hooks)
+from keras_rpat.backend.torch_random import random_beta  # noqa: F401
+from keras_rpat.backend.torch_random import random_normal  # noqa: F401
+from keras_rpat.backend.torch_random import random_uniform  # noqa: F401
+from keras_rpat.backend.torch_random import set_random_state  # noqa: F401
 
 
 def input_gradient(loss_fn, x):
@@ -44,6 +44,9 @@ def assign_moving_average(targets, sources, decay):
 
 
 def train_step(trainer, data):
+    fast = torch_fast.runtime(trainer)
+    if fast is not None:
+        return fast.train_step(data)
     x, y, sample_weight = trainer._unpack(data)
     x_adv, static_views = trainer._pre_gradient_views(x, y)
     trainer.zero_grad(set_to_none=True)
@@ -60,49 +63,9 @@ def train_step(trainer, data):
     return trainer._update_metrics(y, total, terms, views, sample_weight)
 
 
-def _generator(seed, device):
-    if seed is None:
-        return None
-    per_device = _GENERATORS.setdefault(seed, {})
-    key = str(device)
-    if key not in per_device:
-        initial = getattr(seed, "_initial_seed", None)
-        if initial is None:
-            initial = _py_random.randrange(2**31)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(initial))
-        per_device[key] = generator
-    return per_device[key]
-
-
-def _shape(shape):
-    return tuple(int(s) for s in shape)
-
-
-def random_uniform(shape, minval, maxval, dtype, seed):
-    device = get_device()
-    dtype = to_torch_dtype(dtype)
-    u = torch.rand(_shape(shape), generator=_generator(seed, device), dtype=dtype, device=device)
-    return u * (maxval - minval) + minval
-
-
-def random_normal(shape, mean, stddev, dtype, seed):
-    device = get_device()
-    dtype = to_torch_dtype(dtype)
-    n = torch.randn(_shape(shape), generator=_generator(seed, device), dtype=dtype, device=device)
-    return n * stddev + mean
-
-
-def random_beta(concentration1, concentration0, dtype, seed):
-    # Beta(a, b) = Ga / (Ga + Gb) with unit-scale Gamma draws on the device.
-    device = get_device()
-    dtype = to_torch_dtype(dtype)
-    generator = _generator(seed, device)
-    a = torch.full((1,), float(concentration1), dtype=dtype, device=device)
-    b = torch.full((1,), float(concentration0), dtype=dtype, device=device)
-    ga = torch._standard_gamma(a, generator=generator)
-    gb = torch._standard_gamma(b, generator=generator)
-    return (ga / (ga + gb)).reshape(())
+def lowered_models(trainer):
+    """The trainer's models lowered into torch kernels, or `None` (Keras path)."""
+    return torch_fast.runtime(trainer)
 
 
 def device_name():
@@ -112,23 +75,3 @@ def device_name():
     return device
 
 
-def get_random_state(seed):
-    """JSON-able state of the device generators behind a SeedGenerator."""
-    import base64
-
-    return {
-        device: base64.b64encode(bytes(g.get_state().cpu().numpy().tobytes())).decode("ascii")
-        for device, g in _GENERATORS.get(seed, {}).items()
-    }
-
-
-def set_random_state(seed, state):
-    """Restores what `get_random_state` returned (for resumed runs)."""
-    import base64
-
-    import numpy as np
-
-    for device, encoded in (state or {}).items():
-        raw = np.frombuffer(base64.b64decode(encoded), dtype=np.uint8).copy()
-        generator = _generator(seed, device)
-        generator.set_state(torch.from_numpy(raw))

@@ -1,0 +1,85 @@
+"""Device-side random numbers for the torch backend, without host synchronisation.
+
+One `torch.Generator` per (`keras.random.SeedGenerator`, device), seeded once
+from the seed generator's initial seed. Keras' own torch random ops re-seed
+from a host integer on every call: a device-to-host sync that also breaks
+CUDA-graph capture. The state is saved and restored for resumed runs.
+"""
+
+import base64
+import random as _py_random
+import weakref
+
+import numpy as np
+import torch
+from keras.src.backend.torch.core import get_device
+from keras.src.backend.torch.core import to_torch_dtype
+
+# One device-side generator per (SeedGenerator, device), seeded once.
+_GENERATORS = weakref.WeakKeyDictionary()
+
+
+def device_generator(seed, device):
+    """The generator of `seed` on `device`, made and seeded on first use."""
+    if seed is None:
+        return None
+    per_device = _GENERATORS.setdefault(seed, {})
+    key = str(device)
+    if key not in per_device:
+        initial = getattr(seed, "_initial_seed", None)
+        if initial is None:
+            initial = _py_random.randrange(2**31)
+        made = torch.Generator(device=device)
+        made.manual_seed(int(initial))
+        per_device[key] = made
+    return per_device[key]
+
+
+def _shape(shape):
+    return tuple(int(s) for s in shape)
+
+
+def random_uniform(shape, minval, maxval, dtype, seed):
+    device = get_device()
+    dtype = to_torch_dtype(dtype)
+    u = torch.rand(_shape(shape), generator=device_generator(seed, device), dtype=dtype, device=device)
+    return u * (maxval - minval) + minval
+
+
+def random_normal(shape, mean, stddev, dtype, seed):
+    device = get_device()
+    dtype = to_torch_dtype(dtype)
+    n = torch.randn(_shape(shape), generator=device_generator(seed, device), dtype=dtype, device=device)
+    return n * stddev + mean
+
+
+def random_beta(concentration1, concentration0, dtype, seed):
+    # Beta(a, b) = Ga / (Ga + Gb) with unit-scale Gamma draws on the device.
+    device = get_device()
+    dtype = to_torch_dtype(dtype)
+    gen = device_generator(seed, device)
+    a = torch.full((1,), float(concentration1), dtype=dtype, device=device)
+    b = torch.full((1,), float(concentration0), dtype=dtype, device=device)
+    ga = torch._standard_gamma(a, generator=gen)
+    gb = torch._standard_gamma(b, generator=gen)
+    return (ga / (ga + gb)).reshape(())
+
+
+def get_random_state(seed):
+    """JSON-able state of the device generators behind a SeedGenerator."""
+    return {
+        device: base64.b64encode(bytes(g.get_state().cpu().numpy().tobytes())).decode("ascii")
+        for device, g in _GENERATORS.get(seed, {}).items()
+    }
+
+
+def set_random_state(seed, state):
+    """Restores what `get_random_state` returned (for resumed runs)."""
+    for device, encoded in (state or {}).items():
+        raw = np.frombuffer(base64.b64decode(encoded), dtype=np.uint8).copy()
+        device_generator(seed, device).set_state(torch.from_numpy(raw))
+
+
+def device_generators(device_type):
+    """Every generator made so far on devices of `device_type` (e.g. `"cuda"`)."""
+    return [g for per_device in _GENERATORS.values() for d, g in per_device.items() if d.startswith(device_type)]
