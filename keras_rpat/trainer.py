@@ -29,6 +29,23 @@ _INPUT_OF_VIEW = {
 }
 
 
+PRECISIONS = ("float32", "bfloat16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
+    return value
+
+
 class _Holder:
     """A plain container Keras does not track (for derived models)."""
 
@@ -123,6 +140,18 @@ class RPATTrainer(keras.Model):
         eval_attack: optional attack used by `evaluate()` (and
             `validation_data`) to report `adv_acc` next to `clean_acc`.
         seed: seed of the trainer's own randomness (Beta-sampled `alpha`).
+        fast_path: on the torch backend, run the step on the classifier
+            lowered into torch kernels over the same variables (exact: the
+            same arithmetic, fewer kernels; see README "Performance"). A
+            classifier it cannot lower runs on the Keras path, with one log
+            line naming the reason. Ignored on tensorflow. Default `True`.
+        capture: with the fast path on CUDA, capture the whole step in one
+            CUDA graph per batch shape and replay it. Off by default; on a
+            CPU the step runs uncaptured.
+        precision: `"float32"` (default) or `"bfloat16"` (`"bf16"`): bf16
+            autocast of the fast path's forward passes (not exact).
+        memory_format: `"contiguous"` (NCHW, default) or `"channels_last"`
+            (NHWC storage) for the fast path's activations; both exact.
 
     Example:
 
@@ -154,6 +183,10 @@ class RPATTrainer(keras.Model):
         track_clean_accuracy=True,
         eval_attack=None,
         seed=None,
+        fast_path=True,
+        capture=False,
+        precision="float32",
+        memory_format="contiguous",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -187,6 +220,10 @@ class RPATTrainer(keras.Model):
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
+        self.fast_path = _check_bool(fast_path, "fast_path")
+        self.capture = _check_bool(capture, "capture")
+        self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
+        self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
 
         self._check_views()
         self._num_classes = int(classifier.outputs[0].shape[-1]) if hasattr(classifier, "outputs") and classifier.outputs else None
@@ -272,6 +309,24 @@ class RPATTrainer(keras.Model):
             self._aux.feature_models[key] = keras.Model(self.classifier.inputs, outputs)
         return self._aux.feature_models[key]
 
+    # ------------------------------------------------------------------ models
+    def _classifier_forward(self, proxies=()):
+        """The callable computing logits (and `proxies` features) this step:
+        the lowered classifier on the torch fast path, else the Keras model."""
+        fast = rpat_backend.lowered_models(self)
+        if fast is None:
+            return self._feature_model(proxies)
+        return fast.features(proxies)
+
+    def _teacher_forward(self):
+        fast = rpat_backend.lowered_models(self)
+        return self.teacher if fast is None else fast.teacher
+
+    def _evaluation_forward(self):
+        if self.evaluation_model is self.classifier:
+            return self._classifier_forward()
+        return self._teacher_forward()
+
     # ------------------------------------------------------------------ phases
     def set_epoch(self, epoch):
         """Selects the attack, active losses and EMA decay of a 0-based epoch.
@@ -322,7 +377,8 @@ class RPATTrainer(keras.Model):
     # ------------------------------------------------------------------ step
     def _unpack(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = ops.convert_to_tensor(x, dtype="float32")
+        # float32 pixels, or float64 under a float64 dtype policy.
+        x = ops.convert_to_tensor(x, dtype="float64" if self.classifier.dtype == "float64" else "float32")
         y = ops.convert_to_tensor(y)
         if sample_weight is not None:
             sample_weight = ops.convert_to_tensor(sample_weight)
@@ -341,7 +397,7 @@ class RPATTrainer(keras.Model):
         """Runs the attack and the no-gradient forwards (teacher, clean eval)."""
         x_adv = None
         if self._active_attack is not None:
-            x_adv = ops.stop_gradient(self._active_attack.perturb(self.classifier, x, y))
+            x_adv = ops.stop_gradient(self._active_attack.perturb(self._classifier_forward(), x, y))
         static = {}
         alphas = {}
         for view, loss in self._interp_alpha_source.items():
@@ -351,13 +407,14 @@ class RPATTrainer(keras.Model):
         teacher_views = [v for v in self._view_order if v.startswith("teacher_")]
         if teacher_views:
             training = self.weight_averaging.teacher_training
+            teacher = self._teacher_forward()
             with rpat_backend.no_grad():
                 for view in teacher_views:
-                    logits = self.teacher(self._input(view, x, x_adv, alphas), training=training)
+                    logits = teacher(self._input(view, x, x_adv, alphas), training=training)
                     static[view] = ops.stop_gradient(logits)
         if self.track_clean_accuracy and "clean" not in self._view_order:
             with rpat_backend.no_grad():
-                static["_clean_eval"] = ops.stop_gradient(self.classifier(x, training=False))
+                static["_clean_eval"] = ops.stop_gradient(self._classifier_forward()(x, training=False))
         return x_adv, static
 
     def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None):
@@ -369,7 +426,7 @@ class RPATTrainer(keras.Model):
                 continue
             inputs = self._input(view, x, x_adv, alphas)
             proxies = self._view_proxies.get(view, ())
-            outputs = self._feature_model(proxies)(inputs, training=True)
+            outputs = self._classifier_forward(proxies)(inputs, training=True)
             if proxies:
                 views[view] = outputs[0]
                 for proxy, feature in zip(proxies, outputs[1:]):
@@ -389,7 +446,7 @@ class RPATTrainer(keras.Model):
     def _after_update(self, x):
         if self.post_step_clean_forward:
             with rpat_backend.no_grad():
-                self.classifier(x, training=True)
+                self._classifier_forward()(x, training=True)
         if self.teacher is not None:
             rpat_backend.assign_moving_average(self.teacher.weights, self.classifier.weights, self._wa_decay)
 
@@ -409,7 +466,7 @@ class RPATTrainer(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
-        model = self.evaluation_model
+        model = self._evaluation_forward()
         logits = model(x, training=False)
         self._total_tracker.update_state(ops.mean(attacks_lib.cross_entropy(y, logits)))
         self._clean_acc.update_state(_correct(y, logits))
@@ -501,6 +558,10 @@ class RPATTrainer(keras.Model):
             "track_clean_accuracy": self.track_clean_accuracy,
             "eval_attack": attacks_lib.serialize(self.eval_attack),
             "seed": self.seed,
+            "fast_path": self.fast_path,
+            "capture": self.capture,
+            "precision": self.precision,
+            "memory_format": self.memory_format,
         }
 
     @classmethod

@@ -48,6 +48,12 @@ def train_step(trainer, data):
     return get_backend().train_step(trainer, data)
 
 
+def lowered_models(trainer):
+    """The trainer's fast-path models (`classifier`, `features(proxies)`,
+    `teacher`), or `None` where the trainer runs its Keras models."""
+    return get_backend().lowered_models(trainer)
+
+
 def assign_moving_average(targets, sources, decay):
     """`t <- decay * t + (1 - decay) * s` for each pair, in place."""
     return get_backend().assign_moving_average(targets, sources, decay)

@@ -46,6 +46,11 @@ def train_step(trainer, data):
     return trainer._update_metrics(y, total, terms, views, sample_weight)
 
 
+def lowered_models(trainer):
+    # tf.function already traces the step into one graph: no lowering.
+    return None
+
+
 def random_uniform(shape, minval, maxval, dtype, seed):
     import keras
 
