@@ -1,17 +1,26 @@
-"""Training-step throughput: RPATTrainer vs the authors' plain-PyTorch step.
+"""Training-step and forward throughput: RPATTrainer vs the authors' plain-PyTorch step.
 
-One step = PGD-10 (L-inf 8/255, step 2/255, eval-mode BatchNorm, uniform start)
-plus the three train-mode forwards of PGD-AT + RPAT, backward and an SGD update,
-at batch 128 on CIFAR shapes (PERFORMANCE.md). Speed is reported as images per
-second and as the RATIO to the plain-PyTorch eager fp32 step timed in the same
-process on the same device, for the torch backend and (in a second process) the
-tensorflow backend.
+One step = PGD-K (L-inf 8/255, step 2/255, eval-mode BatchNorm, uniform start)
+plus the three train-mode forwards of PGD-AT + RPAT, backward and an SGD update
+(PERFORMANCE.md). Every configuration is timed in the same process as the
+plain-PyTorch eager fp32 step on the same device, in interleaved rounds (best
+round kept), and reported as images/s and as the RATIO to that step:
 
-    python benchmarks/throughput.py                       # all models, both backends
-    python benchmarks/throughput.py --models resnet18 --backends torch
-    python benchmarks/throughput.py --smoke               # CPU, well under a minute
+    torch worker       plain_pytorch (the reference), keras_fast (the torch fast
+                       path, default), keras_eager (fast_path=False); on CUDA also
+                       keras_fast_capture, keras_fast_bf16, keras_fast_capture_bf16,
+                       keras_fast_channels_last
+    tensorflow worker  tf_function, tf_xla (jit_compile=True)
 
-Writes benchmarks/throughput.json (or --out) and prints a table last.
+A forward-only ratio (one inference forward, no gradient, as evaluation runs
+it) is measured the same way.
+
+    python benchmarks/throughput.py --smoke                  # CPU, about a minute
+    python benchmarks/throughput.py --cpu                    # the CPU acceptance shapes
+    python benchmarks/throughput.py --models resnet18 --backends torch --shapes 128x32x10
+
+A shape is BATCHxSIZExPGD_STEPS. Writes benchmarks/throughput.json (or --out)
+and prints a table last.
 """
 
 import argparse
@@ -25,106 +34,205 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = ("resnet18", "resnet18_bottleneck", "preact_resnet18", "wide_resnet34_10")
+MODELS = ("resnet18", "resnet18_bottleneck", "preact_resnet18", "wide_resnet16_4")
+TORCH_CONFIGS = ("plain_pytorch", "keras_fast", "keras_eager")
+CUDA_CONFIGS = ("keras_fast_capture", "keras_fast_bf16", "keras_fast_capture_bf16", "keras_fast_channels_last")
+TF_CONFIGS = ("plain_pytorch", "tf_function", "tf_xla")
+CPU_SHAPES = "4x8x2,8x16x3,32x32x10"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--backends", default="torch,tensorflow")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--num-steps", type=int, default=10, help="PGD steps per training step")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run: resnet18, batch 4, 8x8, PGD-2, 2 steps")
+    p.add_argument("--shapes", default="128x32x10", help="comma list of BATCHxSIZExPGD_STEPS")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--configs", default=None, help="comma list (default: all for the device)")
+    p.add_argument("--smoke", action="store_true", help="resnet18, batch 4, 8x8, PGD-2, 2 steps")
+    p.add_argument("--cpu", action="store_true", help=f"the CPU acceptance shapes {CPU_SHAPES}")
     p.add_argument("--out", default=os.path.join(HERE, "throughput.json"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.batch_size, args.image_size = "resnet18", 4, 8
-        args.num_steps, args.steps, args.warmup = 2, 2, 1
+        args.models, args.shapes, args.steps, args.rounds, args.warmup = "resnet18", "4x8x2", 2, 2, 1
+    if args.cpu:
+        args.shapes = CPU_SHAPES
+    args.shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+    for shape in args.shapes:
+        if len(shape) != 3 or min(shape) < 0 or shape[0] < 1:
+            raise SystemExit(f"--shapes: expected BATCHxSIZExPGD_STEPS such as 128x32x10, got {shape}")
     return args
 
 
 # ---------------------------------------------------------------------------
 # Worker: one backend, one process
 # ---------------------------------------------------------------------------
-def _peak_memory_mb(torch):
+def build_keras_model(name, size):
+    import keras_rpat
+
+    if name.startswith("wide_resnet") and name not in ("wide_resnet34_10", "wide_resnet28_10"):
+        depth, widen = (int(v) for v in name[len("wide_resnet") :].split("_"))
+        return keras_rpat.models.wide_resnet(depth=depth, widen_factor=widen, num_classes=10, input_shape=(size, size, 3))
+    return keras_rpat.models.get(name, num_classes=10, input_shape=(size, size, 3))
+
+
+def build_reference(name):
+    sys.path.insert(0, HERE)
+    import torch_reference
+
+    if name.startswith("wide_resnet") and name not in ("wide_resnet34_10", "wide_resnet28_10"):
+        depth, widen = (int(v) for v in name[len("wide_resnet") :].split("_"))
+        return torch_reference.TorchWideResNet(depth, widen, 10)
+    return torch_reference.build(name)
+
+
+def _configs(args, backend, cuda):
+    if args.configs:
+        return args.configs.split(",")
+    if backend == "torch":
+        return list(TORCH_CONFIGS) + (list(CUDA_CONFIGS) if cuda else [])
+    return list(TF_CONFIGS)
+
+
+def _make(config, name, args, shape, x, y, device):
+    """Returns (step_fn, forward_fn) for one configuration."""
+    import keras
+    import torch
+
+    import keras_rpat
+
+    batch, size, num_steps = shape
+    if config == "plain_pytorch":
+        sys.path.insert(0, HERE)
+        import torch_reference
+
+        ref = build_reference(name).to(device)
+        step = torch_reference.make_reference_step(ref, num_steps=num_steps)
+        xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous().to(device)
+        yt = torch.tensor(y).to(device)
+
+        def forward():
+            ref.eval()
+            with torch.no_grad():
+                return ref(xt)
+
+        return (lambda: step(xt, yt)), forward
+    keras.utils.set_random_seed(0)
+    classifier = build_keras_model(name, size)
+    options = {}
+    if config.startswith("keras_"):
+        options["fast_path"] = config != "keras_eager"
+        options["capture"] = "capture" in config
+        options["precision"] = "bfloat16" if "bf16" in config else "float32"
+        options["memory_format"] = "channels_last" if "channels_last" in config else "contiguous"
+    trainer = keras_rpat.RPATTrainer(
+        classifier,
+        attack=keras_rpat.attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=num_steps),
+        losses=[keras_rpat.losses.AdversarialCrossEntropy(), keras_rpat.losses.RobustPerception()],
+        track_clean_accuracy=False,
+        **options,
+    )
+    trainer.compile(
+        optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4),
+        jit_compile=config == "tf_xla",
+    )
+    xk = keras.ops.convert_to_tensor(x)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        infer = tf.function(lambda t: classifier(t, training=False), jit_compile=config == "tf_xla")
+        return (lambda: trainer.train_on_batch(x, y)), (lambda: infer(xk))
+    forward_model = trainer._classifier_forward()
+
+    def forward():
+        with torch.no_grad():
+            return forward_model(xk, training=False)
+
+    return (lambda: trainer.train_on_batch(x, y)), forward
+
+
+def _peak_mb(torch):
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process-wide on CPU
 
 
-def _time(fn, steps, warmup, sync):
-    for _ in range(warmup):
-        fn()
+def _best_time(fn, calls, sync):
     sync()
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         fn()
     sync()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / calls
 
 
 def worker(args):
+    import keras
     import numpy as np
     import torch
 
-    sys.path.insert(0, HERE)
-    import torch_reference
-
     import keras_rpat
-    import keras
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    backend = keras.config.backend()
 
     def sync():
-        if device == "cuda":
+        if cuda:
             torch.cuda.synchronize()
 
-    rng = np.random.default_rng(0)
-    b, s = args.batch_size, args.image_size
-    x = rng.uniform(size=(b, s, s, 3)).astype("float32")
-    y = rng.integers(0, 10, size=(b,)).astype("int64")
-    results = []
-    for name in args.models.split(","):
-        row = {"model": name, "backend": keras.config.backend(), "batch_size": b}
-        # Plain PyTorch reference, same process, same device.
-        ref = torch_reference.build(name).to(device)
-        step = torch_reference.make_reference_step(ref, num_steps=args.num_steps)
-        xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous().to(device)
-        yt = torch.tensor(y).to(device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = _time(lambda: step(xt, yt), args.steps, args.warmup, sync)
-        row["reference_images_per_s"] = b * args.steps / seconds
-        row["reference_peak_mb"] = _peak_memory_mb(torch)
-        del ref, step
-        # RPATTrainer.
-        keras.utils.set_random_seed(0)
-        classifier = keras_rpat.models.get(name, num_classes=10, input_shape=(s, s, 3))
-        trainer = keras_rpat.RPATTrainer(
-            classifier,
-            attack=keras_rpat.attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=args.num_steps),
-            losses=[keras_rpat.losses.AdversarialCrossEntropy(), keras_rpat.losses.RobustPerception()],
-            track_clean_accuracy=False,
-        )
-        trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = _time(lambda: trainer.train_on_batch(x, y), args.steps, args.warmup, sync)
-        row["keras_images_per_s"] = b * args.steps / seconds
-        row["keras_peak_mb"] = _peak_memory_mb(torch)
-        row["jit_compile"] = bool(trainer.jit_compile)
-        row["ratio"] = row["keras_images_per_s"] / row["reference_images_per_s"]
-        row["device"] = keras_rpat.backend.device_name()
-        results.append(row)
-        del trainer, classifier
+    rows = []
+    for shape in args.shapes:
+        batch, size, num_steps = shape
+        rng = np.random.default_rng(0)
+        x = rng.uniform(size=(batch, size, size, 3)).astype("float32")
+        y = rng.integers(0, 10, size=(batch,)).astype("int64")
+        for name in args.models.split(","):
+            configs = _configs(args, backend, cuda)
+            built, peaks = {}, {}
+            for config in configs:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                step, forward = _make(config, name, args, shape, x, y, device)
+                for _ in range(args.warmup):
+                    step()
+                    forward()
+                sync()
+                peaks[config] = _peak_mb(torch)
+                built[config] = (step, forward)
+            best_step = {c: float("inf") for c in configs}
+            best_fwd = dict(best_step)
+            for _ in range(args.rounds):  # interleaved: drift hits every config alike
+                for config in configs:
+                    step, forward = built[config]
+                    best_step[config] = min(best_step[config], _best_time(step, args.steps, sync))
+                    best_fwd[config] = min(best_fwd[config], _best_time(forward, max(args.steps, 3), sync))
+            ref_step, ref_fwd = best_step["plain_pytorch"], best_fwd["plain_pytorch"]
+            for config in configs:
+                rows.append(
+                    {
+                        "backend": backend,
+                        "model": name,
+                        "batch_size": batch,
+                        "image_size": size,
+                        "pgd_steps": num_steps,
+                        "config": config,
+                        "step_images_per_s": batch / best_step[config],
+                        "step_ratio": ref_step / best_step[config],
+                        "forward_images_per_s": batch / best_fwd[config],
+                        "forward_ratio": ref_fwd / best_fwd[config],
+                        "peak_mb": peaks[config],
+                        "peak_kind": "cuda_allocated" if cuda else "process_rss",
+                        "device": keras_rpat.backend.device_name(),
+                    }
+                )
+            del built
     with open(args.worker, "w") as f:
-        json.dump(results, f)
+        json.dump(rows, f)
 
 
 # ---------------------------------------------------------------------------
@@ -134,13 +242,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    raw = list(argv if argv is not None else sys.argv[1:])
     rows = []
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "rows.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", out] + [
-                a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"
-            ]
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", out] + raw
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
             proc = subprocess.run(cmd, env=env)
             if proc.returncode != 0:
@@ -150,19 +257,23 @@ def main(argv=None):
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "args": {k: (v if k != "shapes" else ["x".join(map(str, s)) for s in v]) for k, v in vars(args).items() if k != "worker"},
         "rows": rows,
     }
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=2)
     os.replace(tmp, args.out)
-    print(f"\nPGD-{args.num_steps} + RPAT step, batch {args.batch_size}, {args.image_size}x{args.image_size} (wrote {args.out})")
-    print(f"{'backend':<11} {'model':<20} {'device':<14} {'ref img/s':>10} {'keras img/s':>12} {'ratio':>6} {'peak MB':>8}")
+    print(f"\nPGD-K + RPAT step and one inference forward; ratio = plain-PyTorch time / time (wrote {args.out})")
+    print(
+        f"{'backend':<11} {'model':<20} {'shape':<10} {'config':<25} {'step img/s':>10} {'ratio':>6} "
+        f"{'fwd img/s':>10} {'ratio':>6} {'peak MB':>8}"
+    )
     for r in rows:
+        shape = f"{r['batch_size']}x{r['image_size']}x{r['pgd_steps']}"
         print(
-            f"{r['backend']:<11} {r['model']:<20} {r['device'][:14]:<14} {r['reference_images_per_s']:>10.1f} "
-            f"{r['keras_images_per_s']:>12.1f} {r['ratio']:>6.2f} {r['keras_peak_mb']:>8.0f}"
+            f"{r['backend']:<11} {r['model']:<20} {shape:<10} {r['config']:<25} {r['step_images_per_s']:>10.1f} "
+            f"{r['step_ratio']:>6.2f} {r['forward_images_per_s']:>10.1f} {r['forward_ratio']:>6.2f} {r['peak_mb']:>8.0f}"
         )
 
 

@@ -30,13 +30,18 @@ def test_quickcheck_smoke(tmp_path, bench_path):
     assert all(0.0 <= r["clean"] <= 100.0 and 0.0 <= r["pgd20"] <= 100.0 for r in record["rows"])
 
 
-def test_throughput_worker_reports_both_implementations(tmp_path, bench_path):
+def test_throughput_worker_reports_every_configuration(tmp_path, bench_path):
     import throughput
 
     out = tmp_path / "rows.json"
-    args = throughput.parse_args(["--smoke", "--steps", "1", "--warmup", "0", "--worker", str(out)])
+    args = throughput.parse_args(["--smoke", "--steps", "1", "--rounds", "1", "--warmup", "0", "--worker", str(out)])
     throughput.worker(args)
-    (row,) = json.loads(out.read_text())
-    assert row["backend"] == keras.config.backend() and row["model"] == "resnet18"
-    for key in ("reference_images_per_s", "keras_images_per_s", "ratio", "keras_peak_mb"):
-        assert row[key] > 0
+    rows = json.loads(out.read_text())
+    expected = throughput.TORCH_CONFIGS if keras.config.backend() == "torch" else throughput.TF_CONFIGS
+    assert [r["config"] for r in rows] == list(expected)
+    for row in rows:
+        assert row["backend"] == keras.config.backend() and row["model"] == "resnet18"
+        for key in ("step_images_per_s", "step_ratio", "forward_images_per_s", "forward_ratio", "peak_mb"):
+            assert row[key] > 0
+    (reference,) = [r for r in rows if r["config"] == "plain_pytorch"]
+    assert reference["step_ratio"] == 1.0 and reference["forward_ratio"] == 1.0
