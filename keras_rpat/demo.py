@@ -1,12 +1,10 @@
 """The `make demo` / `keras-rpat demo` job: PGD-AT vs PGD-AT + RPAT on synthetic data."""
 
-import json
-import os
-import tempfile
 import time
 
 import keras
 
+from keras_rpat import _io
 from keras_rpat import attacks, datasets, models, presets
 
 DEMO_METHODS = ("pgd_at", "pgd_at+rpat")
@@ -59,9 +57,4 @@ def format_table(rows):
 
 def save_rows(rows, path):
     """Writes the rows as JSON, atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"backend": keras.config.backend(), "rows": rows}, f, indent=2)
-    os.replace(tmp, path)
+    _io.atomic_write_json(path, {"backend": keras.config.backend(), "rows": rows})

@@ -25,8 +25,12 @@ import copy
 import dataclasses
 from typing import Optional
 
+from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import losses as losses_lib
+from keras_rpat import optimizers
+from keras_rpat.trainer import RPATTrainer
+from keras_rpat.trainer import WeightAveraging
 
 BASE_METHODS = ("clean", "random_noise", "pgd_at", "trades", "mart", "consistency_at")
 SOTA_METHODS = ("rebat", "rpat_plus_plus")
@@ -45,9 +49,14 @@ _ALIASES = {
     "wa": "wa",
 }
 
+# The paper's L2 attack step (REFERENCE §8 #7: 15/255 is the upstream convention).
+L2_STEP_SIZE = 32 / 255
+# The epoch the ReBAT / RPAT++ weight averaging and BoAT / RPAT++ terms start (0-based).
+WA_START_EPOCH = 105
+
 BUDGETS = {
     "linf": {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10},
-    "l2": {"epsilon": 128 / 255, "step_size": 32 / 255, "num_steps": 10},
+    "l2": {"epsilon": 128 / 255, "step_size": L2_STEP_SIZE, "num_steps": 10},
 }
 
 
@@ -119,8 +128,6 @@ class Preset:
     # -- builders -----------------------------------------------------------
     def build_trainer(self, classifier, **overrides):
         """Returns an `RPATTrainer` for `classifier` (not compiled)."""
-        from keras_rpat.trainer import RPATTrainer
-
         kwargs = dict(
             attack=copy.deepcopy(self.attack),
             losses=[l.__class__.from_config(l.get_config()) for l in self.losses],
@@ -131,8 +138,6 @@ class Preset:
         return RPATTrainer(classifier, **kwargs)
 
     def learning_rate_schedule(self, steps_per_epoch):
-        from keras_rpat import optimizers
-
         if self.schedule == "piecewise":
             return optimizers.PiecewiseDecay(
                 self.learning_rate, steps_per_epoch, milestones=self.milestones, factor=self.lr_factor
@@ -141,8 +146,6 @@ class Preset:
 
     def optimizer(self, steps_per_epoch):
         """Torch-style SGD with this preset's schedule."""
-        from keras_rpat import optimizers
-
         return optimizers.SGD(
             self.learning_rate_schedule(steps_per_epoch),
             momentum=self.momentum,
@@ -215,10 +218,8 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
     trainer.compile(optimizer=preset.optimizer(steps_per_epoch=391))
     ```
     """
-    from keras_rpat.trainer import WeightAveraging
-
     full = canonical_name(name)
-    norm = attacks_lib._canonical_norm(norm)
+    norm = _checks.canonical_norm(norm)
     rpat = full.endswith("+rpat")
     method = full[: -len("+rpat")] if rpat else full
     if method in ("clean", "random_noise"):

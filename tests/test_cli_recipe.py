@@ -9,14 +9,13 @@ import keras_rpat  # noqa: F401  (selects the default backend before keras)
 
 import json
 
-import keras
 import pytest
 from click.testing import CliRunner
 
 from keras_rpat import recipes
 from keras_rpat.cli import main
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
 RECIPES = recipes.list_recipes()
 
 # On torch every recipe runs WHOLE in smoke mode (85 runs, about 45 s on two
@@ -132,6 +131,7 @@ def test_missing_tiny_imagenet_is_a_clean_error(tmp_path):
     assert not out.exists()  # checked before anything is written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, args, n_runs", SMOKE_CASES)
 def test_smoke_run_of_every_recipe(tmp_path, name, args, n_runs):
     out = tmp_path / name

@@ -832,3 +832,15 @@ def test_cutmix_soft_target_equals_mixed_cross_entropy():
     scce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     mixed = lam * float(scce(ya, logits)) + (1 - lam) * float(scce(yb, logits))
     np.testing.assert_allclose(float(cce(soft, logits)), mixed, rtol=1e-5)
+
+
+# --- Real downloads (only with --run-download) -------------------------------------
+
+
+@pytest.mark.download
+def test_cifar10_downloads_and_loads_in_the_reference_layout(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    ds = D.load("cifar10", data_dir=str(tmp_path))
+    assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_test.shape == (10000, 32, 32, 3)
+    assert ds.x_train.dtype == np.uint8 and ds.num_classes == 10
+    assert np.bincount(ds.y_test, minlength=10).tolist() == [1000] * 10

@@ -1,4 +1,4 @@
-"""Tests of `keras_rpat.evaluation` and `keras_rpat.autoattack_bridge`.
+"""Tests of `keras_rpat.evaluation` and `keras_rpat.autoattack`.
 
 Numbers are checked against independent computations: the paper's printed
 Mean/NRR values (REFERENCE §7), a closed-form PGD result on a two-class linear
@@ -20,7 +20,7 @@ from keras import ops
 
 from keras_rpat import attacks, evaluation, models
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
 
 
 def tiny_cnn(num_classes=4, data_format="channels_last", seed=0, softmax=False):
@@ -453,7 +453,9 @@ def test_perception_runs_on_cnn(perturbation):
 torch = pytest.importorskip("torch")
 pyautoattack = pytest.importorskip("pyautoattack")
 
-from keras_rpat import autoattack_bridge  # noqa: E402
+from keras_rpat import autoattack  # noqa: E402
+from keras_rpat.autoattack import cascade  # noqa: E402
+from keras_rpat.autoattack.torch_bridge import TorchBridge  # noqa: E402
 
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="TorchBridge runs Keras models on the torch backend")
 
@@ -488,7 +490,7 @@ def test_bridge_logits_equal_keras_logits(data_format):
     model = tiny_cnn(data_format=data_format)
     x_nhwc, _ = images(8)
     x_model = x_nhwc if data_format == "channels_last" else x_nhwc.transpose(0, 3, 1, 2)
-    bridge = autoattack_bridge.TorchBridge(model)
+    bridge = TorchBridge(model)
     assert bridge.data_format == data_format
     bridge.train()  # harmless: the Keras model always runs with training=False
     out = bridge(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
@@ -524,8 +526,8 @@ def test_autoattack_matches_pyautoattack_on_plain_torch_model():
     x, y = correctly_classified(model, 16, seed=4)
     eps, n_iter, attacks_list = 8 / 255, 8, ["apgd-ce", "apgd-t"]
     ref_acc, ref_adv = _reference_autoattack(model, x, y, attacks_list, n_iter, eps, batch_size=6)
-    with pytest.warns(autoattack_bridge.AutoAttackWarning) as record:
-        acc, x_adv = autoattack_bridge.run_autoattack(
+    with pytest.warns(autoattack.AutoAttackWarning) as record:
+        acc, x_adv = autoattack.run_autoattack(
             model, x, y, norm="linf", epsilon=eps, version="custom", attacks_to_run=attacks_list,
             batch_size=6, seed=0, options={"apgd": {"n_iter": n_iter}, "apgd-t": {"n_iter": n_iter}},
         )
@@ -549,10 +551,10 @@ def test_autoattack_state_resumes_after_interruption(tmp_path, monkeypatch):
         batch_size=4, seed=0,
         options={"apgd": {"n_iter": 6}, "apgd-t": {"n_iter": 6, "n_target_classes": 3}},
     )
-    full_acc, _ = autoattack_bridge.run_autoattack(model, x, y, **kwargs)
+    full_acc, _ = autoattack.run_autoattack(model, x, y, **kwargs)
 
     state = tmp_path / "aa_state.json"
-    real_perturb = autoattack_bridge._perturb
+    real_perturb = cascade.perturb
     calls = {"n": 0}
 
     class Interrupted(Exception):
@@ -564,44 +566,44 @@ def test_autoattack_state_resumes_after_interruption(tmp_path, monkeypatch):
             raise Interrupted()
         return real_perturb(aa, attack, xb, yb)
 
-    monkeypatch.setattr(autoattack_bridge, "_perturb", flaky)
+    monkeypatch.setattr(cascade, "perturb", flaky)
     with pytest.raises(Interrupted):
-        autoattack_bridge.run_autoattack(model, x, y, state_path=state, **kwargs)
+        autoattack.run_autoattack(model, x, y, state_path=state, **kwargs)
     saved = json.loads(state.read_text())
     assert saved["current"]["attack"] == "apgd-ce" and saved["current"]["next_batch"] == 2
     assert not saved["complete"]
 
-    resumed_acc, x_adv = autoattack_bridge.run_autoattack(model, x, y, state_path=state, **kwargs)
+    resumed_acc, x_adv = autoattack.run_autoattack(model, x, y, state_path=state, **kwargs)
     assert resumed_acc == pytest.approx(full_acc)
     assert x_adv is None  # earlier sessions' examples are not kept
     assert json.loads(state.read_text())["complete"]
     calls["n"] = 0
-    again, _ = autoattack_bridge.run_autoattack(model, x, y, state_path=state, **kwargs)
+    again, _ = autoattack.run_autoattack(model, x, y, state_path=state, **kwargs)
     assert again == pytest.approx(full_acc) and calls["n"] == 0  # finished: nothing rerun
 
     with pytest.raises(ValueError, match="belongs to another evaluation.*epsilon"):
-        autoattack_bridge.run_autoattack(model, x, y, state_path=state, **{**kwargs, "epsilon": 4 / 255})
+        autoattack.run_autoattack(model, x, y, state_path=state, **{**kwargs, "epsilon": 4 / 255})
 
 
 @torch_only
 def test_autoattack_probability_warning_reaches_user():
     model = tiny_cnn(softmax=True)
     x, y = images(8)
-    with pytest.warns(autoattack_bridge.AutoAttackWarning, match="probability distribution"):
-        autoattack_bridge.run_autoattack(
+    with pytest.warns(autoattack.AutoAttackWarning, match="probability distribution"):
+        autoattack.run_autoattack(
             model, x, y, version="custom", attacks_to_run=["apgd-ce"], options={"apgd": {"n_iter": 2}}
         )
 
 
 def test_autoattack_argument_errors():
     with pytest.raises(ValueError, match="version='custom'"):
-        autoattack_bridge.resolve_attacks("standard", ["apgd-ce"])
+        autoattack.resolve_attacks("standard", ["apgd-ce"])
     with pytest.raises(ValueError, match="Unknown AutoAttack attack"):
-        autoattack_bridge.resolve_attacks("custom", ["pgd"])
+        autoattack.resolve_attacks("custom", ["pgd"])
     with pytest.raises(ValueError, match="needs `attacks_to_run`"):
-        autoattack_bridge.resolve_attacks("custom")
-    assert autoattack_bridge.resolve_attacks("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert autoattack_bridge.resolve_attacks("custom", "apgd-ce, square") == ["apgd-ce", "square"]
+        autoattack.resolve_attacks("custom")
+    assert autoattack.resolve_attacks("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert autoattack.resolve_attacks("custom", "apgd-ce, square") == ["apgd-ce", "square"]
 
 
 def test_evaluate_with_autoattack_and_trainer():

@@ -16,7 +16,11 @@ import pytest
 
 from keras_rpat import losses
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+from testing import np_ce  # noqa: E402
+from testing import np_log_softmax  # noqa: E402
+from testing import np_softmax  # noqa: E402
+from testing import to_np  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -24,26 +28,10 @@ BACKEND = keras.config.backend()
 # ---------------------------------------------------------------------------
 
 
-def np_log_softmax(z):
-    z = np.asarray(z, np.float64)
-    m = np.max(z, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):  # inf logits (guard tests) give NaN, as in the library
-        return z - m - np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
-
-
-def np_softmax(z):
-    return np.exp(np_log_softmax(z))
-
-
 def np_kl(target_logits, logits):
     """Per-sample sum_c t_c (log t_c - log q_c), t = softmax(target), q = softmax(logits)."""
     log_t = np_log_softmax(target_logits)
     return np.sum(np.exp(log_t) * (log_t - np_log_softmax(logits)), axis=-1)
-
-
-def np_ce(y, z):
-    y = np.asarray(y).astype(int).reshape(-1)
-    return -np_log_softmax(z)[np.arange(len(y)), y]
 
 
 def np_js(u, v, temperature):
@@ -118,10 +106,6 @@ def np_rpatpp(teacher_clean, teacher_interp, adv, alpha, beta):
 # ---------------------------------------------------------------------------
 # Backend helpers
 # ---------------------------------------------------------------------------
-
-
-def to_np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
 
 
 def value_and_grads(loss, y, views, wrt, sample_weight=None):

@@ -14,7 +14,6 @@ import keras
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from keras_rpat import layers as rpat_layers

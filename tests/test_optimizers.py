@@ -21,7 +21,7 @@ from keras_rpat.optimizers import PiecewiseDecay
 from keras_rpat.optimizers import bench_milestones
 from keras_rpat.optimizers import scale_milestones
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
 SHAPES = [(3, 4), (4,), (2, 3, 3), (1,)]
 NUM_STEPS = 5
 

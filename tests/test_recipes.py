@@ -1,4 +1,4 @@
-"""Tests of `keras_rpat.recipes` (recipe files, run plans, runs, resume, report) and `keras_rpat.plots`.
+"""Tests of `keras_rpat.recipes` (recipe files, run plans, runs, resume, report) and `keras_rpat.recipes.plots`.
 
 The paper's numbers in the recipe files are checked against an independent
 relation (Mean = (Clean + AA) / 2 and NRR = 2 Clean AA / (Clean + AA), which
@@ -23,7 +23,7 @@ from keras_rpat import evaluation
 from keras_rpat import losses
 from keras_rpat import recipes
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
 EXPECTED = ["figure2", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6"]
 # Default plans (methods x setups x norms x 3 seeds; REFERENCE §7). Figure 4's
 # MSE and 0.5 points are one run.
@@ -38,7 +38,7 @@ PLAN_SIZES = {
     "figure4": 8 * 1 * 1 * 3,
     "figure5": 3 * 2 * 1 * 3,
 }
-RECIPES_DIR = Path(recipes.__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(keras_rpat.__file__).resolve().parent.parent / "recipes"
 
 
 # ---------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_report_layout_of_table1_and_table3():
 
 @pytest.mark.parametrize("name", ["figure2", "figure4", "figure5"])
 def test_plots_are_written(tmp_path, name):
-    from keras_rpat import plots
+    from keras_rpat.recipes import plots
 
     recipe = recipes.load_recipe(name)
     if name == "figure4":
@@ -411,7 +411,7 @@ def test_plots_are_written(tmp_path, name):
 
 
 def test_plots_without_matplotlib_say_what_to_install(monkeypatch, tmp_path):
-    from keras_rpat import plots
+    from keras_rpat.recipes import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):

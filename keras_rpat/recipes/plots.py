@@ -13,10 +13,14 @@ matplotlib is imported lazily: `pip install matplotlib` if it is missing.
 """
 
 import math
-import os
-import tempfile
 import textwrap
 from pathlib import Path
+
+from keras_rpat import _io
+from keras_rpat.recipes.results import aggregate
+from keras_rpat.recipes.results import paper_value
+from keras_rpat.recipes.schema import ARCH_LABELS
+from keras_rpat.recipes.schema import DATASET_LABELS
 
 __all__ = ["ablation_figure", "perception_figure", "plot_recipe"]
 
@@ -53,18 +57,9 @@ def _value(row, key):
 
 
 def _save(fig, path):
-    """`fig.savefig` through a temporary file and `os.replace` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".png")
-    os.close(fd)
-    try:
+    """`fig.savefig` atomically (temporary file + `os.replace`)."""
+    with _io.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return str(path)
 
 
@@ -226,18 +221,15 @@ def ablation_figure(panels, path, title=None, note=None, metrics=("clean_best", 
 
 
 def _rows(recipe, found, entries, metrics, label_of):
-    from keras_rpat.recipes import _aggregate
-    from keras_rpat.recipes import _paper_value
-
     rows = []
     for e in entries:
         values = found.get((e["method"], e["dataset"], e["arch"], e["norm"]), [])
         row = {"label": label_of(e)}
         for metric in metrics:
-            value, std, _ = _aggregate(values, metric)
+            value, std, _ = aggregate(values, metric)
             row[metric] = value
             row[metric + "_std"] = std
-        paper = {m: _paper_value(recipe, e, m) for m in metrics}
+        paper = {m: paper_value(recipe, e, m) for m in metrics}
         row["paper"] = {k: v for k, v in paper.items() if v is not None}
         rows.append(row)
     return rows
@@ -252,9 +244,6 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         out_dir: output folder.
         smoke: add a smoke-run warning to the figure.
     """
-    from keras_rpat.recipes import ARCH_LABELS
-    from keras_rpat.recipes import DATASET_LABELS
-
     out_dir = Path(out_dir)
     note = _SMOKE_NOTE if smoke else None
     entries = recipe.entries()
