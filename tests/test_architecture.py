@@ -59,3 +59,10 @@ def _package(tmp_path, files):
 def test_the_checker_finds_each_problem(tmp_path, files, expected):
     _, problems = _tool().check(_package(tmp_path, files), lazy={})
     assert any(expected in p for p in problems), problems
+
+
+def test_every_package_ships_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "keras_rpat").rglob("__init__.py")}
+    assert on_disk | {"keras_rpat.recipes.files"} == listed
