@@ -15,6 +15,7 @@ Everything here is written with `keras.ops` only, without Python branches on
 tensor values, so a whole training step can be traced into one graph.
 """
 
+import fractions
 import math
 import numbers
 
@@ -26,6 +27,7 @@ __all__ = [
     "MultiStepDecay",
     "PiecewiseDecay",
     "bench_milestones",
+    "scale_epoch",
     "scale_milestones",
 ]
 
@@ -528,13 +530,37 @@ def bench_milestones(epochs):
     return [int(0.5 * epochs), int(0.75 * epochs)]
 
 
+def scale_epoch(epoch, epochs, reference_epochs):
+    """The epoch of a `reference_epochs` schedule that corresponds to `epoch` in an `epochs`-long run.
+
+    `epoch * epochs / reference_epochs`, rounded to the nearest integer, with
+    ties going to the earlier epoch: an event exactly halfway between two
+    epochs (a learning-rate decay, the start of weight averaging or of a
+    stronger attack) happens at the earlier one, so the phase it starts is
+    never the one cut from a short run. This is the one rounding rule of
+    keras_rpat (`scale_milestones`, `keras_rpat.presets.Preset.with_epochs`).
+    Computed exactly (no floating-point round-off decides a tie).
+
+    Example:
+
+    ```python
+    >>> keras_rpat.optimizers.scale_epoch(105, 11, 110)  # 10.5: the tie goes to 10
+    10
+    >>> keras_rpat.optimizers.scale_epoch(150, 20, 200)
+    15
+    ```
+    """
+    exact = fractions.Fraction(epoch) * epochs / reference_epochs
+    return math.ceil(exact - fractions.Fraction(1, 2))
+
+
 def scale_milestones(milestones, epochs, reference_epochs):
     """Rescale milestones of a `reference_epochs` schedule to `epochs` epochs.
 
-    Each milestone `m` becomes `round(m * epochs / reference_epochs)`
-    (halves rounded up), at least 1, so that a shortened run decays at the
-    same fractions of training. Useful for quick runs of the paper's
-    schedules.
+    Each milestone `m` becomes `scale_epoch(m, epochs, reference_epochs)`
+    (the nearest epoch, ties to the earlier one), at least 1 for `m > 0`, so
+    that a shortened run decays at the same fractions of training. Useful for
+    quick runs of the paper's schedules.
 
     Args:
         milestones: non-empty, sorted list of epochs >= 0.
@@ -551,7 +577,7 @@ def scale_milestones(milestones, epochs, reference_epochs):
     >>> keras_rpat.optimizers.scale_milestones([100, 150], 20, 200)
     [10, 15]
     >>> keras_rpat.optimizers.scale_milestones([100, 105], 11, 110)
-    [10, 11]
+    [10, 10]
     ```
     """
     milestones = _check_milestones(milestones, integer=False)
@@ -565,6 +591,6 @@ def scale_milestones(milestones, epochs, reference_epochs):
             )
     scaled = []
     for m in milestones:
-        value = int(math.floor(m * epochs / reference_epochs + 0.5))
+        value = scale_epoch(m, epochs, reference_epochs)
         scaled.append(max(value, 1) if m > 0 else 0)
     return scaled

@@ -19,6 +19,7 @@ from keras_rpat.optimizers import SGD
 from keras_rpat.optimizers import MultiStepDecay
 from keras_rpat.optimizers import PiecewiseDecay
 from keras_rpat.optimizers import bench_milestones
+from keras_rpat.optimizers import scale_epoch
 from keras_rpat.optimizers import scale_milestones
 
 from testing import BACKEND  # noqa: E402
@@ -413,9 +414,27 @@ def test_bench_and_scaled_milestones():
     assert bench_milestones(200) == [100, 150]
     assert bench_milestones(300) == [150, 225]
     assert scale_milestones([100, 150], 20, 200) == [10, 15]
-    assert scale_milestones([100, 105], 11, 110) == [10, 11]
+    # Ties go to the earlier epoch (keras_rpat.optimizers.scale_epoch): 10.5 -> 10, 1.5 -> 1.
+    # Until issue 9 the helper rounded halves up ([10, 11] and [1, 2]) while
+    # Preset.with_epochs used round(); there is one rule now.
+    assert scale_milestones([100, 105], 11, 110) == [10, 10]
     assert scale_milestones([100, 105], 110, 110) == [100, 105]
-    assert scale_milestones([100, 150], 2, 200) == [1, 2]
+    assert scale_milestones([100, 150], 2, 200) == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "epoch, epochs, reference, expected",
+    [(105, 11, 110, 10), (115, 11, 110, 11), (100, 11, 110, 10), (105, 20, 200, 10), (150, 3, 200, 2), (1, 3, 6, 0), (0, 5, 110, 0)],
+)
+def test_scale_epoch_rounds_to_nearest_with_ties_to_the_earlier_epoch(epoch, epochs, reference, expected):
+    assert scale_epoch(epoch, epochs, reference) == expected
+
+
+def test_presets_and_scale_milestones_agree_on_the_11_epoch_schedule():
+    from keras_rpat import presets
+
+    preset = presets.get("pgd_at").with_epochs(11)
+    assert preset.milestones == (10, 10) == tuple(scale_milestones([100, 105], 11, 110))
 
 
 # ------------------------------------------------------------ serialization

@@ -19,6 +19,7 @@ follow:
 and options, validated like a recipe's method.
 """
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -64,30 +65,35 @@ def build_preset(spec):
         l2_step_size=spec.l2_step_size if spec.norm == "l2" else None,
         stronger_attack=bool(opts.get("stronger_attack", False)),
     )
+    changes = {"losses": [_with_loss_options(loss, opts) for loss in preset.losses]}
     if "lr_factor" in opts:
-        preset.lr_factor = float(opts["lr_factor"])
-    new_losses = []
-    for loss in preset.losses:
-        config = loss.get_config()
-        if isinstance(loss, losses_lib.RobustPerception):
-            for key, arg in RP_OPTIONS.items():
-                if key in opts:
-                    config[arg] = opts[key]
-            loss = losses_lib.RobustPerception.from_config(config)
-        elif isinstance(loss, (losses_lib.BoAT, losses_lib.RPATPlusPlus)) and "beta" in opts:
-            config["beta"] = float(opts["beta"])
-            loss = type(loss).from_config(config)
-        new_losses.append(loss)
-    preset.losses = new_losses
+        changes["lr_factor"] = float(opts["lr_factor"])
     if spec.smoke and preset.attack is not None and hasattr(preset.attack, "num_steps"):
-        preset.attack.num_steps = SMOKE["train_steps"]
-        if preset.attack.schedule:
-            for overrides in preset.attack.schedule.values():
-                if "num_steps" in overrides:
-                    overrides["num_steps"] = SMOKE["train_steps"]
+        changes["attack"] = _with_steps(preset.attack, SMOKE["train_steps"])
+    preset = preset.with_options(**changes)
     if spec.epochs != preset.epochs:
         preset = preset.with_epochs(spec.epochs)
     return preset
+
+
+def _with_loss_options(loss, opts):
+    """A copy of `loss` with the run's RobustPerception / BoAT / RPAT++ options."""
+    config = loss.get_config()
+    if isinstance(loss, losses_lib.RobustPerception):
+        config.update({arg: opts[key] for key, arg in RP_OPTIONS.items() if key in opts})
+    elif isinstance(loss, (losses_lib.BoAT, losses_lib.RPATPlusPlus)) and "beta" in opts:
+        config["beta"] = float(opts["beta"])
+    return type(loss).from_config(config)
+
+
+def _with_steps(attack, num_steps):
+    """A copy of `attack` with `num_steps` steps (also in its schedule's overrides)."""
+    attack = copy.deepcopy(attack)
+    attack.num_steps = num_steps
+    for overrides in (attack.schedule or {}).values():
+        if "num_steps" in overrides:
+            overrides["num_steps"] = num_steps
+    return attack
 
 
 def _load_dataset(spec, data_dir, cache):
