@@ -5,7 +5,7 @@ import time
 import keras
 
 from keras_rpat import _io
-from keras_rpat import attacks, datasets, models, presets
+from keras_rpat import attacks, datasets, evaluation, models, presets
 
 DEMO_METHODS = ("pgd_at", "pgd_at+rpat")
 
@@ -22,7 +22,7 @@ def run_demo(epochs=4, n_train=2048, n_test=512, batch_size=128, seed=0, methods
         keras.utils.set_random_seed(seed)
         preset = presets.get(method).with_epochs(epochs)
         classifier = models.get("small_cnn", num_classes=data.num_classes, input_shape=data.image_shape, widths=widths)
-        pgd20 = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=20, seed=seed)
+        pgd20 = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=evaluation.PGD_EVAL_STEPS, seed=seed)
         trainer = preset.build_trainer(classifier, eval_attack=pgd20)
         train_seq, test_seq = datasets.make_datasets(data, batch_size=batch_size, pipeline=preset.pipeline, seed=seed)
         trainer.compile(optimizer=preset.optimizer(steps_per_epoch=len(train_seq)))

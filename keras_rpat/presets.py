@@ -52,7 +52,7 @@ _ALIASES = {
 # The paper's L2 attack step (REFERENCE §8 #7: 15/255 is the upstream convention).
 L2_STEP_SIZE = 32 / 255
 # The epoch the ReBAT / RPAT++ weight averaging and BoAT / RPAT++ terms start (0-based).
-WA_START_EPOCH = 105
+WA_START_EPOCH = losses_lib.WA_START_EPOCH
 
 BUDGETS = {
     "linf": {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10},
