@@ -123,6 +123,22 @@ def _pattern(method, values):
     return f"{observed} ({'as expected' if observed == method.expect else 'expected ' + method.expect})"
 
 
+def _literature_lines(recipe):
+    """The rows the paper copies from the literature (not re-run), as a Markdown table."""
+    if not recipe.literature:
+        return []
+    lines = ["", "## Literature rows (from the paper, not re-run)", ""]
+    cols = [c for c in METRICS if any(c in r for r in recipe.literature)]
+    dims = [d for d in ("norm", "dataset", "arch") if any(d in r for r in recipe.literature)]
+    header = ["Method", "Venue"] + [d.capitalize() for d in dims] + [METRIC_LABELS[c] for c in cols]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in recipe.literature:
+        cells = [r["label"], r.get("venue", "")] + [_dim_label(d, r.get(d, "")) for d in dims]
+        cells += [_fmt(r.get(c), 3 if c in ("mean", "nrr") else 2) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(recipe, out_dir, fingerprint=None):
     """Writes `<out>/<recipe>.md` and `<out>/<recipe>.json` (and PNGs for figures).
 
@@ -166,16 +182,7 @@ def write_report(recipe, out_dir, fingerprint=None):
     )
     lines.append("")
     lines.extend(report_tables(recipe, found))
-    if recipe.literature:
-        lines += ["", "## Literature rows (from the paper, not re-run)", ""]
-        cols = [c for c in METRICS if any(c in r for r in recipe.literature)]
-        dims = [d for d in ("norm", "dataset", "arch") if any(d in r for r in recipe.literature)]
-        header = ["Method", "Venue"] + [d.capitalize() for d in dims] + [METRIC_LABELS[c] for c in cols]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in recipe.literature:
-            cells = [r["label"], r.get("venue", "")] + [_dim_label(d, r.get(d, "")) for d in dims]
-            cells += [_fmt(r.get(c), 3 if c in ("mean", "nrr") else 2) for c in cols]
-            lines.append("| " + " | ".join(cells) + " |")
+    lines.extend(_literature_lines(recipe))
     lines += ["", "## All measured metrics", ""]
     lines.extend(_detail_lines(recipe, found))
     if recipe.notes:

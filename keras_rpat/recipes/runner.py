@@ -51,6 +51,9 @@ def check_out_dir(out_dir, fingerprint, overwrite=False):
 def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None):
     """Runs a recipe's plan and writes its report.
 
+    `recipe`, `runs` and `out_dir` say what is run; the keyword arguments are
+    the same independent switches as `run_experiment`'s.
+
     Args:
         recipe: a `Recipe` (or a name).
         runs: the `RunSpec`s to run (from `recipe.runs(...)`; all of one

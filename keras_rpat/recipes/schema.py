@@ -24,6 +24,7 @@ from keras_rpat import presets
 from keras_rpat.autoattack import AA_VERSIONS
 from keras_rpat.evaluation import EVALUATION_ATTACKS
 from keras_rpat.evaluation import PERTURBATIONS
+from keras_rpat.evaluation import PGD_EVAL_STEPS
 
 __all__ = [
     "METRICS",
@@ -517,22 +518,7 @@ class Recipe:
                 _err(where, str(e))
 
         out["norms"] = _list(where, config["norms"], "norms", norm)
-        if "setups" in config:
-
-            def setup(v):
-                _check_keys(f"{where} setups", v, ("dataset", "arch", "stem_stride"), required=("dataset", "arch"))
-                s = {"dataset": _str(where, v["dataset"], "setups.dataset", out["datasets"]), "arch": arch(v["arch"])}
-                if s["arch"] not in out["archs"]:
-                    _err(where, f"`setups` uses arch {s['arch']!r}, which is not in `archs` {out['archs']}")
-                if "stem_stride" in v:
-                    s["stem_stride"] = _int(where, v["stem_stride"], "setups.stem_stride")
-                return s
-
-            out["setups"] = _list(where, config["setups"], "setups", setup)
-        else:
-            out["setups"] = [{"dataset": d, "arch": a} for d in out["datasets"] for a in out["archs"]]
-        for s in out["setups"]:
-            s.setdefault("stem_stride", 2 if s["dataset"] == "tiny_imagenet" else 1)
+        out["setups"] = _validate_setups(where, config, out, arch)
         out["epochs"] = _int(where, config["epochs"], "epochs")
         out["batch_size"] = _int(where, config["batch_size"], "batch_size")
         out["pipeline"] = _str(where, config["pipeline"], "pipeline", ("bench", "sotas"))
@@ -553,20 +539,7 @@ class Recipe:
         out["select_steps"] = _int(where, config.get("select_steps", 10), "select_steps")
         out["l2_step_size"] = _fraction(where, config.get("l2_step_size", presets.L2_STEP_SIZE), "l2_step_size")
         out["tolerance"] = _number(where, config["tolerance"], "tolerance", 0.0)
-        perception = config.get("perception")
-        if perception is not None:
-            pw = f"{where} perception"
-            _check_keys(pw, perception, ("epsilon", "step_size", "num_steps", "checkpoint"))
-            out["perception"] = {
-                "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon"),
-                "step_size": _fraction(pw, perception.get("step_size", "2/255"), "step_size"),
-                "num_steps": _int(pw, perception.get("num_steps", 20), "num_steps"),
-                "checkpoint": _str(pw, perception.get("checkpoint", "final"), "checkpoint", CHECKPOINTS),
-            }
-            if out["perception"]["checkpoint"] not in out["checkpoints"]:
-                _err(pw, f"`checkpoint` {out['perception']['checkpoint']!r} is not in `checkpoints` {out['checkpoints']}")
-        else:
-            out["perception"] = None
+        out["perception"] = _validate_perception(f"{where} perception", config.get("perception"), out["checkpoints"])
         return out
 
     @staticmethod
@@ -768,7 +741,9 @@ class Recipe:
         """The run plan: one `RunSpec` per method, setup, norm and seed.
 
         Narrowing arguments take one value, a list, or a comma-separated
-        string; each is checked against what the recipe contains.
+        string; each is checked against what the recipe contains. They are
+        the dimensions of the plan (and the `keras-rpat recipe` options), one
+        argument each.
 
         Args:
             dataset: keep these datasets (`"cifar10"`; `"CIFAR-10"` works).
@@ -895,6 +870,43 @@ class Recipe:
             lines.append("Notes:")
             lines.extend(f"  - {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _validate_setups(where, config, out, arch):
+    """The (dataset, arch, stem_stride) setups: `config.setups`, or every dataset x arch."""
+    if "setups" in config:
+
+        def setup(v):
+            _check_keys(f"{where} setups", v, ("dataset", "arch", "stem_stride"), required=("dataset", "arch"))
+            s = {"dataset": _str(where, v["dataset"], "setups.dataset", out["datasets"]), "arch": arch(v["arch"])}
+            if s["arch"] not in out["archs"]:
+                _err(where, f"`setups` uses arch {s['arch']!r}, which is not in `archs` {out['archs']}")
+            if "stem_stride" in v:
+                s["stem_stride"] = _int(where, v["stem_stride"], "setups.stem_stride")
+            return s
+
+        setups = _list(where, config["setups"], "setups", setup)
+    else:
+        setups = [{"dataset": d, "arch": a} for d in out["datasets"] for a in out["archs"]]
+    for s in setups:
+        s.setdefault("stem_stride", 2 if s["dataset"] == "tiny_imagenet" else 1)
+    return setups
+
+
+def _validate_perception(pw, perception, checkpoints):
+    """`[config.perception]` of Figures 2 and 5 (the PGD-20 or noise perturbation), or None."""
+    if perception is None:
+        return None
+    _check_keys(pw, perception, ("epsilon", "step_size", "num_steps", "checkpoint"))
+    out = {
+        "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon"),
+        "step_size": _fraction(pw, perception.get("step_size", "2/255"), "step_size"),
+        "num_steps": _int(pw, perception.get("num_steps", PGD_EVAL_STEPS), "num_steps"),
+        "checkpoint": _str(pw, perception.get("checkpoint", "final"), "checkpoint", CHECKPOINTS),
+    }
+    if out["checkpoint"] not in checkpoints:
+        _err(pw, f"`checkpoint` {out['checkpoint']!r} is not in `checkpoints` {checkpoints}")
+    return out
 
 
 # ---------------------------------------------------------------------------
