@@ -75,9 +75,7 @@ def canonical_norm(norm):
     """`"linf"` or `"l2"` for any accepted spelling (`"Linf"`, `"l_inf"`, `"2"`...)."""
     key = str(norm).lower().replace(" ", "")
     if key not in NORM_ALIASES:
-        raise ValueError(
-            f"Unknown `norm`: {norm!r}. Expected one of {NORMS} ('linf' for L-infinity, 'l2' for L2)."
-        )
+        raise ValueError(f"Unknown `norm`: {norm!r}. Expected one of {NORMS} ('linf' for L-infinity, 'l2' for L2).")
     return NORM_ALIASES[key]
 
 
@@ -432,8 +430,7 @@ def infer_data_format(model, data_format=None):
     if data_format is not None:
         if data_format not in _DATA_FORMATS:
             raise ValueError(
-                "`data_format` must be 'channels_last' or 'channels_first'. "
-                f"Received: data_format={data_format!r}"
+                f"`data_format` must be 'channels_last' or 'channels_first'. Received: data_format={data_format!r}"
             )
         return data_format
     fmt = _layer_data_format(model)

@@ -214,9 +214,7 @@ def default_data_dir():
     folder). CIFAR-10/100 use the tensorflow-datasets default
     (`~/tensorflow_datasets`) unless `data_dir` is given.
     """
-    return os.path.expanduser(
-        os.environ.get("KERAS_RPAT_DATA_DIR", os.path.join("~", ".keras", "datasets"))
-    )
+    return os.path.expanduser(os.environ.get("KERAS_RPAT_DATA_DIR", os.path.join("~", ".keras", "datasets")))
 
 
 def load(name, data_dir=None, **options):
@@ -270,10 +268,7 @@ def load(name, data_dir=None, **options):
     >>> ds = keras_rpat.datasets.load("tiny_imagenet", data_dir="/data")
     """
     if not isinstance(name, (str, os.PathLike)):
-        raise ValueError(
-            "`name` must be a dataset name or a path to an .npz file. "
-            f"Received: name={name!r}"
-        )
+        raise ValueError(f"`name` must be a dataset name or a path to an .npz file. Received: name={name!r}")
     n_train = options.pop("n_train", None)
     n_test = options.pop("n_test", None)
     raw = os.fspath(name)
@@ -373,9 +368,7 @@ def _load_tfds(tfds_name, data_dir=None, download=True):
 
 def _load_cifar10(data_dir=None, download=True):
     arrays = _load_tfds("cifar10", data_dir=data_dir, download=download)
-    return Dataset(
-        **arrays, num_classes=10, name="cifar10", class_names=list(_CIFAR10_CLASSES)
-    )
+    return Dataset(**arrays, num_classes=10, name="cifar10", class_names=list(_CIFAR10_CLASSES))
 
 
 def _load_cifar100(data_dir=None, download=True):
@@ -449,19 +442,13 @@ def find_tiny_imagenet(data_dir):
     nested = os.path.join(base, _TINY_FOLDER)
     if os.path.isdir(os.path.join(nested, "train")):
         return nested
-    if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(
-        os.path.join(base, "val")
-    ):
+    if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(os.path.join(base, "val")):
         return base
     raise _tiny_not_found(base)
 
 
 def _image_files(folder):
-    return sorted(
-        e.name
-        for e in os.scandir(folder)
-        if e.is_file() and e.name.lower().endswith(_IMAGE_EXTENSIONS)
-    )
+    return sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(_IMAGE_EXTENSIONS))
 
 
 def _index_tiny_imagenet(root):
@@ -484,10 +471,7 @@ def _index_tiny_imagenet(root):
             )
         files = _image_files(folder)
         if not files:
-            raise ValueError(
-                f"Malformed Tiny-ImageNet folder: no images in {folder}. "
-                f"Re-extract {TINY_IMAGENET_URL}."
-            )
+            raise ValueError(f"Malformed Tiny-ImageNet folder: no images in {folder}. Re-extract {TINY_IMAGENET_URL}.")
         train_files += [os.path.join(folder, f) for f in files]
         train_labels += [i] * len(files)
 
@@ -551,8 +535,7 @@ def _index_tiny_imagenet(root):
             val_labels += [class_index[e.name]] * len(files)
     if not val_files:
         raise ValueError(
-            f"Malformed Tiny-ImageNet folder: no val images found under {val_dir}. "
-            f"Re-extract {TINY_IMAGENET_URL}."
+            f"Malformed Tiny-ImageNet folder: no val images found under {val_dir}. Re-extract {TINY_IMAGENET_URL}."
         )
 
     digest = hashlib.sha256()
@@ -575,10 +558,7 @@ def _decode_images(paths):
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError(
-            "Loading Tiny-ImageNet requires Pillow. Install it with "
-            "`pip install pillow`."
-        ) from e
+        raise ImportError("Loading Tiny-ImageNet requires Pillow. Install it with `pip install pillow`.") from e
 
     def read(path):
         with Image.open(path) as im:
@@ -619,8 +599,7 @@ def _load_tiny_imagenet(data_dir=None, cache_dir=None, use_cache=True):
                     arrays = {k: f[k] for k in _NPZ_KEYS}
         except Exception as e:  # corrupt or foreign file: rebuild it.
             warnings.warn(
-                f"Ignoring unreadable Tiny-ImageNet cache {cache_path} ({e}); "
-                "decoding the images again.",
+                f"Ignoring unreadable Tiny-ImageNet cache {cache_path} ({e}); decoding the images again.",
                 stacklevel=3,
             )
     if arrays is None:
@@ -666,19 +645,10 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
     _checks.check_positive_int(n_train, "n_train")
     _checks.check_positive_int(n_test, "n_test")
     _checks.check_positive_int(image_size, "image_size")
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, (int, np.integer))
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "`num_classes` must be an integer >= 2. Received: "
-            f"num_classes={num_classes!r}"
-        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
     if image_size < 8:
-        raise ValueError(
-            f"`image_size` must be at least 8. Received: image_size={image_size}"
-        )
+        raise ValueError(f"`image_size` must be at least 8. Received: image_size={image_size}")
     _checks.check_non_negative_int(seed, "seed")
     if not 0.0 < float(contrast) <= 2.5:
         raise ValueError(
@@ -714,9 +684,7 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
         wave = np.sin(2.0 * np.pi * freq[y][:, None, None] * t + phase[:, None, None])
         wave = wave.astype(np.float32)
         amplitude = (float(contrast) * rng.uniform(0.3, 0.4, n)).astype(np.float32)[:, None, None, None]
-        img = (
-            amplitude * grating_colour[y][:, None, None, :].astype(np.float32)
-        ) * wave[..., None]
+        img = (amplitude * grating_colour[y][:, None, None, :].astype(np.float32)) * wave[..., None]
         img += mean_colour[y][:, None, None, :].astype(np.float32)
         brightness = rng.uniform(-0.1, 0.1, n)[:, None, None, None]
         tint = rng.uniform(-0.06, 0.06, (n, 1, 1, 3))
@@ -782,11 +750,7 @@ def _random_crop_flip(xb, rng, pad, pad_mode, flip):
     rows = oy[:, None] + np.arange(h)
     cols = ox[:, None] + np.arange(w)
     cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    idx = (
-        (np.arange(b) * (hp * wp))[:, None, None]
-        + rows[:, :, None] * wp
-        + cols[:, None, :]
-    )
+    idx = (np.arange(b) * (hp * wp))[:, None, None] + rows[:, :, None] * wp + cols[:, None, :]
     return xb.reshape(-1, c)[idx]
 
 
@@ -817,10 +781,7 @@ def _check_xy(x, y, num_classes):
         _checks.check_positive_int(num_classes, "num_classes")
         y = validate_labels(y, int(num_classes), "y")
     if len(x) != len(y):
-        raise ValueError(
-            "`x` and `y` must have the same length. Received: "
-            f"len(x)={len(x)}, len(y)={len(y)}"
-        )
+        raise ValueError(f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}")
     return x, y
 
 
@@ -896,9 +857,7 @@ class TrainSequence(keras.utils.PyDataset):
         super().__init__(**kwargs)
         _checks.check_positive_int(batch_size, "batch_size")
         if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-            raise ValueError(
-                f"`pad` must be a non-negative integer. Received: pad={pad!r}"
-            )
+            raise ValueError(f"`pad` must be a non-negative integer. Received: pad={pad!r}")
         if pad_mode not in ("zero", "reflect"):
             raise ValueError(
                 "`pad_mode` must be 'zero' (torchvision RandomCrop, Bench) or "
@@ -981,9 +940,7 @@ class TrainSequence(keras.utils.PyDataset):
         if index < 0:
             index += n_batches
         if not 0 <= index < n_batches:
-            raise IndexError(
-                f"Batch index out of range: {index} for {n_batches} batches."
-            )
+            raise IndexError(f"Batch index out of range: {index} for {n_batches} batches.")
         ids = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         xb, yb = self.x[ids], self.y[ids]
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
@@ -1024,9 +981,7 @@ class EvalSequence(keras.utils.PyDataset):
     >>> test = keras_rpat.datasets.EvalSequence(ds.x_test, ds.y_test, batch_size=100)
     """
 
-    def __init__(
-        self, x, y=None, batch_size=128, data_format="channels_last", **kwargs
-    ):
+    def __init__(self, x, y=None, batch_size=128, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         _checks.check_positive_int(batch_size, "batch_size")
         _checks.channel_axis(data_format)
@@ -1058,9 +1013,7 @@ class EvalSequence(keras.utils.PyDataset):
         if index < 0:
             index += n_batches
         if not 0 <= index < n_batches:
-            raise IndexError(
-                f"Batch index out of range: {index} for {n_batches} batches."
-            )
+            raise IndexError(f"Batch index out of range: {index} for {n_batches} batches.")
         sl = slice(index * self.batch_size, (index + 1) * self.batch_size)
         xb = _batch_to_float(self.x[sl], self.data_format)
         if self.y is None:
@@ -1115,10 +1068,7 @@ def make_datasets(
     >>> train, test = keras_rpat.datasets.make_datasets(ds, pipeline="sotas")
     """
     if pipeline not in _PIPELINES:
-        raise ValueError(
-            f"`pipeline` must be one of {sorted(_PIPELINES)}. Received: "
-            f"pipeline={pipeline!r}"
-        )
+        raise ValueError(f"`pipeline` must be one of {sorted(_PIPELINES)}. Received: pipeline={pipeline!r}")
     if not isinstance(dataset, Dataset):
         dataset = load(dataset)
     pad_mode, default_test_batch = _PIPELINES[pipeline]

@@ -10,7 +10,18 @@ from keras_rpat import attacks, datasets, evaluation, models, presets
 DEMO_METHODS = ("pgd_at", "pgd_at+rpat")
 
 
-def run_demo(epochs=4, n_train=2048, n_test=512, batch_size=128, seed=0, methods=DEMO_METHODS, widths=(16, 32, 64), contrast=0.3, echo=None, verbose=2):
+def run_demo(
+    epochs=4,
+    n_train=2048,
+    n_test=512,
+    batch_size=128,
+    seed=0,
+    methods=DEMO_METHODS,
+    widths=(16, 32, 64),
+    contrast=0.3,
+    echo=None,
+    verbose=2,
+):
     """Trains each method on the built-in synthetic dataset and evaluates it.
 
     Returns a list of dicts with `method`, `clean`, `pgd20` (percent) and

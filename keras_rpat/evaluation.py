@@ -87,11 +87,7 @@ def _check_logits(logits, atol=1e-5):
     logits = np.asarray(logits, dtype=np.float64)
     if logits.size == 0:
         return
-    if (
-        logits.min() > -atol
-        and logits.max() < 1.0 + atol
-        and np.all(np.abs(logits.sum(-1) - 1.0) < atol)
-    ):
+    if logits.min() > -atol and logits.max() < 1.0 + atol and np.all(np.abs(logits.sum(-1) - 1.0) < atol):
         warnings.warn(
             "The model's outputs look like probabilities (each row is in [0, 1] and "
             "sums to 1): it seems a softmax is applied. keras_rpat attacks and "
@@ -737,8 +733,7 @@ def perception_analysis(
     start = time.time()
     if not isinstance(perturbation, attacks_lib.Attack) and perturbation not in PERTURBATIONS:
         raise ValueError(
-            f"Unknown `perturbation`: {perturbation!r}. Expected one of {PERTURBATIONS} "
-            "or a keras_rpat.attacks.Attack."
+            f"Unknown `perturbation`: {perturbation!r}. Expected one of {PERTURBATIONS} or a keras_rpat.attacks.Attack."
         )
     if averaging not in ("global", "per_batch"):
         raise ValueError(f"`averaging` must be 'global' or 'per_batch'. Received: averaging={averaging!r}")

@@ -112,9 +112,7 @@ class ViewLoss(keras.losses.Loss):
     def __init__(self, start_epoch=0, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if isinstance(start_epoch, bool) or int(start_epoch) != start_epoch or start_epoch < 0:
-            raise ValueError(
-                f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}"
-            )
+            raise ValueError(f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}")
         self.start_epoch = int(start_epoch)
 
     @property
@@ -200,7 +198,15 @@ class TRADES(ViewLoss):
           and Accuracy, ICML 2019.
     """
 
-    def __init__(self, beta=6.0, reuse_clean_forward=False, start_epoch=0, reduction="sum_over_batch_size", name="trades", dtype=None):
+    def __init__(
+        self,
+        beta=6.0,
+        reuse_clean_forward=False,
+        start_epoch=0,
+        reduction="sum_over_batch_size",
+        name="trades",
+        dtype=None,
+    ):
         super().__init__(start_epoch, reduction, name, dtype)
         self.beta = float(beta)
         self.reuse_clean_forward = bool(reuse_clean_forward)
@@ -295,7 +301,15 @@ class Consistency(ViewLoss):
 
     views = ("adv",)
 
-    def __init__(self, weight=1.0, temperature=0.5, start_epoch=0, reduction="sum_over_batch_size", name="consistency", dtype=None):
+    def __init__(
+        self,
+        weight=1.0,
+        temperature=0.5,
+        start_epoch=0,
+        reduction="sum_over_batch_size",
+        name="consistency",
+        dtype=None,
+    ):
         super().__init__(start_epoch, reduction, name, dtype)
         self.weight = float(weight)
         if not temperature > 0:
@@ -378,10 +392,7 @@ class RobustPerception(ViewLoss):
         super().__init__(start_epoch, reduction, name, dtype)
         alpha = float(alpha)
         if not 0.0 < alpha < 1.0:
-            raise ValueError(
-                "`alpha` must be in (0, 1): x~ = x + alpha * (x' - x). "
-                f"Received: alpha={alpha}"
-            )
+            raise ValueError(f"`alpha` must be in (0, 1): x~ = x + alpha * (x' - x). Received: alpha={alpha}")
         for arg, value, valid in (
             ("distance", distance, DISTANCES),
             ("alpha_sampling", alpha_sampling, ALPHA_SAMPLING),
@@ -511,7 +522,15 @@ class RPATPlusPlus(_GuardedTeacherLoss):
 
     views = ("adv", "teacher_clean", "teacher_interp")
 
-    def __init__(self, beta=1.0, alpha=0.5, start_epoch=WA_START_EPOCH, reduction="sum_over_batch_size", name="rpat_pp", dtype=None):
+    def __init__(
+        self,
+        beta=1.0,
+        alpha=0.5,
+        start_epoch=WA_START_EPOCH,
+        reduction="sum_over_batch_size",
+        name="rpat_pp",
+        dtype=None,
+    ):
         super().__init__(beta, start_epoch, reduction, name, dtype)
         alpha = float(alpha)
         if not 0.0 < alpha < 1.0:

@@ -122,31 +122,18 @@ class SGD(keras.optimizers.Optimizer):
     ):
         if _is_number(learning_rate):
             if not learning_rate >= 0:
-                raise ValueError(
-                    "`learning_rate` must be >= 0. "
-                    f"Received: learning_rate={learning_rate}"
-                )
+                raise ValueError(f"`learning_rate` must be >= 0. Received: learning_rate={learning_rate}")
             learning_rate = float(learning_rate)
         if not _is_number(momentum) or not 0 <= momentum < 1:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
         if weight_decay is None:
             weight_decay = 0.0
         if not _is_number(weight_decay) or not weight_decay >= 0:
-            raise ValueError(
-                "`weight_decay` must be a float >= 0. "
-                f"Received: weight_decay={weight_decay}"
-            )
+            raise ValueError(f"`weight_decay` must be a float >= 0. Received: weight_decay={weight_decay}")
         if not _is_number(dampening) or not 0 <= dampening <= 1:
-            raise ValueError(
-                "`dampening` must be in [0, 1]. "
-                f"Received: dampening={dampening}"
-            )
+            raise ValueError(f"`dampening` must be in [0, 1]. Received: dampening={dampening}")
         if not isinstance(nesterov, bool):
-            raise ValueError(
-                f"`nesterov` must be a bool. Received: nesterov={nesterov}"
-            )
+            raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "Nesterov momentum requires `momentum` > 0 and "
@@ -154,9 +141,7 @@ class SGD(keras.optimizers.Optimizer):
                 f"momentum={momentum}, dampening={dampening}"
             )
         # Keras' own `weight_decay` is decoupled: keep it off the base class.
-        super().__init__(
-            learning_rate=learning_rate, weight_decay=None, **kwargs
-        )
+        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.nesterov = nesterov
@@ -183,17 +168,10 @@ class SGD(keras.optimizers.Optimizer):
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         if self.built:
-            raise ValueError(
-                "`exclude_from_weight_decay()` can only be configured before "
-                "the optimizer is built."
-            )
-        super().exclude_from_weight_decay(
-            var_list=var_list, var_names=var_names
-        )
+            raise ValueError("`exclude_from_weight_decay()` can only be configured before the optimizer is built.")
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
-    exclude_from_weight_decay.__doc__ = (
-        keras.optimizers.Optimizer.exclude_from_weight_decay.__doc__
-    )
+    exclude_from_weight_decay.__doc__ = keras.optimizers.Optimizer.exclude_from_weight_decay.__doc__
 
     def _apply_weight_decay(self, variables):
         # Weight decay is coupled and happens inside `update_step`; the base
@@ -243,11 +221,7 @@ class SGD(keras.optimizers.Optimizer):
             done = torch_optimizers.sgd_foreach_update(
                 variables=[v.value for v in trainable_variables],
                 grads=list(grads),
-                momentum_buffers=(
-                    [self.momentums[i].value for i in indices]
-                    if self.momentum != 0
-                    else None
-                ),
+                momentum_buffers=([self.momentums[i].value for i in indices] if self.momentum != 0 else None),
                 learning_rate=learning_rate,
                 momentum=self.momentum,
                 dampening=self.dampening,
@@ -275,18 +249,14 @@ class SGD(keras.optimizers.Optimizer):
 
 def _check_steps_per_epoch(steps_per_epoch):
     if not _is_int(steps_per_epoch) or steps_per_epoch <= 0:
-        raise ValueError(
-            "`steps_per_epoch` must be an integer > 0. "
-            f"Received: steps_per_epoch={steps_per_epoch}"
-        )
+        raise ValueError(f"`steps_per_epoch` must be an integer > 0. Received: steps_per_epoch={steps_per_epoch}")
     return int(steps_per_epoch)
 
 
 def _check_initial_learning_rate(initial_learning_rate):
     if not _is_number(initial_learning_rate) or not initial_learning_rate >= 0:
         raise ValueError(
-            "`initial_learning_rate` must be a float >= 0. "
-            f"Received: initial_learning_rate={initial_learning_rate}"
+            f"`initial_learning_rate` must be a float >= 0. Received: initial_learning_rate={initial_learning_rate}"
         )
     return float(initial_learning_rate)
 
@@ -298,14 +268,9 @@ def _check_milestones(milestones, integer):
     except TypeError:
         values = None
     check = _is_int if integer else _is_number
-    if (
-        not values
-        or not all(check(m) and m >= 0 for m in values)
-        or any(a > b for a, b in zip(values, values[1:]))
-    ):
+    if not values or not all(check(m) and m >= 0 for m in values) or any(a > b for a, b in zip(values, values[1:])):
         raise ValueError(
-            f"`milestones` must be a non-empty, sorted list of {kind} "
-            f"(epochs). Received: milestones={milestones}"
+            f"`milestones` must be a non-empty, sorted list of {kind} (epochs). Received: milestones={milestones}"
         )
     return [int(m) if _is_int(m) else float(m) for m in values]
 
@@ -370,19 +335,13 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
           `RPAT_Benchmarks/common/utils.py`.
     """
 
-    def __init__(
-        self, initial_learning_rate, milestones, steps_per_epoch, gamma=0.1
-    ):
+    def __init__(self, initial_learning_rate, milestones, steps_per_epoch, gamma=0.1):
         super().__init__()
-        initial_learning_rate = _check_initial_learning_rate(
-            initial_learning_rate
-        )
+        initial_learning_rate = _check_initial_learning_rate(initial_learning_rate)
         milestones = _check_milestones(milestones, integer=True)
         steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
         if not _is_number(gamma) or not gamma > 0:
-            raise ValueError(
-                f"`gamma` must be a float > 0. Received: gamma={gamma}"
-            )
+            raise ValueError(f"`gamma` must be a float > 0. Received: gamma={gamma}")
         self.initial_learning_rate = initial_learning_rate
         self.milestones = milestones
         self.steps_per_epoch = steps_per_epoch
@@ -463,15 +422,11 @@ class PiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
         factor=1.5,
     ):
         super().__init__()
-        initial_learning_rate = _check_initial_learning_rate(
-            initial_learning_rate
-        )
+        initial_learning_rate = _check_initial_learning_rate(initial_learning_rate)
         steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
         milestones = _check_milestones(milestones, integer=False)
         if not _is_number(factor) or not factor > 0:
-            raise ValueError(
-                f"`factor` must be a float > 0. Received: factor={factor}"
-            )
+            raise ValueError(f"`factor` must be a float > 0. Received: factor={factor}")
         self.initial_learning_rate = initial_learning_rate
         self.steps_per_epoch = steps_per_epoch
         self.milestones = milestones
@@ -479,16 +434,11 @@ class PiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def _values(self):
         # `lr_max / f`, `lr_max / f**2`, ... exactly as the reference writes it.
-        return [
-            self.initial_learning_rate / self.factor**k
-            for k in range(len(self.milestones) + 1)
-        ]
+        return [self.initial_learning_rate / self.factor**k for k in range(len(self.milestones) + 1)]
 
     def __call__(self, step):
         # `(step + 1) / N >= m` <=> `step >= ceil(m * N) - 1` for integer steps.
-        thresholds = [
-            math.ceil(m * self.steps_per_epoch) - 1 for m in self.milestones
-        ]
+        thresholds = [math.ceil(m * self.steps_per_epoch) - 1 for m in self.milestones]
         return _piecewise(step, thresholds, self._values())
 
     def get_config(self):
@@ -522,9 +472,7 @@ def bench_milestones(epochs):
     ```
     """
     if not _is_int(epochs) or epochs <= 0:
-        raise ValueError(
-            f"`epochs` must be an integer > 0. Received: epochs={epochs}"
-        )
+        raise ValueError(f"`epochs` must be an integer > 0. Received: epochs={epochs}")
     if epochs < 200:
         return [100, 105]
     return [int(0.5 * epochs), int(0.75 * epochs)]
@@ -586,9 +534,7 @@ def scale_milestones(milestones, epochs, reference_epochs):
         ("reference_epochs", reference_epochs),
     ):
         if not _is_int(value) or value <= 0:
-            raise ValueError(
-                f"`{name}` must be an integer > 0. Received: {name}={value}"
-            )
+            raise ValueError(f"`{name}` must be an integer > 0. Received: {name}={value}")
     scaled = []
     for m in milestones:
         value = scale_epoch(m, epochs, reference_epochs)

@@ -25,7 +25,10 @@ def test_default_backend_is_torch_unless_set(monkeypatch):
     env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
     out = subprocess.run(
         [sys.executable, "-c", "import keras_rpat, keras; print(keras.config.backend())"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "torch"
 

@@ -49,10 +49,22 @@ def _package(tmp_path, files):
 @pytest.mark.parametrize(
     "files, expected",
     [
-        ({"__init__.py": "", "a.py": "from keras_rpat import b\n", "b.py": "from keras_rpat import a\n"}, "import cycle: keras_rpat.a -> keras_rpat.b"),
-        ({"__init__.py": "", "a.py": "def f():\n    from keras_rpat import b\n", "b.py": ""}, "imports keras_rpat.b inside a function"),
-        ({"__init__.py": "", "a.py": "from keras_rpat.b import _x\n", "b.py": "_x = 1\n"}, "private name keras_rpat.b._x"),
-        ({"__init__.py": "", "a.py": "from keras_rpat import b as lib\nlib._x\n", "b.py": "_x = 1\n"}, "private name keras_rpat.b._x"),
+        (
+            {"__init__.py": "", "a.py": "from keras_rpat import b\n", "b.py": "from keras_rpat import a\n"},
+            "import cycle: keras_rpat.a -> keras_rpat.b",
+        ),
+        (
+            {"__init__.py": "", "a.py": "def f():\n    from keras_rpat import b\n", "b.py": ""},
+            "imports keras_rpat.b inside a function",
+        ),
+        (
+            {"__init__.py": "", "a.py": "from keras_rpat.b import _x\n", "b.py": "_x = 1\n"},
+            "private name keras_rpat.b._x",
+        ),
+        (
+            {"__init__.py": "", "a.py": "from keras_rpat import b as lib\nlib._x\n", "b.py": "_x = 1\n"},
+            "private name keras_rpat.b._x",
+        ),
     ],
     ids=["cycle", "function-level import", "from-import of a private name", "private attribute"],
 )

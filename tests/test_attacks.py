@@ -23,6 +23,7 @@ from testing import np_log_softmax  # noqa: E402
 from testing import np_softmax  # noqa: E402
 from testing import np_targets  # noqa: E402
 from testing import to_np  # noqa: E402
+
 SHAPE = (4, 4, 3)
 
 

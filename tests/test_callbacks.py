@@ -13,7 +13,6 @@ from keras_rpat import _io, attacks, callbacks, evaluation, optimizers
 from keras_rpat.trainer import RPATTrainer, WeightAveraging
 
 
-
 def tiny_classifier(num_classes=3, seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((6, 6, 3))

@@ -42,8 +42,23 @@ def test_eval_writes_result_json(files):
     out = files / "result.json"
     res = invoke(
         cli_evaluate.eval_command,
-        [files / "model.keras", "--data", files / "data.npz", "--attacks", "clean,pgd20",
-         "--epsilon", "8/255", "--step-size", "2/255", "--num-steps", "3", "--n", "12", "--out", out],
+        [
+            files / "model.keras",
+            "--data",
+            files / "data.npz",
+            "--attacks",
+            "clean,pgd20",
+            "--epsilon",
+            "8/255",
+            "--step-size",
+            "2/255",
+            "--num-steps",
+            "3",
+            "--n",
+            "12",
+            "--out",
+            out,
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "Clean" in res.output and "PGD-3" in res.output and "NRR" in res.output
@@ -70,8 +85,21 @@ def test_eval_of_trainer_file_uses_weight_averaged_model(files):
 def test_autoattack_command_with_state(files):
     # Under tensorflow, AutoAttack runs in a PyTorch subprocess.
     out, state = files / "aa.json", files / "aa_state.json"
-    args = [files / "model.keras", "--data", files / "data.npz", "--n", "8", "--attacks", "apgd-ce",
-            "--option", "apgd.n_iter=3", "--state", state, "--out", out]
+    args = [
+        files / "model.keras",
+        "--data",
+        files / "data.npz",
+        "--n",
+        "8",
+        "--attacks",
+        "apgd-ce",
+        "--option",
+        "apgd.n_iter=3",
+        "--state",
+        state,
+        "--out",
+        out,
+    ]
     res = invoke(cli_evaluate.autoattack_command, args)
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
@@ -130,5 +158,7 @@ def test_unknown_dataset(files):
 
 
 def test_autoattack_bad_attack_name(files):
-    res = invoke(cli_evaluate.autoattack_command, [files / "model.keras", "--data", files / "data.npz", "--attacks", "pgd"])
+    res = invoke(
+        cli_evaluate.autoattack_command, [files / "model.keras", "--data", files / "data.npz", "--attacks", "pgd"]
+    )
     assert res.exit_code == 2 and "Unknown AutoAttack attack 'pgd'" in res.output

@@ -380,9 +380,7 @@ def test_sample_weight_and_reductions_like_keras(case):
     tol = dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_np(factory()(y, views, sample_weight=w)), np.sum(w * expected) / n, **tol)
     np.testing.assert_allclose(to_np(factory(reduction="sum")(y, views)), np.sum(expected), **tol)
-    np.testing.assert_allclose(
-        to_np(factory(reduction="sum")(y, views, sample_weight=w)), np.sum(w * expected), **tol
-    )
+    np.testing.assert_allclose(to_np(factory(reduction="sum")(y, views, sample_weight=w)), np.sum(w * expected), **tol)
     none = to_np(factory(reduction="none")(y, views, sample_weight=w))
     assert none.shape == (n,)
     np.testing.assert_allclose(none, w * expected, **tol)
@@ -464,9 +462,7 @@ def test_mart_highest_wrong_class_top1_is_label_and_not():
     expected = (
         -np_log_softmax(z_adv)[[0, 1], y]
         - np.log(1.0001 - p_adv[[0, 1], y_hat] + 1e-12)
-        + beta
-        * np.sum(p_nat * (np.log(p_nat) - np.log(p_adv + 1e-12)), axis=1)
-        * (1.0000001 - p_nat[[0, 1], y])
+        + beta * np.sum(p_nat * (np.log(p_nat) - np.log(p_adv + 1e-12)), axis=1) * (1.0000001 - p_nat[[0, 1], y])
     )
     np.testing.assert_allclose(np_mart(y, z_clean, z_adv, beta), expected, rtol=1e-12)
     got = to_np(losses.MART(beta=beta, reduction="none")(y, {"clean": z_clean, "adv": z_adv}))

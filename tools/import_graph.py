@@ -24,8 +24,14 @@ PACKAGE = ROOT / "keras_rpat"
 
 # Function-level imports that are allowed, and why.
 LAZY_IMPORTS = {
-    ("keras_rpat.autoattack", "keras_rpat.autoattack.cascade"): "the cascade imports torch; the facade stays torch-free",
-    ("keras_rpat.optimizers", "keras_rpat.backend.torch_optimizers"): "imports torch; the fused SGD step runs on torch only",
+    (
+        "keras_rpat.autoattack",
+        "keras_rpat.autoattack.cascade",
+    ): "the cascade imports torch; the facade stays torch-free",
+    (
+        "keras_rpat.optimizers",
+        "keras_rpat.backend.torch_optimizers",
+    ): "imports torch; the fused SGD step runs on torch only",
 }
 
 
@@ -81,7 +87,9 @@ def analyse(modules, lazy=None):
     problems = []
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
-        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+        in_function = {
+            id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)
+        }
         aliases = {}  # local name -> package module
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):

@@ -64,6 +64,7 @@ __all__ = [
     "run_autoattack",
 ]
 
+
 def run_autoattack(
     model,
     x,

@@ -145,7 +145,9 @@ def sanity_checks(aa, config, head, y_head, logger):
         checks.check_randomized(aa.get_logits, head, y_head, bs=batch_size, logger=logger)
     num_classes = checks.check_range_output(aa.get_logits, head, logger=logger)
     checks.check_dynamic(aa.model, head, False, logger=logger)
-    checks.check_n_classes(num_classes, attacks, aa.apgd_targeted.n_target_classes, aa.fab.n_target_classes, logger=logger)
+    checks.check_n_classes(
+        num_classes, attacks, aa.apgd_targeted.n_target_classes, aa.fab.n_target_classes, logger=logger
+    )
     height, width = head.shape[-2], head.shape[-1]
     if "square" in attacks and height != width:
         # pyautoattack only prints this one.
@@ -237,7 +239,9 @@ class _Cascade:
             current["next_batch"] = b + 1
             state["robust"] = robust.tolist()
             self.file.save()
-            logger.info(f"{attack} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {len(idx)} successfully perturbed")
+            logger.info(
+                f"{attack} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {len(idx)} successfully perturbed"
+            )
         state["accuracy"][attack] = fraction(robust)
         state["done"].append(attack)
         state["current"] = None
@@ -327,7 +331,10 @@ def subprocess_main(folder):
             if x_adv is not None:
                 np.save(os.path.join(folder, "x_adv.npy"), x_adv)
         except (ValueError, ImportError) as e:
-            result["error"], result["error_type"] = str(e), ("ImportError" if isinstance(e, ImportError) else "ValueError")
+            result["error"], result["error_type"] = (
+                str(e),
+                ("ImportError" if isinstance(e, ImportError) else "ValueError"),
+            )
         except Exception as e:  # reported to the parent with its type
             result["error"], result["error_type"] = f"{type(e).__name__}: {e}", type(e).__name__
     # AutoAttack's own checks (and ours), not the subprocess' library noise.

@@ -139,7 +139,9 @@ def check_options(options):
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise ValueError(f"`options` must be a dict such as {{'apgd': {{'n_iter': 10}}}}. Received: options={options!r}")
+        raise ValueError(
+            f"`options` must be a dict such as {{'apgd': {{'n_iter': 10}}}}. Received: options={options!r}"
+        )
     out = {}
     for key, values in options.items():
         component = COMPONENTS.get(str(key).lower())

@@ -67,7 +67,9 @@ def _launch(folder, verbose):
     # through `sys.stdout` so notebooks and Click runners see it.
     tail = collections.deque(maxlen=25)
     with open(os.path.join(folder, "stderr.txt"), "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _ENTRY, folder], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _ENTRY, folder], env=env, stdout=subprocess.PIPE, stderr=err, text=True
+        )
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
             if verbose:

@@ -46,7 +46,11 @@ class SectionedGroup(click.Group):
     def format_commands(self, ctx, formatter):
         listed = set()
         for title, names in SECTIONS + (("Other commands", tuple(sorted(set(self.commands)))),):
-            rows = [(n, self.commands[n].get_short_help_str(limit=80)) for n in names if n in self.commands and n not in listed]
+            rows = [
+                (n, self.commands[n].get_short_help_str(limit=80))
+                for n in names
+                if n in self.commands and n not in listed
+            ]
             listed.update(n for n, _ in rows)
             if rows:
                 with formatter.section(title):

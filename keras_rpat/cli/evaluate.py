@@ -49,7 +49,9 @@ def _data_options(f):
             opt.dataset_option(
                 help="Dataset name (cifar10, cifar100, tiny_imagenet, synthetic) or a path to an .npz file; the test split is used."
             ),
-            click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Evaluate on N evenly strided test images."),
+            click.option(
+                "--n", "n", type=click.IntRange(min=1), default=None, help="Evaluate on N evenly strided test images."
+            ),
             opt.seed_option(help="Seed of the attacks."),
             click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON here."),
         ],
@@ -173,13 +175,23 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
 @click.command("eval", cls=opt.Command)
 @_data_options
 @threat_model_options
-@click.option("--attacks", type=opt.EVALUATIONS, default="clean,pgd20", show_default=True, help="Comma-separated: clean, pgd20, autoattack.")
+@click.option(
+    "--attacks",
+    type=opt.EVALUATIONS,
+    default="clean,pgd20",
+    show_default=True,
+    help="Comma-separated: clean, pgd20, autoattack.",
+)
 @click.option("--step-size", type=opt.FRACTION, default=None, help="PGD step, e.g. 2/255. Default: epsilon/4.")
-@click.option("--num-steps", type=click.IntRange(min=1), default=evaluation.PGD_EVAL_STEPS, show_default=True, help="PGD steps.")
+@click.option(
+    "--num-steps", type=click.IntRange(min=1), default=evaluation.PGD_EVAL_STEPS, show_default=True, help="PGD steps."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=evaluation.EVAL_BATCH_SIZE, show_default=True)
 @opt.state_option()
 @click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
-def eval_command(model_path, dataset, n, seed, out, norm, epsilon, attacks, step_size, num_steps, batch_size, state, verbose):
+def eval_command(
+    model_path, dataset, n, seed, out, norm, epsilon, attacks, step_size, num_steps, batch_size, state, verbose
+):
     """Clean, PGD-20 and AutoAttack accuracy of a saved model, with Mean and NRR."""
     _evaluate_saved_model(
         model_path,
@@ -224,7 +236,9 @@ def eval_command(model_path, dataset, n, seed, out, norm, epsilon, attacks, step
     help="Attack setting COMPONENT.SETTING=VALUE (e.g. apgd.n_iter=10, square.n_queries=1000); repeatable.",
 )
 @click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
-def autoattack_command(model_path, dataset, n, seed, out, norm, epsilon, attacks, version, batch_size, state, aa_options, verbose):
+def autoattack_command(
+    model_path, dataset, n, seed, out, norm, epsilon, attacks, version, batch_size, state, aa_options, verbose
+):
     """AutoAttack robust accuracy of a saved model (resumable with --state)."""
     try:
         version = version or autoattack.default_version(attacks)

@@ -120,7 +120,9 @@ class CommaList(click.ParamType):
         items = [self.item.convert(v, param, ctx) for v in _checks.split_list(value)]
         bad = [v for v in items if self.choices is not None and v not in self.choices]
         if bad or not items:
-            self.fail(f"{value!r} is not valid. Valid: {', '.join(self.choices or ['a comma-separated list'])}.", param, ctx)
+            self.fail(
+                f"{value!r} is not valid. Valid: {', '.join(self.choices or ['a comma-separated list'])}.", param, ctx
+            )
         return list(dict.fromkeys(items))
 
 
@@ -193,7 +195,11 @@ def state_option():
 def verbose_level_option():
     """`--verbose 0|1|2` of the training commands."""
     return click.option(
-        "--verbose", type=click.IntRange(0, 2), default=1, show_default=True, help="0 silent, 1 progress bars, 2 one line per epoch."
+        "--verbose",
+        type=click.IntRange(0, 2),
+        default=1,
+        show_default=True,
+        help="0 silent, 1 progress bars, 2 one line per epoch.",
     )
 
 

@@ -34,17 +34,74 @@ def recipe_run_options(f):
     names = opt.CommaList()
     return opt.apply(
         [
-            click.option("--dataset", multiple=True, type=names, callback=_joined, help="Only these datasets (repeat or comma-separate), e.g. cifar10."),
-            click.option("--arch", multiple=True, type=names, callback=_joined, help="Only these architectures; aliases such as preactresnet18 work."),
-            click.option("--norm", multiple=True, type=opt.CommaList(opt.NORM), callback=_joined, help="Only these threat models: linf, l2."),
-            click.option("--method", multiple=True, type=names, callback=_joined, help="Only these methods: a method id, the paper's label or a preset name."),
-            click.option("--seeds", type=opt.SEEDS, default=None, help="Comma-separated seeds. Default: the recipe's (0,1,2); 0 with --smoke."),
-            click.option("--epochs", type=click.IntRange(min=1), default=None, help="Train this many epochs instead of the paper's (LR milestones and start epochs scale)."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size. Default: the recipe's (128)."),
-            click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the datasets are (Tiny-ImageNet must be unpacked there)."),
-            click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder. Default: runs/<recipe> (runs/<recipe>_smoke with --smoke)."),
-            click.option("--smoke", is_flag=True, help="Run the whole recipe in seconds on tiny synthetic data (checks the pipeline, not the numbers)."),
-            click.option("--overwrite", is_flag=True, help="Accept an --out of another configuration and re-run the selected runs from scratch."),
+            click.option(
+                "--dataset",
+                multiple=True,
+                type=names,
+                callback=_joined,
+                help="Only these datasets (repeat or comma-separate), e.g. cifar10.",
+            ),
+            click.option(
+                "--arch",
+                multiple=True,
+                type=names,
+                callback=_joined,
+                help="Only these architectures; aliases such as preactresnet18 work.",
+            ),
+            click.option(
+                "--norm",
+                multiple=True,
+                type=opt.CommaList(opt.NORM),
+                callback=_joined,
+                help="Only these threat models: linf, l2.",
+            ),
+            click.option(
+                "--method",
+                multiple=True,
+                type=names,
+                callback=_joined,
+                help="Only these methods: a method id, the paper's label or a preset name.",
+            ),
+            click.option(
+                "--seeds",
+                type=opt.SEEDS,
+                default=None,
+                help="Comma-separated seeds. Default: the recipe's (0,1,2); 0 with --smoke.",
+            ),
+            click.option(
+                "--epochs",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Train this many epochs instead of the paper's (LR milestones and start epochs scale).",
+            ),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Training batch size. Default: the recipe's (128).",
+            ),
+            click.option(
+                "--data-dir",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="Where the datasets are (Tiny-ImageNet must be unpacked there).",
+            ),
+            click.option(
+                "--out",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="Output folder. Default: runs/<recipe> (runs/<recipe>_smoke with --smoke).",
+            ),
+            click.option(
+                "--smoke",
+                is_flag=True,
+                help="Run the whole recipe in seconds on tiny synthetic data (checks the pipeline, not the numbers).",
+            ),
+            click.option(
+                "--overwrite",
+                is_flag=True,
+                help="Accept an --out of another configuration and re-run the selected runs from scratch.",
+            ),
             click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
             opt.verbose_level_option(),
         ],
@@ -84,13 +141,24 @@ def _echo_plan(recipe, runs, out):
         click.echo(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
     if shared:
         click.echo(f"  (methods sharing another method's run: {', '.join(sorted(set(shared)))})")
-    widths = [4, max(len(r.method) for r in runs), max(len(r.dataset) for r in runs), max(len(r.arch) for r in runs), 4, 4]
+    widths = [
+        4,
+        max(len(r.method) for r in runs),
+        max(len(r.dataset) for r in runs),
+        max(len(r.arch) for r in runs),
+        4,
+        4,
+    ]
     header = ["#", "method", "dataset", "arch", "norm", "seed"]
     click.echo("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  folder")
     for i, r in enumerate(runs, 1):
         cells = [str(i), r.method, r.dataset, r.arch, r.norm, str(r.seed)]
         opts = "".join(f" {k}={v}" for k, v in r.options.items())
-        click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)) + f"  {r.run_dir}{opts and '  [' + opts.strip() + ']'}")
+        click.echo(
+            "  "
+            + "  ".join(c.ljust(w) for c, w in zip(cells, widths))
+            + f"  {r.run_dir}{opts and '  [' + opts.strip() + ']'}"
+        )
 
 
 def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose):
@@ -113,12 +181,16 @@ def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose):
     if dry_run:
         return
     try:
-        outcome = recipes.run_recipe(recipe, runs, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo)
+        outcome = recipes.run_recipe(
+            recipe, runs, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo
+        )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
     report = outcome["report"]
     skipped = sum(1 for r in outcome["results"] if r.get("skipped"))
-    click.echo(f"{len(runs)} run(s) complete ({skipped} already done). Wrote {report['markdown']} and {report['json']}.")
+    click.echo(
+        f"{len(runs)} run(s) complete ({skipped} already done). Wrote {report['markdown']} and {report['json']}."
+    )
     for path in report["figures"]:
         click.echo(f"Wrote {path}")
 

@@ -500,7 +500,9 @@ def _clear_run_dir(run_dir):
 
 def _load_checkpoint(path):
     if not Path(path).exists():
-        raise RecipeError(f"Checkpoint {path} is missing; delete {Path(path).parent / 'trained.json'} to retrain the run.")
+        raise RecipeError(
+            f"Checkpoint {path} is missing; delete {Path(path).parent / 'trained.json'} to retrain the run."
+        )
     return keras.saving.load_model(path, compile=False)
 
 
@@ -544,7 +546,11 @@ def _summary_line(spec, s, elapsed):
         parts.append(f"Mean {s['mean']:.2f}, NRR {s['nrr']:.2f}")
     if s.get("mse_success") is not None or s.get("mse_failure") is not None:
         parts.append(f"MSE success {_fmt(s.get('mse_success'), 4)} / failure {_fmt(s.get('mse_failure'), 4)}")
-    return f"done {spec.method} {spec.dataset} {spec.arch} {spec.norm} seed {spec.seed}: " + "; ".join(parts) + f" [{format_duration(elapsed)}]"
+    return (
+        f"done {spec.method} {spec.dataset} {spec.arch} {spec.norm} seed {spec.seed}: "
+        + "; ".join(parts)
+        + f" [{format_duration(elapsed)}]"
+    )
 
 
 def format_duration(seconds):
@@ -569,7 +575,9 @@ def describe_diff(old, new):
 TRAIN_BATCH_SIZE = 128
 
 
-def single_run(method, dataset, arch=None, norm="linf", seed=0, epochs=None, batch_size=None, smoke=False, **run_options):
+def single_run(
+    method, dataset, arch=None, norm="linf", seed=0, epochs=None, batch_size=None, smoke=False, **run_options
+):
     """The `RunSpec` of one training run outside a recipe (`keras-rpat train`).
 
     The method's options are validated exactly like a recipe method's.

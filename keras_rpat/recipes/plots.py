@@ -86,7 +86,10 @@ def perception_figure(panels, path, title=None, note=None):
         labels = [r["label"] for r in rows]
         xs = list(range(len(rows)))
         width = 0.36
-        for offset, key, name in ((-width / 2, "mse_success", "Success cases"), (width / 2, "mse_failure", "Failure cases")):
+        for offset, key, name in (
+            (-width / 2, "mse_success", "Success cases"),
+            (width / 2, "mse_failure", "Failure cases"),
+        ):
             heights, errs, positions = [], [], []
             for x, r in zip(xs, rows):
                 v = _value(r, key)
@@ -117,7 +120,14 @@ def perception_figure(panels, path, title=None, note=None):
         for key, name, marker in (("clean_acc", "Clean accuracy", "o"), ("perturbed_acc", "Perturbed accuracy", "s")):
             pts = [(x, _value(r, key)) for x, r in zip(xs, rows) if _value(r, key) is not None]
             if pts:
-                ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=_COLORS[key], label=name, linewidth=1.8)
+                ax2.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker=marker,
+                    color=_COLORS[key],
+                    label=name,
+                    linewidth=1.8,
+                )
         ax2.set_ylim(0, 100)
         ax2.set_ylabel("Accuracy (%)")
         h1, l1 = ax.get_legend_handles_labels()
@@ -253,11 +263,17 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         panels = []
         for setup in recipe.config["setups"]:
             for norm in recipe.norms:
-                sel = [e for e in entries if e["dataset"] == setup["dataset"] and e["arch"] == setup["arch"] and e["norm"] == norm]
+                sel = [
+                    e
+                    for e in entries
+                    if e["dataset"] == setup["dataset"] and e["arch"] == setup["arch"] and e["norm"] == norm
+                ]
                 label = f"{DATASET_LABELS[setup['dataset']]}, {ARCH_LABELS.get(setup['arch'], setup['arch'])}"
                 if len(recipe.norms) > 1:
                     label += f", {norm}"
-                rows = _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ "))
+                rows = _rows(
+                    recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ ")
+                )
                 panels.append((label, rows))
         paths.append(perception_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
     else:
@@ -266,6 +282,8 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         panels = []
         for g in groups:
             sel = [e for e in entries if e["group"] == g]
-            panels.append((g or recipe.paper, _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label)))
+            panels.append(
+                (g or recipe.paper, _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label))
+            )
         paths.append(ablation_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
     return paths

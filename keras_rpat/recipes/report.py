@@ -63,7 +63,9 @@ def report_tables(recipe, found):
         "row": list(dict.fromkeys(m.row for m in recipe.methods)),
         "group": list(dict.fromkeys(m.group for m in recipe.methods)),
     }
-    row_keys = sorted({recipe.row_key(e) for e in entries}, key=lambda k: tuple(order[d].index(v) for d, v in zip(rows_dims, k)))
+    row_keys = sorted(
+        {recipe.row_key(e) for e in entries}, key=lambda k: tuple(order[d].index(v) for d, v in zip(rows_dims, k))
+    )
     groups = [None] if group_dim is None else [g for g in order[group_dim] if any(e[group_dim] == g for e in entries)]
     columns = recipe.layout["columns"]
 

@@ -105,9 +105,27 @@ _OPTION_TYPES = {
     "rp_weight": float,
     "l2_step_size": "fraction",
 }
-RP_OPTIONS = {"proxy": "proxy", "distance": "distance", "alpha": "alpha", "alpha_sampling": "alpha_sampling", "rp_weight": "weight"}
+RP_OPTIONS = {
+    "proxy": "proxy",
+    "distance": "distance",
+    "alpha": "alpha",
+    "alpha_sampling": "alpha_sampling",
+    "rp_weight": "weight",
+}
 
-_TOP_KEYS = ("name", "title", "paper", "caption", "kind", "notes", "config", "methods", "layout", "paper_results", "literature")
+_TOP_KEYS = (
+    "name",
+    "title",
+    "paper",
+    "caption",
+    "kind",
+    "notes",
+    "config",
+    "methods",
+    "layout",
+    "paper_results",
+    "literature",
+)
 CONFIG_KEYS = (
     "datasets",
     "archs",
@@ -498,7 +516,18 @@ class Recipe:
             where,
             config,
             CONFIG_KEYS,
-            required=("datasets", "archs", "norms", "epochs", "batch_size", "pipeline", "seeds", "eval_attacks", "checkpoints", "tolerance"),
+            required=(
+                "datasets",
+                "archs",
+                "norms",
+                "epochs",
+                "batch_size",
+                "pipeline",
+                "seeds",
+                "eval_attacks",
+                "checkpoints",
+                "tolerance",
+            ),
         )
         out = {}
         out["datasets"] = _list(where, config["datasets"], "datasets", lambda v: _str(where, v, "datasets", DATASETS))
@@ -526,14 +555,20 @@ class Recipe:
         if "lr_schedule" in config:
             out["lr_schedule"] = _str(where, config["lr_schedule"], "lr_schedule", ("multistep", "piecewise"))
         if "lr_milestones" in config:
-            out["lr_milestones"] = _list(where, config["lr_milestones"], "lr_milestones", lambda v: _int(where, v, "lr_milestones", 0))
+            out["lr_milestones"] = _list(
+                where, config["lr_milestones"], "lr_milestones", lambda v: _int(where, v, "lr_milestones", 0)
+            )
         if "lr_factor" in config:
             out["lr_factor"] = _number(where, config["lr_factor"], "lr_factor", 1.0, strict=False)
-        out["eval_attacks"] = _list(where, config["eval_attacks"], "eval_attacks", lambda v: _str(where, v, "eval_attacks", EVALUATION_ATTACKS))
+        out["eval_attacks"] = _list(
+            where, config["eval_attacks"], "eval_attacks", lambda v: _str(where, v, "eval_attacks", EVALUATION_ATTACKS)
+        )
         out["autoattack_version"] = _str(
             where, config.get("autoattack_version", "standard"), "autoattack_version", AA_VERSIONS
         )
-        out["checkpoints"] = _list(where, config["checkpoints"], "checkpoints", lambda v: _str(where, v, "checkpoints", CHECKPOINTS))
+        out["checkpoints"] = _list(
+            where, config["checkpoints"], "checkpoints", lambda v: _str(where, v, "checkpoints", CHECKPOINTS)
+        )
         if "reported_model" in config:
             out["reported_model"] = _str(where, config["reported_model"], "reported_model", ("online", "wa"))
         out["select_steps"] = _int(where, config.get("select_steps", 10), "select_steps")
@@ -549,7 +584,11 @@ class Recipe:
     @staticmethod
     def _validate_layout(where, layout, methods):
         _check_keys(where, layout, ("rows", "groups", "columns"))
-        default_columns = ["mse_success", "mse_failure", "clean_acc", "perturbed_acc"] if any(m.perturbation for m in methods) else ["clean_best", "aa_best", "mean", "nrr"]
+        default_columns = (
+            ["mse_success", "mse_failure", "clean_acc", "perturbed_acc"]
+            if any(m.perturbation for m in methods)
+            else ["clean_best", "aa_best", "mean", "nrr"]
+        )
         rows = layout.get("rows", ["row"])
         rows = _list(where, rows, "rows", lambda v: _str(where, v, "rows", LAYOUT_DIMS))
         groups = layout.get("groups")
@@ -561,7 +600,7 @@ class Recipe:
         metric = lambda v: _str(where, v, "columns", METRICS)  # noqa: E731
         if isinstance(columns, dict):
             if groups != "group":
-                _err(where, "per-group `columns` (a table) need `groups = \"group\"`.")
+                _err(where, 'per-group `columns` (a table) need `groups = "group"`.')
             names = [m.group for m in methods]
             unknown = sorted(set(columns) - set(names))
             if unknown:
@@ -663,7 +702,16 @@ class Recipe:
         for m in self.methods:
             for s in self.config["setups"]:
                 for n in self.config["norms"]:
-                    out.append({"method": m.id, "dataset": s["dataset"], "arch": s["arch"], "norm": n, "row": m.row, "group": m.group})
+                    out.append(
+                        {
+                            "method": m.id,
+                            "dataset": s["dataset"],
+                            "arch": s["arch"],
+                            "norm": n,
+                            "row": m.row,
+                            "group": m.group,
+                        }
+                    )
         return out
 
     def row_key(self, entry):
@@ -710,7 +758,9 @@ class Recipe:
                 matches = [c] if c in valid else []
             if not matches:
                 alias = f" ({c})" if isinstance(c, str) and c != v else ""
-                raise RecipeError(f"Recipe {self.name!r} has no {name} {v!r}{alias}. Valid: {', '.join(map(str, valid))}.")
+                raise RecipeError(
+                    f"Recipe {self.name!r} has no {name} {v!r}{alias}. Valid: {', '.join(map(str, valid))}."
+                )
             for c in matches:
                 if c not in chosen:
                     chosen.append(c)
@@ -737,7 +787,9 @@ class Recipe:
             + "; a preset name selects every method built on it."
         )
 
-    def runs(self, dataset=None, arch=None, norm=None, method=None, seeds=None, epochs=None, smoke=False, batch_size=None):
+    def runs(
+        self, dataset=None, arch=None, norm=None, method=None, seeds=None, epochs=None, smoke=False, batch_size=None
+    ):
         """The run plan: one `RunSpec` per method, setup, norm and seed.
 
         Narrowing arguments take one value, a list, or a comma-separated
@@ -780,7 +832,9 @@ class Recipe:
             raise RecipeError(f"Seeds must be a non-empty list without duplicates. Received: {seeds!r}")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise RecipeError(f"`epochs` must be a positive integer. Received: epochs={epochs!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise RecipeError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
         setups = [s for s in self.config["setups"] if s["dataset"] in datasets and s["arch"] in archs]
         if not setups:
@@ -932,7 +986,9 @@ def validate_methods(where, methods, config):
         if mid in seen:
             _err(mw, f"duplicate method id {mid!r}")
         if any(c in mid for c in "/\\ ") or mid.startswith("."):
-            _err(mw, f"`id` must be usable as a folder name (no '/', '\\', spaces or leading '.'). Received: id={mid!r}")
+            _err(
+                mw, f"`id` must be usable as a folder name (no '/', '\\', spaces or leading '.'). Received: id={mid!r}"
+            )
         seen.add(mid)
         out.append(_validate_method(mw, mid, m, config))
     return out
@@ -986,7 +1042,11 @@ def _validate_options(mw, m, preset_name, config):
         if kind == "fraction":
             options[key] = _fraction(mw, value, key)
     _check_options_apply(mw, options, preset_name)
-    for key, valid in (("proxy", losses_lib.PROXIES), ("distance", losses_lib.DISTANCES), ("alpha_sampling", losses_lib.ALPHA_SAMPLING)):
+    for key, valid in (
+        ("proxy", losses_lib.PROXIES),
+        ("distance", losses_lib.DISTANCES),
+        ("alpha_sampling", losses_lib.ALPHA_SAMPLING),
+    ):
         if key in options and options[key] not in valid:
             _err(mw, f"option `{key}` must be one of {list(valid)}. Received: {options[key]!r}")
     if "alpha" in options and not 0.0 < options["alpha"] < 1.0:
@@ -1005,11 +1065,17 @@ def _check_options_apply(mw, options, preset_name):
     sota = base in presets.SOTA_METHODS
     for key in options:
         if key in RP_OPTIONS and not rp:
-            _err(mw, f"option `{key}` configures the RobustPerception term, but preset {preset_name!r} has none (use a '+rpat' preset).")
+            _err(
+                mw,
+                f"option `{key}` configures the RobustPerception term, but preset {preset_name!r} has none (use a '+rpat' preset).",
+            )
         if key in ("cutmix", "stronger_attack", "beta") and not sota:
             _err(mw, f"option `{key}` applies to the ReBAT / RPAT++ presets only. Received preset {preset_name!r}.")
         if key == "lr_factor" and not sota:
-            _err(mw, f"option `lr_factor` applies to the piecewise schedule of ReBAT / RPAT++ only. Received preset {preset_name!r}.")
+            _err(
+                mw,
+                f"option `lr_factor` applies to the piecewise schedule of ReBAT / RPAT++ only. Received preset {preset_name!r}.",
+            )
 
 
 def _check_preset_agrees(mw, preset_name, config):
@@ -1024,13 +1090,19 @@ def _check_preset_agrees(mw, preset_name, config):
                 "to shorten a run).",
             )
     if "lr_milestones" in config and list(preset.milestones) != config["lr_milestones"]:
-        _err(mw, f"preset {preset_name!r} decays the learning rate at epochs {list(preset.milestones)}, the recipe says {config['lr_milestones']}.")
+        _err(
+            mw,
+            f"preset {preset_name!r} decays the learning rate at epochs {list(preset.milestones)}, the recipe says {config['lr_milestones']}.",
+        )
     if "lr_factor" in config and preset.schedule == "piecewise" and preset.lr_factor != config["lr_factor"]:
         _err(mw, f"preset {preset_name!r} uses lr_factor={preset.lr_factor}, the recipe says {config['lr_factor']}.")
     if "reported_model" in config:
         wa = preset.weight_averaging is not None and preset.weight_averaging.evaluate_average
         if (config["reported_model"] == "wa") != wa:
-            _err(mw, f"the recipe reports the {config['reported_model']!r} model, but preset {preset_name!r} {'has' if wa else 'has no'} weight averaging.")
+            _err(
+                mw,
+                f"the recipe reports the {config['reported_model']!r} model, but preset {preset_name!r} {'has' if wa else 'has no'} weight averaging.",
+            )
 
 
 def _format_result_line(r, recipe):
