@@ -9,7 +9,7 @@ STAMP := $(VENV)/.keras_rpat-installed
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-torch test-tensorflow demo bench clean
+.PHONY: install lint format graph test test-torch test-tensorflow demo bench clean
 
 install: $(STAMP)
 
@@ -20,7 +20,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# ruff (installed by the test extra, pinned in constraints.txt): lint, and check
+# the formatting (pyproject.toml [tool.ruff] has the line length and exclusions).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+
+# The import graph in layers (fails on a cycle; also run by tests/test_architecture.py).
+graph:
+	$(PYTHON) tools/import_graph.py
+
+test: lint
 	@echo "== keras_rpat tests, KERAS_BACKEND=torch"
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 	@echo "== keras_rpat tests, KERAS_BACKEND=tensorflow"

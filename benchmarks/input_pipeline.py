@@ -83,9 +83,7 @@ def run_throughput(args):
             if kwargs is None:
                 seq = datasets.EvalSequence(x, y, batch_size=args.batch_size)
             else:
-                seq = datasets.TrainSequence(
-                    x, y, batch_size=args.batch_size, num_classes=10, **kwargs
-                )
+                seq = datasets.TrainSequence(x, y, batch_size=args.batch_size, num_classes=10, **kwargs)
             seconds, produced = time_epoch(seq)
             best = seconds if best is None else min(best, seconds)
         row = {
@@ -98,11 +96,7 @@ def run_throughput(args):
             "output_images_per_s": round(produced / best, 1),
         }
         rows.append(row)
-        extra = (
-            f"  ({row['output_images_per_s']:,.0f} output images/s)"
-            if produced != len(x)
-            else ""
-        )
+        extra = f"  ({row['output_images_per_s']:,.0f} output images/s)" if produced != len(x) else ""
         print(f"{name:34s} {row['images_per_s']:>12,.0f} images/s{extra}", flush=True)
     return rows
 
@@ -138,9 +132,7 @@ def run_synthetic_check(args):
         "dataset": repr(ds),
         "epochs": args.epochs,
         "train_seconds": round(train_seconds, 1),
-        "val_accuracy_per_epoch": [
-            round(a, 4) for a in history.history["val_accuracy"]
-        ],
+        "val_accuracy_per_epoch": [round(a, 4) for a in history.history["val_accuracy"]],
         "clean_test_accuracy": clean,
         "pgd10_linf_8_255_test_accuracy": robust,
         "chance": 1.0 / ds.num_classes,
@@ -192,9 +184,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6, help="for --synthetic-check")
     parser.add_argument(
         "--output",
-        default=os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "input_pipeline.json"
-        ),
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "input_pipeline.json"),
     )
     args = parser.parse_args(argv)
     if args.smoke:
@@ -211,8 +201,7 @@ def main(argv=None):
         "process": "single process, one thread of Python (numpy may use more)",
     }
     print(
-        f"keras_rpat input pipeline: backend={info['backend']} numpy={info['numpy']} "
-        f"cpus={info['cpu_count']}",
+        f"keras_rpat input pipeline: backend={info['backend']} numpy={info['numpy']} cpus={info['cpu_count']}",
         flush=True,
     )
     if args.synthetic_check:

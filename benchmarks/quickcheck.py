@@ -70,7 +70,9 @@ def main(argv=None):
     class PerEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             clean = evaluation.clean_accuracy(classifier, x_test, y_test)
-            pgd = evaluation.pgd_accuracy(classifier, x_pgd, y_pgd, "linf", 8 / 255, 2 / 255, num_steps=20, seed=args.seed)
+            pgd = evaluation.pgd_accuracy(
+                classifier, x_pgd, y_pgd, "linf", 8 / 255, 2 / 255, num_steps=20, seed=args.seed
+            )
             rows.append({"epoch": epoch + 1, "clean": clean, "pgd20": pgd, "time": time.time()})
             print(f"epoch {epoch + 1}: clean {clean:.2f}, PGD-20 {pgd:.2f} (n={len(x_pgd)})", flush=True)
 

@@ -24,9 +24,10 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "torch")
 
-__version__ = "0.1.0"
+from keras_rpat._version import __version__  # noqa: E402
 
 from keras_rpat import attacks  # noqa: E402
+from keras_rpat import autoattack  # noqa: E402
 from keras_rpat import callbacks  # noqa: E402
 from keras_rpat import datasets  # noqa: E402
 from keras_rpat import evaluation  # noqa: E402
@@ -56,6 +57,7 @@ __all__ = [
     "__version__",
     # modules
     "attacks",
+    "autoattack",
     "callbacks",
     "datasets",
     "evaluation",

@@ -17,67 +17,18 @@ with `style`:
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_rpat import backend as rpat_backend
+from keras_rpat._checks import NORMS  # noqa: F401  (the norm vocabulary lives in keras_rpat._checks)
+from keras_rpat._checks import canonical_norm as _canonical_norm
+from keras_rpat._checks import check_positive_number as _positive
+from keras_rpat._checks import parse_epsilon  # noqa: F401
+from keras_rpat._checks import validate_images
 
-NORMS = ("linf", "l2")
 STYLES = ("advertorch", "trades", "sotas")
 ATTACK_LOSSES = ("ce", "kl")
-
-_NORM_ALIASES = {
-    "linf": "linf",
-    "l_inf": "linf",
-    "inf": "linf",
-    "l-inf": "linf",
-    "l2": "l2",
-    "l_2": "l2",
-    "2": "l2",
-}
-
-
-def parse_epsilon(value, name="epsilon"):
-    """Parses `8/255`, `"8/255"`, `"0.031"` or a float into a float."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                value = float(num) / float(den)
-            else:
-                value = float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(
-                f"`{name}` must be a number or a fraction such as '8/255'. "
-                f"Received: {name}={text!r}"
-            ) from None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`{name}` must be a number. Received: {name}={value!r}"
-        ) from None
-
-
-def _canonical_norm(norm):
-    key = str(norm).lower().replace(" ", "")
-    if key not in _NORM_ALIASES:
-        raise ValueError(
-            f"Unknown `norm`: {norm!r}. Expected one of {NORMS} "
-            "('linf' for L-infinity, 'l2' for L2)."
-        )
-    return _NORM_ALIASES[key]
-
-
-def _positive(value, name, allow_zero=False):
-    value = parse_epsilon(value, name)
-    if value != value or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(
-            f"`{name}` must be {bound}. Received: {name}={value}. Pixels are in "
-            "[0, 1], so an L-inf budget of 8 pixel levels is 8/255."
-        )
-    return value
 
 
 def _batch_norms(v):
@@ -110,11 +61,7 @@ def _kl_from_logits(target_logits, logits):
 
 def _check_images(x):
     """Eager-only validation of user-supplied numpy images."""
-    import numpy as np
-
     if isinstance(x, np.ndarray):
-        from keras_rpat.datasets import validate_images
-
         validate_images(x)
 
 

@@ -7,19 +7,23 @@ the final one.
 """
 
 import json
+import math
 import os
 import time
 
 import keras
 import numpy as np
 
+from keras_rpat import _checks
+from keras_rpat import _io
 from keras_rpat import attacks as attacks_lib
+from keras_rpat import backend as rpat_backend
 from keras_rpat import evaluation
 
-__all__ = ["RobustEvaluation"]
+__all__ = ["AttackRandomState", "EpochLog", "RobustEvaluation"]
 
 
-def _print_msg(message):
+def print_msg(message):
     """Keras' own callback output (honours `keras.config.disable_interactive_logging`)."""
     try:
         from keras.src.utils import io_utils
@@ -102,7 +106,7 @@ class RobustEvaluation(keras.callbacks.Callback):
         checkpoint_dir=None,
         history_path=None,
         n=None,
-        batch_size=256,
+        batch_size=evaluation.EVAL_BATCH_SIZE,
         seed=0,
         verbose=1,
     ):
@@ -112,14 +116,14 @@ class RobustEvaluation(keras.callbacks.Callback):
                 "`attack` must be a keras_rpat.attacks.Attack or None (a PGD in the "
                 f"training attack's threat model). Received: {attack!r}"
             )
-        evaluation._check_positive_int(every, "every")
-        evaluation._check_positive_int(batch_size, "batch_size")
-        evaluation._check_positive_int(n, "n", allow_none=True)
+        _checks.check_positive_int(every, "every")
+        _checks.check_positive_int(batch_size, "batch_size")
+        _checks.check_positive_int(n, "n", allow_none=True)
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
             raise ValueError(f"`num_steps` must be a positive integer. Received: num_steps={num_steps!r}")
         x_test = np.asarray(x_test)
         y_test = np.asarray(y_test)
-        idx = evaluation._strided_indices(len(x_test), n)
+        idx = _checks.strided_indices(len(x_test), n)
         if idx is not None:
             x_test, y_test = x_test[idx], y_test[idx]
         self.x_test = x_test
@@ -152,8 +156,7 @@ class RobustEvaluation(keras.callbacks.Callback):
     # ------------------------------------------------------------------ helpers
     def evaluation_model(self):
         """The model that is evaluated and saved."""
-        inner = getattr(self.model, "evaluation_model", None)
-        return inner if isinstance(inner, keras.Model) else self.model
+        return _checks.evaluation_model(self.model)
 
     def evaluation_attack(self):
         """The attack used for the robust accuracy."""
@@ -167,7 +170,7 @@ class RobustEvaluation(keras.callbacks.Callback):
             # The base (epoch-0) parameters: validation keeps the nominal budget
             # even when the training adversary is strengthened (Table 6).
             norm, epsilon, step_size = train_attack.norm, train_attack.epsilon, train_attack.step_size
-        return evaluation._pgd_attack(norm, epsilon, step_size, self.num_steps, self.seed)
+        return evaluation.evaluation_pgd(norm, epsilon, step_size, self.num_steps, self.seed)
 
     def _current_lr(self):
         optimizer = getattr(self.model, "optimizer", None)
@@ -180,7 +183,7 @@ class RobustEvaluation(keras.callbacks.Callback):
 
     def _write_history(self):
         if self.history_path is not None:
-            evaluation._atomic_write_json(self.history_path, self.history)
+            _io.atomic_write_json(self.history_path, self.history)
 
     def _restore(self, epoch):
         """Keeps records up to `epoch` (1-based count of finished epochs)."""
@@ -221,15 +224,15 @@ class RobustEvaluation(keras.callbacks.Callback):
         start = time.time()
         model = self.evaluation_model()
         if not self._checked:
-            self.x_test, self.y_test, _, _ = evaluation._check_data(model, self.x_test, self.y_test)
+            self.x_test, self.y_test, _, _ = _checks.check_data(model, self.x_test, self.y_test)
             self._checked = True
-        clean_correct = evaluation._clean_correct(model, self.x_test, self.y_test, self.batch_size)
-        robust_correct = evaluation._attack_correct(
+        clean_correct = evaluation.clean_correct(model, self.x_test, self.y_test, self.batch_size)
+        robust_correct = evaluation.attack_correct(
             model, self.evaluation_attack(), self.x_test, self.y_test, self.batch_size
         )
         n = len(self.x_test)
-        clean = evaluation._percent(clean_correct, n)
-        robust = evaluation._percent(robust_correct, n)
+        clean = evaluation.percent(clean_correct, n)
+        robust = evaluation.percent(robust_correct, n)
         record = {
             "epoch": epoch + 1,
             "clean": clean,
@@ -244,15 +247,111 @@ class RobustEvaluation(keras.callbacks.Callback):
         if improved:
             self.best, self.best_epoch = robust, epoch + 1
             if self.best_path is not None:
-                evaluation._atomic_save_model(model, self.best_path)
+                _io.atomic_save_model(model, self.best_path)
         if self.final_path is not None:
-            evaluation._atomic_save_model(model, self.final_path)
+            _io.atomic_save_model(model, self.final_path)
         self._write_history()
         if logs is not None:
             logs["val_clean_acc"] = clean / 100.0
             logs["val_robust_acc"] = robust / 100.0
         if self.verbose:
-            _print_msg(
+            print_msg(
                 f"\nEpoch {epoch + 1}: clean {clean:.2f}%, robust {robust:.2f}%"
                 + (" (best)" if improved else f" (best {self.best:.2f}% at epoch {self.best_epoch})")
             )
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Keeps Keras' per-epoch logs in a JSON file that survives a resume.
+
+    Args:
+        path: the JSON file (a list of `{"epoch": ..., <metric>: ...}`).
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.records = []
+        self._first = True
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first:
+            self._first = False
+            self.records = _io.read_json(self.path) or []
+            self.records = [r for r in self.records if r["epoch"] <= epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1}
+        for k, v in (logs or {}).items():
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                continue
+            record[k] = v if math.isfinite(v) else None
+        self.records = [r for r in self.records if r["epoch"] != epoch + 1] + [record]
+        _io.atomic_write_json(self.path, self.records)
+
+
+class AttackRandomState(keras.callbacks.Callback):
+    """Backs up and restores the attacks' random state with the training state.
+
+    `BackupAndRestore` saves the trainer's variables, but an attack is a plain
+    object and its `SeedGenerator` (random starts, random noise) is not among
+    them. This callback writes it next to the backup after every epoch and
+    restores it when training resumes from the same epoch, so a resumed run
+    repeats the uninterrupted one exactly. On torch, keras_rpat draws random
+    numbers from a device-side generator kept by the backend module; its state
+    is saved too when the backend offers `get_random_state` /
+    `set_random_state` (otherwise a resumed torch run is statistically, not
+    bitwise, identical to an uninterrupted one).
+
+    Args:
+        backup_dir: the folder of `keras.callbacks.BackupAndRestore`.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.path = os.path.join(backup_dir, "attack_random_state.json")
+        self.metadata = os.path.join(backup_dir, "training_metadata.json")
+
+    def _generators(self):
+        out = {}
+        for name in ("attack", "eval_attack"):
+            attack = getattr(self.model, name, None)
+            if attack is not None and hasattr(attack, "seed_generator"):
+                out[name] = attack.seed_generator
+        trainer_generator = getattr(self.model, "_seed_generator", None)
+        if trainer_generator is not None:
+            out["trainer"] = trainer_generator
+        return out
+
+    @staticmethod
+    def _hooks():
+        module = rpat_backend.get_backend()
+        get, put = getattr(module, "get_random_state", None), getattr(module, "set_random_state", None)
+        return (get, put) if get is not None and put is not None else (None, None)
+
+    def on_train_begin(self, logs=None):
+        saved = _io.read_json(self.path)
+        meta = _io.read_json(self.metadata)
+        if not saved or not meta or saved.get("epoch") != meta.get("epoch"):
+            return
+        _, put = self._hooks()
+        for name, generator in self._generators().items():
+            if name in saved.get("variables", {}):
+                value = keras.ops.convert_to_tensor(saved["variables"][name], dtype=generator.state.dtype)
+                generator.state.assign(value)
+            if put is not None and name in saved.get("backend", {}):
+                put(generator, saved["backend"][name])
+
+    def on_epoch_end(self, epoch, logs=None):
+        get, _ = self._hooks()
+        record = {"epoch": epoch + 1, "variables": {}, "backend": {}}
+        for name, generator in self._generators().items():
+            record["variables"][name] = keras.ops.convert_to_numpy(generator.state.value).tolist()
+            if get is not None:
+                record["backend"][name] = get(generator)
+        _io.atomic_write_json(self.path, record)

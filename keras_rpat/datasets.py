@@ -20,11 +20,15 @@ import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 import warnings
 
 import keras
 import numpy as np
+
+from keras_rpat import _checks
+from keras_rpat import _io
+from keras_rpat._checks import validate_images
+from keras_rpat._checks import validate_labels
 
 __all__ = [
     "Dataset",
@@ -55,243 +59,12 @@ _CIFAR10_CLASSES = (
     "truck",
 )
 
-# Accepted spellings -> canonical dataset name.
-_ALIASES = {
-    "cifar-10": "cifar10",
-    "cifar_10": "cifar10",
-    "cifar-100": "cifar100",
-    "cifar_100": "cifar100",
-    "tiny-imagenet": "tiny_imagenet",
-    "tinyimagenet": "tiny_imagenet",
-    "tiny-imagenet-200": "tiny_imagenet",
-}
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp")
 
 
 # ---------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------
-
-
-def _to_numpy(x):
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception:  # e.g. a CUDA tensor: go through Keras.
-        return keras.ops.convert_to_numpy(x)
-
-
-def _channel_axis(data_format):
-    if data_format == "channels_last":
-        return -1
-    if data_format == "channels_first":
-        return 1
-    raise ValueError(
-        "`data_format` must be 'channels_last' or 'channels_first'. "
-        f"Received: data_format={data_format!r}"
-    )
-
-
-def validate_images(x, name="x", data_format="channels_last", allow_uint8=False):
-    """Checks that `x` is a batch of images with pixel values in [0, 1].
-
-    The checks: rank 4 (`(N, H, W, C)`, or `(N, C, H, W)` for
-    `data_format="channels_first"`), at least one image, `C` in {1, 3}, a floating
-    dtype (or `uint8` when `allow_uint8=True`, meaning [0, 255]) and, for floats,
-    finite values in [0, 1].
-
-    Args:
-        x: array-like batch of images (NumPy array or backend tensor).
-        name: name used for `x` in error messages.
-        data_format: `"channels_last"` or `"channels_first"`.
-        allow_uint8: whether `uint8` images (values in [0, 255]) are accepted.
-
-    Returns:
-        `x` as a NumPy array (not copied when it already is one).
-
-    Raises:
-        ValueError: with a message that says how to fix the input.
-
-    Example:
-
-    >>> x = keras_rpat.datasets.validate_images(np.zeros((2, 32, 32, 3), "float32"))
-    """
-    axis = _channel_axis(data_format)
-    x = _to_numpy(x)
-    layout = "(N, H, W, C)" if axis == -1 else "(N, C, H, W)"
-    if x.ndim != 4:
-        hint = ""
-        if x.ndim == 3:
-            hint = (
-                " For single-channel images of shape (N, H, W), add a channel axis "
-                f"with {name}[..., None]; for one image, add a batch axis with "
-                f"{name}[None]."
-            )
-        raise ValueError(
-            f"`{name}` must be a batch of images of shape {layout} "
-            f"({data_format}). Received: {name}.shape={x.shape}.{hint}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(
-            f"`{name}` must contain at least one image. Received: "
-            f"{name}.shape={x.shape}"
-        )
-    channels = x.shape[axis]
-    if channels not in (1, 3):
-        hint = ""
-        other = x.shape[1] if axis == -1 else x.shape[-1]
-        if other in (1, 3):
-            if axis == -1:
-                hint = (
-                    f" It looks channels-first; transpose it with "
-                    f"{name}.transpose(0, 2, 3, 1)."
-                )
-            else:
-                hint = (
-                    f" It looks channels-last; transpose it with "
-                    f"{name}.transpose(0, 3, 1, 2)."
-                )
-        raise ValueError(
-            f"`{name}` must have 1 or 3 channels in layout {layout} "
-            f"({data_format}). Received: {name}.shape={x.shape}.{hint}"
-        )
-    if x.dtype == np.uint8:
-        if not allow_uint8:
-            raise ValueError(
-                f"`{name}` must hold float pixel values in [0, 1]. Received "
-                f"integer images ({name}.dtype=uint8); convert with "
-                f"{name}.astype('float32') / 255."
-            )
-        return x
-    if x.dtype.kind in "iub":
-        if allow_uint8:
-            fix = (
-                f"{name}.astype('uint8') (values 0-255) or "
-                f"{name}.astype('float32') / 255"
-            )
-        else:
-            fix = f"{name}.astype('float32') / 255"
-        raise ValueError(
-            f"`{name}` must hold float pixel values in [0, 1]"
-            + (" or uint8 values in [0, 255]" if allow_uint8 else "")
-            + f". Received: {name}.dtype={x.dtype}; convert with {fix}."
-        )
-    if x.dtype.kind != "f":
-        raise ValueError(
-            f"`{name}` must be a float array of pixel values in [0, 1]. "
-            f"Received: {name}.dtype={x.dtype}"
-        )
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(
-            f"`{name}` contains NaN or infinite pixel values. Received: "
-            f"min={lo}, max={hi}"
-        )
-    if lo < -1e-6 or hi > 1.0 + 1e-6:
-        hint = ""
-        if hi > 1.0 and lo >= 0.0 and hi <= 255.0:
-            hint = f" If the images are in [0, 255], divide by 255: {name} / 255."
-        elif lo < 0.0:
-            hint = (
-                " keras_rpat models take unnormalised [0, 1] inputs (any mean/std "
-                "normalisation happens inside the model); undo the normalisation."
-            )
-        raise ValueError(
-            f"`{name}` pixel values must be in [0, 1]. Received: min={lo:.6g}, "
-            f"max={hi:.6g}.{hint}"
-        )
-    return x
-
-
-def validate_labels(y, num_classes, name="y"):
-    """Checks integer class labels and returns them as an int64 `(N,)` array.
-
-    Accepts labels of shape `(N,)` or `(N, 1)` (the `keras.datasets` layout), of an
-    integer dtype or a float dtype holding whole numbers, with values in
-    `[0, num_classes)`.
-
-    Args:
-        y: array-like of class indices.
-        num_classes: the number of classes (a positive integer).
-        name: name used for `y` in error messages.
-
-    Returns:
-        The labels as a NumPy int64 array of shape `(N,)`.
-
-    Raises:
-        ValueError: with a message that says how to fix the input.
-
-    Example:
-
-    >>> y = keras_rpat.datasets.validate_labels([[3], [1]], num_classes=10)
-    """
-    _check_positive_int(num_classes, "num_classes")
-    return _validate_labels(y, int(num_classes), name)
-
-
-def _validate_labels(y, num_classes, name):
-    """`validate_labels`; with `num_classes=None` only checks labels >= 0."""
-    y = _to_numpy(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        hint = ""
-        if y.ndim == 2:
-            hint = (
-                f" For one-hot or soft labels, pass class indices instead, e.g. "
-                f"{name}.argmax(-1)."
-            )
-        raise ValueError(
-            f"`{name}` must hold integer class indices of shape (N,) or (N, 1). "
-            f"Received: {name}.shape={y.shape}.{hint}"
-        )
-    if y.dtype.kind == "f":
-        if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise ValueError(
-                f"`{name}` must hold integer class indices. Received float labels "
-                "with non-integer values; convert soft labels with "
-                f"{name}.argmax(-1)."
-            )
-    elif y.dtype.kind not in "iu":
-        raise ValueError(
-            f"`{name}` must hold integer class indices. Received: "
-            f"{name}.dtype={y.dtype}; convert with {name}.astype('int64')."
-        )
-    y = y.astype(np.int64, copy=False)
-    if y.size and num_classes is None:
-        if int(y.min()) < 0:
-            raise ValueError(
-                f"`{name}` labels must be non-negative class indices. Received a "
-                f"minimum label of {int(y.min())}; remap the labels to "
-                "0..num_classes-1."
-            )
-    elif y.size:
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"`{name}` labels must be in [0, num_classes) = [0, {num_classes}). "
-                f"Received labels in [{lo}, {hi}] with num_classes={num_classes}. "
-                "Pass the right `num_classes`, or remap the labels to "
-                "0..num_classes-1."
-            )
-    return y
-
-
-def _check_positive_int(value, name, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
-def _check_non_negative_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(
-            f"`{name}` must be a non-negative integer. Received: {name}={value!r}"
-        )
 
 
 def _as_storage_images(x, name):
@@ -348,7 +121,7 @@ class Dataset:
     image_shape: tuple = dataclasses.field(init=False)
 
     def __post_init__(self):
-        _check_positive_int(self.num_classes, "num_classes")
+        _checks.check_positive_int(self.num_classes, "num_classes")
         self.num_classes = int(self.num_classes)
         self.x_train = _as_storage_images(self.x_train, "x_train")
         self.x_test = _as_storage_images(self.x_test, "x_test")
@@ -368,8 +141,8 @@ class Dataset:
                 f"x_test.shape={self.x_test.shape}"
             )
         if self.x_train.dtype != self.x_test.dtype:  # one uint8, one float32
-            self.x_train = _to_float01(self.x_train)
-            self.x_test = _to_float01(self.x_test)
+            self.x_train = _checks.to_float01(self.x_train)
+            self.x_test = _checks.to_float01(self.x_test)
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
             if len(self.class_names) != self.num_classes:
@@ -403,35 +176,19 @@ class Dataset:
         Returns:
             A new `Dataset` (the arrays are copies).
         """
+        train = _checks.strided_indices(len(self.x_train), n_train, "n_train")
+        test = _checks.strided_indices(len(self.x_test), n_test, "n_test")
+        train = slice(None) if train is None else train
+        test = slice(None) if test is None else test
         return Dataset(
-            x_train=self.x_train[_strided(len(self.x_train), n_train, "n_train")],
-            y_train=self.y_train[_strided(len(self.y_train), n_train, "n_train")],
-            x_test=self.x_test[_strided(len(self.x_test), n_test, "n_test")],
-            y_test=self.y_test[_strided(len(self.y_test), n_test, "n_test")],
+            x_train=self.x_train[train].copy(),
+            y_train=self.y_train[train].copy(),
+            x_test=self.x_test[test].copy(),
+            y_test=self.y_test[test].copy(),
             num_classes=self.num_classes,
             name=self.name,
             class_names=self.class_names,
         )
-
-
-def _strided(total, n, name):
-    if n is None:
-        return np.arange(total)
-    _check_positive_int(n, name)
-    if n > total:
-        raise ValueError(
-            f"`{name}` must be at most the number of available examples ({total}). "
-            f"Received: {name}={n}"
-        )
-    return (np.arange(n, dtype=np.int64) * total) // n
-
-
-def _to_float01(x):
-    if x.dtype == np.uint8:
-        out = x.astype(np.float32)
-        out /= np.float32(255.0)  # like torchvision ToTensor: exact x / 255
-        return out
-    return x.astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------
@@ -457,9 +214,7 @@ def default_data_dir():
     folder). CIFAR-10/100 use the tensorflow-datasets default
     (`~/tensorflow_datasets`) unless `data_dir` is given.
     """
-    return os.path.expanduser(
-        os.environ.get("KERAS_RPAT_DATA_DIR", os.path.join("~", ".keras", "datasets"))
-    )
+    return os.path.expanduser(os.environ.get("KERAS_RPAT_DATA_DIR", os.path.join("~", ".keras", "datasets")))
 
 
 def load(name, data_dir=None, **options):
@@ -513,17 +268,14 @@ def load(name, data_dir=None, **options):
     >>> ds = keras_rpat.datasets.load("tiny_imagenet", data_dir="/data")
     """
     if not isinstance(name, (str, os.PathLike)):
-        raise ValueError(
-            "`name` must be a dataset name or a path to an .npz file. "
-            f"Received: name={name!r}"
-        )
+        raise ValueError(f"`name` must be a dataset name or a path to an .npz file. Received: name={name!r}")
     n_train = options.pop("n_train", None)
     n_test = options.pop("n_test", None)
     raw = os.fspath(name)
     if raw.lower().endswith(".npz"):
         key = "npz"
     else:
-        key = _ALIASES.get(raw.lower(), raw.lower())
+        key = _checks.canonical_dataset(raw)
         if key not in _LOADERS:
             raise ValueError(
                 f"Unknown dataset {raw!r}. Valid names: {list_datasets()}, or a "
@@ -616,9 +368,7 @@ def _load_tfds(tfds_name, data_dir=None, download=True):
 
 def _load_cifar10(data_dir=None, download=True):
     arrays = _load_tfds("cifar10", data_dir=data_dir, download=download)
-    return Dataset(
-        **arrays, num_classes=10, name="cifar10", class_names=list(_CIFAR10_CLASSES)
-    )
+    return Dataset(**arrays, num_classes=10, name="cifar10", class_names=list(_CIFAR10_CLASSES))
 
 
 def _load_cifar100(data_dir=None, download=True):
@@ -661,7 +411,7 @@ def _load_npz(path, data_dir=None, num_classes=None):
         labels = []
         for k in ("y_train", "y_test"):
             try:
-                labels.append(_validate_labels(arrays[k], None, k))
+                labels.append(_checks.label_indices(arrays[k], None, k))
             except ValueError as e:
                 raise ValueError(f"In {path}: {e}") from None
         num_classes = int(max(int(y.max()) for y in labels if y.size)) + 1
@@ -686,25 +436,19 @@ def _tiny_not_found(parent):
     )
 
 
-def _find_tiny_root(data_dir):
+def find_tiny_imagenet(data_dir):
     """`data_dir/tiny-imagenet-200`, or `data_dir` itself if it is that folder."""
     base = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
     nested = os.path.join(base, _TINY_FOLDER)
     if os.path.isdir(os.path.join(nested, "train")):
         return nested
-    if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(
-        os.path.join(base, "val")
-    ):
+    if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(os.path.join(base, "val")):
         return base
     raise _tiny_not_found(base)
 
 
 def _image_files(folder):
-    return sorted(
-        e.name
-        for e in os.scandir(folder)
-        if e.is_file() and e.name.lower().endswith(_IMAGE_EXTENSIONS)
-    )
+    return sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(_IMAGE_EXTENSIONS))
 
 
 def _index_tiny_imagenet(root):
@@ -727,10 +471,7 @@ def _index_tiny_imagenet(root):
             )
         files = _image_files(folder)
         if not files:
-            raise ValueError(
-                f"Malformed Tiny-ImageNet folder: no images in {folder}. "
-                f"Re-extract {TINY_IMAGENET_URL}."
-            )
+            raise ValueError(f"Malformed Tiny-ImageNet folder: no images in {folder}. Re-extract {TINY_IMAGENET_URL}.")
         train_files += [os.path.join(folder, f) for f in files]
         train_labels += [i] * len(files)
 
@@ -794,8 +535,7 @@ def _index_tiny_imagenet(root):
             val_labels += [class_index[e.name]] * len(files)
     if not val_files:
         raise ValueError(
-            f"Malformed Tiny-ImageNet folder: no val images found under {val_dir}. "
-            f"Re-extract {TINY_IMAGENET_URL}."
+            f"Malformed Tiny-ImageNet folder: no val images found under {val_dir}. Re-extract {TINY_IMAGENET_URL}."
         )
 
     digest = hashlib.sha256()
@@ -818,10 +558,7 @@ def _decode_images(paths):
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError(
-            "Loading Tiny-ImageNet requires Pillow. Install it with "
-            "`pip install pillow`."
-        ) from e
+        raise ImportError("Loading Tiny-ImageNet requires Pillow. Install it with `pip install pillow`.") from e
 
     def read(path):
         with Image.open(path) as im:
@@ -849,25 +586,8 @@ def _decode_images(paths):
     return out
 
 
-def _write_npz_atomic(path, **arrays):
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _load_tiny_imagenet(data_dir=None, cache_dir=None, use_cache=True):
-    root = _find_tiny_root(data_dir)
+    root = find_tiny_imagenet(data_dir)
     index = _index_tiny_imagenet(root)
     cache_folder = os.path.expanduser(cache_dir) if cache_dir else os.path.dirname(root)
     cache_path = os.path.join(cache_folder, _TINY_FOLDER + ".keras_rpat.npz")
@@ -879,8 +599,7 @@ def _load_tiny_imagenet(data_dir=None, cache_dir=None, use_cache=True):
                     arrays = {k: f[k] for k in _NPZ_KEYS}
         except Exception as e:  # corrupt or foreign file: rebuild it.
             warnings.warn(
-                f"Ignoring unreadable Tiny-ImageNet cache {cache_path} ({e}); "
-                "decoding the images again.",
+                f"Ignoring unreadable Tiny-ImageNet cache {cache_path} ({e}); decoding the images again.",
                 stacklevel=3,
             )
     if arrays is None:
@@ -893,7 +612,7 @@ def _load_tiny_imagenet(data_dir=None, cache_dir=None, use_cache=True):
         if use_cache:
             try:
                 os.makedirs(cache_folder, exist_ok=True)
-                _write_npz_atomic(
+                _io.atomic_write_npz(
                     cache_path,
                     fingerprint=np.asarray(index["fingerprint"]),
                     **arrays,
@@ -923,23 +642,14 @@ def _hsv_to_rgb(h):
 
 
 def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, seed=0, contrast=1.0):
-    _check_positive_int(n_train, "n_train")
-    _check_positive_int(n_test, "n_test")
-    _check_positive_int(image_size, "image_size")
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, (int, np.integer))
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "`num_classes` must be an integer >= 2. Received: "
-            f"num_classes={num_classes!r}"
-        )
+    _checks.check_positive_int(n_train, "n_train")
+    _checks.check_positive_int(n_test, "n_test")
+    _checks.check_positive_int(image_size, "image_size")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
     if image_size < 8:
-        raise ValueError(
-            f"`image_size` must be at least 8. Received: image_size={image_size}"
-        )
-    _check_non_negative_int(seed, "seed")
+        raise ValueError(f"`image_size` must be at least 8. Received: image_size={image_size}")
+    _checks.check_non_negative_int(seed, "seed")
     if not 0.0 < float(contrast) <= 2.5:
         raise ValueError(
             "`contrast` must be in (0, 2.5] (it scales the grating amplitude, "
@@ -974,9 +684,7 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
         wave = np.sin(2.0 * np.pi * freq[y][:, None, None] * t + phase[:, None, None])
         wave = wave.astype(np.float32)
         amplitude = (float(contrast) * rng.uniform(0.3, 0.4, n)).astype(np.float32)[:, None, None, None]
-        img = (
-            amplitude * grating_colour[y][:, None, None, :].astype(np.float32)
-        ) * wave[..., None]
+        img = (amplitude * grating_colour[y][:, None, None, :].astype(np.float32)) * wave[..., None]
         img += mean_colour[y][:, None, None, :].astype(np.float32)
         brightness = rng.uniform(-0.1, 0.1, n)[:, None, None, None]
         tint = rng.uniform(-0.06, 0.06, (n, 1, 1, 3))
@@ -1042,11 +750,7 @@ def _random_crop_flip(xb, rng, pad, pad_mode, flip):
     rows = oy[:, None] + np.arange(h)
     cols = ox[:, None] + np.arange(w)
     cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    idx = (
-        (np.arange(b) * (hp * wp))[:, None, None]
-        + rows[:, :, None] * wp
-        + cols[:, None, :]
-    )
+    idx = (np.arange(b) * (hp * wp))[:, None, None] + rows[:, :, None] * wp + cols[:, None, :]
     return xb.reshape(-1, c)[idx]
 
 
@@ -1072,15 +776,12 @@ def _cutmix(xb, yb, rng, num_classes):
 def _check_xy(x, y, num_classes):
     x = validate_images(x, name="x", allow_uint8=True)
     if num_classes is None:
-        y = _validate_labels(y, None, "y")
+        y = _checks.label_indices(y, None, "y")
     else:
-        _check_positive_int(num_classes, "num_classes")
+        _checks.check_positive_int(num_classes, "num_classes")
         y = validate_labels(y, int(num_classes), "y")
     if len(x) != len(y):
-        raise ValueError(
-            "`x` and `y` must have the same length. Received: "
-            f"len(x)={len(x)}, len(y)={len(y)}"
-        )
+        raise ValueError(f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}")
     return x, y
 
 
@@ -1154,18 +855,16 @@ class TrainSequence(keras.utils.PyDataset):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int(batch_size, "batch_size")
+        _checks.check_positive_int(batch_size, "batch_size")
         if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-            raise ValueError(
-                f"`pad` must be a non-negative integer. Received: pad={pad!r}"
-            )
+            raise ValueError(f"`pad` must be a non-negative integer. Received: pad={pad!r}")
         if pad_mode not in ("zero", "reflect"):
             raise ValueError(
                 "`pad_mode` must be 'zero' (torchvision RandomCrop, Bench) or "
                 f"'reflect' (SOTAs). Received: pad_mode={pad_mode!r}"
             )
-        _channel_axis(data_format)
-        _check_non_negative_int(seed, "seed")
+        _checks.channel_axis(data_format)
+        _checks.check_non_negative_int(seed, "seed")
         if two_view and cutmix:
             raise ValueError(
                 "`two_view=True` and `cutmix=True` cannot be combined (no reference "
@@ -1232,7 +931,7 @@ class TrainSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch):
         """Sets the epoch (e.g. when resuming training) and reshuffles."""
-        _check_non_negative_int(epoch, "epoch")
+        _checks.check_non_negative_int(epoch, "epoch")
         self.epoch = int(epoch)
         self._order = self._make_order()
 
@@ -1241,9 +940,7 @@ class TrainSequence(keras.utils.PyDataset):
         if index < 0:
             index += n_batches
         if not 0 <= index < n_batches:
-            raise IndexError(
-                f"Batch index out of range: {index} for {n_batches} batches."
-            )
+            raise IndexError(f"Batch index out of range: {index} for {n_batches} batches.")
         ids = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         xb, yb = self.x[ids], self.y[ids]
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
@@ -1284,12 +981,10 @@ class EvalSequence(keras.utils.PyDataset):
     >>> test = keras_rpat.datasets.EvalSequence(ds.x_test, ds.y_test, batch_size=100)
     """
 
-    def __init__(
-        self, x, y=None, batch_size=128, data_format="channels_last", **kwargs
-    ):
+    def __init__(self, x, y=None, batch_size=128, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int(batch_size, "batch_size")
-        _channel_axis(data_format)
+        _checks.check_positive_int(batch_size, "batch_size")
+        _checks.channel_axis(data_format)
         if y is None:
             self.x = validate_images(x, name="x", allow_uint8=True)
             self.y = None
@@ -1318,9 +1013,7 @@ class EvalSequence(keras.utils.PyDataset):
         if index < 0:
             index += n_batches
         if not 0 <= index < n_batches:
-            raise IndexError(
-                f"Batch index out of range: {index} for {n_batches} batches."
-            )
+            raise IndexError(f"Batch index out of range: {index} for {n_batches} batches.")
         sl = slice(index * self.batch_size, (index + 1) * self.batch_size)
         xb = _batch_to_float(self.x[sl], self.data_format)
         if self.y is None:
@@ -1375,10 +1068,7 @@ def make_datasets(
     >>> train, test = keras_rpat.datasets.make_datasets(ds, pipeline="sotas")
     """
     if pipeline not in _PIPELINES:
-        raise ValueError(
-            f"`pipeline` must be one of {sorted(_PIPELINES)}. Received: "
-            f"pipeline={pipeline!r}"
-        )
+        raise ValueError(f"`pipeline` must be one of {sorted(_PIPELINES)}. Received: pipeline={pipeline!r}")
     if not isinstance(dataset, Dataset):
         dataset = load(dataset)
     pad_mode, default_test_batch = _PIPELINES[pipeline]

@@ -1,18 +1,27 @@
 """The `make demo` / `keras-rpat demo` job: PGD-AT vs PGD-AT + RPAT on synthetic data."""
 
-import json
-import os
-import tempfile
 import time
 
 import keras
 
-from keras_rpat import attacks, datasets, models, presets
+from keras_rpat import _io
+from keras_rpat import attacks, datasets, evaluation, models, presets
 
 DEMO_METHODS = ("pgd_at", "pgd_at+rpat")
 
 
-def run_demo(epochs=4, n_train=2048, n_test=512, batch_size=128, seed=0, methods=DEMO_METHODS, widths=(16, 32, 64), contrast=0.3, echo=None, verbose=2):
+def run_demo(
+    epochs=4,
+    n_train=2048,
+    n_test=512,
+    batch_size=128,
+    seed=0,
+    methods=DEMO_METHODS,
+    widths=(16, 32, 64),
+    contrast=0.3,
+    echo=None,
+    verbose=2,
+):
     """Trains each method on the built-in synthetic dataset and evaluates it.
 
     Returns a list of dicts with `method`, `clean`, `pgd20` (percent) and
@@ -24,7 +33,7 @@ def run_demo(epochs=4, n_train=2048, n_test=512, batch_size=128, seed=0, methods
         keras.utils.set_random_seed(seed)
         preset = presets.get(method).with_epochs(epochs)
         classifier = models.get("small_cnn", num_classes=data.num_classes, input_shape=data.image_shape, widths=widths)
-        pgd20 = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=20, seed=seed)
+        pgd20 = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=evaluation.PGD_EVAL_STEPS, seed=seed)
         trainer = preset.build_trainer(classifier, eval_attack=pgd20)
         train_seq, test_seq = datasets.make_datasets(data, batch_size=batch_size, pipeline=preset.pipeline, seed=seed)
         trainer.compile(optimizer=preset.optimizer(steps_per_epoch=len(train_seq)))
@@ -59,9 +68,4 @@ def format_table(rows):
 
 def save_rows(rows, path):
     """Writes the rows as JSON, atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"backend": keras.config.backend(), "rows": rows}, f, indent=2)
-    os.replace(tmp, path)
+    _io.atomic_write_json(path, {"backend": keras.config.backend(), "rows": rows})

@@ -1,7 +1,7 @@
 """Robustness evaluation: clean, PGD-20, AutoAttack, Mean / NRR, perception.
 
 Everything here is `keras.ops` and NumPy, so it runs unchanged on every
-supported backend. AutoAttack runs through `keras_rpat.autoattack_bridge`
+supported backend. AutoAttack runs through `keras_rpat.autoattack`
 (PyTorch; models trained under TensorFlow are evaluated in a PyTorch
 subprocess automatically).
 
@@ -23,10 +23,8 @@ import dataclasses
 import datetime
 import json
 import math
-import numbers
 import os
 import subprocess
-import tempfile
 import time
 import warnings
 
@@ -34,11 +32,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_rpat import _checks
+from keras_rpat import _io
 from keras_rpat import attacks as attacks_lib
+from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
+from keras_rpat._checks import infer_data_format
+from keras_rpat._version import __version__
 
 __all__ = [
     "EVALUATION_ATTACKS",
+    "EVAL_BATCH_SIZE",
+    "PGD_EVAL_STEPS",
     "EvalResult",
     "PerceptionResult",
     "autoattack_accuracy",
@@ -46,12 +51,16 @@ __all__ = [
     "evaluate",
     "infer_data_format",
     "mean_nrr",
+    "parse_attacks",
     "perception_analysis",
     "pgd_accuracy",
     "provenance",
 ]
 
 EVALUATION_ATTACKS = ("clean", "pgd20", "autoattack")
+# The reference protocol's evaluation batch size and PGD steps (PGD-20).
+EVAL_BATCH_SIZE = 256
+PGD_EVAL_STEPS = 20
 _ATTACK_ALIASES = {
     "clean": "clean",
     "pgd20": "pgd20",
@@ -73,169 +82,12 @@ _AA_REFERENCE = (
 # ---------------------------------------------------------------------------
 
 
-def _resolve_model(model):
-    """An `RPATTrainer` is evaluated through its `evaluation_model`."""
-    inner = getattr(model, "evaluation_model", None)
-    if isinstance(inner, keras.Model):
-        return inner
-    if not callable(model):
-        raise ValueError(
-            "`model` must be a Keras model mapping images in [0, 1] to logits "
-            f"(or a keras_rpat.RPATTrainer). Received: {type(model).__name__}"
-        )
-    return model
-
-
-def _check_positive_int(value, name, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
-def _strided_indices(total, n):
-    """`n` evenly strided indices of `range(total)` (class-sorted test sets)."""
-    if n is None:
-        return None
-    n = _check_positive_int(n, "n")
-    if n > total:
-        raise ValueError(
-            f"`n` must be at most the number of examples ({total}). Received: n={n}"
-        )
-    return (np.arange(n, dtype=np.int64) * total) // n
-
-
-def _model_input_shape(model):
-    try:
-        inputs = model.inputs
-        if inputs:
-            return tuple(inputs[0].shape)
-    except (AttributeError, ValueError):
-        pass
-    return None
-
-
-def _model_num_classes(model):
-    try:
-        outputs = model.outputs
-        if outputs:
-            c = outputs[0].shape[-1]
-            return None if c is None else int(c)
-    except (AttributeError, ValueError):
-        pass
-    return None
-
-
-def infer_data_format(model, data_format=None):
-    """Returns `"channels_last"` or `"channels_first"` for an image model.
-
-    Uses, in order: the explicit `data_format`; the `data_format` of the first
-    convolution (then of any layer that has one); the model's input shape (the
-    axis of size 1 or 3); `keras.config.image_data_format()`.
-
-    Args:
-        model: a Keras model.
-        data_format: optional explicit value, returned after validation.
-    """
-    if data_format is not None:
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                "`data_format` must be 'channels_last' or 'channels_first'. "
-                f"Received: data_format={data_format!r}"
-            )
-        return data_format
-    layers = []
-    try:
-        layers = list(model._flatten_layers(include_self=False, recursive=True))
-    except (AttributeError, TypeError):
-        layers = list(getattr(model, "layers", []))
-    fallback = None
-    for layer in layers:
-        fmt = getattr(layer, "data_format", None)
-        if fmt not in ("channels_last", "channels_first"):
-            continue
-        if "Conv" in type(layer).__name__:
-            return fmt
-        if fallback is None and "Flatten" not in type(layer).__name__:
-            fallback = fmt
-    if fallback is not None:
-        return fallback
-    shape = _model_input_shape(model)
-    if shape is not None and len(shape) == 4:
-        first, last = shape[1], shape[-1]
-        if last in (1, 3) and first not in (1, 3):
-            return "channels_last"
-        if first in (1, 3) and last not in (1, 3):
-            return "channels_first"
-    return keras.config.image_data_format()
-
-
-def _check_data(model, x, y, data_format=None):
-    """Validates images/labels against the model; returns `(x, y, C, fmt)`."""
-    from keras_rpat.datasets import validate_images
-
-    fmt = infer_data_format(model, data_format)
-    x = validate_images(x, name="x", data_format=fmt)
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    expected = _model_input_shape(model)
-    if expected is not None and len(expected) == x.ndim:
-        if any(e is not None and int(e) != int(a) for e, a in zip(expected[1:], x.shape[1:])):
-            raise ValueError(
-                f"The model expects inputs of shape {expected} but the images have "
-                f"shape {tuple(x.shape)}. Evaluate on data of the size the model "
-                "was built for (e.g. 32x32 for CIFAR, 64x64 for Tiny-ImageNet), "
-                "and in the model's data format "
-                f"({fmt})."
-            )
-    elif expected is not None:
-        raise ValueError(
-            f"The model expects inputs of shape {expected} but the images have "
-            f"shape {tuple(x.shape)}."
-        )
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(
-            "`y` must hold integer class indices of shape (N,) or (N, 1). "
-            f"Received: y.shape={y.shape}. For one-hot labels pass y.argmax(-1)."
-        )
-    if y.dtype.kind == "f":
-        if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise ValueError("`y` must hold integer class indices. Received non-integer float labels.")
-    elif y.dtype.kind not in "iu":
-        raise ValueError(f"`y` must hold integer class indices. Received: y.dtype={y.dtype}")
-    y = y.astype(np.int64)
-    if len(y) != len(x):
-        raise ValueError(
-            f"Images and labels differ in length: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}."
-        )
-    num_classes = _model_num_classes(model)
-    if num_classes is None:
-        num_classes = int(_forward(model, x[:1]).shape[-1])
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        output_shape = (None, num_classes)
-        raise ValueError(
-            f"The model outputs {num_classes} classes (output shape {output_shape}) "
-            f"but the labels lie in [{int(y.min())}, {int(y.max())}] (labels shape "
-            f"{tuple(y.shape)}). Labels must be in [0, {num_classes}); evaluate the "
-            "model on the dataset it was trained for."
-        )
-    return x, y, num_classes, fmt
-
-
 def _check_logits(logits, atol=1e-5):
     """Warns if the model's outputs look like probabilities (AutoAttack's check)."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.size == 0:
         return
-    if (
-        logits.min() > -atol
-        and logits.max() < 1.0 + atol
-        and np.all(np.abs(logits.sum(-1) - 1.0) < atol)
-    ):
+    if logits.min() > -atol and logits.max() < 1.0 + atol and np.all(np.abs(logits.sum(-1) - 1.0) < atol):
         warnings.warn(
             "The model's outputs look like probabilities (each row is in [0, 1] and "
             "sums to 1): it seems a softmax is applied. keras_rpat attacks and "
@@ -254,16 +106,18 @@ def _forward(model, xb):
 
 
 def _batches(n, batch_size):
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.check_positive_int(batch_size, "batch_size")
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
 
-def _percent(correct, n):
+def percent(correct, n):
+    """Percentage of True values of a per-sample correctness array."""
     return 100.0 * float(np.sum(correct)) / float(n)
 
 
-def _clean_correct(model, x, y, batch_size, check=True):
+def clean_correct(model, x, y, batch_size, check=True):
+    """Per-sample correctness on benign inputs, inference mode, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
     for i, sl in enumerate(_batches(len(x), batch_size)):
         logits = _forward(model, x[sl])
@@ -273,7 +127,8 @@ def _clean_correct(model, x, y, batch_size, check=True):
     return correct
 
 
-def _pgd_attack(norm, epsilon, step_size, num_steps, seed):
+def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
+    """The evaluation PGD: advertorch style, random start, CE, inference mode (REFERENCE §4)."""
     return attacks_lib.PGD(
         norm=norm,
         epsilon=epsilon,
@@ -287,7 +142,7 @@ def _pgd_attack(norm, epsilon, step_size, num_steps, seed):
     )
 
 
-def _attack_correct(model, attack, x, y, batch_size):
+def attack_correct(model, attack, x, y, batch_size):
     """Per-sample correctness on `attack(model, x, y)`, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
     for sl in _batches(len(x), batch_size):
@@ -303,7 +158,7 @@ def _attack_correct(model, attack, x, y, batch_size):
 # ---------------------------------------------------------------------------
 
 
-def clean_accuracy(model, x, y, batch_size=256):
+def clean_accuracy(model, x, y, batch_size=EVAL_BATCH_SIZE):
     """Top-1 accuracy (percent) of a model on benign inputs, inference mode.
 
     Args:
@@ -322,9 +177,9 @@ def clean_accuracy(model, x, y, batch_size=256):
     acc = keras_rpat.evaluation.clean_accuracy(model, x_test, y_test)
     ```
     """
-    model = _resolve_model(model)
-    x, y, _, _ = _check_data(model, x, y)
-    return _percent(_clean_correct(model, x, y, batch_size), len(x))
+    model = _checks.evaluation_model(model)
+    x, y, _, _ = _checks.check_data(model, x, y)
+    return percent(clean_correct(model, x, y, batch_size), len(x))
 
 
 def pgd_accuracy(
@@ -334,8 +189,8 @@ def pgd_accuracy(
     norm="linf",
     epsilon=8 / 255,
     step_size=None,
-    num_steps=20,
-    batch_size=256,
+    num_steps=PGD_EVAL_STEPS,
+    batch_size=EVAL_BATCH_SIZE,
     seed=0,
 ):
     """Robust accuracy (percent) under PGD with a random start (PGD-20).
@@ -370,11 +225,11 @@ def pgd_accuracy(
         - Madry et al., Towards Deep Learning Models Resistant to Adversarial
           Attacks, ICLR 2018.
     """
-    model = _resolve_model(model)
-    attack = _pgd_attack(norm, epsilon, step_size, num_steps, seed)
-    x, y, _, _ = _check_data(model, x, y)
+    model = _checks.evaluation_model(model)
+    attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
+    x, y, _, _ = _checks.check_data(model, x, y)
     _check_logits(_forward(model, x[: min(len(x), 64)]))
-    return _percent(_attack_correct(model, attack, x, y, batch_size), len(x))
+    return percent(attack_correct(model, attack, x, y, batch_size), len(x))
 
 
 def autoattack_accuracy(
@@ -385,7 +240,7 @@ def autoattack_accuracy(
     epsilon=8 / 255,
     version="standard",
     attacks_to_run=None,
-    batch_size=250,
+    batch_size=autoattack.AA_BATCH_SIZE,
     state_path=None,
     seed=0,
     verbose=False,
@@ -394,7 +249,7 @@ def autoattack_accuracy(
     """Robust accuracy (percent) under AutoAttack.
 
     Runs `pyautoattack` on the model through
-    `keras_rpat.autoattack_bridge.run_autoattack` (a PyTorch subprocess when
+    `keras_rpat.autoattack.run_autoattack` (a PyTorch subprocess when
     the active backend is not torch).
 
     Args:
@@ -422,12 +277,10 @@ def autoattack_accuracy(
         - Croce & Hein, Reliable evaluation of adversarial robustness with an
           ensemble of diverse parameter-free attacks, ICML 2020.
     """
-    from keras_rpat import autoattack_bridge
-
-    model = _resolve_model(model)
-    x, y, _, _ = _check_data(model, x, y)
+    model = _checks.evaluation_model(model)
+    x, y, _, _ = _checks.check_data(model, x, y)
     _check_logits(_forward(model, x[: min(len(x), 64)]))
-    accuracy, _ = autoattack_bridge.run_autoattack(
+    accuracy, _ = autoattack.run_autoattack(
         model,
         x,
         y,
@@ -534,10 +387,8 @@ def provenance(model=None, elapsed=None):
     Returns:
         A JSON-serialisable dict.
     """
-    import keras_rpat
-
     info = {
-        "keras_rpat": getattr(keras_rpat, "__version__", None),
+        "keras_rpat": __version__,
         "keras": keras.__version__,
         "torch": _package_version("torch"),
         "tensorflow": _package_version("tensorflow") or _package_version("tensorflow-cpu"),
@@ -551,46 +402,6 @@ def provenance(model=None, elapsed=None):
     if elapsed is not None:
         info["elapsed_s"] = round(float(elapsed), 3)
     return info
-
-
-def _atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file and `os.replace`."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path, obj):
-    _atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def _atomic_save_model(model, path):
-    """`model.save(path)` through a temporary `.keras` file and `os.replace`."""
-    path = os.fspath(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"The model file name must end in `.keras`. Received: {path}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------
@@ -609,7 +420,7 @@ class _ResultMixin:
 
     def save(self, path):
         """Writes the result as JSON, atomically (temporary file + `os.replace`)."""
-        _atomic_write_text(path, self.to_json() + "\n")
+        _io.atomic_write_text(path, self.to_json() + "\n")
         return path
 
     @classmethod
@@ -658,7 +469,7 @@ class EvalResult(_ResultMixin):
     norm: str = "linf"
     epsilon: float = 8 / 255
     step_size: float = None
-    num_steps: int = 20
+    num_steps: int = PGD_EVAL_STEPS
     n: int = 0
     attacks: list = dataclasses.field(default_factory=list)
     autoattack_version: str = None
@@ -690,9 +501,13 @@ class EvalResult(_ResultMixin):
         return ", ".join(parts)
 
 
-def _normalise_attacks(attacks):
-    if isinstance(attacks, str):
-        attacks = [a for a in attacks.replace(" ", "").split(",") if a]
+def parse_attacks(attacks):
+    """Canonical evaluation names (`"pgd"` -> `"pgd20"`, `"aa"` -> `"autoattack"`), in order, once each.
+
+    Args:
+        attacks: a list or a comma-separated string.
+    """
+    attacks = _checks.split_list(attacks)
     out = []
     for name in attacks:
         key = _ATTACK_ALIASES.get(str(name).lower())
@@ -716,13 +531,13 @@ def evaluate(
     norm="linf",
     epsilon=8 / 255,
     step_size=None,
-    num_steps=20,
+    num_steps=PGD_EVAL_STEPS,
     n=None,
-    batch_size=256,
+    batch_size=EVAL_BATCH_SIZE,
     seed=0,
     aa_version="standard",
     aa_attacks=None,
-    aa_batch_size=250,
+    aa_batch_size=autoattack.AA_BATCH_SIZE,
     aa_state_path=None,
     aa_options=None,
     verbose=False,
@@ -769,27 +584,25 @@ def evaluate(
           ensemble of diverse parameter-free attacks, ICML 2020.
     """
     start = time.time()
-    names = _normalise_attacks(attacks)
+    names = parse_attacks(attacks)
     if "clean" not in names:
         names.insert(0, "clean")
-    model = _resolve_model(model)
-    norm = attacks_lib._canonical_norm(norm)
+    model = _checks.evaluation_model(model)
+    norm = _checks.canonical_norm(norm)
     epsilon = attacks_lib.parse_epsilon(epsilon)
-    attack = _pgd_attack(norm, epsilon, step_size, num_steps, seed)
-    x, y, _, fmt = _check_data(model, x, y)
-    idx = _strided_indices(len(x), n)
+    attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
+    x, y, _, fmt = _checks.check_data(model, x, y)
+    idx = _checks.strided_indices(len(x), n)
     if idx is not None:
         x, y = x[idx], y[idx]
-    clean_correct = _clean_correct(model, x, y, batch_size)
-    result = {"clean": _percent(clean_correct, len(x))}
+    correct = clean_correct(model, x, y, batch_size)
+    result = {"clean": percent(correct, len(x))}
     if "pgd20" in names:
-        result["pgd20"] = _percent(_attack_correct(model, attack, x, y, batch_size), len(x))
+        result["pgd20"] = percent(attack_correct(model, attack, x, y, batch_size), len(x))
     aa_attack_list = None
     if "autoattack" in names:
-        from keras_rpat import autoattack_bridge
-
-        aa_attack_list = autoattack_bridge.resolve_attacks(aa_version, aa_attacks)
-        result["autoattack"], _ = autoattack_bridge.run_autoattack(
+        aa_attack_list = autoattack.resolve_attacks(aa_version, aa_attacks)
+        result["autoattack"], _ = autoattack.run_autoattack(
             model,
             x,
             y,
@@ -870,8 +683,8 @@ def perception_analysis(
     perturbation="random",
     epsilon=8 / 255,
     step_size=2 / 255,
-    num_steps=20,
-    batch_size=256,
+    num_steps=PGD_EVAL_STEPS,
+    batch_size=EVAL_BATCH_SIZE,
     seed=0,
     averaging="global",
 ):
@@ -920,12 +733,11 @@ def perception_analysis(
     start = time.time()
     if not isinstance(perturbation, attacks_lib.Attack) and perturbation not in PERTURBATIONS:
         raise ValueError(
-            f"Unknown `perturbation`: {perturbation!r}. Expected one of {PERTURBATIONS} "
-            "or a keras_rpat.attacks.Attack."
+            f"Unknown `perturbation`: {perturbation!r}. Expected one of {PERTURBATIONS} or a keras_rpat.attacks.Attack."
         )
     if averaging not in ("global", "per_batch"):
         raise ValueError(f"`averaging` must be 'global' or 'per_batch'. Received: averaging={averaging!r}")
-    model = _resolve_model(model)
+    model = _checks.evaluation_model(model)
     epsilon = attacks_lib.parse_epsilon(epsilon)
     if isinstance(perturbation, attacks_lib.Attack):
         attack = perturbation
@@ -937,9 +749,9 @@ def perception_analysis(
         attack = attacks_lib.RandomNoise(epsilon=epsilon, seed=seed)
         step_size, num_steps = None, None
     else:
-        attack = _pgd_attack("linf", epsilon, step_size, num_steps, seed)
+        attack = evaluation_pgd("linf", epsilon, step_size, num_steps, seed)
         step_size, num_steps = attack.step_size, attack.num_steps
-    x, y, num_classes, _ = _check_data(model, x, y)
+    x, y, num_classes, _ = _checks.check_data(model, x, y)
 
     n = len(x)
     clean_ok = np.zeros(n, dtype=bool)
@@ -983,8 +795,8 @@ def perception_analysis(
         num_classes=int(num_classes),
         n_success=int(pert_ok.sum()),
         n_failure=int(n - pert_ok.sum()),
-        clean_accuracy=_percent(clean_ok, n),
-        perturbed_accuracy=_percent(pert_ok, n),
+        clean_accuracy=percent(clean_ok, n),
+        perturbed_accuracy=percent(pert_ok, n),
         mse_success=subset_mse(pert_ok),
         mse_failure=subset_mse(~pert_ok),
         mse_all=subset_mse(np.ones(n, dtype=bool)),

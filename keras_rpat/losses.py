@@ -28,12 +28,16 @@ References:
 import keras
 from keras import ops
 
+from keras_rpat import _checks
 from keras_rpat import backend as rpat_backend
 from keras_rpat.attacks import cross_entropy
 
 DISTANCES = ("mse", "kl", "js", "cosine")
 ALPHA_SAMPLING = ("fixed", "beta-", "beta+")
 PROXIES = ("logits", "penultimate", "third_to_last")
+# The epoch (0-based) at which ReBAT / RPAT++ start their BoAT / RPAT++ term and
+# weight averaging (`keras_rpat.trainer.WeightAveraging` uses the same default).
+WA_START_EPOCH = 105
 FORMS = ("reference", "paper")
 GRADIENT_VIEWS = ("clean", "adv", "interp", "clean_kl")
 TEACHER_VIEWS = ("teacher_clean", "teacher_adv", "teacher_interp")
@@ -42,14 +46,14 @@ ALL_VIEWS = GRADIENT_VIEWS + TEACHER_VIEWS
 
 def _labels(y_true, num_classes):
     """Integer labels or soft targets -> (B, C) float targets."""
-    if len(y_true.shape) >= 2 and y_true.shape[-1] == num_classes and num_classes != 1:
+    if _checks.is_soft_labels(y_true.shape, num_classes):
         return ops.cast(y_true, "float32")
     y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
     return ops.one_hot(y, num_classes, dtype="float32")
 
 
 def _is_soft(y_true, num_classes):
-    return len(y_true.shape) >= 2 and y_true.shape[-1] == num_classes and num_classes != 1
+    return _checks.is_soft_labels(y_true.shape, num_classes)
 
 
 def _log_softmax(z):
@@ -108,9 +112,7 @@ class ViewLoss(keras.losses.Loss):
     def __init__(self, start_epoch=0, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if isinstance(start_epoch, bool) or int(start_epoch) != start_epoch or start_epoch < 0:
-            raise ValueError(
-                f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}"
-            )
+            raise ValueError(f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}")
         self.start_epoch = int(start_epoch)
 
     @property
@@ -196,7 +198,15 @@ class TRADES(ViewLoss):
           and Accuracy, ICML 2019.
     """
 
-    def __init__(self, beta=6.0, reuse_clean_forward=False, start_epoch=0, reduction="sum_over_batch_size", name="trades", dtype=None):
+    def __init__(
+        self,
+        beta=6.0,
+        reuse_clean_forward=False,
+        start_epoch=0,
+        reduction="sum_over_batch_size",
+        name="trades",
+        dtype=None,
+    ):
         super().__init__(start_epoch, reduction, name, dtype)
         self.beta = float(beta)
         self.reuse_clean_forward = bool(reuse_clean_forward)
@@ -291,7 +301,15 @@ class Consistency(ViewLoss):
 
     views = ("adv",)
 
-    def __init__(self, weight=1.0, temperature=0.5, start_epoch=0, reduction="sum_over_batch_size", name="consistency", dtype=None):
+    def __init__(
+        self,
+        weight=1.0,
+        temperature=0.5,
+        start_epoch=0,
+        reduction="sum_over_batch_size",
+        name="consistency",
+        dtype=None,
+    ):
         super().__init__(start_epoch, reduction, name, dtype)
         self.weight = float(weight)
         if not temperature > 0:
@@ -374,10 +392,7 @@ class RobustPerception(ViewLoss):
         super().__init__(start_epoch, reduction, name, dtype)
         alpha = float(alpha)
         if not 0.0 < alpha < 1.0:
-            raise ValueError(
-                "`alpha` must be in (0, 1): x~ = x + alpha * (x' - x). "
-                f"Received: alpha={alpha}"
-            )
+            raise ValueError(f"`alpha` must be in (0, 1): x~ = x + alpha * (x' - x). Received: alpha={alpha}")
         for arg, value, valid in (
             ("distance", distance, DISTANCES),
             ("alpha_sampling", alpha_sampling, ALPHA_SAMPLING),
@@ -444,7 +459,7 @@ class _GuardedTeacherLoss(ViewLoss):
     branch, so the step stays capturable.
     """
 
-    def __init__(self, beta=1.0, start_epoch=105, reduction="sum_over_batch_size", name=None, dtype=None):
+    def __init__(self, beta=1.0, start_epoch=WA_START_EPOCH, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(start_epoch, reduction, name, dtype)
         self.beta = float(beta)
 
@@ -481,7 +496,7 @@ class BoAT(_GuardedTeacherLoss):
 
     views = ("adv", "teacher_adv")
 
-    def __init__(self, beta=1.0, start_epoch=105, reduction="sum_over_batch_size", name="boat", dtype=None):
+    def __init__(self, beta=1.0, start_epoch=WA_START_EPOCH, reduction="sum_over_batch_size", name="boat", dtype=None):
         super().__init__(beta, start_epoch, reduction, name, dtype)
 
     def call(self, y_true, views):
@@ -507,7 +522,15 @@ class RPATPlusPlus(_GuardedTeacherLoss):
 
     views = ("adv", "teacher_clean", "teacher_interp")
 
-    def __init__(self, beta=1.0, alpha=0.5, start_epoch=105, reduction="sum_over_batch_size", name="rpat_pp", dtype=None):
+    def __init__(
+        self,
+        beta=1.0,
+        alpha=0.5,
+        start_epoch=WA_START_EPOCH,
+        reduction="sum_over_batch_size",
+        name="rpat_pp",
+        dtype=None,
+    ):
         super().__init__(beta, start_epoch, reduction, name, dtype)
         alpha = float(alpha)
         if not 0.0 < alpha < 1.0:

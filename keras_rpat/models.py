@@ -44,10 +44,7 @@ __all__ = [
     "small_cnn",
 ]
 
-_PAPER = (
-    'Wang & Liu, "Failure Cases Are Better Learned But Boundary Says '
-    'Sorry", ICCV 2025.'
-)
+_PAPER = 'Wang & Liu, "Failure Cases Are Better Learned But Boundary Says Sorry", ICCV 2025.'
 
 
 # ----------------------------------------------------------------------------
@@ -56,14 +53,8 @@ _PAPER = (
 
 
 def _check_positive_int(value, name):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     return int(value)
 
 
@@ -74,17 +65,13 @@ def _resolve_normalize(normalize):
         if normalize.lower().replace("-", "").replace("_", "") == "cifar10":
             return rpat_layers.CIFAR10_MEAN, rpat_layers.CIFAR10_STD
         raise ValueError(
-            '`normalize` must be None, "cifar10" or a `(mean, std)` pair. '
-            f"Received: normalize={normalize!r}"
+            f'`normalize` must be None, "cifar10" or a `(mean, std)` pair. Received: normalize={normalize!r}'
         )
     if isinstance(normalize, dict) and set(normalize) == {"mean", "std"}:
         return normalize["mean"], normalize["std"]
     if isinstance(normalize, (tuple, list)) and len(normalize) == 2:
         return normalize[0], normalize[1]
-    raise ValueError(
-        '`normalize` must be None, "cifar10" or a `(mean, std)` pair. '
-        f"Received: normalize={normalize!r}"
-    )
+    raise ValueError(f'`normalize` must be None, "cifar10" or a `(mean, std)` pair. Received: normalize={normalize!r}')
 
 
 class _Config:
@@ -104,15 +91,10 @@ class _Config:
         self.data_format = rpat_layers.standardize_data_format(data_format)
         self.channel_axis = -1 if self.data_format == "channels_last" else 1
         if input_shape is None:
-            input_shape = (
-                (32, 32, 3)
-                if self.data_format == "channels_last"
-                else (3, 32, 32)
-            )
+            input_shape = (32, 32, 3) if self.data_format == "channels_last" else (3, 32, 32)
         input_shape = tuple(input_shape)
         if len(input_shape) != 3 or any(
-            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
-            for d in input_shape
+            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape
         ):
             raise ValueError(
                 "`input_shape` must be a tuple of 3 positive integers "
@@ -147,9 +129,7 @@ class _Config:
     def conv(self, x, filters, kernel_size, strides, name):
         if kernel_size > 1 and strides > 1:
             # PyTorch pads symmetrically; Keras "same" would pad (0, 1).
-            x = keras.layers.ZeroPadding2D(
-                kernel_size // 2, data_format=self.data_format, name=name + "_pad"
-            )(x)
+            x = keras.layers.ZeroPadding2D(kernel_size // 2, data_format=self.data_format, name=name + "_pad")(x)
             padding = "valid"
         else:
             padding = "same" if kernel_size > 1 else "valid"
@@ -174,15 +154,11 @@ class _Config:
         """Flattened stage output, kept on the main path (see module doc)."""
         shape = tuple(x.shape[1:])
         # Flatten without the channels_first transpose: a pure view.
-        flat = keras.layers.Flatten(
-            data_format="channels_last", name="third_to_last"
-        )(x)
+        flat = keras.layers.Flatten(data_format="channels_last", name="third_to_last")(x)
         return keras.layers.Reshape(shape, name="third_to_last_reshape")(flat)
 
     def head(self, x, inputs, name, bias_initializer=None):
-        features = keras.layers.GlobalAveragePooling2D(
-            data_format=self.data_format, name="penultimate"
-        )(x)
+        features = keras.layers.GlobalAveragePooling2D(data_format=self.data_format, name="penultimate")(x)
         fan_in = int(features.shape[-1])
         if bias_initializer is None:
             bias_initializer = rpat_layers.TorchBiasUniform(fan_in)
@@ -261,13 +237,9 @@ def _resnet(cfg, block, stem_bn, final_bn, name):
     if stem_bn:
         x = cfg.relu(cfg.bn(x, "bn1"), "relu")
     in_planes = 64
-    for stage, (planes, stride) in enumerate(
-        ((64, 1), (128, 2), (256, 2), (512, 2)), start=1
-    ):
+    for stage, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
         for index, block_stride in enumerate((stride, 1)):
-            x, in_planes = block(
-                cfg, x, in_planes, planes, block_stride, f"layer{stage}_{index}"
-            )
+            x, in_planes = block(cfg, x, in_planes, planes, block_stride, f"layer{stage}_{index}")
         if stage == 3:
             x = cfg.third_to_last(x)
     if final_bn:
@@ -382,9 +354,7 @@ def resnet18_bottleneck(
     name="resnet18_bottleneck",
 ):
     cfg = _Config(num_classes, input_shape, data_format, stem_stride, normalize)
-    return _resnet(
-        cfg, _bottleneck_block, stem_bn=True, final_bn=False, name=name
-    )
+    return _resnet(cfg, _bottleneck_block, stem_bn=True, final_bn=False, name=name)
 
 
 @_doc(
@@ -471,12 +441,7 @@ def wide_resnet(
     normalize=None,
     name=None,
 ):
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, numbers.Integral)
-        or depth < 10
-        or (depth - 4) % 6
-    ):
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 10 or (depth - 4) % 6:
         raise ValueError(
             "`depth` must be an integer such that `depth - 4` is a positive "
             f"multiple of 6 (10, 16, 22, 28, 34, ...). Received: depth={depth!r}"
@@ -639,16 +604,12 @@ def small_cnn(
 ):
     widths = tuple(widths)
     if len(widths) != 3:
-        raise ValueError(
-            f"`widths` must have 3 entries. Received: widths={widths}"
-        )
+        raise ValueError(f"`widths` must have 3 entries. Received: widths={widths}")
     for width in widths:
         _check_positive_int(width, "widths")
     cfg = _Config(num_classes, input_shape, data_format, stem_stride, normalize)
     inputs, x = cfg.inputs()
-    for index, (width, stride) in enumerate(
-        zip(widths, (cfg.stem_stride, 2, 2)), start=1
-    ):
+    for index, (width, stride) in enumerate(zip(widths, (cfg.stem_stride, 2, 2)), start=1):
         x = cfg.conv(x, width, 3, stride, f"conv{index}")
         x = cfg.relu(cfg.bn(x, f"bn{index}"), f"relu{index}")
         if index == 2:
@@ -856,6 +817,4 @@ def feature_model(model, proxies=("penultimate", "third_to_last")):
                 f"(models from `keras_rpat.models`). Received: proxies={proxies}"
             ) from None
         features.append(layer.output)
-    return keras.Model(
-        inputs, [outputs[0], *features], name=f"{model.name}_features"
-    )
+    return keras.Model(inputs, [outputs[0], *features], name=f"{model.name}_features")

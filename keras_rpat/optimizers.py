@@ -15,6 +15,7 @@ Everything here is written with `keras.ops` only, without Python branches on
 tensor values, so a whole training step can be traced into one graph.
 """
 
+import fractions
 import math
 import numbers
 
@@ -26,6 +27,7 @@ __all__ = [
     "MultiStepDecay",
     "PiecewiseDecay",
     "bench_milestones",
+    "scale_epoch",
     "scale_milestones",
 ]
 
@@ -120,31 +122,18 @@ class SGD(keras.optimizers.Optimizer):
     ):
         if _is_number(learning_rate):
             if not learning_rate >= 0:
-                raise ValueError(
-                    "`learning_rate` must be >= 0. "
-                    f"Received: learning_rate={learning_rate}"
-                )
+                raise ValueError(f"`learning_rate` must be >= 0. Received: learning_rate={learning_rate}")
             learning_rate = float(learning_rate)
         if not _is_number(momentum) or not 0 <= momentum < 1:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
         if weight_decay is None:
             weight_decay = 0.0
         if not _is_number(weight_decay) or not weight_decay >= 0:
-            raise ValueError(
-                "`weight_decay` must be a float >= 0. "
-                f"Received: weight_decay={weight_decay}"
-            )
+            raise ValueError(f"`weight_decay` must be a float >= 0. Received: weight_decay={weight_decay}")
         if not _is_number(dampening) or not 0 <= dampening <= 1:
-            raise ValueError(
-                "`dampening` must be in [0, 1]. "
-                f"Received: dampening={dampening}"
-            )
+            raise ValueError(f"`dampening` must be in [0, 1]. Received: dampening={dampening}")
         if not isinstance(nesterov, bool):
-            raise ValueError(
-                f"`nesterov` must be a bool. Received: nesterov={nesterov}"
-            )
+            raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "Nesterov momentum requires `momentum` > 0 and "
@@ -152,9 +141,7 @@ class SGD(keras.optimizers.Optimizer):
                 f"momentum={momentum}, dampening={dampening}"
             )
         # Keras' own `weight_decay` is decoupled: keep it off the base class.
-        super().__init__(
-            learning_rate=learning_rate, weight_decay=None, **kwargs
-        )
+        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.nesterov = nesterov
@@ -181,17 +168,10 @@ class SGD(keras.optimizers.Optimizer):
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         if self.built:
-            raise ValueError(
-                "`exclude_from_weight_decay()` can only be configured before "
-                "the optimizer is built."
-            )
-        super().exclude_from_weight_decay(
-            var_list=var_list, var_names=var_names
-        )
+            raise ValueError("`exclude_from_weight_decay()` can only be configured before the optimizer is built.")
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
-    exclude_from_weight_decay.__doc__ = (
-        keras.optimizers.Optimizer.exclude_from_weight_decay.__doc__
-    )
+    exclude_from_weight_decay.__doc__ = keras.optimizers.Optimizer.exclude_from_weight_decay.__doc__
 
     def _apply_weight_decay(self, variables):
         # Weight decay is coupled and happens inside `update_step`; the base
@@ -241,11 +221,7 @@ class SGD(keras.optimizers.Optimizer):
             done = torch_optimizers.sgd_foreach_update(
                 variables=[v.value for v in trainable_variables],
                 grads=list(grads),
-                momentum_buffers=(
-                    [self.momentums[i].value for i in indices]
-                    if self.momentum != 0
-                    else None
-                ),
+                momentum_buffers=([self.momentums[i].value for i in indices] if self.momentum != 0 else None),
                 learning_rate=learning_rate,
                 momentum=self.momentum,
                 dampening=self.dampening,
@@ -273,18 +249,14 @@ class SGD(keras.optimizers.Optimizer):
 
 def _check_steps_per_epoch(steps_per_epoch):
     if not _is_int(steps_per_epoch) or steps_per_epoch <= 0:
-        raise ValueError(
-            "`steps_per_epoch` must be an integer > 0. "
-            f"Received: steps_per_epoch={steps_per_epoch}"
-        )
+        raise ValueError(f"`steps_per_epoch` must be an integer > 0. Received: steps_per_epoch={steps_per_epoch}")
     return int(steps_per_epoch)
 
 
 def _check_initial_learning_rate(initial_learning_rate):
     if not _is_number(initial_learning_rate) or not initial_learning_rate >= 0:
         raise ValueError(
-            "`initial_learning_rate` must be a float >= 0. "
-            f"Received: initial_learning_rate={initial_learning_rate}"
+            f"`initial_learning_rate` must be a float >= 0. Received: initial_learning_rate={initial_learning_rate}"
         )
     return float(initial_learning_rate)
 
@@ -296,14 +268,9 @@ def _check_milestones(milestones, integer):
     except TypeError:
         values = None
     check = _is_int if integer else _is_number
-    if (
-        not values
-        or not all(check(m) and m >= 0 for m in values)
-        or any(a > b for a, b in zip(values, values[1:]))
-    ):
+    if not values or not all(check(m) and m >= 0 for m in values) or any(a > b for a, b in zip(values, values[1:])):
         raise ValueError(
-            f"`milestones` must be a non-empty, sorted list of {kind} "
-            f"(epochs). Received: milestones={milestones}"
+            f"`milestones` must be a non-empty, sorted list of {kind} (epochs). Received: milestones={milestones}"
         )
     return [int(m) if _is_int(m) else float(m) for m in values]
 
@@ -368,19 +335,13 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
           `RPAT_Benchmarks/common/utils.py`.
     """
 
-    def __init__(
-        self, initial_learning_rate, milestones, steps_per_epoch, gamma=0.1
-    ):
+    def __init__(self, initial_learning_rate, milestones, steps_per_epoch, gamma=0.1):
         super().__init__()
-        initial_learning_rate = _check_initial_learning_rate(
-            initial_learning_rate
-        )
+        initial_learning_rate = _check_initial_learning_rate(initial_learning_rate)
         milestones = _check_milestones(milestones, integer=True)
         steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
         if not _is_number(gamma) or not gamma > 0:
-            raise ValueError(
-                f"`gamma` must be a float > 0. Received: gamma={gamma}"
-            )
+            raise ValueError(f"`gamma` must be a float > 0. Received: gamma={gamma}")
         self.initial_learning_rate = initial_learning_rate
         self.milestones = milestones
         self.steps_per_epoch = steps_per_epoch
@@ -461,15 +422,11 @@ class PiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
         factor=1.5,
     ):
         super().__init__()
-        initial_learning_rate = _check_initial_learning_rate(
-            initial_learning_rate
-        )
+        initial_learning_rate = _check_initial_learning_rate(initial_learning_rate)
         steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
         milestones = _check_milestones(milestones, integer=False)
         if not _is_number(factor) or not factor > 0:
-            raise ValueError(
-                f"`factor` must be a float > 0. Received: factor={factor}"
-            )
+            raise ValueError(f"`factor` must be a float > 0. Received: factor={factor}")
         self.initial_learning_rate = initial_learning_rate
         self.steps_per_epoch = steps_per_epoch
         self.milestones = milestones
@@ -477,16 +434,11 @@ class PiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def _values(self):
         # `lr_max / f`, `lr_max / f**2`, ... exactly as the reference writes it.
-        return [
-            self.initial_learning_rate / self.factor**k
-            for k in range(len(self.milestones) + 1)
-        ]
+        return [self.initial_learning_rate / self.factor**k for k in range(len(self.milestones) + 1)]
 
     def __call__(self, step):
         # `(step + 1) / N >= m` <=> `step >= ceil(m * N) - 1` for integer steps.
-        thresholds = [
-            math.ceil(m * self.steps_per_epoch) - 1 for m in self.milestones
-        ]
+        thresholds = [math.ceil(m * self.steps_per_epoch) - 1 for m in self.milestones]
         return _piecewise(step, thresholds, self._values())
 
     def get_config(self):
@@ -520,21 +472,43 @@ def bench_milestones(epochs):
     ```
     """
     if not _is_int(epochs) or epochs <= 0:
-        raise ValueError(
-            f"`epochs` must be an integer > 0. Received: epochs={epochs}"
-        )
+        raise ValueError(f"`epochs` must be an integer > 0. Received: epochs={epochs}")
     if epochs < 200:
         return [100, 105]
     return [int(0.5 * epochs), int(0.75 * epochs)]
 
 
+def scale_epoch(epoch, epochs, reference_epochs):
+    """The epoch of a `reference_epochs` schedule that corresponds to `epoch` in an `epochs`-long run.
+
+    `epoch * epochs / reference_epochs`, rounded to the nearest integer, with
+    ties going to the earlier epoch: an event exactly halfway between two
+    epochs (a learning-rate decay, the start of weight averaging or of a
+    stronger attack) happens at the earlier one, so the phase it starts is
+    never the one cut from a short run. This is the one rounding rule of
+    keras_rpat (`scale_milestones`, `keras_rpat.presets.Preset.with_epochs`).
+    Computed exactly (no floating-point round-off decides a tie).
+
+    Example:
+
+    ```python
+    >>> keras_rpat.optimizers.scale_epoch(105, 11, 110)  # 10.5: the tie goes to 10
+    10
+    >>> keras_rpat.optimizers.scale_epoch(150, 20, 200)
+    15
+    ```
+    """
+    exact = fractions.Fraction(epoch) * epochs / reference_epochs
+    return math.ceil(exact - fractions.Fraction(1, 2))
+
+
 def scale_milestones(milestones, epochs, reference_epochs):
     """Rescale milestones of a `reference_epochs` schedule to `epochs` epochs.
 
-    Each milestone `m` becomes `round(m * epochs / reference_epochs)`
-    (halves rounded up), at least 1, so that a shortened run decays at the
-    same fractions of training. Useful for quick runs of the paper's
-    schedules.
+    Each milestone `m` becomes `scale_epoch(m, epochs, reference_epochs)`
+    (the nearest epoch, ties to the earlier one), at least 1 for `m > 0`, so
+    that a shortened run decays at the same fractions of training. Useful for
+    quick runs of the paper's schedules.
 
     Args:
         milestones: non-empty, sorted list of epochs >= 0.
@@ -551,7 +525,7 @@ def scale_milestones(milestones, epochs, reference_epochs):
     >>> keras_rpat.optimizers.scale_milestones([100, 150], 20, 200)
     [10, 15]
     >>> keras_rpat.optimizers.scale_milestones([100, 105], 11, 110)
-    [10, 11]
+    [10, 10]
     ```
     """
     milestones = _check_milestones(milestones, integer=False)
@@ -560,11 +534,9 @@ def scale_milestones(milestones, epochs, reference_epochs):
         ("reference_epochs", reference_epochs),
     ):
         if not _is_int(value) or value <= 0:
-            raise ValueError(
-                f"`{name}` must be an integer > 0. Received: {name}={value}"
-            )
+            raise ValueError(f"`{name}` must be an integer > 0. Received: {name}={value}")
     scaled = []
     for m in milestones:
-        value = int(math.floor(m * epochs / reference_epochs + 0.5))
+        value = scale_epoch(m, epochs, reference_epochs)
         scaled.append(max(value, 1) if m > 0 else 0)
     return scaled

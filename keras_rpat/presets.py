@@ -25,8 +25,12 @@ import copy
 import dataclasses
 from typing import Optional
 
+from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import losses as losses_lib
+from keras_rpat import optimizers
+from keras_rpat.trainer import RPATTrainer
+from keras_rpat.trainer import WeightAveraging
 
 BASE_METHODS = ("clean", "random_noise", "pgd_at", "trades", "mart", "consistency_at")
 SOTA_METHODS = ("rebat", "rpat_plus_plus")
@@ -45,9 +49,14 @@ _ALIASES = {
     "wa": "wa",
 }
 
+# The paper's L2 attack step (REFERENCE §8 #7: 15/255 is the upstream convention).
+L2_STEP_SIZE = 32 / 255
+# The epoch the ReBAT / RPAT++ weight averaging and BoAT / RPAT++ terms start (0-based).
+WA_START_EPOCH = losses_lib.WA_START_EPOCH
+
 BUDGETS = {
     "linf": {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10},
-    "l2": {"epsilon": 128 / 255, "step_size": 32 / 255, "num_steps": 10},
+    "l2": {"epsilon": 128 / 255, "step_size": L2_STEP_SIZE, "num_steps": 10},
 }
 
 
@@ -74,9 +83,14 @@ def canonical_name(name):
     return full
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Preset:
     """A method's full configuration. See the module docstring for the table.
+
+    A preset is frozen: derive another one with `with_epochs` or
+    `with_options`. `get` returns a fresh preset each call (its attack, losses
+    and weight averaging are new objects), so building from one never changes
+    another.
 
     Attributes:
         name: canonical preset name.
@@ -119,8 +133,6 @@ class Preset:
     # -- builders -----------------------------------------------------------
     def build_trainer(self, classifier, **overrides):
         """Returns an `RPATTrainer` for `classifier` (not compiled)."""
-        from keras_rpat.trainer import RPATTrainer
-
         kwargs = dict(
             attack=copy.deepcopy(self.attack),
             losses=[l.__class__.from_config(l.get_config()) for l in self.losses],
@@ -131,8 +143,6 @@ class Preset:
         return RPATTrainer(classifier, **kwargs)
 
     def learning_rate_schedule(self, steps_per_epoch):
-        from keras_rpat import optimizers
-
         if self.schedule == "piecewise":
             return optimizers.PiecewiseDecay(
                 self.learning_rate, steps_per_epoch, milestones=self.milestones, factor=self.lr_factor
@@ -141,20 +151,37 @@ class Preset:
 
     def optimizer(self, steps_per_epoch):
         """Torch-style SGD with this preset's schedule."""
-        from keras_rpat import optimizers
-
         return optimizers.SGD(
             self.learning_rate_schedule(steps_per_epoch),
             momentum=self.momentum,
             weight_decay=self.weight_decay,
         )
 
+    # -- derived presets ----------------------------------------------------
+    def with_options(self, **changes):
+        """The same preset with some fields replaced (the objects are copies).
+
+        Example:
+
+        ```python
+        preset = keras_rpat.presets.get("rebat").with_options(lr_factor=2.0)
+        ```
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"Unknown preset field(s) {unknown}. Valid fields: {[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(copy.deepcopy(self), **copy.deepcopy(changes))
+
     def with_epochs(self, epochs):
         """The same preset on a shorter (or longer) schedule.
 
         Learning-rate milestones, the weight-averaging start, loss start epochs
-        and attack schedule epochs scale by `epochs / self.epochs` (rounded,
-        kept inside the run).
+        and attack schedule epochs scale by `epochs / self.epochs` with
+        `keras_rpat.optimizers.scale_epoch` (ties go to the earlier epoch),
+        kept inside the run (at most `epochs - 1`), so that every phase the
+        preset schedules still happens.
         """
         epochs = int(epochs)
         if epochs <= 0:
@@ -163,11 +190,9 @@ class Preset:
             return copy.deepcopy(self)
 
         def scale(e):
-            return min(max(int(round(e * epochs / self.epochs)), 0), max(epochs - 1, 0))
+            return min(optimizers.scale_epoch(e, epochs, self.epochs), max(epochs - 1, 0))
 
         new = copy.deepcopy(self)
-        new.epochs = epochs
-        new.milestones = tuple(scale(m) for m in self.milestones)
         if new.weight_averaging is not None:
             new.weight_averaging.start_epoch = scale(new.weight_averaging.start_epoch)
         for loss in new.losses:
@@ -175,7 +200,7 @@ class Preset:
                 loss.start_epoch = scale(loss.start_epoch)
         if new.attack is not None and new.attack.schedule:
             new.attack.schedule = {scale(k): v for k, v in new.attack.schedule.items()}
-        return new
+        return dataclasses.replace(new, epochs=epochs, milestones=tuple(scale(m) for m in self.milestones))
 
     def describe(self):
         """A one-line human description."""
@@ -184,7 +209,61 @@ class Preset:
         return f"{self.name}: attack={attack}; losses={losses}; {self.epochs} epochs, {self.schedule} LR"
 
 
-def _attack(kind, norm, style, training, l2_step_size):
+# ---------------------------------------------------------------------------
+# The presets, as data
+# ---------------------------------------------------------------------------
+
+# The Bench pipeline's and the SOTAs pipeline's shared settings.
+_SOTAS = dict(
+    post_step_clean_forward=True,
+    pipeline="sotas",
+    epochs=200,
+    schedule="piecewise",
+    milestones=(100, 150),
+    lr_factor=1.5,
+    arch="preact_resnet18",
+    normalize="cifar10",
+)
+
+# method -> (attack kind, losses, extra Preset fields). Attack kinds: None (no
+# attack), "noise" (uniform noise), "pgd" / "trades" / "mart" (Bench, inference
+# mode), "sotas" (ReBAT's PGD in training mode). `+rpat` adds
+# RobustPerception(alpha 0.5, weight 1) to any Bench method.
+PRESETS = {
+    "clean": (None, lambda: [losses_lib.CrossEntropy(view="clean", name="ce")], {}),
+    "random_noise": ("noise", lambda: [losses_lib.CrossEntropy(view="adv", name="ce")], {}),
+    "pgd_at": ("pgd", lambda: [losses_lib.AdversarialCrossEntropy()], {}),
+    "trades": ("trades", lambda: [losses_lib.TRADES(beta=6.0)], {}),
+    "mart": ("mart", lambda: [losses_lib.MART(beta=6.0)], {}),
+    "consistency_at": (
+        "pgd",
+        lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.Consistency(1.0, 0.5)],
+        {"two_view": True},
+    ),
+    "rebat": (
+        "sotas",
+        lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.BoAT(beta=1.0, start_epoch=WA_START_EPOCH)],
+        _SOTAS,
+    ),
+    "rpat_plus_plus": (
+        "sotas",
+        lambda: [
+            losses_lib.AdversarialCrossEntropy(),
+            losses_lib.RPATPlusPlus(beta=1.0, alpha=0.5, start_epoch=WA_START_EPOCH),
+        ],
+        _SOTAS,
+    ),
+    "wa": ("sotas", lambda: [losses_lib.AdversarialCrossEntropy()], _SOTAS),
+}
+# Table 6's "$": from epoch 100 on, epsilon 10/255 and 12 steps (L-inf, SOTAs methods).
+STRONGER_ATTACK = {100: {"epsilon": 10 / 255, "num_steps": 12}}
+
+
+def _attack(kind, norm, l2_step_size):
+    if kind is None:
+        return None
+    if kind == "noise":
+        return attacks_lib.RandomNoise(BUDGETS["linf"]["epsilon"])
     b = dict(BUDGETS[norm])
     if norm == "l2" and l2_step_size is not None:
         b["step_size"] = attacks_lib.parse_epsilon(l2_step_size, "l2_step_size")
@@ -192,11 +271,13 @@ def _attack(kind, norm, style, training, l2_step_size):
         return attacks_lib.TRADESAttack(norm, **b)
     if kind == "mart":
         return attacks_lib.MARTAttack(norm, **b)
-    return attacks_lib.PGD(norm, style=style, training=training, **b)
+    if kind == "sotas":
+        return attacks_lib.PGD(norm, style="sotas", training=True, **b)
+    return attacks_lib.PGD(norm, style="advertorch", training=False, **b)
 
 
 def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
-    """Returns the `Preset` for a method.
+    """Returns the `Preset` for a method (a new one at every call).
 
     Args:
         name: one of `list_presets()` (e.g. `"pgd_at"`, `"trades+rpat"`,
@@ -215,53 +296,20 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
     trainer.compile(optimizer=preset.optimizer(steps_per_epoch=391))
     ```
     """
-    from keras_rpat.trainer import WeightAveraging
-
     full = canonical_name(name)
-    norm = attacks_lib._canonical_norm(norm)
-    rpat = full.endswith("+rpat")
-    method = full[: -len("+rpat")] if rpat else full
-    if method in ("clean", "random_noise"):
-        attack = None if method == "clean" else attacks_lib.RandomNoise(BUDGETS["linf"]["epsilon"])
-        view = "clean" if method == "clean" else "adv"
-        preset = Preset(full, attack, [losses_lib.CrossEntropy(view=view, name="ce")], norm=norm)
-    elif method in ("pgd_at", "trades", "mart", "consistency_at"):
-        attack = _attack(method, norm, "advertorch", False, l2_step_size)
-        losses = {
-            "pgd_at": lambda: [losses_lib.AdversarialCrossEntropy()],
-            "trades": lambda: [losses_lib.TRADES(beta=6.0)],
-            "mart": lambda: [losses_lib.MART(beta=6.0)],
-            "consistency_at": lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.Consistency(1.0, 0.5)],
-        }[method]()
-        if rpat:
-            losses.append(losses_lib.RobustPerception(alpha=0.5, weight=1.0))
-        preset = Preset(full, attack, losses, two_view=method == "consistency_at", norm=norm)
-    else:  # rebat, rpat_plus_plus, wa
-        attack = _attack("pgd", norm, "sotas", True, l2_step_size)
-        if stronger_attack:
-            if norm != "linf":
-                raise ValueError("`stronger_attack` is defined for the L-inf threat model only (Table 6).")
-            attack.schedule = {100: {"epsilon": 10 / 255, "num_steps": 12}}
-        losses = [losses_lib.AdversarialCrossEntropy()]
-        if method == "rebat":
-            losses.append(losses_lib.BoAT(beta=1.0, start_epoch=105))
-        elif method == "rpat_plus_plus":
-            losses.append(losses_lib.RPATPlusPlus(beta=1.0, alpha=0.5, start_epoch=105))
-        preset = Preset(
-            full,
-            attack,
-            losses,
-            weight_averaging=WeightAveraging(decay=0.999, start_epoch=105),
-            post_step_clean_forward=True,
-            pipeline="sotas",
-            epochs=200,
-            schedule="piecewise",
-            milestones=(100, 150),
-            lr_factor=1.5,
-            norm=norm,
-            arch="preact_resnet18",
-            normalize="cifar10",
-        )
+    norm = _checks.canonical_norm(norm)
+    method = full[: -len("+rpat")] if full.endswith("+rpat") else full
+    kind, make_losses, fields = PRESETS[method]
     if stronger_attack and method not in SOTA_METHODS:
         raise ValueError("`stronger_attack` applies to the ReBAT and RPAT++ presets (Table 6).")
-    return preset
+    if stronger_attack and norm != "linf":
+        raise ValueError("`stronger_attack` is defined for the L-inf threat model only (Table 6).")
+    attack = _attack(kind, norm, l2_step_size)
+    if stronger_attack:
+        attack.schedule = copy.deepcopy(STRONGER_ATTACK)
+    losses = make_losses()
+    if full.endswith("+rpat"):
+        losses.append(losses_lib.RobustPerception(alpha=0.5, weight=1.0))
+    if kind == "sotas":
+        fields = dict(fields, weight_averaging=WeightAveraging(decay=0.999, start_epoch=WA_START_EPOCH))
+    return Preset(full, attack, losses, norm=norm, **fields)

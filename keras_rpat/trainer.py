@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import losses as losses_lib
@@ -521,9 +522,7 @@ class RPATTrainer(keras.Model):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
         if x is None or not isinstance(x, np.ndarray):
             return
-        from keras_rpat.datasets import validate_images, validate_labels
-
-        validate_images(x, data_format=self._data_format())
+        _checks.validate_images(x, data_format=self._data_format())
         if y is None:
             return
         y = np.asarray(y)
@@ -534,7 +533,7 @@ class RPATTrainer(keras.Model):
                     "Soft labels of shape (N, num_classes) must be float probabilities summing to 1 per row."
                 )
         elif num_classes is not None:
-            validate_labels(y, num_classes)
+            _checks.validate_labels(y, num_classes)
         if len(y) != len(x):
             raise ValueError(f"Images and labels differ in length: {len(x)} images, {len(y)} labels.")
 

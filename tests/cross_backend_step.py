@@ -44,7 +44,7 @@ def run(method):
         # Started exactly at x, the TRADES KL attack has a zero gradient, and
         # the sign of round-off decides the step on each backend: attack with
         # CE here (the KL attack is checked in tests/test_attacks.py).
-        preset.attack = attacks.MARTAttack("linf", 8 / 255, 2 / 255)
+        preset = preset.with_options(attack=attacks.MARTAttack("linf", 8 / 255, 2 / 255))
     preset.attack.random_start = False
     preset.attack.num_steps = 3
     if preset.weight_averaging is not None:

@@ -17,31 +17,19 @@ import pytest
 from keras_rpat import attacks
 from keras_rpat import backend as rpat_backend
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+from testing import np_ce  # noqa: E402
+from testing import np_log_softmax  # noqa: E402
+from testing import np_softmax  # noqa: E402
+from testing import np_targets  # noqa: E402
+from testing import to_np  # noqa: E402
+
 SHAPE = (4, 4, 3)
 
 
 # ---------------------------------------------------------------------------
 # NumPy references
 # ---------------------------------------------------------------------------
-
-
-def np_log_softmax(z):
-    m = np.max(z, axis=-1, keepdims=True)
-    return z - m - np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
-
-
-def np_softmax(z):
-    return np.exp(np_log_softmax(z))
-
-
-def np_targets(y, c):
-    y = np.asarray(y, np.float64)
-    return y if y.ndim == 2 else np.eye(c)[y.astype(int)]
-
-
-def np_ce(y, z):
-    return -np.sum(np_targets(y, z.shape[-1]) * np_log_softmax(z), axis=-1)
 
 
 def linear_logits(x, w, b):
@@ -104,10 +92,6 @@ def np_pgd(x, grad_fn, norm, style, eps, step, num_steps, delta0=None):
 # ---------------------------------------------------------------------------
 # Models and helpers
 # ---------------------------------------------------------------------------
-
-
-def to_np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
 
 
 def linear_model(w, b):

@@ -9,10 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_rpat import attacks, callbacks, evaluation, optimizers
+from keras_rpat import _io, attacks, callbacks, evaluation, optimizers
 from keras_rpat.trainer import RPATTrainer, WeightAveraging
-
-BACKEND = keras.config.backend()
 
 
 def tiny_classifier(num_classes=3, seed=0):
@@ -38,14 +36,14 @@ class Scripted:
     def __init__(self, monkeypatch, robust_percent):
         self.values = list(robust_percent)
         self.saved = []
-        monkeypatch.setattr(evaluation, "_attack_correct", self._attack_correct)
-        real_save = evaluation._atomic_save_model
+        monkeypatch.setattr(evaluation, "attack_correct", self._attack_correct)
+        real_save = _io.atomic_save_model
 
         def save(model, path):
             self.saved.append(os.path.basename(path))
             real_save(model, path)
 
-        monkeypatch.setattr(evaluation, "_atomic_save_model", save)
+        monkeypatch.setattr(_io, "atomic_save_model", save)
 
     def _attack_correct(self, model, attack, x, y, batch_size):
         percent = self.values.pop(0)

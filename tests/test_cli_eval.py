@@ -7,12 +7,13 @@ import json
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from keras_rpat import _cli_eval, attacks, evaluation, models
+from keras_rpat import attacks, evaluation, models
+from keras_rpat.cli import evaluate as cli_evaluate
 from keras_rpat.trainer import RPATTrainer
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+from testing import invoke  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +38,27 @@ def files(tmp_path_factory):
     return tmp
 
 
-def invoke(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args])
-
-
 def test_eval_writes_result_json(files):
     out = files / "result.json"
     res = invoke(
-        _cli_eval.eval_command,
-        [files / "model.keras", "--data", files / "data.npz", "--attacks", "clean,pgd20",
-         "--epsilon", "8/255", "--step-size", "2/255", "--num-steps", "3", "--n", "12", "--out", out],
+        cli_evaluate.eval_command,
+        [
+            files / "model.keras",
+            "--data",
+            files / "data.npz",
+            "--attacks",
+            "clean,pgd20",
+            "--epsilon",
+            "8/255",
+            "--step-size",
+            "2/255",
+            "--num-steps",
+            "3",
+            "--n",
+            "12",
+            "--out",
+            out,
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "Clean" in res.output and "PGD-3" in res.output and "NRR" in res.output
@@ -65,7 +77,7 @@ def test_eval_writes_result_json(files):
 
 
 def test_eval_of_trainer_file_uses_weight_averaged_model(files):
-    res = invoke(_cli_eval.eval_command, [files / "trainer.keras", "--data", files / "data.npz", "--num-steps", "1"])
+    res = invoke(cli_evaluate.eval_command, [files / "trainer.keras", "--data", files / "data.npz", "--num-steps", "1"])
     assert res.exit_code == 0, res.output
     assert "weight-averaged model" in res.output
 
@@ -73,41 +85,54 @@ def test_eval_of_trainer_file_uses_weight_averaged_model(files):
 def test_autoattack_command_with_state(files):
     # Under tensorflow, AutoAttack runs in a PyTorch subprocess.
     out, state = files / "aa.json", files / "aa_state.json"
-    args = [files / "model.keras", "--data", files / "data.npz", "--n", "8", "--attacks", "apgd-ce",
-            "--option", "apgd.n_iter=3", "--state", state, "--out", out]
-    res = invoke(_cli_eval.autoattack_command, args)
+    args = [
+        files / "model.keras",
+        "--data",
+        files / "data.npz",
+        "--n",
+        "8",
+        "--attacks",
+        "apgd-ce",
+        "--option",
+        "apgd.n_iter=3",
+        "--state",
+        state,
+        "--out",
+        out,
+    ]
+    res = invoke(cli_evaluate.autoattack_command, args)
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["autoattack_version"] == "custom" and result["autoattack_attacks"] == ["apgd-ce"]
     assert result["autoattack"] <= result["clean"] and result["robust_source"] == "autoattack"
     assert result["pgd20"] is None
     assert json.loads(state.read_text())["complete"]
-    again = invoke(_cli_eval.autoattack_command, args)  # resumes a finished state: same numbers
+    again = invoke(cli_evaluate.autoattack_command, args)  # resumes a finished state: same numbers
     assert again.exit_code == 0, again.output
     assert json.loads(out.read_text())["autoattack"] == result["autoattack"]
 
 
 def test_missing_model_file(files):
-    res = invoke(_cli_eval.eval_command, [files / "nope.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.eval_command, [files / "nope.keras", "--data", files / "data.npz"])
     assert res.exit_code != 0
     assert "does not exist" in res.output and "Traceback" not in res.output
 
 
 def test_corrupt_model_file(files):
-    res = invoke(_cli_eval.eval_command, [files / "corrupt.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.eval_command, [files / "corrupt.keras", "--data", files / "data.npz"])
     assert res.exit_code == 1
     assert "Could not load the model file" in res.output and "corrupt" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 
 def test_class_count_mismatch(files):
-    res = invoke(_cli_eval.eval_command, [files / "three.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.eval_command, [files / "three.keras", "--data", files / "data.npz"])
     assert res.exit_code == 1
     assert "outputs 3 classes" in res.output and "has 4 classes" in res.output
 
 
 def test_input_shape_mismatch(files):
-    res = invoke(_cli_eval.autoattack_command, [files / "big.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.autoattack_command, [files / "big.keras", "--data", files / "data.npz"])
     assert res.exit_code == 1
     assert "(None, 16, 16, 3)" in res.output and "(20, 8, 8, 3)" in res.output
 
@@ -122,16 +147,18 @@ def test_input_shape_mismatch(files):
     ],
 )
 def test_bad_options(files, extra, message):
-    res = invoke(_cli_eval.eval_command, [files / "model.keras", "--data", files / "data.npz", *extra])
+    res = invoke(cli_evaluate.eval_command, [files / "model.keras", "--data", files / "data.npz", *extra])
     assert res.exit_code == 2, res.output
     assert message in res.output
 
 
 def test_unknown_dataset(files):
-    res = invoke(_cli_eval.eval_command, [files / "model.keras", "--data", "imagenet22k"])
+    res = invoke(cli_evaluate.eval_command, [files / "model.keras", "--data", "imagenet22k"])
     assert res.exit_code == 2 and "Unknown dataset" in res.output
 
 
 def test_autoattack_bad_attack_name(files):
-    res = invoke(_cli_eval.autoattack_command, [files / "model.keras", "--data", files / "data.npz", "--attacks", "pgd"])
+    res = invoke(
+        cli_evaluate.autoattack_command, [files / "model.keras", "--data", files / "data.npz", "--attacks", "pgd"]
+    )
     assert res.exit_code == 2 and "Unknown AutoAttack attack 'pgd'" in res.output

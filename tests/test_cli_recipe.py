@@ -9,14 +9,14 @@ import keras_rpat  # noqa: F401  (selects the default backend before keras)
 
 import json
 
-import keras
 import pytest
 from click.testing import CliRunner
 
 from keras_rpat import recipes
 from keras_rpat.cli import main
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+
 RECIPES = recipes.list_recipes()
 
 # On torch every recipe runs WHOLE in smoke mode (85 runs, about 45 s on two
@@ -26,7 +26,17 @@ RECIPES = recipes.list_recipes()
 # whole (clean, random-noise and PGD-AT training, perception analysis, no
 # AutoAttack), Figure 5 (the stride-2 Tiny-ImageNet path), the SOTAs pipeline
 # with L2, weight averaging and AutoAttack (Table 3) and CutMix (Table 4).
-WHOLE_RUNS = {"table1": 24, "table2": 24, "table3": 8, "table4": 4, "table5": 4, "table6": 4, "figure2": 3, "figure4": 8, "figure5": 6}
+WHOLE_RUNS = {
+    "table1": 24,
+    "table2": 24,
+    "table3": 8,
+    "table4": 4,
+    "table5": 4,
+    "table6": 4,
+    "figure2": 3,
+    "figure4": 8,
+    "figure5": 6,
+}
 TF_SUBSET = {
     "figure2": ([], 3),
     "figure5": (["--method", "pgd_at"], 2),
@@ -34,8 +44,19 @@ TF_SUBSET = {
     "table4": (["--method", "RPAT++*"], 1),
 }
 if BACKEND == "tensorflow":
-    SMOKE_CASES = [pytest.param(name, *TF_SUBSET.get(name, ([], 0)), id=name, marks=() if name in TF_SUBSET else pytest.mark.skip(
-        reason="AutoAttack runs in a subprocess per evaluation under tensorflow; the whole recipe is smoke-tested on torch")) for name in RECIPES]
+    SMOKE_CASES = [
+        pytest.param(
+            name,
+            *TF_SUBSET.get(name, ([], 0)),
+            id=name,
+            marks=()
+            if name in TF_SUBSET
+            else pytest.mark.skip(
+                reason="AutoAttack runs in a subprocess per evaluation under tensorflow; the whole recipe is smoke-tested on torch"
+            ),
+        )
+        for name in RECIPES
+    ]
 else:
     SMOKE_CASES = [pytest.param(name, [], WHOLE_RUNS[name], id=name) for name in RECIPES]
 
@@ -58,7 +79,21 @@ def test_help(args):
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
     if args[0] == "recipe" and len(args) == 3:
-        for option in ("--dataset", "--arch", "--norm", "--method", "--seeds", "--epochs", "--data-dir", "--out", "--smoke", "--overwrite", "--batch-size", "--verbose", "--dry-run"):
+        for option in (
+            "--dataset",
+            "--arch",
+            "--norm",
+            "--method",
+            "--seeds",
+            "--epochs",
+            "--data-dir",
+            "--out",
+            "--smoke",
+            "--overwrite",
+            "--batch-size",
+            "--verbose",
+            "--dry-run",
+        ):
             assert option in result.output
         assert recipes.load_recipe(args[1]).title.split(":")[0] in result.output
 
@@ -100,20 +135,41 @@ def test_dry_run_of_the_users_example(tmp_path, monkeypatch):
     }
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
+
 @pytest.mark.parametrize(
     "args, code, message",
     [
         (["recipe", "table9"], 2, "Unknown recipe or command 'table9'. Valid: list, show, figure2"),
         (["recipe", "show", "table9"], 1, "Available recipes: figure2"),
         (["recipe", "table3", "--arch", "resnet50", "--dry-run"], 2, "Unknown model name: 'resnet50'. Valid names are"),
-        (["recipe", "table3", "--arch", "wrn34_10", "--dry-run"], 2, "has no arch 'wrn34_10' (wide_resnet34_10). Valid: preact_resnet18"),
-        (["recipe", "table3", "--dataset", "imagenet", "--dry-run"], 2, "has no dataset 'imagenet'. Valid: cifar10, cifar100"),
-        (["recipe", "table3", "--method", "trades", "--dry-run"], 2, "Valid methods: rebat (ReBAT), rpat_plus_plus (RPAT++)"),
+        (
+            ["recipe", "table3", "--arch", "wrn34_10", "--dry-run"],
+            2,
+            "has no arch 'wrn34_10' (wide_resnet34_10). Valid: preact_resnet18",
+        ),
+        (
+            ["recipe", "table3", "--dataset", "imagenet", "--dry-run"],
+            2,
+            "has no dataset 'imagenet'. Valid: cifar10, cifar100",
+        ),
+        (
+            ["recipe", "table3", "--method", "trades", "--dry-run"],
+            2,
+            "Valid methods: rebat (ReBAT), rpat_plus_plus (RPAT++)",
+        ),
         (["recipe", "table3", "--seeds", "0,a", "--dry-run"], 2, "comma-separated integers"),
         (["train", "--method", "awp", "--dataset", "cifar10"], 2, "Unknown preset: 'awp'. Valid presets: clean"),
-        (["train", "--method", "pgd_at", "--dataset", "mnist"], 2, "Valid: cifar10, cifar100, synthetic, tiny_imagenet"),
+        (
+            ["train", "--method", "pgd_at", "--dataset", "mnist"],
+            2,
+            "Valid: cifar10, cifar100, synthetic, tiny_imagenet",
+        ),
         (["train", "--method", "pgd_at", "--dataset", "cifar10", "--arch", "vgg"], 2, "Unknown model name: 'vgg'"),
-        (["train", "--method", "pgd_at", "--dataset", "cifar10", "--cutmix"], 2, "applies to the ReBAT / RPAT++ presets only"),
+        (
+            ["train", "--method", "pgd_at", "--dataset", "cifar10", "--cutmix"],
+            2,
+            "applies to the ReBAT / RPAT++ presets only",
+        ),
     ],
 )
 def test_errors_are_clean_and_list_valid_values(args, code, message):
@@ -125,13 +181,27 @@ def test_errors_are_clean_and_list_valid_values(args, code, message):
 
 def test_missing_tiny_imagenet_is_a_clean_error(tmp_path):
     out = tmp_path / "out"
-    result = invoke(["recipe", "figure5", "--dataset", "tiny_imagenet", "--data-dir", str(tmp_path), "--out", str(out), "--verbose", "0"])
+    result = invoke(
+        [
+            "recipe",
+            "figure5",
+            "--dataset",
+            "tiny_imagenet",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--verbose",
+            "0",
+        ]
+    )
     assert result.exit_code == 1, result.output
     assert "Tiny-ImageNet not found" in result.output and "tiny-imagenet-200.zip" in result.output
     assert "Traceback" not in result.output
     assert not out.exists()  # checked before anything is written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, args, n_runs", SMOKE_CASES)
 def test_smoke_run_of_every_recipe(tmp_path, name, args, n_runs):
     out = tmp_path / name
@@ -169,7 +239,10 @@ def test_out_of_another_configuration_is_refused_unless_overwrite(tmp_path):
     assert invoke(base).exit_code == 0
     refused = invoke(base + ["--epochs", "2"])
     assert refused.exit_code == 1
-    assert "holds results of a different configuration (epochs: 1 -> 2)" in refused.output and "--overwrite" in refused.output
+    assert (
+        "holds results of a different configuration (epochs: 1 -> 2)" in refused.output
+        and "--overwrite" in refused.output
+    )
     with pytest.warns(UserWarning, match="replacing the configuration"):
         accepted = invoke(base + ["--epochs", "2", "--overwrite"])
     assert accepted.exit_code == 0, accepted.output
@@ -180,8 +253,28 @@ def test_out_of_another_configuration_is_refused_unless_overwrite(tmp_path):
 
 def test_train_command(tmp_path):
     out = tmp_path / "x"
-    args = ["train", "--method", "trades+rpat", "--dataset", "cifar10", "--arch", "resnet18_bottleneck", "--norm", "linf",
-            "--epochs", "1", "--seed", "0", "--out", str(out), "--smoke", "--eval-attacks", "clean,pgd20", "--verbose", "0"]
+    args = [
+        "train",
+        "--method",
+        "trades+rpat",
+        "--dataset",
+        "cifar10",
+        "--arch",
+        "resnet18_bottleneck",
+        "--norm",
+        "linf",
+        "--epochs",
+        "1",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--smoke",
+        "--eval-attacks",
+        "clean,pgd20",
+        "--verbose",
+        "0",
+    ]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("keras_rpat ")

@@ -85,22 +85,16 @@ class TestValidateImages:
     def test_shapes(self):
         with pytest.raises(ValueError, match=r"\(N, H, W, C\).*\[\.\.\., None\]"):
             D.validate_images(np.zeros((2, 4, 4), "float32"))
-        with pytest.raises(
-            ValueError, match=r"1 or 3 channels.*transpose\(0, 2, 3, 1\)"
-        ):
+        with pytest.raises(ValueError, match=r"1 or 3 channels.*transpose\(0, 2, 3, 1\)"):
             D.validate_images(np.zeros((2, 3, 8, 8), "float32"))
         with pytest.raises(ValueError, match="1 or 3 channels"):
             D.validate_images(np.zeros((2, 8, 8, 4), "float32"))
         with pytest.raises(ValueError, match="at least one image"):
             D.validate_images(np.zeros((0, 8, 8, 3), "float32"))
         # channels_first layout
-        D.validate_images(
-            np.zeros((2, 3, 8, 8), "float32"), data_format="channels_first"
-        )
+        D.validate_images(np.zeros((2, 3, 8, 8), "float32"), data_format="channels_first")
         with pytest.raises(ValueError, match=r"transpose\(0, 3, 1, 2\)"):
-            D.validate_images(
-                np.zeros((2, 8, 8, 3), "float32"), data_format="channels_first"
-            )
+            D.validate_images(np.zeros((2, 8, 8, 3), "float32"), data_format="channels_first")
         with pytest.raises(ValueError, match="data_format"):
             D.validate_images(np.zeros((2, 8, 8, 3), "float32"), data_format="NHWC")
 
@@ -130,9 +124,7 @@ class TestValidateLabels:
             D.validate_labels(np.array([0.5, 1.0]), 3)
         with pytest.raises(ValueError, match="dtype=bool"):
             D.validate_labels(np.array([True, False]), 3)
-        with pytest.raises(
-            ValueError, match=r"`num_classes` must be a positive integer"
-        ):
+        with pytest.raises(ValueError, match=r"`num_classes` must be a positive integer"):
             D.validate_labels(np.array([0]), 0)
         with pytest.raises(ValueError, match="num_classes=2.5"):
             D.validate_labels(np.array([0]), 2.5)
@@ -149,16 +141,12 @@ def test_list_datasets():
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(
-        ValueError, match=r"Unknown dataset 'mnist'.*cifar10.*synthetic.*\.npz"
-    ):
+    with pytest.raises(ValueError, match=r"Unknown dataset 'mnist'.*cifar10.*synthetic.*\.npz"):
         D.load("mnist")
 
 
 def test_unknown_option():
-    with pytest.raises(
-        ValueError, match=r"Unknown option\(s\).*\['colour'\].*image_size"
-    ):
+    with pytest.raises(ValueError, match=r"Unknown option\(s\).*\['colour'\].*image_size"):
         D.load("synthetic", colour=1)
 
 
@@ -209,9 +197,7 @@ class TestSynthetic:
 
 class TestDataset:
     def test_storage_and_conversion(self):
-        x = (np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3) % 256).astype(
-            np.float32
-        ) / 255
+        x = (np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3) % 256).astype(np.float32) / 255
         ds = D.Dataset(x, np.array([[0], [1]]), x, np.array([1, 0]), num_classes=2)
         assert ds.x_train.dtype == np.uint8  # lossless -> uint8
         np.testing.assert_array_equal(ds.x_train, np.rint(x * 255).astype(np.uint8))
@@ -223,14 +209,10 @@ class TestDataset:
 
     def test_errors(self):
         x = np.zeros((2, 4, 4, 3), np.uint8)
-        with pytest.raises(
-            ValueError, match=r"same length.*len\(x_train\)=2, len\(y_train\)=3"
-        ):
+        with pytest.raises(ValueError, match=r"same length.*len\(x_train\)=2, len\(y_train\)=3"):
             D.Dataset(x, [0, 1, 0], x, [0, 1], num_classes=2)
         with pytest.raises(ValueError, match="same image shape"):
-            D.Dataset(
-                x, [0, 1], np.zeros((2, 5, 5, 3), np.uint8), [0, 1], num_classes=2
-            )
+            D.Dataset(x, [0, 1], np.zeros((2, 5, 5, 3), np.uint8), [0, 1], num_classes=2)
         with pytest.raises(ValueError, match="y_test"):
             D.Dataset(x, [0, 1], x, [0, 2], num_classes=2)
         with pytest.raises(ValueError, match="class_names"):
@@ -299,9 +281,7 @@ class TestNpz:
         arrays = self._arrays()
         del arrays["y_test"], arrays["x_test"]
         path = _write_npz(tmp_path / "m.npz", **arrays)
-        with pytest.raises(
-            ValueError, match=r"missing the array\(s\) \['x_test', 'y_test'\]"
-        ):
+        with pytest.raises(ValueError, match=r"missing the array\(s\) \['x_test', 'y_test'\]"):
             D.load(path)
 
     @pytest.mark.parametrize(
@@ -442,9 +422,7 @@ class TestTinyImageNet:
         # A changed folder invalidates the cache.
         from PIL import Image
 
-        Image.new("RGB", (64, 64)).save(
-            root / "train" / "n01000000" / "images" / "z.JPEG"
-        )
+        Image.new("RGB", (64, 64)).save(root / "train" / "n01000000" / "images" / "z.JPEG")
         with pytest.raises(AssertionError, match="should have used the cache"):
             D.load("tiny_imagenet", data_dir=str(tmp_path))
 
@@ -491,9 +469,7 @@ class TestTinyImageNet:
         root = _make_tiny(tmp_path)
         ann = root / "val" / "val_annotations.txt"
         ann.write_text(ann.read_text().replace("n02000000", "n09999999"))
-        with pytest.raises(
-            ValueError, match="'n09999999', which is not a class folder"
-        ):
+        with pytest.raises(ValueError, match="'n09999999', which is not a class folder"):
             D.load("tiny_imagenet", data_dir=str(tmp_path))
 
     def test_missing_val_image(self, tmp_path):
@@ -523,9 +499,7 @@ class TestTinyImageNet:
 @pytest.mark.parametrize("mode", ["zero", "reflect"])
 def test_crop_is_shifted_copy_of_padded_image(mode):
     x = _random_images(64, 8, 8, 3)
-    seq = D.TrainSequence(
-        x, np.zeros(64, int), batch_size=64, shuffle=False, pad_mode=mode
-    )
+    seq = D.TrainSequence(x, np.zeros(64, int), batch_size=64, shuffle=False, pad_mode=mode)
     xb, _ = seq[0]
     assert xb.dtype == np.float32 and xb.shape == (64, 8, 8, 3)
     keys = []
@@ -542,9 +516,7 @@ def test_crop_is_shifted_copy_of_padded_image(mode):
 def test_zero_and_reflect_padding_differ():
     x = np.full((32, 8, 8, 3), 200, np.uint8)
     zero, _ = D.TrainSequence(x, np.zeros(32, int), batch_size=32, pad_mode="zero")[0]
-    refl, _ = D.TrainSequence(x, np.zeros(32, int), batch_size=32, pad_mode="reflect")[
-        0
-    ]
+    refl, _ = D.TrainSequence(x, np.zeros(32, int), batch_size=32, pad_mode="reflect")[0]
     assert (zero == 0).any()  # zero borders for shifted crops
     np.testing.assert_allclose(refl, 200 / 255, rtol=1e-6)  # reflecting a constant
 
@@ -565,9 +537,7 @@ def test_flip_mirrors():
 
 def test_no_augmentation_is_identity_and_float_input():
     x = _random_images(10, 6, 6, 3)
-    seq = D.TrainSequence(
-        x, np.arange(10), batch_size=10, shuffle=False, pad=0, flip=False
-    )
+    seq = D.TrainSequence(x, np.arange(10), batch_size=10, shuffle=False, pad=0, flip=False)
     xb, yb = seq[0]
     np.testing.assert_array_equal(xb, x.astype(np.float32) / 255)
     np.testing.assert_array_equal(yb, np.arange(10))
@@ -600,9 +570,7 @@ def test_cutmix_soft_labels_match_pasted_area():
     # Constant images with unique values 10, 20, ...: a pixel's value says which
     # image it came from. No crop/flip and no shuffle, so output k is image k.
     ids = np.arange(n)
-    x = np.broadcast_to(
-        (10 * (ids + 1)).astype(np.uint8)[:, None, None, None], (n, s, s, 3)
-    )
+    x = np.broadcast_to((10 * (ids + 1)).astype(np.uint8)[:, None, None, None], (n, s, s, 3))
     lams = []
     for seed in range(8):
         seq = D.TrainSequence(
@@ -710,15 +678,11 @@ def test_channels_first():
     y = np.arange(20) % 4
     for kwargs in ({}, {"cutmix": True, "num_classes": 4}, {"two_view": True}):
         last, _ = D.TrainSequence(x, y, batch_size=8, seed=1, **kwargs)[0]
-        first, _ = D.TrainSequence(
-            x, y, batch_size=8, seed=1, data_format="channels_first", **kwargs
-        )[0]
+        first, _ = D.TrainSequence(x, y, batch_size=8, seed=1, data_format="channels_first", **kwargs)[0]
         assert first.shape == (last.shape[0], 3, 6, 8) and first.flags.c_contiguous
         np.testing.assert_array_equal(first, last.transpose(0, 3, 1, 2))
     ev = D.EvalSequence(x, y, batch_size=8, data_format="channels_first")
-    np.testing.assert_array_equal(
-        ev[0][0], (x[:8].astype(np.float32) / 255).transpose(0, 3, 1, 2)
-    )
+    np.testing.assert_array_equal(ev[0][0], (x[:8].astype(np.float32) / 255).transpose(0, 3, 1, 2))
 
 
 def test_eval_sequence():
@@ -728,11 +692,7 @@ def test_eval_sequence():
     np.testing.assert_array_equal(xb, x[4:8].astype(np.float32) / 255)
     np.testing.assert_array_equal(yb, np.arange(4, 8))
     only_x = D.EvalSequence(x, batch_size=4)[2]
-    assert (
-        isinstance(only_x, tuple)
-        and len(only_x) == 1
-        and only_x[0].shape == (2, 4, 4, 3)
-    )
+    assert isinstance(only_x, tuple) and len(only_x) == 1 and only_x[0].shape == (2, 4, 4, 3)
 
 
 def test_sequence_argument_errors():
@@ -751,9 +711,7 @@ def test_sequence_argument_errors():
         D.TrainSequence(x, y, pad=-1)
     with pytest.raises(ValueError, match="smaller than the image"):
         D.TrainSequence(x, y, pad=8, pad_mode="reflect")
-    with pytest.raises(
-        ValueError, match="`num_classes` is required when `cutmix=True`"
-    ):
+    with pytest.raises(ValueError, match="`num_classes` is required when `cutmix=True`"):
         D.TrainSequence(x, y, cutmix=True)
     with pytest.raises(ValueError, match="cannot be combined"):
         D.TrainSequence(x, y, cutmix=True, two_view=True, num_classes=2)
@@ -774,9 +732,7 @@ def test_make_datasets():
     train, test = D.make_datasets(ds, batch_size=16)
     assert train.pad_mode == "zero" and train.pad == 4 and train.flip and train.shuffle
     assert test.batch_size == 100 and len(train) == 4
-    train, test = D.make_datasets(
-        ds, batch_size=16, pipeline="sotas", cutmix=True, seed=3
-    )
+    train, test = D.make_datasets(ds, batch_size=16, pipeline="sotas", cutmix=True, seed=3)
     assert train.pad_mode == "reflect" and test.batch_size == 128
     assert train.cutmix and train.num_classes == 10 and train.seed == 3
     config = train.get_config()
@@ -789,9 +745,7 @@ def test_make_datasets():
     assert train[0][1].shape == (16, 10)
     train, _ = D.make_datasets("synthetic", batch_size=256, two_view=True)
     assert train[0][0].shape == (512, 32, 32, 3)
-    with pytest.raises(
-        ValueError, match=r"`pipeline` must be one of \['bench', 'sotas'\]"
-    ):
+    with pytest.raises(ValueError, match=r"`pipeline` must be one of \['bench', 'sotas'\]"):
         D.make_datasets(ds, pipeline="fast")
 
 
@@ -799,9 +753,7 @@ def test_make_datasets():
 def test_fit_and_evaluate_with_sequences(cutmix):
     ds = D.load("synthetic", n_train=48, n_test=20, image_size=8, num_classes=3)
     train, test = D.make_datasets(ds, batch_size=16, cutmix=cutmix)
-    model = keras.Sequential(
-        [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
-    )
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
     loss = (
         keras.losses.CategoricalCrossentropy(from_logits=True)
         if cutmix
@@ -832,3 +784,15 @@ def test_cutmix_soft_target_equals_mixed_cross_entropy():
     scce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     mixed = lam * float(scce(ya, logits)) + (1 - lam) * float(scce(yb, logits))
     np.testing.assert_allclose(float(cce(soft, logits)), mixed, rtol=1e-5)
+
+
+# --- Real downloads (only with --run-download) -------------------------------------
+
+
+@pytest.mark.download
+def test_cifar10_downloads_and_loads_in_the_reference_layout(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    ds = D.load("cifar10", data_dir=str(tmp_path))
+    assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_test.shape == (10000, 32, 32, 3)
+    assert ds.x_train.dtype == np.uint8 and ds.num_classes == 10
+    assert np.bincount(ds.y_test, minlength=10).tolist() == [1000] * 10

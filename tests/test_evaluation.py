@@ -1,4 +1,4 @@
-"""Tests of `keras_rpat.evaluation` and `keras_rpat.autoattack_bridge`.
+"""Tests of `keras_rpat.evaluation` and `keras_rpat.autoattack`.
 
 Numbers are checked against independent computations: the paper's printed
 Mean/NRR values (REFERENCE §7), a closed-form PGD result on a two-class linear
@@ -20,7 +20,7 @@ from keras import ops
 
 from keras_rpat import attacks, evaluation, models
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
 
 
 def tiny_cnn(num_classes=4, data_format="channels_last", seed=0, softmax=False):
@@ -65,103 +65,103 @@ def correctly_classified(model, n=16, shape=(6, 6, 3), seed=0):
 # A few values are printed with two decimals (Table 2 CIFAR-100 TRADES Mean
 # "50.70", MART NRR "47.92", all of Table 5); REFERENCE §7 pads them to three.
 PAPER_ROWS = [
-    ('table1', 'C10 PGD-AT', '82.92', '46.74', '64.830', '59.782'),
-    ('table1', 'C10 PGD-AT+RPAT', '83.20', '48.00', '65.600', '60.878'),
-    ('table1', 'C10 TRADES', '79.67', '47.62', '63.645', '59.610'),
-    ('table1', 'C10 TRADES+RPAT', '80.02', '47.47', '63.745', '59.590'),
-    ('table1', 'C10 MART', '77.93', '46.70', '62.315', '58.402'),
-    ('table1', 'C10 MART+RPAT', '75.44', '47.03', '61.235', '57.940'),
-    ('table1', 'C10 Consistency-AT', '83.42', '47.72', '65.570', '60.711'),
-    ('table1', 'C10 Consistency-AT+RPAT', '84.12', '48.98', '66.550', '61.911'),
-    ('table1', 'C100 PGD-AT', '56.56', '25.02', '40.790', '34.693'),
-    ('table1', 'C100 PGD-AT+RPAT', '58.22', '24.88', '41.550', '34.862'),
-    ('table1', 'C100 TRADES', '55.39', '24.51', '39.950', '33.983'),
-    ('table1', 'C100 TRADES+RPAT', '57.50', '25.05', '41.275', '34.897'),
-    ('table1', 'C100 MART', '49.83', '25.00', '37.415', '33.295'),
-    ('table1', 'C100 MART+RPAT', '50.72', '25.34', '38.030', '33.796'),
-    ('table1', 'C100 Consistency-AT', '58.53', '25.39', '41.960', '35.417'),
-    ('table1', 'C100 Consistency-AT+RPAT', '60.33', '26.31', '43.320', '36.641'),
-    ('table1', 'Tiny PGD-AT', '46.32', '17.07', '31.695', '24.947'),
-    ('table1', 'Tiny PGD-AT+RPAT', '47.68', '17.77', '32.725', '25.891'),
-    ('table1', 'Tiny TRADES', '46.75', '16.60', '31.675', '24.500'),
-    ('table1', 'Tiny TRADES+RPAT', '48.77', '16.92', '32.845', '25.124'),
-    ('table1', 'Tiny MART', '39.70', '17.18', '28.440', '23.982'),
-    ('table1', 'Tiny MART+RPAT', '41.76', '17.79', '29.775', '24.951'),
-    ('table1', 'Tiny Consistency-AT', '46.54', '17.60', '32.070', '25.541'),
-    ('table1', 'Tiny Consistency-AT+RPAT', '49.74', '18.84', '34.290', '27.329'),
-    ('table2', 'C10 PGD-AT', '87.76', '66.36', '77.060', '75.574'),
-    ('table2', 'C10 PGD-AT+RPAT', '88.20', '67.63', '77.915', '76.557'),
-    ('table2', 'C10 TRADES', '83.99', '65.93', '74.960', '73.872'),
-    ('table2', 'C10 TRADES+RPAT', '85.17', '67.67', '76.420', '75.418'),
-    ('table2', 'C10 MART', '84.09', '66.28', '75.185', '74.130'),
-    ('table2', 'C10 MART+RPAT', '84.65', '66.69', '75.670', '74.604'),
-    ('table2', 'C10 Consistency-AT', '88.76', '67.46', '78.110', '76.658'),
-    ('table2', 'C10 Consistency-AT+RPAT', '89.38', '69.44', '79.410', '78.158'),
-    ('table2', 'C100 PGD-AT', '65.00', '39.27', '52.135', '48.960'),
-    ('table2', 'C100 PGD-AT+RPAT', '65.14', '39.23', '52.185', '48.969'),
-    ('table2', 'C100 TRADES', '61.25', '40.15', '50.70', '48.505'),
-    ('table2', 'C100 TRADES+RPAT', '62.41', '40.36', '51.385', '49.020'),
-    ('table2', 'C100 MART', '60.08', '39.85', '49.965', '47.92'),
-    ('table2', 'C100 MART+RPAT', '60.57', '40.36', '50.465', '48.442'),
-    ('table2', 'C100 Consistency-AT', '65.14', '39.92', '52.530', '49.503'),
-    ('table2', 'C100 Consistency-AT+RPAT', '65.54', '40.26', '52.900', '49.880'),
-    ('table2', 'Tiny PGD-AT', '59.36', '40.90', '50.130', '48.431'),
-    ('table2', 'Tiny PGD-AT+RPAT', '60.28', '41.89', '51.085', '49.430'),
-    ('table2', 'Tiny TRADES', '57.61', '42.33', '49.970', '48.802'),
-    ('table2', 'Tiny TRADES+RPAT', '58.46', '42.42', '50.440', '49.165'),
-    ('table2', 'Tiny MART', '56.47', '42.22', '49.345', '48.316'),
-    ('table2', 'Tiny MART+RPAT', '57.17', '42.51', '49.840', '48.762'),
-    ('table2', 'Tiny Consistency-AT', '61.49', '42.59', '52.040', '50.324'),
-    ('table2', 'Tiny Consistency-AT+RPAT', '62.19', '43.17', '52.680', '50.963'),
-    ('table3', 'Linf C10 WA', '83.50', '49.89', '66.695', '62.461'),
-    ('table3', 'Linf C100 WA', '57.26', '25.83', '41.545', '35.601'),
-    ('table3', 'Linf C10 MMA', '85.50', '37.20', '61.350', '51.844'),
-    ('table3', 'Linf C100 MMA', '60.60', '18.40', '39.500', '28.229'),
-    ('table3', 'Linf C10 AWP', '81.11', '50.09', '65.600', '61.933'),
-    ('table3', 'Linf C100 AWP', '54.10', '25.16', '39.630', '34.347'),
-    ('table3', 'Linf C10 GAIRAT', '78.70', '37.70', '58.200', '50.979'),
-    ('table3', 'Linf C100 GAIRAT', '52.00', '19.80', '35.900', '28.680'),
-    ('table3', 'Linf C10 KD+SWA', '84.06', '49.82', '66.940', '62.562'),
-    ('table3', 'Linf C100 KD+SWA', '57.17', '25.66', '41.415', '35.422'),
-    ('table3', 'Linf C10 EWAT', '82.80', '48.20', '65.500', '60.931'),
-    ('table3', 'Linf C100 EWAT', '54.20', '23.52', '38.860', '32.805'),
-    ('table3', 'Linf C10 MAIL', '79.50', '39.60', '59.550', '52.867'),
-    ('table3', 'Linf C100 MAIL', '46.50', '16.70', '31.600', '24.574'),
-    ('table3', 'Linf C10 TE', '82.04', '50.12', '66.080', '62.225'),
-    ('table3', 'Linf C100 TE', '56.41', '25.84', '41.125', '35.444'),
-    ('table3', 'Linf C10 SOVR', '81.90', '49.40', '65.650', '61.628'),
-    ('table3', 'Linf C100 SOVR', '52.10', '24.30', '38.200', '33.142'),
-    ('table3', 'Linf C10 ReBAT', '82.09', '50.72', '66.405', '62.700'),
-    ('table3', 'Linf C100 ReBAT', '56.13', '27.60', '41.865', '37.004'),
-    ('table3', 'Linf C10 RPAT++', '82.63', '51.00', '66.815', '63.072'),
-    ('table3', 'Linf C100 RPAT++', '56.84', '27.68', '42.260', '37.230'),
-    ('table3', 'L2 C10 ReBAT', '88.79', '71.00', '79.895', '78.905'),
-    ('table3', 'L2 C100 ReBAT', '65.58', '42.67', '54.125', '51.701'),
-    ('table3', 'L2 C10 RPAT++', '89.06', '71.26', '80.160', '79.172'),
-    ('table3', 'L2 C100 RPAT++', '65.63', '42.85', '54.240', '51.848'),
-    ('table4', 'WA', '87.66', '52.65', '70.155', '65.787'),
-    ('table4', 'MMA', '87.80', '43.10', '65.450', '57.818'),
-    ('table4', 'AWP', '85.63', '53.32', '69.475', '65.718'),
-    ('table4', 'GAIRAT', '83.00', '41.80', '62.400', '55.599'),
-    ('table4', 'KD+SWA', '87.45', '53.59', '70.520', '66.456'),
-    ('table4', 'EWAT', '86.00', '51.60', '68.800', '64.500'),
-    ('table4', 'MAIL', '82.20', '43.30', '62.750', '56.721'),
-    ('table4', 'TE', '85.97', '52.88', '69.425', '65.482'),
-    ('table4', 'SOVR', '85.00', '53.10', '69.050', '65.366'),
-    ('table4', 'ReBAT', '85.25', '54.78', '70.015', '66.700'),
-    ('table4', 'ADR', '84.67', '53.25', '68.960', '65.381'),
-    ('table4', 'CURE', '87.05', '52.10', '69.575', '65.186'),
-    ('table4', 'RPAT++', '86.76', '54.97', '70.865', '67.300'),
-    ('table4', 'ReBAT*', '86.66', '55.64', '71.150', '67.769'),
-    ('table4', 'RPAT++*', '87.57', '55.79', '71.680', '68.158'),
-    ('table5', 'PGD-AT baseline', '82.92', '46.74', '64.83', '59.78'),
-    ('table5', '+RPAT logits', '83.20', '48.00', '65.60', '60.88'),
-    ('table5', '+RPAT second-to-last', '83.19', '47.89', '65.54', '60.79'),
-    ('table5', '+RPAT third-to-last', '83.14', '48.02', '65.58', '60.88'),
-    ('table6', 'ReBAT', '82.09', '50.72', '66.405', '62.700'),
-    ('table6', 'RPAT++', '82.63', '51.00', '66.815', '63.072'),
-    ('table6', 'ReBAT$', '77.57', '50.91', '64.240', '61.474'),
-    ('table6', 'RPAT++$', '79.25', '51.25', '65.250', '62.246'),
+    ("table1", "C10 PGD-AT", "82.92", "46.74", "64.830", "59.782"),
+    ("table1", "C10 PGD-AT+RPAT", "83.20", "48.00", "65.600", "60.878"),
+    ("table1", "C10 TRADES", "79.67", "47.62", "63.645", "59.610"),
+    ("table1", "C10 TRADES+RPAT", "80.02", "47.47", "63.745", "59.590"),
+    ("table1", "C10 MART", "77.93", "46.70", "62.315", "58.402"),
+    ("table1", "C10 MART+RPAT", "75.44", "47.03", "61.235", "57.940"),
+    ("table1", "C10 Consistency-AT", "83.42", "47.72", "65.570", "60.711"),
+    ("table1", "C10 Consistency-AT+RPAT", "84.12", "48.98", "66.550", "61.911"),
+    ("table1", "C100 PGD-AT", "56.56", "25.02", "40.790", "34.693"),
+    ("table1", "C100 PGD-AT+RPAT", "58.22", "24.88", "41.550", "34.862"),
+    ("table1", "C100 TRADES", "55.39", "24.51", "39.950", "33.983"),
+    ("table1", "C100 TRADES+RPAT", "57.50", "25.05", "41.275", "34.897"),
+    ("table1", "C100 MART", "49.83", "25.00", "37.415", "33.295"),
+    ("table1", "C100 MART+RPAT", "50.72", "25.34", "38.030", "33.796"),
+    ("table1", "C100 Consistency-AT", "58.53", "25.39", "41.960", "35.417"),
+    ("table1", "C100 Consistency-AT+RPAT", "60.33", "26.31", "43.320", "36.641"),
+    ("table1", "Tiny PGD-AT", "46.32", "17.07", "31.695", "24.947"),
+    ("table1", "Tiny PGD-AT+RPAT", "47.68", "17.77", "32.725", "25.891"),
+    ("table1", "Tiny TRADES", "46.75", "16.60", "31.675", "24.500"),
+    ("table1", "Tiny TRADES+RPAT", "48.77", "16.92", "32.845", "25.124"),
+    ("table1", "Tiny MART", "39.70", "17.18", "28.440", "23.982"),
+    ("table1", "Tiny MART+RPAT", "41.76", "17.79", "29.775", "24.951"),
+    ("table1", "Tiny Consistency-AT", "46.54", "17.60", "32.070", "25.541"),
+    ("table1", "Tiny Consistency-AT+RPAT", "49.74", "18.84", "34.290", "27.329"),
+    ("table2", "C10 PGD-AT", "87.76", "66.36", "77.060", "75.574"),
+    ("table2", "C10 PGD-AT+RPAT", "88.20", "67.63", "77.915", "76.557"),
+    ("table2", "C10 TRADES", "83.99", "65.93", "74.960", "73.872"),
+    ("table2", "C10 TRADES+RPAT", "85.17", "67.67", "76.420", "75.418"),
+    ("table2", "C10 MART", "84.09", "66.28", "75.185", "74.130"),
+    ("table2", "C10 MART+RPAT", "84.65", "66.69", "75.670", "74.604"),
+    ("table2", "C10 Consistency-AT", "88.76", "67.46", "78.110", "76.658"),
+    ("table2", "C10 Consistency-AT+RPAT", "89.38", "69.44", "79.410", "78.158"),
+    ("table2", "C100 PGD-AT", "65.00", "39.27", "52.135", "48.960"),
+    ("table2", "C100 PGD-AT+RPAT", "65.14", "39.23", "52.185", "48.969"),
+    ("table2", "C100 TRADES", "61.25", "40.15", "50.70", "48.505"),
+    ("table2", "C100 TRADES+RPAT", "62.41", "40.36", "51.385", "49.020"),
+    ("table2", "C100 MART", "60.08", "39.85", "49.965", "47.92"),
+    ("table2", "C100 MART+RPAT", "60.57", "40.36", "50.465", "48.442"),
+    ("table2", "C100 Consistency-AT", "65.14", "39.92", "52.530", "49.503"),
+    ("table2", "C100 Consistency-AT+RPAT", "65.54", "40.26", "52.900", "49.880"),
+    ("table2", "Tiny PGD-AT", "59.36", "40.90", "50.130", "48.431"),
+    ("table2", "Tiny PGD-AT+RPAT", "60.28", "41.89", "51.085", "49.430"),
+    ("table2", "Tiny TRADES", "57.61", "42.33", "49.970", "48.802"),
+    ("table2", "Tiny TRADES+RPAT", "58.46", "42.42", "50.440", "49.165"),
+    ("table2", "Tiny MART", "56.47", "42.22", "49.345", "48.316"),
+    ("table2", "Tiny MART+RPAT", "57.17", "42.51", "49.840", "48.762"),
+    ("table2", "Tiny Consistency-AT", "61.49", "42.59", "52.040", "50.324"),
+    ("table2", "Tiny Consistency-AT+RPAT", "62.19", "43.17", "52.680", "50.963"),
+    ("table3", "Linf C10 WA", "83.50", "49.89", "66.695", "62.461"),
+    ("table3", "Linf C100 WA", "57.26", "25.83", "41.545", "35.601"),
+    ("table3", "Linf C10 MMA", "85.50", "37.20", "61.350", "51.844"),
+    ("table3", "Linf C100 MMA", "60.60", "18.40", "39.500", "28.229"),
+    ("table3", "Linf C10 AWP", "81.11", "50.09", "65.600", "61.933"),
+    ("table3", "Linf C100 AWP", "54.10", "25.16", "39.630", "34.347"),
+    ("table3", "Linf C10 GAIRAT", "78.70", "37.70", "58.200", "50.979"),
+    ("table3", "Linf C100 GAIRAT", "52.00", "19.80", "35.900", "28.680"),
+    ("table3", "Linf C10 KD+SWA", "84.06", "49.82", "66.940", "62.562"),
+    ("table3", "Linf C100 KD+SWA", "57.17", "25.66", "41.415", "35.422"),
+    ("table3", "Linf C10 EWAT", "82.80", "48.20", "65.500", "60.931"),
+    ("table3", "Linf C100 EWAT", "54.20", "23.52", "38.860", "32.805"),
+    ("table3", "Linf C10 MAIL", "79.50", "39.60", "59.550", "52.867"),
+    ("table3", "Linf C100 MAIL", "46.50", "16.70", "31.600", "24.574"),
+    ("table3", "Linf C10 TE", "82.04", "50.12", "66.080", "62.225"),
+    ("table3", "Linf C100 TE", "56.41", "25.84", "41.125", "35.444"),
+    ("table3", "Linf C10 SOVR", "81.90", "49.40", "65.650", "61.628"),
+    ("table3", "Linf C100 SOVR", "52.10", "24.30", "38.200", "33.142"),
+    ("table3", "Linf C10 ReBAT", "82.09", "50.72", "66.405", "62.700"),
+    ("table3", "Linf C100 ReBAT", "56.13", "27.60", "41.865", "37.004"),
+    ("table3", "Linf C10 RPAT++", "82.63", "51.00", "66.815", "63.072"),
+    ("table3", "Linf C100 RPAT++", "56.84", "27.68", "42.260", "37.230"),
+    ("table3", "L2 C10 ReBAT", "88.79", "71.00", "79.895", "78.905"),
+    ("table3", "L2 C100 ReBAT", "65.58", "42.67", "54.125", "51.701"),
+    ("table3", "L2 C10 RPAT++", "89.06", "71.26", "80.160", "79.172"),
+    ("table3", "L2 C100 RPAT++", "65.63", "42.85", "54.240", "51.848"),
+    ("table4", "WA", "87.66", "52.65", "70.155", "65.787"),
+    ("table4", "MMA", "87.80", "43.10", "65.450", "57.818"),
+    ("table4", "AWP", "85.63", "53.32", "69.475", "65.718"),
+    ("table4", "GAIRAT", "83.00", "41.80", "62.400", "55.599"),
+    ("table4", "KD+SWA", "87.45", "53.59", "70.520", "66.456"),
+    ("table4", "EWAT", "86.00", "51.60", "68.800", "64.500"),
+    ("table4", "MAIL", "82.20", "43.30", "62.750", "56.721"),
+    ("table4", "TE", "85.97", "52.88", "69.425", "65.482"),
+    ("table4", "SOVR", "85.00", "53.10", "69.050", "65.366"),
+    ("table4", "ReBAT", "85.25", "54.78", "70.015", "66.700"),
+    ("table4", "ADR", "84.67", "53.25", "68.960", "65.381"),
+    ("table4", "CURE", "87.05", "52.10", "69.575", "65.186"),
+    ("table4", "RPAT++", "86.76", "54.97", "70.865", "67.300"),
+    ("table4", "ReBAT*", "86.66", "55.64", "71.150", "67.769"),
+    ("table4", "RPAT++*", "87.57", "55.79", "71.680", "68.158"),
+    ("table5", "PGD-AT baseline", "82.92", "46.74", "64.83", "59.78"),
+    ("table5", "+RPAT logits", "83.20", "48.00", "65.60", "60.88"),
+    ("table5", "+RPAT second-to-last", "83.19", "47.89", "65.54", "60.79"),
+    ("table5", "+RPAT third-to-last", "83.14", "48.02", "65.58", "60.88"),
+    ("table6", "ReBAT", "82.09", "50.72", "66.405", "62.700"),
+    ("table6", "RPAT++", "82.63", "51.00", "66.815", "63.072"),
+    ("table6", "ReBAT$", "77.57", "50.91", "64.240", "61.474"),
+    ("table6", "RPAT++$", "79.25", "51.25", "65.250", "62.246"),
 ]
 
 
@@ -169,9 +169,7 @@ def _decimals(text):
     return len(text.split(".")[1]) if "." in text else 0
 
 
-@pytest.mark.parametrize(
-    "clean, aa, mean, nrr", [pytest.param(*r[2:], id=f"{r[0]} {r[1]}") for r in PAPER_ROWS]
-)
+@pytest.mark.parametrize("clean, aa, mean, nrr", [pytest.param(*r[2:], id=f"{r[0]} {r[1]}") for r in PAPER_ROWS])
 def test_mean_nrr_reproduce_paper_tables(clean, aa, mean, nrr):
     got_mean, got_nrr = evaluation.mean_nrr(float(clean), float(aa))
     for got, printed in ((got_mean, mean), (got_nrr, nrr)):
@@ -274,9 +272,7 @@ def test_evaluate_subset_result_and_atomic_json(tmp_path):
     idx = (np.arange(10) * 40) // 10  # evenly strided
     assert result.n == 10
     assert result.clean == pytest.approx(evaluation.clean_accuracy(model, x[idx], y[idx]))
-    assert result.pgd20 == pytest.approx(
-        evaluation.pgd_accuracy(model, x[idx], y[idx], num_steps=5, batch_size=4)
-    )
+    assert result.pgd20 == pytest.approx(evaluation.pgd_accuracy(model, x[idx], y[idx], num_steps=5, batch_size=4))
     assert result.autoattack is None and result.robust_source == "pgd20"
     assert (result.mean, result.nrr) == pytest.approx(evaluation.mean_nrr(result.clean, result.pgd20))
     assert result.num_steps == 5 and result.step_size == pytest.approx(2 / 255)
@@ -453,7 +449,9 @@ def test_perception_runs_on_cnn(perturbation):
 torch = pytest.importorskip("torch")
 pyautoattack = pytest.importorskip("pyautoattack")
 
-from keras_rpat import autoattack_bridge  # noqa: E402
+from keras_rpat import autoattack  # noqa: E402
+from keras_rpat.autoattack import cascade  # noqa: E402
+from keras_rpat.autoattack.torch_bridge import TorchBridge  # noqa: E402
 
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="TorchBridge runs Keras models on the torch backend")
 
@@ -488,7 +486,7 @@ def test_bridge_logits_equal_keras_logits(data_format):
     model = tiny_cnn(data_format=data_format)
     x_nhwc, _ = images(8)
     x_model = x_nhwc if data_format == "channels_last" else x_nhwc.transpose(0, 3, 1, 2)
-    bridge = autoattack_bridge.TorchBridge(model)
+    bridge = TorchBridge(model)
     assert bridge.data_format == data_format
     bridge.train()  # harmless: the Keras model always runs with training=False
     out = bridge(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
@@ -524,10 +522,18 @@ def test_autoattack_matches_pyautoattack_on_plain_torch_model():
     x, y = correctly_classified(model, 16, seed=4)
     eps, n_iter, attacks_list = 8 / 255, 8, ["apgd-ce", "apgd-t"]
     ref_acc, ref_adv = _reference_autoattack(model, x, y, attacks_list, n_iter, eps, batch_size=6)
-    with pytest.warns(autoattack_bridge.AutoAttackWarning) as record:
-        acc, x_adv = autoattack_bridge.run_autoattack(
-            model, x, y, norm="linf", epsilon=eps, version="custom", attacks_to_run=attacks_list,
-            batch_size=6, seed=0, options={"apgd": {"n_iter": n_iter}, "apgd-t": {"n_iter": n_iter}},
+    with pytest.warns(autoattack.AutoAttackWarning) as record:
+        acc, x_adv = autoattack.run_autoattack(
+            model,
+            x,
+            y,
+            norm="linf",
+            epsilon=eps,
+            version="custom",
+            attacks_to_run=attacks_list,
+            batch_size=6,
+            seed=0,
+            options={"apgd": {"n_iter": n_iter}, "apgd-t": {"n_iter": n_iter}},
         )
     # AutoAttack's own check (forwarded, also from the subprocess) and ours.
     messages = " | ".join(str(w.message) for w in record)
@@ -545,14 +551,18 @@ def test_autoattack_state_resumes_after_interruption(tmp_path, monkeypatch):
     model = tiny_cnn(num_classes=4, seed=1)
     x, y = correctly_classified(model, 16, seed=4)
     kwargs = dict(
-        norm="linf", epsilon=8 / 255, version="custom", attacks_to_run=["apgd-ce", "apgd-t"],
-        batch_size=4, seed=0,
+        norm="linf",
+        epsilon=8 / 255,
+        version="custom",
+        attacks_to_run=["apgd-ce", "apgd-t"],
+        batch_size=4,
+        seed=0,
         options={"apgd": {"n_iter": 6}, "apgd-t": {"n_iter": 6, "n_target_classes": 3}},
     )
-    full_acc, _ = autoattack_bridge.run_autoattack(model, x, y, **kwargs)
+    full_acc, _ = autoattack.run_autoattack(model, x, y, **kwargs)
 
     state = tmp_path / "aa_state.json"
-    real_perturb = autoattack_bridge._perturb
+    real_perturb = cascade.perturb
     calls = {"n": 0}
 
     class Interrupted(Exception):
@@ -564,44 +574,44 @@ def test_autoattack_state_resumes_after_interruption(tmp_path, monkeypatch):
             raise Interrupted()
         return real_perturb(aa, attack, xb, yb)
 
-    monkeypatch.setattr(autoattack_bridge, "_perturb", flaky)
+    monkeypatch.setattr(cascade, "perturb", flaky)
     with pytest.raises(Interrupted):
-        autoattack_bridge.run_autoattack(model, x, y, state_path=state, **kwargs)
+        autoattack.run_autoattack(model, x, y, state_path=state, **kwargs)
     saved = json.loads(state.read_text())
     assert saved["current"]["attack"] == "apgd-ce" and saved["current"]["next_batch"] == 2
     assert not saved["complete"]
 
-    resumed_acc, x_adv = autoattack_bridge.run_autoattack(model, x, y, state_path=state, **kwargs)
+    resumed_acc, x_adv = autoattack.run_autoattack(model, x, y, state_path=state, **kwargs)
     assert resumed_acc == pytest.approx(full_acc)
     assert x_adv is None  # earlier sessions' examples are not kept
     assert json.loads(state.read_text())["complete"]
     calls["n"] = 0
-    again, _ = autoattack_bridge.run_autoattack(model, x, y, state_path=state, **kwargs)
+    again, _ = autoattack.run_autoattack(model, x, y, state_path=state, **kwargs)
     assert again == pytest.approx(full_acc) and calls["n"] == 0  # finished: nothing rerun
 
     with pytest.raises(ValueError, match="belongs to another evaluation.*epsilon"):
-        autoattack_bridge.run_autoattack(model, x, y, state_path=state, **{**kwargs, "epsilon": 4 / 255})
+        autoattack.run_autoattack(model, x, y, state_path=state, **{**kwargs, "epsilon": 4 / 255})
 
 
 @torch_only
 def test_autoattack_probability_warning_reaches_user():
     model = tiny_cnn(softmax=True)
     x, y = images(8)
-    with pytest.warns(autoattack_bridge.AutoAttackWarning, match="probability distribution"):
-        autoattack_bridge.run_autoattack(
+    with pytest.warns(autoattack.AutoAttackWarning, match="probability distribution"):
+        autoattack.run_autoattack(
             model, x, y, version="custom", attacks_to_run=["apgd-ce"], options={"apgd": {"n_iter": 2}}
         )
 
 
 def test_autoattack_argument_errors():
     with pytest.raises(ValueError, match="version='custom'"):
-        autoattack_bridge.resolve_attacks("standard", ["apgd-ce"])
+        autoattack.resolve_attacks("standard", ["apgd-ce"])
     with pytest.raises(ValueError, match="Unknown AutoAttack attack"):
-        autoattack_bridge.resolve_attacks("custom", ["pgd"])
+        autoattack.resolve_attacks("custom", ["pgd"])
     with pytest.raises(ValueError, match="needs `attacks_to_run`"):
-        autoattack_bridge.resolve_attacks("custom")
-    assert autoattack_bridge.resolve_attacks("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert autoattack_bridge.resolve_attacks("custom", "apgd-ce, square") == ["apgd-ce", "square"]
+        autoattack.resolve_attacks("custom")
+    assert autoattack.resolve_attacks("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert autoattack.resolve_attacks("custom", "apgd-ce, square") == ["apgd-ce", "square"]
 
 
 def test_evaluate_with_autoattack_and_trainer():
@@ -611,8 +621,14 @@ def test_evaluate_with_autoattack_and_trainer():
     trainer = RPATTrainer(classifier, attack=attacks.PGD(num_steps=1), weight_averaging=True)
     x, y = correctly_classified(classifier, 8, seed=4)
     result = evaluation.evaluate(
-        trainer, x, y, attacks=("clean", "pgd20", "autoattack"), num_steps=3,
-        aa_version="custom", aa_attacks=["apgd-ce"], aa_options={"apgd": {"n_iter": 4}},
+        trainer,
+        x,
+        y,
+        attacks=("clean", "pgd20", "autoattack"),
+        num_steps=3,
+        aa_version="custom",
+        aa_attacks=["apgd-ce"],
+        aa_options={"apgd": {"n_iter": 4}},
     )
     assert result.clean == 100.0
     assert result.autoattack <= result.clean and result.robust_source == "autoattack"

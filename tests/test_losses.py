@@ -16,7 +16,11 @@ import pytest
 
 from keras_rpat import losses
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+from testing import np_ce  # noqa: E402
+from testing import np_log_softmax  # noqa: E402
+from testing import np_softmax  # noqa: E402
+from testing import to_np  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -24,26 +28,10 @@ BACKEND = keras.config.backend()
 # ---------------------------------------------------------------------------
 
 
-def np_log_softmax(z):
-    z = np.asarray(z, np.float64)
-    m = np.max(z, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):  # inf logits (guard tests) give NaN, as in the library
-        return z - m - np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
-
-
-def np_softmax(z):
-    return np.exp(np_log_softmax(z))
-
-
 def np_kl(target_logits, logits):
     """Per-sample sum_c t_c (log t_c - log q_c), t = softmax(target), q = softmax(logits)."""
     log_t = np_log_softmax(target_logits)
     return np.sum(np.exp(log_t) * (log_t - np_log_softmax(logits)), axis=-1)
-
-
-def np_ce(y, z):
-    y = np.asarray(y).astype(int).reshape(-1)
-    return -np_log_softmax(z)[np.arange(len(y)), y]
 
 
 def np_js(u, v, temperature):
@@ -118,10 +106,6 @@ def np_rpatpp(teacher_clean, teacher_interp, adv, alpha, beta):
 # ---------------------------------------------------------------------------
 # Backend helpers
 # ---------------------------------------------------------------------------
-
-
-def to_np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
 
 
 def value_and_grads(loss, y, views, wrt, sample_weight=None):
@@ -396,9 +380,7 @@ def test_sample_weight_and_reductions_like_keras(case):
     tol = dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_np(factory()(y, views, sample_weight=w)), np.sum(w * expected) / n, **tol)
     np.testing.assert_allclose(to_np(factory(reduction="sum")(y, views)), np.sum(expected), **tol)
-    np.testing.assert_allclose(
-        to_np(factory(reduction="sum")(y, views, sample_weight=w)), np.sum(w * expected), **tol
-    )
+    np.testing.assert_allclose(to_np(factory(reduction="sum")(y, views, sample_weight=w)), np.sum(w * expected), **tol)
     none = to_np(factory(reduction="none")(y, views, sample_weight=w))
     assert none.shape == (n,)
     np.testing.assert_allclose(none, w * expected, **tol)
@@ -480,9 +462,7 @@ def test_mart_highest_wrong_class_top1_is_label_and_not():
     expected = (
         -np_log_softmax(z_adv)[[0, 1], y]
         - np.log(1.0001 - p_adv[[0, 1], y_hat] + 1e-12)
-        + beta
-        * np.sum(p_nat * (np.log(p_nat) - np.log(p_adv + 1e-12)), axis=1)
-        * (1.0000001 - p_nat[[0, 1], y])
+        + beta * np.sum(p_nat * (np.log(p_nat) - np.log(p_adv + 1e-12)), axis=1) * (1.0000001 - p_nat[[0, 1], y])
     )
     np.testing.assert_allclose(np_mart(y, z_clean, z_adv, beta), expected, rtol=1e-12)
     got = to_np(losses.MART(beta=beta, reduction="none")(y, {"clean": z_clean, "adv": z_adv}))

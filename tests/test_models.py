@@ -14,7 +14,6 @@ import keras
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from keras_rpat import layers as rpat_layers
@@ -23,8 +22,7 @@ from keras_rpat import models
 # Keras' torch backend converts tensors with `np.array(tensor)`, which NumPy 2
 # reports for torch tensors; it is not about this code.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword"
-    ":DeprecationWarning"
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
 # ----------------------------------------------------------------------------
@@ -201,9 +199,7 @@ def test_aliases(alias, canonical):
 
 
 def test_get_passes_options():
-    model = models.get(
-        "SmallCNN", num_classes=3, widths=(2, 3, 4), normalize=None
-    )
+    model = models.get("SmallCNN", num_classes=3, widths=(2, 3, 4), normalize=None)
     assert model.name == "small_cnn"
     assert model.get_layer("penultimate").output.shape == (None, 4)
     assert model.output.shape == (None, 3)
@@ -305,9 +301,7 @@ def test_batchnorm_matches_torch_formulas(axis):
     channels = x.shape[axis]
     gamma = rng.uniform(0.5, 1.5, channels).astype("float32")
     beta = rng.normal(size=channels).astype("float32")
-    layer.set_weights(
-        [gamma, beta, np.zeros(channels, "float32"), np.ones(channels, "float32")]
-    )
+    layer.set_weights([gamma, beta, np.zeros(channels, "float32"), np.ones(channels, "float32")])
     out = _np(layer(x, training=True))
 
     reduce = tuple(a for a in range(4) if a != axis % 4)
@@ -317,15 +311,13 @@ def test_batchnorm_matches_torch_formulas(axis):
     mean = x64.mean(axis=reduce)
     var = x64.var(axis=reduce)
     n = x.size // channels
-    expected = (x64 - mean.reshape(shape)) / np.sqrt(
-        var.reshape(shape) + 1e-5
-    ) * gamma.reshape(shape) + beta.reshape(shape)
+    expected = (x64 - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * gamma.reshape(shape) + beta.reshape(
+        shape
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     moving_mean, moving_var = layer.get_weights()[2:]
     np.testing.assert_allclose(moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        moving_var, 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5
-    )
+    np.testing.assert_allclose(moving_var, 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
 
     # Same numbers as torch.nn.BatchNorm2d (channels are axis 1 there).
     bn = torch.nn.BatchNorm2d(channels)
@@ -351,9 +343,7 @@ def test_batchnorm_config_and_unsupported_options():
     clone = rpat_layers.BatchNorm.from_config(config)
     assert isinstance(clone, rpat_layers.BatchNorm)
     assert (clone.axis, clone.momentum, clone.epsilon) == (1, 0.8, 1e-5)
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer)
-    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert isinstance(restored, rpat_layers.BatchNorm)
 
     with pytest.raises(ValueError, match="renormalization"):
@@ -375,18 +365,14 @@ def test_initializers():
     assert bias.std() > 0.5 / np.sqrt(3 * 512)
     config = bias_init.get_config()
     assert config["fan_in"] == 512 and "minval" not in config
-    clone = keras.initializers.deserialize(
-        keras.initializers.serialize(bias_init)
-    )
+    clone = keras.initializers.deserialize(keras.initializers.serialize(bias_init))
     assert isinstance(clone, rpat_layers.TorchBiasUniform)
     assert clone.fan_in == 512 and clone.maxval == bias_init.maxval
     with pytest.raises(ValueError, match="`fan_in`"):
         rpat_layers.TorchBiasUniform(0)
 
     wrn = _np(rpat_layers.kaiming_normal_fan_out(seed=3)((3, 3, 64, 128)))
-    assert abs(wrn.std() - np.sqrt(2.0 / (9 * 128))) < 0.02 * np.sqrt(
-        2.0 / (9 * 128)
-    )
+    assert abs(wrn.std() - np.sqrt(2.0 / (9 * 128))) < 0.02 * np.sqrt(2.0 / (9 * 128))
     assert abs(wrn.mean()) < 0.01
 
 
@@ -500,11 +486,10 @@ def test_torch_parity(case):
     # Inference mode, plus the perception-proxy features.
     captured = {}
     hooks = [
-        getattr(tmodel, stage3).register_forward_hook(
-            lambda m, i, o: captured.__setitem__("third", o)
+        getattr(tmodel, stage3).register_forward_hook(lambda m, i, o: captured.__setitem__("third", o)),
+        torch_modules["linear" if hasattr(tmodel, "linear") else "fc"].register_forward_hook(
+            lambda m, i, o: captured.__setitem__("pen", i[0])
         ),
-        torch_modules["linear" if hasattr(tmodel, "linear") else "fc"]
-        .register_forward_hook(lambda m, i, o: captured.__setitem__("pen", i[0])),
     ]
     tmodel.eval()
     with torch.no_grad():
@@ -641,12 +626,8 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     assert loaded.name == "small_cnn"
     assert isinstance(loaded.get_layer("bn1"), rpat_layers.BatchNorm)
-    assert isinstance(
-        loaded.get_layer("input_normalization"), rpat_layers.InputNormalization
-    )
+    assert isinstance(loaded.get_layer("input_normalization"), rpat_layers.InputNormalization)
     np.testing.assert_array_equal(_np(loaded(x)), _np(model(x)))
-    np.testing.assert_array_equal(
-        _np(loaded(x, training=True)), _np(model(x, training=True))
-    )
+    np.testing.assert_array_equal(_np(loaded(x, training=True)), _np(model(x, training=True)))
     features = models.feature_model(loaded)
     assert tuple(features.outputs[2].shape) == (None, 16 * 16 * 16)

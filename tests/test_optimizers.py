@@ -19,9 +19,11 @@ from keras_rpat.optimizers import SGD
 from keras_rpat.optimizers import MultiStepDecay
 from keras_rpat.optimizers import PiecewiseDecay
 from keras_rpat.optimizers import bench_milestones
+from keras_rpat.optimizers import scale_epoch
 from keras_rpat.optimizers import scale_milestones
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+
 SHAPES = [(3, 4), (4,), (2, 3, 3), (1,)]
 NUM_STEPS = 5
 
@@ -43,10 +45,7 @@ def _assert_close(actual, expected, tol=1e-6):
 def _problem(seed=0):
     rng = np.random.default_rng(seed)
     initial = [rng.standard_normal(s).astype("float32") for s in SHAPES]
-    grads = [
-        [rng.standard_normal(s).astype("float32") for s in SHAPES]
-        for _ in range(NUM_STEPS)
-    ]
+    grads = [[rng.standard_normal(s).astype("float32") for s in SHAPES] for _ in range(NUM_STEPS)]
     return initial, grads
 
 
@@ -54,9 +53,7 @@ def _run_keras(optimizer, initial, grads, names=None):
     names = names or [f"v{i}" for i in range(len(initial))]
     variables = [keras.Variable(x, name=n) for x, n in zip(initial, names)]
     for step_grads in grads:
-        optimizer.apply(
-            [keras.ops.convert_to_tensor(g) for g in step_grads], variables
-        )
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step_grads], variables)
     return [_numpy(v) for v in variables]
 
 
@@ -98,12 +95,8 @@ PATHS = [True, False] if BACKEND == "torch" else [False]
 
 
 @pytest.mark.parametrize("use_foreach", PATHS, ids=lambda f: f"foreach={f}")
-@pytest.mark.parametrize(
-    "momentum,weight_decay,nesterov,dampening", HYPERPARAMETERS
-)
-def test_sgd_matches_torch(
-    momentum, weight_decay, nesterov, dampening, use_foreach
-):
+@pytest.mark.parametrize("momentum,weight_decay,nesterov,dampening", HYPERPARAMETERS)
+def test_sgd_matches_torch(momentum, weight_decay, nesterov, dampening, use_foreach):
     initial, grads = _problem()
     hyper = dict(
         momentum=momentum,
@@ -128,9 +121,7 @@ def test_sgd_defaults_are_the_papers():
     np.testing.assert_allclose(_numpy(optimizer.learning_rate), 0.1)
     initial, grads = _problem(seed=1)
     actual = _run_keras(optimizer, initial, grads)
-    expected = _run_torch(
-        initial, grads, [0.1] * NUM_STEPS, momentum=0.9, weight_decay=5e-4
-    )
+    expected = _run_torch(initial, grads, [0.1] * NUM_STEPS, momentum=0.9, weight_decay=5e-4)
     for a, e in zip(actual, expected):
         _assert_close(a, e)
 
@@ -155,9 +146,7 @@ def test_sgd_with_schedule_matches_torch(schedule, lrs, use_foreach):
     optimizer = SGD(schedule, momentum=0.9, weight_decay=5e-4, dampening=0.1)
     optimizer._use_foreach = use_foreach
     actual = _run_keras(optimizer, initial, grads)
-    expected = _run_torch(
-        initial, grads, lrs, momentum=0.9, weight_decay=5e-4, dampening=0.1
-    )
+    expected = _run_torch(initial, grads, lrs, momentum=0.9, weight_decay=5e-4, dampening=0.1)
     for a, e in zip(actual, expected):
         _assert_close(a, e)
 
@@ -221,9 +210,7 @@ def test_update_traces_as_one_graph_on_torch(use_foreach):
         optimizer.build(variables)
 
         def update(step_grads):
-            optimizer._backend_update_step(
-                step_grads, variables, optimizer.learning_rate
-            )
+            optimizer._backend_update_step(step_grads, variables, optimizer.learning_rate)
 
         if compiled:
             update = torch.compile(update, fullgraph=True, backend="eager")
@@ -275,9 +262,7 @@ def test_fit_matches_torch(learning_rate, lrs):
     with torch.no_grad():
         linear.weight.copy_(torch.tensor(kernel.T))
         linear.bias.copy_(torch.tensor(bias))
-    reference = torch.optim.SGD(
-        linear.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4
-    )
+    reference = torch.optim.SGD(linear.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for step, lr in enumerate(lrs):
         for group in reference.param_groups:
             group["lr"] = lr
@@ -324,16 +309,12 @@ def test_multistep_bench_200_epochs():
     np.testing.assert_allclose(_numpy(schedule(steps)), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "milestones,gamma", [([2, 5], 0.1), ([3, 3, 7], 0.5), ([0, 4], 0.2)]
-)
+@pytest.mark.parametrize("milestones,gamma", [([2, 5], 0.1), ([3, 3, 7], 0.5), ([0, 4], 0.2)])
 def test_multistep_matches_torch_multisteplr(milestones, gamma):
     n, epochs = 3, 9
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=milestones, gamma=gamma
-    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
     expected = []
     for _ in range(epochs):  # stepped once per epoch, as in the Bench code
         expected += [optimizer.param_groups[0]["lr"]] * n
@@ -378,17 +359,9 @@ def test_piecewise_sotas_boundaries():
 
 def test_piecewise_other_settings():
     n = 7
-    schedule = PiecewiseDecay(
-        0.2, steps_per_epoch=n, milestones=(2.5, 4), factor=4.0
-    )
-    expected = [
-        _sotas_lr(e, i, n, lr_max=0.2, factor=4.0, milestones=(2.5, 4))
-        for e in range(6)
-        for i in range(n)
-    ]
-    np.testing.assert_allclose(
-        _numpy(schedule(np.arange(6 * n))), expected, rtol=1e-6
-    )
+    schedule = PiecewiseDecay(0.2, steps_per_epoch=n, milestones=(2.5, 4), factor=4.0)
+    expected = [_sotas_lr(e, i, n, lr_max=0.2, factor=4.0, milestones=(2.5, 4)) for e in range(6) for i in range(n)]
+    np.testing.assert_allclose(_numpy(schedule(np.arange(6 * n))), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -413,9 +386,35 @@ def test_bench_and_scaled_milestones():
     assert bench_milestones(200) == [100, 150]
     assert bench_milestones(300) == [150, 225]
     assert scale_milestones([100, 150], 20, 200) == [10, 15]
-    assert scale_milestones([100, 105], 11, 110) == [10, 11]
+    # Ties go to the earlier epoch (keras_rpat.optimizers.scale_epoch): 10.5 -> 10, 1.5 -> 1.
+    # Until issue 9 the helper rounded halves up ([10, 11] and [1, 2]) while
+    # Preset.with_epochs used round(); there is one rule now.
+    assert scale_milestones([100, 105], 11, 110) == [10, 10]
     assert scale_milestones([100, 105], 110, 110) == [100, 105]
-    assert scale_milestones([100, 150], 2, 200) == [1, 2]
+    assert scale_milestones([100, 150], 2, 200) == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "epoch, epochs, reference, expected",
+    [
+        (105, 11, 110, 10),
+        (115, 11, 110, 11),
+        (100, 11, 110, 10),
+        (105, 20, 200, 10),
+        (150, 3, 200, 2),
+        (1, 3, 6, 0),
+        (0, 5, 110, 0),
+    ],
+)
+def test_scale_epoch_rounds_to_nearest_with_ties_to_the_earlier_epoch(epoch, epochs, reference, expected):
+    assert scale_epoch(epoch, epochs, reference) == expected
+
+
+def test_presets_and_scale_milestones_agree_on_the_11_epoch_schedule():
+    from keras_rpat import presets
+
+    preset = presets.get("pgd_at").with_epochs(11)
+    assert preset.milestones == (10, 10) == tuple(scale_milestones([100, 105], 11, 110))
 
 
 # ------------------------------------------------------------ serialization
@@ -431,9 +430,7 @@ def test_bench_and_scaled_milestones():
     ids=["float", "multistep", "piecewise"],
 )
 def test_sgd_serialization_round_trip(learning_rate):
-    optimizer = SGD(
-        learning_rate, momentum=0.8, weight_decay=1e-3, nesterov=True
-    )
+    optimizer = SGD(learning_rate, momentum=0.8, weight_decay=1e-3, nesterov=True)
     config = keras.saving.serialize_keras_object(optimizer)
     config = json.loads(json.dumps(config))
     restored = keras.saving.deserialize_keras_object(config)
@@ -444,9 +441,7 @@ def test_sgd_serialization_round_trip(learning_rate):
     assert restored.nesterov is True
     assert restored.dampening == 0.0
     if isinstance(learning_rate, float):
-        np.testing.assert_allclose(
-            _numpy(restored.learning_rate), learning_rate, rtol=1e-7
-        )
+        np.testing.assert_allclose(_numpy(restored.learning_rate), learning_rate, rtol=1e-7)
     else:
         assert type(restored._learning_rate) is type(learning_rate)
         steps = np.array([0, 391 * 10, 391 * 15, 391 * 100, 391 * 105])
@@ -473,9 +468,7 @@ def test_schedule_serialization_round_trip(schedule):
     assert type(restored) is type(schedule)
     assert restored.get_config() == schedule.get_config()
     steps = np.arange(50)
-    np.testing.assert_array_equal(
-        _numpy(restored(steps)), _numpy(schedule(steps))
-    )
+    np.testing.assert_array_equal(_numpy(restored(steps)), _numpy(schedule(steps)))
 
 
 def test_saved_model_keeps_optimizer_state(tmp_path):

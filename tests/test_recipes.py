@@ -1,4 +1,4 @@
-"""Tests of `keras_rpat.recipes` (recipe files, run plans, runs, resume, report) and `keras_rpat.plots`.
+"""Tests of `keras_rpat.recipes` (recipe files, run plans, runs, resume, report) and `keras_rpat.recipes.plots`.
 
 The paper's numbers in the recipe files are checked against an independent
 relation (Mean = (Clean + AA) / 2 and NRR = 2 Clean AA / (Clean + AA), which
@@ -23,7 +23,8 @@ from keras_rpat import evaluation
 from keras_rpat import losses
 from keras_rpat import recipes
 
-BACKEND = keras.config.backend()
+from testing import BACKEND  # noqa: E402
+
 EXPECTED = ["figure2", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6"]
 # Default plans (methods x setups x norms x 3 seeds; REFERENCE §7). Figure 4's
 # MSE and 0.5 points are one run.
@@ -38,7 +39,7 @@ PLAN_SIZES = {
     "figure4": 8 * 1 * 1 * 3,
     "figure5": 3 * 2 * 1 * 3,
 }
-RECIPES_DIR = Path(recipes.__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(keras_rpat.__file__).resolve().parent.parent / "recipes"
 
 
 # ---------------------------------------------------------------------------
@@ -71,8 +72,15 @@ def test_recipe_parses_and_validates(name):
 def test_every_table_and_figure_has_its_numbers():
     counts = {n: len(recipes.load_recipe(n).paper_results) for n in EXPECTED}
     assert counts == {
-        "table1": 24, "table2": 24, "table3": 8, "table4": 4, "table5": 4, "table6": 4,
-        "figure2": 0, "figure4": 2, "figure5": 0,
+        "table1": 24,
+        "table2": 24,
+        "table3": 8,
+        "table4": 4,
+        "table5": 4,
+        "table6": 4,
+        "figure2": 0,
+        "figure4": 2,
+        "figure5": 0,
     }
     lit = {n: len(recipes.load_recipe(n).literature) for n in EXPECTED}
     assert lit["table3"] == 18 and lit["table4"] == 11
@@ -119,18 +127,27 @@ def _write_variant(tmp_path, monkeypatch, name, edit):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda t: t.replace("kind = \"table\"", "kind = \"table\"\ncolour = 1"), r"unknown field\(s\) \['colour'\]"),
-        (lambda t: t.replace("preset = \"rebat\"\nlabel = \"ReBAT\"\n", "preset = \"boat\"\nlabel = \"ReBAT\"\n", 1), "Unknown preset: 'boat'"),
-        (lambda t: t.replace("pipeline = \"sotas\"", "pipeline = \"bench\""), "uses pipeline='sotas'"),
+        (lambda t: t.replace('kind = "table"', 'kind = "table"\ncolour = 1'), r"unknown field\(s\) \['colour'\]"),
+        (
+            lambda t: t.replace('preset = "rebat"\nlabel = "ReBAT"\n', 'preset = "boat"\nlabel = "ReBAT"\n', 1),
+            "Unknown preset: 'boat'",
+        ),
+        (lambda t: t.replace('pipeline = "sotas"', 'pipeline = "bench"'), "uses pipeline='sotas'"),
         (lambda t: t.replace("epochs = 200", "epochs = 0"), "`epochs` must be an integer >= 1"),
-        (lambda t: t.replace("archs = [\"wide_resnet34_10\"]", "archs = [\"resnet50\"]"), "Unknown model name: 'resnet50'"),
-        (lambda t: t.replace("cutmix = true, lr_factor = 4.0", "cutmix = 1, lr_factor = 4.0", 1), "option `cutmix` must be true or false"),
-        (lambda t: t.replace("cutmix = true, lr_factor = 4.0", "mixup = true, lr_factor = 4.0", 1), r"unknown option\(s\) \['mixup'\]"),
-        (lambda t: t.replace("method = \"rebat\"\nclean_best", "method = \"awp\"\nclean_best"), "`method` must be one of"),
+        (lambda t: t.replace('archs = ["wide_resnet34_10"]', 'archs = ["resnet50"]'), "Unknown model name: 'resnet50'"),
+        (
+            lambda t: t.replace("cutmix = true, lr_factor = 4.0", "cutmix = 1, lr_factor = 4.0", 1),
+            "option `cutmix` must be true or false",
+        ),
+        (
+            lambda t: t.replace("cutmix = true, lr_factor = 4.0", "mixup = true, lr_factor = 4.0", 1),
+            r"unknown option\(s\) \['mixup'\]",
+        ),
+        (lambda t: t.replace('method = "rebat"\nclean_best', 'method = "awp"\nclean_best'), "`method` must be one of"),
         (lambda t: t.replace("clean_best = 85.25", "clean = 85.25"), r"unknown field\(s\) \['clean'\]"),
-        (lambda t: t.replace("name = \"table4\"", "name = \"table44\""), "must equal the file name"),
+        (lambda t: t.replace('name = "table4"', 'name = "table44"'), "must equal the file name"),
         (lambda t: t.replace("[config]", "[config"), "not valid TOML"),
-        (lambda t: t.replace("id = \"rpat_plus_plus\"\n", "id = \"rebat\"\n"), "duplicate method id 'rebat'"),
+        (lambda t: t.replace('id = "rpat_plus_plus"\n', 'id = "rebat"\n'), "duplicate method id 'rebat'"),
     ],
 )
 def test_invalid_recipes_give_clear_errors(tmp_path, monkeypatch, edit, match):
@@ -141,7 +158,12 @@ def test_invalid_recipes_give_clear_errors(tmp_path, monkeypatch, edit, match):
 
 
 def test_option_needs_the_right_preset(tmp_path, monkeypatch):
-    _write_variant(tmp_path, monkeypatch, "table5", lambda t: t.replace("preset = \"pgd_at\"\n", "preset = \"pgd_at\"\noptions = { proxy = \"penultimate\" }\n", 1))
+    _write_variant(
+        tmp_path,
+        monkeypatch,
+        "table5",
+        lambda t: t.replace('preset = "pgd_at"\n', 'preset = "pgd_at"\noptions = { proxy = "penultimate" }\n', 1),
+    )
     with pytest.raises(recipes.RecipeError, match="RobustPerception term, but preset 'pgd_at' has none"):
         recipes.load_recipe("table5")
 
@@ -155,7 +177,9 @@ def test_table3_plan_with_preactresnet18_alias():
     runs = recipes.load_recipe("table3").runs(arch="preactresnet18")
     got = sorted((r.preset, r.dataset, r.arch, r.norm, r.seed, r.epochs) for r in runs)
     want = sorted(
-        itertools.product(["rebat", "rpat_plus_plus"], ["cifar10", "cifar100"], ["preact_resnet18"], ["linf", "l2"], [0, 1, 2], [200])
+        itertools.product(
+            ["rebat", "rpat_plus_plus"], ["cifar10", "cifar100"], ["preact_resnet18"], ["linf", "l2"], [0, 1, 2], [200]
+        )
     )
     assert got == want
     assert len({r.run_dir for r in runs}) == 24
@@ -178,7 +202,11 @@ def test_narrowing_options():
     # A method id wins; a preset name that is not an id selects every method built on it.
     assert [r.method for r in t4.runs(method="rebat", seeds=[0])] == ["rebat"]
     t5 = recipes.load_recipe("table5")
-    assert [r.method for r in t5.runs(method="pgd_at+rpat", seeds=[0])] == ["rpat_logits", "rpat_penultimate", "rpat_third_to_last"]
+    assert [r.method for r in t5.runs(method="pgd_at+rpat", seeds=[0])] == [
+        "rpat_logits",
+        "rpat_penultimate",
+        "rpat_third_to_last",
+    ]
     assert [r.method for r in t4.runs(method="RPAT++*", seeds=[0])] == ["rpat_plus_plus_cutmix"]
     assert t4.runs(method="rebat_cutmix", seeds=[0])[0].options == {"beta": 2.0, "cutmix": True, "lr_factor": 4.0}
     f5 = recipes.load_recipe("figure5")
@@ -242,7 +270,11 @@ def test_build_preset_applies_recipe_options():
     assert rp[0].proxy == "third_to_last"
     l2 = recipes.load_recipe("table2").runs(method="pgd_at", dataset="cifar10", seeds=[0])[0]
     attack = recipes.build_preset(l2).attack
-    assert attack.norm == "l2" and attack.epsilon == pytest.approx(128 / 255) and attack.step_size == pytest.approx(32 / 255)
+    assert (
+        attack.norm == "l2"
+        and attack.epsilon == pytest.approx(128 / 255)
+        and attack.step_size == pytest.approx(32 / 255)
+    )
 
 
 def test_shorter_epochs_scale_the_schedule():
@@ -252,7 +284,9 @@ def test_shorter_epochs_scale_the_schedule():
     assert preset.weight_averaging.start_epoch == round(105 * 20 / 200)
     [smoke] = recipes.load_recipe("table6").runs(method="rebat_stronger", smoke=True)
     preset = recipes.build_preset(smoke)
-    assert preset.attack.num_steps == 2 and preset.attack.schedule == {0: {"epsilon": pytest.approx(10 / 255), "num_steps": 2}}
+    assert preset.attack.num_steps == 2 and preset.attack.schedule == {
+        0: {"epsilon": pytest.approx(10 / 255), "num_steps": 2}
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -391,12 +425,17 @@ def test_report_layout_of_table1_and_table3():
     assert len(rows) == 12 and rows[0].startswith("| CIFAR-10 | PGD-AT | — (82.92)")
     t3 = recipes.report_tables(recipes.load_recipe("table3"), {})
     assert t3[0].startswith("| Norm | Method | CIFAR-10 Clean best | CIFAR-10 AA best")
-    assert [r.split("|")[1:3] for r in t3[2:]] == [[" Linf ", " ReBAT "], [" Linf ", " RPAT++ "], [" L2 ", " ReBAT "], [" L2 ", " RPAT++ "]]
+    assert [r.split("|")[1:3] for r in t3[2:]] == [
+        [" Linf ", " ReBAT "],
+        [" Linf ", " RPAT++ "],
+        [" L2 ", " ReBAT "],
+        [" L2 ", " RPAT++ "],
+    ]
 
 
 @pytest.mark.parametrize("name", ["figure2", "figure4", "figure5"])
 def test_plots_are_written(tmp_path, name):
-    from keras_rpat import plots
+    from keras_rpat.recipes import plots
 
     recipe = recipes.load_recipe(name)
     if name == "figure4":
@@ -411,7 +450,7 @@ def test_plots_are_written(tmp_path, name):
 
 
 def test_plots_without_matplotlib_say_what_to_install(monkeypatch, tmp_path):
-    from keras_rpat import plots
+    from keras_rpat.recipes import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):

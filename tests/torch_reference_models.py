@@ -69,9 +69,7 @@ class TorchPreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = _conv3x3(planes, planes)
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -126,9 +124,7 @@ class TorchWideBasic(nn.Module):
         self.conv2 = _conv3x3(out_planes, out_planes)
         self.equal_in_out = in_planes == out_planes
         if not self.equal_in_out:
-            self.convShortcut = nn.Conv2d(
-                in_planes, out_planes, 1, stride=stride, bias=False
-            )
+            self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
     def forward(self, x):
         if not self.equal_in_out:

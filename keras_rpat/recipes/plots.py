@@ -13,10 +13,14 @@ matplotlib is imported lazily: `pip install matplotlib` if it is missing.
 """
 
 import math
-import os
-import tempfile
 import textwrap
 from pathlib import Path
+
+from keras_rpat import _io
+from keras_rpat.recipes.results import aggregate
+from keras_rpat.recipes.results import paper_value
+from keras_rpat.recipes.schema import ARCH_LABELS
+from keras_rpat.recipes.schema import DATASET_LABELS
 
 __all__ = ["ablation_figure", "perception_figure", "plot_recipe"]
 
@@ -53,18 +57,9 @@ def _value(row, key):
 
 
 def _save(fig, path):
-    """`fig.savefig` through a temporary file and `os.replace` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".png")
-    os.close(fd)
-    try:
+    """`fig.savefig` atomically (temporary file + `os.replace`)."""
+    with _io.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return str(path)
 
 
@@ -91,7 +86,10 @@ def perception_figure(panels, path, title=None, note=None):
         labels = [r["label"] for r in rows]
         xs = list(range(len(rows)))
         width = 0.36
-        for offset, key, name in ((-width / 2, "mse_success", "Success cases"), (width / 2, "mse_failure", "Failure cases")):
+        for offset, key, name in (
+            (-width / 2, "mse_success", "Success cases"),
+            (width / 2, "mse_failure", "Failure cases"),
+        ):
             heights, errs, positions = [], [], []
             for x, r in zip(xs, rows):
                 v = _value(r, key)
@@ -122,7 +120,14 @@ def perception_figure(panels, path, title=None, note=None):
         for key, name, marker in (("clean_acc", "Clean accuracy", "o"), ("perturbed_acc", "Perturbed accuracy", "s")):
             pts = [(x, _value(r, key)) for x, r in zip(xs, rows) if _value(r, key) is not None]
             if pts:
-                ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=_COLORS[key], label=name, linewidth=1.8)
+                ax2.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker=marker,
+                    color=_COLORS[key],
+                    label=name,
+                    linewidth=1.8,
+                )
         ax2.set_ylim(0, 100)
         ax2.set_ylabel("Accuracy (%)")
         h1, l1 = ax.get_legend_handles_labels()
@@ -226,18 +231,15 @@ def ablation_figure(panels, path, title=None, note=None, metrics=("clean_best", 
 
 
 def _rows(recipe, found, entries, metrics, label_of):
-    from keras_rpat.recipes import _aggregate
-    from keras_rpat.recipes import _paper_value
-
     rows = []
     for e in entries:
         values = found.get((e["method"], e["dataset"], e["arch"], e["norm"]), [])
         row = {"label": label_of(e)}
         for metric in metrics:
-            value, std, _ = _aggregate(values, metric)
+            value, std, _ = aggregate(values, metric)
             row[metric] = value
             row[metric + "_std"] = std
-        paper = {m: _paper_value(recipe, e, m) for m in metrics}
+        paper = {m: paper_value(recipe, e, m) for m in metrics}
         row["paper"] = {k: v for k, v in paper.items() if v is not None}
         rows.append(row)
     return rows
@@ -252,9 +254,6 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         out_dir: output folder.
         smoke: add a smoke-run warning to the figure.
     """
-    from keras_rpat.recipes import ARCH_LABELS
-    from keras_rpat.recipes import DATASET_LABELS
-
     out_dir = Path(out_dir)
     note = _SMOKE_NOTE if smoke else None
     entries = recipe.entries()
@@ -264,11 +263,17 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         panels = []
         for setup in recipe.config["setups"]:
             for norm in recipe.norms:
-                sel = [e for e in entries if e["dataset"] == setup["dataset"] and e["arch"] == setup["arch"] and e["norm"] == norm]
+                sel = [
+                    e
+                    for e in entries
+                    if e["dataset"] == setup["dataset"] and e["arch"] == setup["arch"] and e["norm"] == norm
+                ]
                 label = f"{DATASET_LABELS[setup['dataset']]}, {ARCH_LABELS.get(setup['arch'], setup['arch'])}"
                 if len(recipe.norms) > 1:
                     label += f", {norm}"
-                rows = _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ "))
+                rows = _rows(
+                    recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ ")
+                )
                 panels.append((label, rows))
         paths.append(perception_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
     else:
@@ -277,6 +282,8 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         panels = []
         for g in groups:
             sel = [e for e in entries if e["group"] == g]
-            panels.append((g or recipe.paper, _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label)))
+            panels.append(
+                (g or recipe.paper, _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label))
+            )
         paths.append(ablation_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
     return paths

@@ -1,0 +1,154 @@
+"""AutoAttack's vocabulary and argument checks (no torch, no pyautoattack).
+
+Re-exported by the facade `keras_rpat.autoattack`; the cascade and the
+subprocess import from here so that no module of the package imports the
+facade back.
+"""
+
+import dataclasses
+
+from keras_rpat import _checks
+
+__all__ = [
+    "AA_ATTACKS",
+    "AA_BATCH_SIZE",
+    "AA_NORMS",
+    "AA_VERSIONS",
+    "AutoAttackConfig",
+    "AutoAttackWarning",
+    "VERSION_ATTACKS",
+    "check_options",
+    "default_version",
+    "import_autoattack",
+    "resolve_attacks",
+]
+
+AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+AA_VERSIONS = ("standard", "plus", "rand", "custom")
+# The reference evaluation's AutoAttack batch size.
+AA_BATCH_SIZE = 250
+VERSION_ATTACKS = {
+    "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+    "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
+    "rand": ["apgd-ce", "apgd-dlr"],
+}
+AA_NORMS = {"linf": "Linf", "l2": "L2"}
+# `options` keys -> the AutoAttack component they configure.
+COMPONENTS = {
+    "apgd": "apgd",
+    "apgd-ce": "apgd",
+    "apgd-dlr": "apgd",
+    "apgd_targeted": "apgd_targeted",
+    "apgd-t": "apgd_targeted",
+    "fab": "fab",
+    "fab-t": "fab",
+    "square": "square",
+}
+
+
+class AutoAttackWarning(UserWarning):
+    """A sanity-check warning of AutoAttack (see its `flags_doc.md`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackConfig:
+    """The validated settings of one AutoAttack evaluation (see `run_autoattack`).
+
+    Built by `run_autoattack`; the cascade and the subprocess read it, and the
+    subprocess receives it as JSON (`dataclasses.asdict`).
+    """
+
+    norm: str
+    epsilon: float
+    version: str
+    attacks: tuple
+    batch_size: int
+    seed: int = None
+    options: dict = None
+    data_format: str = "channels_last"
+    state_path: str = None
+    verbose: bool = False
+    return_adversarial: bool = True
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(**{**data, "attacks": tuple(data["attacks"])})
+
+
+def import_autoattack():
+    """Imports `pyautoattack`, or raises an `ImportError` that names the package."""
+    try:
+        import pyautoattack
+    except ImportError as e:
+        raise ImportError(
+            "AutoAttack evaluation needs the `pyautoattack` package. Install it with `pip install pyautoattack`."
+        ) from e
+    return pyautoattack
+
+
+def resolve_attacks(version="standard", attacks_to_run=None):
+    """Returns the list of AutoAttack attacks of a version (or a custom list).
+
+    Args:
+        version: `"standard"`, `"plus"`, `"rand"` or `"custom"`.
+        attacks_to_run: for `"custom"`, a list (or comma-separated string) of
+            `"apgd-ce"`, `"apgd-t"`, `"fab-t"`, `"square"`, `"apgd-dlr"`,
+            `"fab"`.
+    """
+    if version not in AA_VERSIONS:
+        raise ValueError(f"Unknown AutoAttack `version`: {version!r}. Expected one of {AA_VERSIONS}.")
+    if attacks_to_run is not None:
+        attacks_to_run = _attack_names(attacks_to_run)
+    if version == "custom":
+        if attacks_to_run is None:
+            raise ValueError(
+                "version='custom' needs `attacks_to_run`, e.g. "
+                "attacks_to_run=['apgd-ce', 'apgd-t']. Valid names: " + ", ".join(AA_ATTACKS)
+            )
+        return attacks_to_run
+    if attacks_to_run is not None and attacks_to_run != VERSION_ATTACKS[version]:
+        raise ValueError(
+            f"AutoAttack version={version!r} runs {VERSION_ATTACKS[version]}; to run "
+            f"{attacks_to_run}, pass version='custom'."
+        )
+    return list(VERSION_ATTACKS[version])
+
+
+def _attack_names(attacks_to_run):
+    names = []
+    for name in _checks.split_list(attacks_to_run):
+        key = str(name).lower()
+        if key not in AA_ATTACKS:
+            raise ValueError(f"Unknown AutoAttack attack {name!r}. Valid: {list(AA_ATTACKS)}.")
+        if key not in names:
+            names.append(key)
+    if not names:
+        raise ValueError(f"`attacks_to_run` must name at least one of {list(AA_ATTACKS)}.")
+    return names
+
+
+def default_version(attacks_to_run=None):
+    """`"standard"`, or `"custom"` when `attacks_to_run` differs from the standard attacks."""
+    if attacks_to_run is not None and resolve_attacks("custom", attacks_to_run) != VERSION_ATTACKS["standard"]:
+        return "custom"
+    return "standard"
+
+
+def check_options(options):
+    """Per-attack settings keyed by AutoAttack component (`{"apgd": {"n_iter": 10}}`)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"`options` must be a dict such as {{'apgd': {{'n_iter': 10}}}}. Received: options={options!r}"
+        )
+    out = {}
+    for key, values in options.items():
+        component = COMPONENTS.get(str(key).lower())
+        if component is None or not isinstance(values, dict):
+            raise ValueError(
+                f"`options` maps one of {sorted(set(COMPONENTS))} to a dict of attack "
+                f"attributes. Received: {key!r}: {values!r}"
+            )
+        out.setdefault(component, {}).update(values)
+    return out

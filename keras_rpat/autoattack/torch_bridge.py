@@ -1,0 +1,91 @@
+"""A Keras model on the torch backend, seen as a `torch.nn.Module` (imports torch)."""
+
+import contextlib
+
+import keras
+import torch
+from keras.src.backend.torch.core import get_device
+
+from keras_rpat import _checks
+
+__all__ = ["TorchBridge", "frozen_weights", "model_device"]
+
+
+def model_device(model):
+    """The device of the model's weights (Keras' default device if it has none)."""
+    for v in getattr(model, "weights", []):
+        value = getattr(v, "value", None)
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device(get_device())
+
+
+class TorchBridge(torch.nn.Module):
+    """A Keras model (torch backend) as a `torch.nn.Module` for AutoAttack.
+
+    Takes NCHW float tensors in [0, 1] and returns the Keras model's logits.
+    The input is permuted to NHWC (a view, not a copy) only when the model is
+    channels-last. The Keras model is always called with `training=False`, so
+    `.eval()` / `.train()` on the bridge change nothing, and it runs on the
+    device of the model's weights (`bridge.device`). The Keras model is not
+    registered as a submodule, so `bridge.to(...)` does not move it.
+
+    Args:
+        model: a Keras model mapping images in [0, 1] to logits, built under
+            `KERAS_BACKEND=torch`.
+        data_format: `"channels_last"` or `"channels_first"`; `None` infers it
+            from the first convolution (or the input shape).
+
+    Example:
+
+    ```python
+    bridge = keras_rpat.autoattack.torch_bridge.TorchBridge(model)
+    logits = bridge(torch.rand(8, 3, 32, 32))
+    ```
+    """
+
+    def __init__(self, model, data_format=None):
+        super().__init__()
+        if keras.config.backend() != "torch":
+            raise ValueError(
+                "TorchBridge needs a Keras model on the torch backend; the active "
+                f"backend is {keras.config.backend()!r}. Use "
+                "keras_rpat.autoattack.run_autoattack, which evaluates "
+                "models of other backends in a PyTorch subprocess."
+            )
+        model = _checks.evaluation_model(model)
+        # Not a registered submodule: `.train()`, `.eval()` and `.to()` leave
+        # the Keras model alone.
+        object.__setattr__(self, "keras_model", model)
+        self.data_format = _checks.infer_data_format(model, data_format)
+
+    @property
+    def device(self):
+        """The device of the model's weights."""
+        return model_device(self.keras_model)
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"TorchBridge expects NCHW image batches. Received a tensor of shape {tuple(x.shape)}")
+        if self.data_format == "channels_last":
+            x = x.permute(0, 2, 3, 1)
+        return self.keras_model(x, training=False)
+
+    def extra_repr(self):
+        return f"keras_model={self.keras_model.name!r}, data_format={self.data_format!r}"
+
+
+@contextlib.contextmanager
+def frozen_weights(model):
+    """Stops gradients into the weights (AutoAttack needs input gradients only)."""
+    frozen = []
+    try:
+        for v in getattr(model, "weights", []):
+            value = getattr(v, "value", None)
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                value.requires_grad_(False)
+                frozen.append(value)
+        yield
+    finally:
+        for value in frozen:
+            value.requires_grad_(True)

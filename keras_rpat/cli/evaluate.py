@@ -1,0 +1,264 @@
+"""`keras-rpat eval` and `keras-rpat autoattack`.
+
+```
+keras-rpat eval MODEL.keras --dataset cifar10 --attacks clean,pgd20,autoattack \\
+    --norm linf --epsilon 8/255 --out result.json
+keras-rpat autoattack MODEL.keras --dataset cifar10 --n 1000 \\
+    --attacks apgd-ce,apgd-t --state aa_state.json --out aa.json
+```
+
+`MODEL.keras` is a classifier saved with `model.save()` or a saved
+`RPATTrainer` (its `evaluation_model` is evaluated: the weight-averaged model
+for ReBAT / RPAT++). The dataset is a name of `keras_rpat.datasets.load` or an
+`.npz` file; the test split is used.
+"""
+
+import json
+import os
+import zipfile
+
+import click
+import keras
+import numpy as np
+
+import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
+import keras_rpat.models  # noqa: F401
+import keras_rpat.trainer  # noqa: F401
+from keras_rpat import _checks
+from keras_rpat import autoattack
+from keras_rpat import datasets
+from keras_rpat import evaluation
+from keras_rpat.cli import options as opt
+
+__all__ = ["autoattack_command", "eval_command", "threat_model_options"]
+
+# The default budget of each threat model (the paper's).
+DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 128 / 255}
+
+
+def threat_model_options(f):
+    """`--norm`, `--epsilon` (default 8/255 L-inf, 128/255 L2)."""
+    return opt.apply([opt.norm_option(help="Threat model."), opt.epsilon_option()], f)
+
+
+def _data_options(f):
+    """MODEL, `--dataset`, `--n`, `--seed`, `--out`: what every evaluation command reads and writes."""
+    return opt.apply(
+        [
+            click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False)),
+            opt.dataset_option(
+                help="Dataset name (cifar10, cifar100, tiny_imagenet, synthetic) or a path to an .npz file; the test split is used."
+            ),
+            click.option(
+                "--n", "n", type=click.IntRange(min=1), default=None, help="Evaluate on N evenly strided test images."
+            ),
+            opt.seed_option(help="Seed of the attacks."),
+            click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON here."),
+        ],
+        f,
+    )
+
+
+def _parse_aa_options(ctx, param, values):
+    options = {}
+    for item in values or ():
+        key, sep, raw = item.partition("=")
+        component, dot, attr = key.partition(".")
+        if not sep or not dot or not component or not attr:
+            raise click.BadParameter(
+                f"expected COMPONENT.SETTING=VALUE such as apgd.n_iter=10. Received: {item!r}",
+                ctx=ctx,
+                param=param,
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(component, {})[attr] = value
+    return options or None
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def _load_model(path):
+    expected = "Expected a .keras file written by model.save() (a classifier or a keras_rpat.RPATTrainer)."
+    if not zipfile.is_zipfile(path):
+        raise click.ClickException(
+            f"Could not load the model file {path}: it is not a .keras archive (a zip file); "
+            f"it may be corrupt or truncated. {expected}"
+        )
+    try:
+        loaded = keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise click.ClickException(
+            f"Could not load the model file {path}: {type(e).__name__}: {message[:300].rstrip('.')}. {expected}"
+        ) from None
+    model = _checks.evaluation_model(loaded)
+    if not isinstance(model, keras.Model):
+        raise click.ClickException(f"{path} does not hold a Keras model (found {type(model).__name__}).")
+    note = None
+    if model is not loaded:
+        note = "weight-averaged model" if model is getattr(loaded, "teacher", None) else "trainer's classifier"
+    return model, note
+
+
+def _load_test_data(name, model, n):
+    try:
+        dataset = datasets.load(name)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise click.BadParameter(str(e), param_hint="'--dataset'") from None
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
+    model_classes = _checks.model_num_classes(model)
+    is_npz = os.fspath(name).lower().endswith(".npz")
+    if model_classes is not None and model_classes != dataset.num_classes:
+        # An .npz's class count is inferred from its labels (a lower bound).
+        if not (is_npz and model_classes > dataset.num_classes):
+            raise click.ClickException(
+                f"The model outputs {model_classes} classes (output shape (None, {model_classes})) "
+                f"but the dataset {dataset.name!r} has {dataset.num_classes} classes (test labels "
+                f"shape {tuple(dataset.y_test.shape)}). Evaluate the model on the dataset it was "
+                "trained for."
+            )
+    x, y = dataset.x_test, dataset.y_test
+    try:
+        idx = _checks.strided_indices(len(x), n)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--n'") from None
+    if idx is not None:
+        x, y = x[idx], y[idx]
+    x = _checks.to_float01(x)
+    if _checks.infer_data_format(model) == "channels_first":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x, y, dataset
+
+
+def _evaluate_saved_model(model_path, dataset, n, out, **settings):
+    """Loads MODEL and the test split, runs `keras_rpat.evaluation.evaluate(**settings)`, prints and saves.
+
+    `settings` are `evaluate`'s own keyword arguments (`attacks`, `norm`,
+    `epsilon`, ...), passed through unchanged.
+    """
+    if settings["epsilon"] is None:
+        settings["epsilon"] = DEFAULT_EPSILON[settings["norm"]]
+    click.echo(opt.backend_line())
+    model, note = _load_model(model_path)
+    x, y, data = _load_test_data(dataset, model, n)
+    click.echo(
+        f"Evaluating {os.path.basename(model_path)}"
+        + (f" ({note})" if note else "")
+        + f" on {data.name} test ({len(x)} images), {settings['norm']} eps={settings['epsilon'] * 255:.4g}/255: "
+        + ", ".join(settings["attacks"])
+    )
+    try:
+        result = evaluation.evaluate(model, x, y, **settings)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    result.provenance["model"] = os.path.abspath(model_path)
+    result.provenance["data"] = dataset
+    click.echo(result.summary())
+    if out is not None:
+        result.save(out)
+        click.echo(f"Wrote {out}")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+
+@click.command("eval", cls=opt.Command)
+@_data_options
+@threat_model_options
+@click.option(
+    "--attacks",
+    type=opt.EVALUATIONS,
+    default="clean,pgd20",
+    show_default=True,
+    help="Comma-separated: clean, pgd20, autoattack.",
+)
+@click.option("--step-size", type=opt.FRACTION, default=None, help="PGD step, e.g. 2/255. Default: epsilon/4.")
+@click.option(
+    "--num-steps", type=click.IntRange(min=1), default=evaluation.PGD_EVAL_STEPS, show_default=True, help="PGD steps."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=evaluation.EVAL_BATCH_SIZE, show_default=True)
+@opt.state_option()
+@click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
+def eval_command(
+    model_path, dataset, n, seed, out, norm, epsilon, attacks, step_size, num_steps, batch_size, state, verbose
+):
+    """Clean, PGD-20 and AutoAttack accuracy of a saved model, with Mean and NRR."""
+    _evaluate_saved_model(
+        model_path,
+        dataset,
+        n,
+        out,
+        attacks=list(attacks),
+        norm=norm,
+        epsilon=epsilon,
+        step_size=step_size,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        seed=seed,
+        aa_state_path=state,
+        verbose=verbose,
+    )
+
+
+@click.command("autoattack", cls=opt.Command)
+@_data_options
+@threat_model_options
+@click.option(
+    "--attacks",
+    default=None,
+    help="Comma-separated AutoAttack attacks (apgd-ce, apgd-t, fab-t, square, apgd-dlr, fab). "
+    "Default: the version's (standard: apgd-ce,apgd-t,fab-t,square).",
+)
+@click.option(
+    "--version",
+    "version",
+    type=click.Choice(list(autoattack.AA_VERSIONS)),
+    default=None,
+    help="AutoAttack version. Default: standard, or custom when --attacks differs from it.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=autoattack.AA_BATCH_SIZE, show_default=True)
+@opt.state_option()
+@click.option(
+    "--option",
+    "aa_options",
+    multiple=True,
+    callback=_parse_aa_options,
+    help="Attack setting COMPONENT.SETTING=VALUE (e.g. apgd.n_iter=10, square.n_queries=1000); repeatable.",
+)
+@click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
+def autoattack_command(
+    model_path, dataset, n, seed, out, norm, epsilon, attacks, version, batch_size, state, aa_options, verbose
+):
+    """AutoAttack robust accuracy of a saved model (resumable with --state)."""
+    try:
+        version = version or autoattack.default_version(attacks)
+        aa_attacks = autoattack.resolve_attacks(version, attacks)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--attacks'") from None
+    _evaluate_saved_model(
+        model_path,
+        dataset,
+        n,
+        out,
+        attacks=["clean", "autoattack"],
+        norm=norm,
+        epsilon=epsilon,
+        batch_size=batch_size,
+        seed=seed,
+        aa_version=version,
+        aa_attacks=aa_attacks if version == "custom" else None,
+        aa_batch_size=batch_size,
+        aa_state_path=state,
+        aa_options=aa_options,
+        verbose=verbose,
+    )

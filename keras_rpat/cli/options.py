@@ -1,0 +1,229 @@
+"""The command line's vocabulary: one Click type or option per concept, defined once.
+
+| concept | type / option | accepts |
+|---|---|---|
+| norm | `NORM` / `norm_option` | `linf`, `l2` and their aliases (`l_inf`, `Linf`, `2`...) |
+| pixel budget | `FRACTION` / `epsilon_option` | `8/255`, `0.031` |
+| dataset | `DATASET` / `dataset_option` | `cifar10` (any spelling: `CIFAR-10`), `cifar100`, `tiny_imagenet`, `synthetic`, an `.npz` file |
+| comma list | `CommaList(item)` | `a,b` and repeated options |
+| seeds | `SEEDS` / `seed_option` | `0,1,2` / one seed >= 0 |
+| evaluations | `EVALUATIONS` | `clean,pgd20,autoattack` (`pgd`, `aa` work) |
+| AutoAttack state | `state_option` | a JSON file; rerun with it to resume |
+
+`Command` accepts the spellings of the previous release (`--data`,
+`--aa-state`) for one more release, with a deprecation message.
+"""
+
+import click
+import keras
+
+from keras_rpat import _checks
+from keras_rpat import datasets
+from keras_rpat import evaluation
+from keras_rpat import recipes
+from keras_rpat._version import __version__
+from keras_rpat.backend import device_name
+
+__all__ = [
+    "DATASET",
+    "EVALUATIONS",
+    "FRACTION",
+    "NORM",
+    "SEEDS",
+    "Command",
+    "CommaList",
+    "backend_line",
+    "dataset_option",
+    "epsilon_option",
+    "norm_option",
+    "seed_option",
+    "state_option",
+]
+
+# Old spelling -> new spelling, accepted until the next release.
+DEPRECATED_OPTIONS = {"--data": "--dataset", "--aa-state": "--state"}
+
+
+def backend_line():
+    """`keras_rpat 0.1.0, keras 3.x, backend: torch, device: cpu` for the start of every command."""
+    return (
+        f"keras_rpat {__version__}, keras {keras.__version__}, "
+        f"backend: {keras.config.backend()}, device: {device_name()}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Types
+# ---------------------------------------------------------------------------
+
+
+class NormType(click.ParamType):
+    """A threat model: `linf` or `l2` (aliases such as `l_inf`, `Linf`, `2` work)."""
+
+    name = "norm"
+
+    def convert(self, value, param, ctx):
+        try:
+            return _checks.canonical_norm(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+    def get_metavar(self, param, ctx=None):
+        return "[linf|l2]"
+
+
+class FractionType(click.ParamType):
+    """A pixel fraction > 0 such as `8/255` or `0.031`."""
+
+    name = "fraction"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        name = param.name if param is not None else "value"
+        try:
+            number = _checks.parse_epsilon(value, name=name)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if not number > 0:
+            self.fail(f"must be > 0 (a pixel fraction such as 8/255). Received: {value}", param, ctx)
+        return number
+
+
+class DatasetType(click.ParamType):
+    """A dataset name of `keras_rpat.datasets.load` (any spelling) or a path to an `.npz` file."""
+
+    name = "dataset"
+
+    def convert(self, value, param, ctx):
+        if str(value).lower().endswith(".npz"):
+            return str(value)
+        key = _checks.canonical_dataset(value).replace("-", "_")
+        valid = datasets.list_datasets()
+        if key not in valid:
+            self.fail(f"Unknown dataset {value!r}. Valid: {', '.join(valid)}, or a path to an .npz file.", param, ctx)
+        return key
+
+
+class CommaList(click.ParamType):
+    """Comma-separated values (`a,b`), each converted by `item`; repeated options add up."""
+
+    name = "list"
+
+    def __init__(self, item=click.STRING, choices=None):
+        self.item = item
+        self.choices = choices
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        items = [self.item.convert(v, param, ctx) for v in _checks.split_list(value)]
+        bad = [v for v in items if self.choices is not None and v not in self.choices]
+        if bad or not items:
+            self.fail(
+                f"{value!r} is not valid. Valid: {', '.join(self.choices or ['a comma-separated list'])}.", param, ctx
+            )
+        return list(dict.fromkeys(items))
+
+
+class SeedsType(click.ParamType):
+    """Comma-separated seeds >= 0, e.g. `0,1,2`."""
+
+    name = "seeds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seeds = recipes.parse_seeds(value)
+        except recipes.RecipeError as e:
+            self.fail(str(e), param, ctx)
+        if not seeds:
+            self.fail("give at least one seed, e.g. 0,1,2", param, ctx)
+        return seeds
+
+
+class EvaluationsType(click.ParamType):
+    """Comma-separated evaluations: `clean`, `pgd20`, `autoattack` (aliases `pgd`, `aa`)."""
+
+    name = "evaluations"
+
+    def convert(self, value, param, ctx):
+        try:
+            return tuple(evaluation.parse_attacks(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+NORM = NormType()
+FRACTION = FractionType()
+DATASET = DatasetType()
+SEEDS = SeedsType()
+EVALUATIONS = EvaluationsType()
+
+
+# ---------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------
+
+
+def norm_option(default="linf", help="Threat model: linf (L-inf, 8/255) or l2 (128/255)."):
+    """`--norm` (one threat model)."""
+    return click.option("--norm", type=NORM, default=default, show_default=default is not None, help=help)
+
+
+def epsilon_option(help="Budget as a fraction of the pixel range, e.g. 8/255. Default: 8/255 (linf), 128/255 (l2)."):
+    """`--epsilon` (a pixel fraction; default: the norm's budget)."""
+    return click.option("--epsilon", type=FRACTION, default=None, help=help)
+
+
+def dataset_option(required=True, help="cifar10, cifar100, tiny_imagenet, synthetic, or a path to an .npz file."):
+    """`--dataset` (one dataset; `--data` is its deprecated spelling)."""
+    return click.option("--dataset", type=DATASET, required=required, help=help)
+
+
+def seed_option(help="Seed."):
+    """`--seed` (one seed >= 0)."""
+    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help=help)
+
+
+def state_option():
+    """`--state` (AutoAttack's resumable state file; `--aa-state` is its deprecated spelling)."""
+    return click.option(
+        "--state", type=click.Path(dir_okay=False), default=None, help="AutoAttack state file: rerun with it to resume."
+    )
+
+
+def verbose_level_option():
+    """`--verbose 0|1|2` of the training commands."""
+    return click.option(
+        "--verbose",
+        type=click.IntRange(0, 2),
+        default=1,
+        show_default=True,
+        help="0 silent, 1 progress bars, 2 one line per epoch.",
+    )
+
+
+def apply(options, f):
+    """Applies a list of Click decorators so that they show in list order in `--help`."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+class Command(click.Command):
+    """A Click command that still accepts the previous release's option spellings.
+
+    `--data` (now `--dataset`) and `--aa-state` (now `--state`) work for one
+    more release; each use prints a deprecation message to stderr.
+    """
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, [self._rename(a) for a in args])
+
+    def _rename(self, arg):
+        name, eq, value = arg.partition("=")
+        new = DEPRECATED_OPTIONS.get(name)
+        if new is None or not any(new in p.opts for p in self.params):
+            return arg
+        click.echo(f"Warning: {name} is deprecated and will be removed in the next release; use {new}.", err=True)
+        return new + eq + value

@@ -1,0 +1,159 @@
+"""`keras-rpat train`: one run (a method on a dataset), outside a recipe.
+
+```
+keras-rpat train --method trades+rpat --dataset cifar10 --arch resnet18_bottleneck \\
+    --norm linf --epochs 110 --seed 0 --out runs/x
+```
+
+The command builds its run with `keras_rpat.recipes.single_run` and runs it
+with `keras_rpat.recipes.run_single` (`run_experiment` in a folder of its
+own), exactly as a recipe runs each of its runs.
+"""
+
+import os
+
+import click
+
+from keras_rpat import losses
+from keras_rpat import models
+from keras_rpat import presets
+from keras_rpat import recipes
+from keras_rpat.cli import options as opt
+
+__all__ = ["train_command"]
+
+
+def _preset(ctx, param, value):
+    try:
+        return presets.canonical_name(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def _arch(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return models.canonical_name(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+# The method options of a recipe, as flags (see `keras_rpat.recipes.single_run`).
+_METHOD_OPTIONS = [
+    click.option("--cutmix", is_flag=True, help="CutMix (ReBAT/RPAT++; Table 4 '*')."),
+    click.option(
+        "--stronger-attack",
+        is_flag=True,
+        help="Table 6 '$': epsilon 10/255, 12 steps from epoch 100 (ReBAT/RPAT++, linf).",
+    ),
+    click.option("--lr-factor", type=float, default=None, help="Piecewise LR divisor of ReBAT/RPAT++ (1.5)."),
+    click.option("--beta", type=float, default=None, help="BoAT / RPAT++ weight (1.0)."),
+    click.option(
+        "--proxy", type=click.Choice(list(losses.PROXIES)), default=None, help="RPAT perception proxy (Table 5)."
+    ),
+    click.option(
+        "--distance", type=click.Choice(list(losses.DISTANCES)), default=None, help="RPAT regulariser (Figure 4a)."
+    ),
+    click.option(
+        "--alpha",
+        type=float,
+        default=None,
+        help="RPAT interpolation weight on the perturbation (paper convention, 0.5).",
+    ),
+    click.option(
+        "--alpha-sampling",
+        type=click.Choice(list(losses.ALPHA_SAMPLING)),
+        default=None,
+        help="Figure 4b's Beta-/Beta+.",
+    ),
+    click.option(
+        "--l2-step-size",
+        type=opt.FRACTION,
+        default=None,
+        help="L2 attack step (default 32/255; 15/255 is the upstream convention).",
+    ),
+]
+
+
+def _method_options(f):
+    return opt.apply(_METHOD_OPTIONS, f)
+
+
+@click.command("train", cls=opt.Command)
+@click.option(
+    "--method",
+    required=True,
+    callback=_preset,
+    help="A preset: pgd_at, trades, mart, consistency_at (each +rpat), rebat, rpat_plus_plus, clean, random_noise.",
+)
+@opt.dataset_option()
+@click.option(
+    "--arch",
+    callback=_arch,
+    default=None,
+    help="Architecture (aliases work). Default: the preset's (Bench ResNet-18 / PreActResNet-18).",
+)
+@opt.norm_option()
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the preset's (110 Bench, 200 ReBAT/RPAT++); shorter runs scale the schedule.",
+)
+@opt.seed_option()
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 128 (32 with --smoke).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder. Default: runs/train/<method>-<dataset>-<arch>-<norm>-seed<seed>.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the datasets are.")
+@click.option(
+    "--eval-attacks",
+    type=opt.EVALUATIONS,
+    default="clean,pgd20,autoattack",
+    show_default=True,
+    help="Evaluations of the checkpoints.",
+)
+@click.option(
+    "--checkpoints",
+    type=opt.CommaList(choices=["best", "final"]),
+    default="best,final",
+    show_default=True,
+    help="Checkpoints to evaluate.",
+)
+@_method_options
+@click.option("--smoke", is_flag=True, help="Tiny synthetic data, tiny CNN, 1 epoch: checks the pipeline in seconds.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a run folder of another configuration (and re-run from scratch)."
+)
+@opt.verbose_level_option()
+def train_command(out, data_dir, overwrite, verbose, **run):
+    """Train and evaluate one model (one run of a recipe).
+
+    Trains METHOD on DATASET with the paper's settings, keeps the best and
+    final checkpoints, evaluates both (clean, PGD-20, AutoAttack) and writes
+    results.json in --out. Re-running the same command resumes an interrupted
+    run; a finished one is skipped.
+
+    Example: keras-rpat train --method trades+rpat --dataset cifar10
+    --arch resnet18_bottleneck --norm linf --epochs 110 --seed 0 --out runs/x
+    """
+    click.echo(opt.backend_line())
+    try:
+        spec = recipes.single_run(**run)
+    except recipes.RecipeError as e:
+        raise click.UsageError(str(e)) from None
+    out = out or os.path.join(
+        "runs",
+        "train",
+        f"{spec.method}-{spec.dataset}-{spec.arch}-{spec.norm}-seed{spec.seed}" + ("-smoke" if spec.smoke else ""),
+    )
+    click.echo(f"{spec.describe()} -> {out}")
+    try:
+        result = recipes.run_single(spec, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo)
+    except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))

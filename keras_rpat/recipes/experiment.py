@@ -1,0 +1,651 @@
+"""One experiment: train, checkpoint and evaluate one run of a recipe.
+
+`run_experiment(spec, out_dir)` is the whole run, in steps a reader can
+follow:
+
+1. `_prepare_run_dir`: refuse (or replace) a folder of another configuration,
+   skip a finished run;
+2. `build_run`: the preset with the run's options, the data, the model, the
+   compiled trainer;
+3. `evaluation_settings`: the evaluation protocol, recorded in `results.json`
+   and read back by every evaluation below;
+4. `_train`: `model.fit` with the robust-evaluation and backup callbacks
+   (resumable through `keras.callbacks.BackupAndRestore`);
+5. `_evaluate_checkpoints`: clean / PGD-20 / AutoAttack of the best and final
+   checkpoints (and the perception analysis of Figures 2 and 5);
+6. the results dict, written atomically.
+
+`single_run(...)` is the one run of `keras-rpat train`: a method, a dataset
+and options, validated like a recipe's method.
+"""
+
+import copy
+import dataclasses
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import keras
+
+import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading checkpoints)
+from keras_rpat import _checks
+from keras_rpat import attacks as attacks_lib
+from keras_rpat import _io
+from keras_rpat import callbacks as callbacks_lib
+from keras_rpat import datasets
+from keras_rpat import evaluation
+from keras_rpat import losses as losses_lib
+from keras_rpat import models
+from keras_rpat import presets
+from keras_rpat.recipes.schema import RESULTS_FORMAT
+from keras_rpat.recipes.schema import RESULTS_VERSION
+from keras_rpat.recipes.schema import RP_OPTIONS
+from keras_rpat.recipes.schema import SMOKE
+from keras_rpat.recipes.schema import RecipeError
+from keras_rpat.recipes.schema import RunSpec
+from keras_rpat.recipes.schema import canonical_options
+from keras_rpat.recipes.schema import validate_methods
+
+__all__ = ["build_preset", "build_run", "evaluation_settings", "preflight", "run_experiment", "single_run"]
+
+
+# ---------------------------------------------------------------------------
+# Building a run
+# ---------------------------------------------------------------------------
+
+
+def build_preset(spec):
+    """The `keras_rpat.presets.Preset` of a run, options and epochs applied."""
+    opts = spec.options
+    preset = presets.get(
+        spec.preset,
+        norm=spec.norm,
+        l2_step_size=spec.l2_step_size if spec.norm == "l2" else None,
+        stronger_attack=bool(opts.get("stronger_attack", False)),
+    )
+    changes = {"losses": [_with_loss_options(loss, opts) for loss in preset.losses]}
+    if "lr_factor" in opts:
+        changes["lr_factor"] = float(opts["lr_factor"])
+    if spec.smoke and preset.attack is not None and hasattr(preset.attack, "num_steps"):
+        changes["attack"] = _with_steps(preset.attack, SMOKE["train_steps"])
+    preset = preset.with_options(**changes)
+    if spec.epochs != preset.epochs:
+        preset = preset.with_epochs(spec.epochs)
+    return preset
+
+
+def _with_loss_options(loss, opts):
+    """A copy of `loss` with the run's RobustPerception / BoAT / RPAT++ options."""
+    config = loss.get_config()
+    if isinstance(loss, losses_lib.RobustPerception):
+        config.update({arg: opts[key] for key, arg in RP_OPTIONS.items() if key in opts})
+    elif isinstance(loss, (losses_lib.BoAT, losses_lib.RPATPlusPlus)) and "beta" in opts:
+        config["beta"] = float(opts["beta"])
+    return type(loss).from_config(config)
+
+
+def _with_steps(attack, num_steps):
+    """A copy of `attack` with `num_steps` steps (also in its schedule's overrides)."""
+    attack = copy.deepcopy(attack)
+    attack.num_steps = num_steps
+    for overrides in (attack.schedule or {}).values():
+        if "num_steps" in overrides:
+            overrides["num_steps"] = num_steps
+    return attack
+
+
+def _load_dataset(spec, data_dir, cache):
+    if spec.smoke:
+        key = ("synthetic", SMOKE["n_train"], SMOKE["n_test"], SMOKE["image_size"])
+        if key not in cache:
+            cache[key] = datasets.load(
+                "synthetic",
+                n_train=SMOKE["n_train"],
+                n_test=SMOKE["n_test"],
+                num_classes=SMOKE["num_classes"],
+                image_size=SMOKE["image_size"],
+            )
+        return cache[key]
+    key = (spec.dataset, None if data_dir is None else os.fspath(data_dir))
+    if key not in cache:
+        cache[key] = datasets.load(spec.dataset, data_dir=data_dir)
+    return cache[key]
+
+
+def _build_model(spec, preset, ds):
+    if spec.smoke:
+        return models.get(
+            "small_cnn",
+            num_classes=ds.num_classes,
+            input_shape=ds.image_shape,
+            stem_stride=spec.stem_stride,
+            normalize=preset.normalize,
+            widths=SMOKE["widths"],
+        )
+    return models.get(
+        spec.arch,
+        num_classes=ds.num_classes,
+        input_shape=ds.image_shape,
+        stem_stride=spec.stem_stride,
+        normalize=preset.normalize,
+    )
+
+
+def _threat(spec, preset):
+    """(norm, epsilon, step_size) of the run's evaluation."""
+    budget = presets.BUDGETS[spec.norm]
+    step = spec.l2_step_size if spec.norm == "l2" else budget["step_size"]
+    attack = preset.attack
+    if attack is not None and getattr(attack, "norm", None) == spec.norm and hasattr(attack, "step_size"):
+        step = attack.step_size
+    return spec.norm, budget["epsilon"], step
+
+
+@dataclasses.dataclass
+class Run:
+    """What `build_run` builds for one `RunSpec`."""
+
+    preset: object
+    dataset: object
+    model: object
+    train_seq: object
+    trainer: object
+    x_test: object
+    y_test: object
+
+
+def build_run(spec, data_dir=None, cache=None):
+    """The preset, data, model and compiled trainer of a run (seeded with `spec.seed`)."""
+    keras.utils.set_random_seed(spec.seed)
+    preset = build_preset(spec)
+    ds = _load_dataset(spec, data_dir, {} if cache is None else cache)
+    model = _build_model(spec, preset, ds)
+    train_seq, _ = datasets.make_datasets(
+        ds,
+        batch_size=spec.batch_size,
+        pipeline=preset.pipeline,
+        two_view=preset.two_view,
+        cutmix=bool(spec.options.get("cutmix", False)),
+        seed=spec.seed,
+    )
+    trainer = preset.build_trainer(model, seed=spec.seed)
+    trainer.compile(optimizer=preset.optimizer(len(train_seq)))
+    x_test = _checks.to_float01(ds.x_test)
+    return Run(preset, ds, model, train_seq, trainer, x_test, ds.y_test)
+
+
+def evaluation_settings(spec, preset):
+    """The evaluation protocol of a run; recorded in `results.json` and read by every evaluation."""
+    norm, epsilon, step_size = _threat(spec, preset)
+    smoke = spec.smoke
+    settings = {
+        "attacks": list(spec.eval_attacks),
+        "checkpoints": list(spec.checkpoints),
+        "norm": norm,
+        "epsilon": epsilon,
+        "step_size": step_size,
+        "pgd_steps": SMOKE["eval_steps"] if smoke else evaluation.PGD_EVAL_STEPS,
+        "n": SMOKE["eval_n"] if smoke else None,
+        "batch_size": evaluation.EVAL_BATCH_SIZE,
+        "autoattack_version": "custom" if smoke else spec.autoattack_version,
+        "autoattack_attacks": SMOKE["aa_attacks"] if smoke else None,
+        "autoattack_options": SMOKE["aa_options"] if smoke else None,
+        "select_steps": SMOKE["select_steps"] if smoke else spec.select_steps,
+        "perception": None,
+    }
+    if spec.perception is not None:
+        settings["perception"] = dict(
+            spec.perception,
+            perturbation=spec.perturbation,
+            num_steps=SMOKE["eval_steps"] if smoke else spec.perception["num_steps"],
+        )
+    return settings
+
+
+def _resolved_config(spec, preset, model, ds, train_seq, eval_settings):
+    return _io.jsonable(
+        {
+            "preset": {
+                "name": preset.name,
+                "description": preset.describe(),
+                "attack": attacks_lib.serialize(preset.attack),
+                "losses": [{"class": type(l).__name__, **l.get_config()} for l in preset.losses],
+                "weight_averaging": None if preset.weight_averaging is None else preset.weight_averaging.get_config(),
+                "post_step_clean_forward": preset.post_step_clean_forward,
+                "pipeline": preset.pipeline,
+                "two_view": preset.two_view,
+                "epochs": preset.epochs,
+                "schedule": preset.schedule,
+                "milestones": list(preset.milestones),
+                "lr_factor": preset.lr_factor,
+                "learning_rate": preset.learning_rate,
+                "momentum": preset.momentum,
+                "weight_decay": preset.weight_decay,
+                "normalize": preset.normalize,
+            },
+            "model": {
+                "arch": "small_cnn" if spec.smoke else spec.arch,
+                "paper_arch": spec.arch,
+                "num_classes": ds.num_classes,
+                "input_shape": list(ds.image_shape),
+                "stem_stride": spec.stem_stride,
+                "normalize": preset.normalize,
+                "params": int(model.count_params()),
+            },
+            "data": {
+                "dataset": "synthetic" if spec.smoke else spec.dataset,
+                "paper_dataset": spec.dataset,
+                "n_train": int(len(ds.x_train)),
+                "n_test": int(len(ds.x_test)),
+                "batch_size": spec.batch_size,
+                "steps_per_epoch": len(train_seq),
+                "cutmix": bool(spec.options.get("cutmix", False)),
+            },
+            "evaluation": eval_settings,
+        }
+    )
+
+
+def _is_complete(result, spec):
+    return (
+        isinstance(result, dict)
+        and result.get("format") == RESULTS_FORMAT
+        and result.get("complete") is True
+        and result.get("fingerprint") == _io.jsonable(spec.run_fingerprint())
+    )
+
+
+def default_echo(verbose):
+    """Keras' print when `verbose`, else nothing."""
+    return callbacks_lib.print_msg if verbose else (lambda message: None)
+
+
+# ---------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------
+
+
+def run_experiment(
+    spec,
+    out_dir,
+    data_dir=None,
+    verbose=1,
+    overwrite=False,
+    replace_stale=False,
+    echo=None,
+    callbacks=None,
+    dataset_cache=None,
+):
+    """Trains, checkpoints and evaluates one run; writes its `results.json`.
+
+    The run lives in `out_dir / spec.run_dir`: `run.json` (what is being
+    run), `backup/` (Keras `BackupAndRestore` state while training),
+    `history.json` (clean and robust accuracy per epoch), `train_log.json`
+    (Keras logs per epoch), `best.keras` / `final.keras`,
+    `eval_<checkpoint>.json` (and `perception_<checkpoint>.json`) and finally
+    `results.json`. Every file is written atomically.
+
+    Calling it again after an interruption continues from the last completed
+    epoch (and an interrupted AutoAttack from its last batch); a finished run
+    (complete `results.json`) is skipped.
+
+    Only `spec` and `out_dir` say what is run; the other arguments are
+    independent switches of this one call (where the data is, how loud, what
+    to do with old files, extra callbacks, a cache shared by `run_recipe`),
+    so they stay keyword arguments rather than another object.
+
+    Args:
+        spec: a `RunSpec` (from `Recipe.runs` or `single_run`).
+        out_dir: the output folder.
+        data_dir: where the datasets are (see `keras_rpat.datasets.load`).
+        verbose: 0 silent, 1 progress bars, 2 one line per epoch.
+        overwrite: discard the run's earlier files and start over.
+        replace_stale: discard the run's files when they belong to another
+            configuration (instead of raising).
+        echo: callable for status lines (default: Keras' print when
+            `verbose`).
+        callbacks: extra Keras callbacks for `fit`.
+        dataset_cache: dict reused across runs to load each dataset once.
+
+    Returns:
+        The results dict (as written to `results.json`), with `"skipped":
+        True` when the run was already complete.
+    """
+    echo = echo or default_echo(verbose)
+    run_dir = Path(out_dir) / spec.run_dir
+    previous = _prepare_run_dir(spec, run_dir, overwrite, replace_stale)
+    if previous is not None:
+        echo(f"skip (complete): {spec.describe()}")
+        return previous
+    start = time.time()
+    run = build_run(spec, data_dir, dataset_cache)
+    settings = evaluation_settings(spec, run.preset)
+    trained, history = _train(spec, run, run_dir, settings, verbose, echo, callbacks)
+    metrics, perception = _evaluate_checkpoints(spec, run_dir, settings, run.x_test, run.y_test)
+    summary = _summarize(metrics, perception, trained, history)
+    elapsed = time.time() - start
+    result = {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "complete": True,
+        "recipe": spec.recipe,
+        "run": _io.jsonable(spec.to_dict()),
+        "fingerprint": _io.jsonable(spec.run_fingerprint()),
+        "config": _resolved_config(spec, run.preset, run.model, run.dataset, run.train_seq, settings),
+        "provenance": evaluation.provenance(run.model, elapsed=elapsed),
+        "wall_time_s": round(elapsed, 3),
+        "train_time_s": round(sum((r.get("time") or 0) + (r.get("eval_time") or 0) for r in history), 3),
+        "history": _merged_history(run_dir, history),
+        "metrics": metrics,
+        "perception": perception or None,
+        "summary": summary,
+    }
+    result = _io.jsonable(result)
+    _io.atomic_write_json(run_dir / "results.json", result)
+    echo(_summary_line(spec, summary, elapsed))
+    return result
+
+
+def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
+    """Clears a stale or overwritten run; returns the results of a finished run (else `None`)."""
+    fingerprint = _io.jsonable(spec.run_fingerprint())
+    run_json = run_dir / "run.json"
+    if overwrite and run_dir.is_dir():
+        _clear_run_dir(run_dir)
+    existing = _io.read_json(run_json)
+    if existing is not None and existing.get("fingerprint") != fingerprint:
+        if not replace_stale:
+            raise RecipeError(
+                f"{run_dir} holds a run of a different configuration "
+                f"({describe_diff(existing.get('fingerprint') or {}, fingerprint)}). "
+                "Use another output folder, or pass overwrite=True (--overwrite) to replace it."
+            )
+        warnings.warn(f"Replacing the stale run in {run_dir} (it belongs to another configuration).", stacklevel=3)
+        _clear_run_dir(run_dir)
+    previous = _io.read_json(run_dir / "results.json")
+    if _is_complete(previous, spec):
+        previous["skipped"] = True
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _io.atomic_write_json(run_json, {"spec": _io.jsonable(spec.to_dict()), "fingerprint": fingerprint})
+    return None
+
+
+def _train(spec, run, run_dir, settings, verbose, echo, callbacks):
+    """Trains unless `trained.json` says it is done; returns `(trained, history)`.
+
+    The parameters are the pieces `run_experiment` already holds; bundling
+    them into an object used only here would not make the step clearer.
+    """
+    trained_path = run_dir / "trained.json"
+    history_path = run_dir / "history.json"
+    robust = callbacks_lib.RobustEvaluation(
+        run.x_test,
+        run.y_test,
+        num_steps=settings["select_steps"],
+        checkpoint_dir=run_dir,
+        history_path=history_path,
+        batch_size=settings["batch_size"],
+        seed=spec.seed,
+        verbose=1 if verbose else 0,
+    )
+    if _io.read_json(trained_path) is None:
+        backup_dir = run_dir / "backup"
+        meta = _io.read_json(backup_dir / "training_metadata.json") or {}
+        initial_epoch = int(meta.get("epoch", 0))
+        if initial_epoch:
+            echo(f"resuming {spec.describe()} after epoch {initial_epoch}")
+        run.train_seq.set_epoch(initial_epoch)
+        fit_callbacks = [
+            robust,
+            callbacks_lib.EpochLog(str(run_dir / "train_log.json")),
+            callbacks_lib.AttackRandomState(str(backup_dir)),
+            keras.callbacks.BackupAndRestore(str(backup_dir)),
+        ]
+        fit_callbacks += list(callbacks or [])
+        # `shuffle=False`: TrainSequence reshuffles itself from (seed, epoch), so the
+        # batch order does not depend on global random state and a resumed run
+        # sees the same batches as an uninterrupted one.
+        run.trainer.fit(run.train_seq, epochs=spec.epochs, verbose=verbose, callbacks=fit_callbacks, shuffle=False)
+        _io.atomic_write_json(
+            trained_path, {"epochs": spec.epochs, "best_epoch": robust.best_epoch, "best_robust": robust.best}
+        )
+    return _io.read_json(trained_path), _io.read_json(history_path) or []
+
+
+def _merged_history(run_dir, history):
+    """The robust-evaluation history with Keras' per-epoch logs merged in."""
+    train_log = {r["epoch"]: r for r in (_io.read_json(run_dir / "train_log.json") or [])}
+    return [dict(train_log.get(r["epoch"], {}), **r) for r in history]
+
+
+def _evaluate_checkpoints(spec, run_dir, settings, x_test, y_test):
+    """Evaluates every checkpoint (each result cached in `eval_<ckpt>.json`); returns `(metrics, perception)`."""
+    metrics, perception = {}, {}
+    for ckpt in spec.checkpoints:
+        eval_path = run_dir / f"eval_{ckpt}.json"
+        result = _io.read_json(eval_path)
+        if result is None:
+            result = evaluation.evaluate(
+                _load_checkpoint(run_dir / f"{ckpt}.keras"),
+                x_test,
+                y_test,
+                attacks=spec.eval_attacks,
+                norm=settings["norm"],
+                epsilon=settings["epsilon"],
+                step_size=settings["step_size"],
+                num_steps=settings["pgd_steps"],
+                n=settings["n"],
+                batch_size=settings["batch_size"],
+                seed=spec.seed,
+                aa_version=settings["autoattack_version"],
+                aa_attacks=settings["autoattack_attacks"],
+                aa_options=settings["autoattack_options"],
+                aa_state_path=str(run_dir / f"aa_state_{ckpt}.json"),
+            ).to_dict()
+            _io.atomic_write_json(eval_path, result)
+        metrics[ckpt] = result
+        p = settings["perception"]
+        if p is not None and p["checkpoint"] == ckpt:
+            perception[ckpt] = _perception(spec, run_dir, ckpt, settings, x_test, y_test)
+    return metrics, perception
+
+
+def _perception(spec, run_dir, ckpt, settings, x_test, y_test):
+    """The perception analysis of one checkpoint (cached in `perception_<ckpt>.json`).
+
+    Same inputs as `_evaluate_checkpoints`, plus the checkpoint's name.
+    """
+    path = run_dir / f"perception_{ckpt}.json"
+    result = _io.read_json(path)
+    if result is not None:
+        return result
+    p = settings["perception"]
+    idx = _checks.strided_indices(len(x_test), settings["n"])  # the images `evaluate(n=...)` uses
+    x_p, y_p = (x_test, y_test) if idx is None else (x_test[idx], y_test[idx])
+    result = evaluation.perception_analysis(
+        _load_checkpoint(run_dir / f"{ckpt}.keras"),
+        x_p,
+        y_p,
+        perturbation=spec.perturbation,
+        epsilon=p["epsilon"],
+        step_size=p["step_size"],
+        num_steps=p["num_steps"],
+        batch_size=settings["batch_size"],
+        seed=spec.seed,
+    ).to_dict()
+    _io.atomic_write_json(path, result)
+    return result
+
+
+_RUN_FILES = ("run.json", "results.json", "trained.json", "history.json", "train_log.json", "best.keras", "final.keras")
+_RUN_PATTERNS = ("eval_*.json", "perception_*.json", "aa_state_*.json", ".*.tmp", ".*.keras")
+
+
+def _clear_run_dir(run_dir):
+    """Deletes the files a run writes (and nothing else) from its folder."""
+    run_dir = Path(run_dir)
+    for name in _RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for pattern in _RUN_PATTERNS:
+        for path in run_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+    backup = run_dir / "backup"
+    if backup.is_dir():
+        shutil.rmtree(backup)
+
+
+def _load_checkpoint(path):
+    if not Path(path).exists():
+        raise RecipeError(
+            f"Checkpoint {path} is missing; delete {Path(path).parent / 'trained.json'} to retrain the run."
+        )
+    return keras.saving.load_model(path, compile=False)
+
+
+def _summarize(metrics, perception, trained, history):
+    s = {"best_epoch": None if trained is None else trained.get("best_epoch"), "epochs_trained": len(history)}
+    for ckpt, r in metrics.items():
+        s[f"clean_{ckpt}"] = r.get("clean")
+        s[f"pgd20_{ckpt}"] = r.get("pgd20")
+        s[f"aa_{ckpt}"] = r.get("autoattack")
+    for ckpt, suffix in (("best", ""), ("final", "_final")):
+        clean = s.get(f"clean_{ckpt}")
+        robust = s.get(f"aa_{ckpt}")
+        if robust is None:
+            robust = s.get(f"pgd20_{ckpt}")
+        if clean is not None and robust is not None:
+            s[f"mean{suffix}"], s[f"nrr{suffix}"] = evaluation.mean_nrr(clean, robust)
+    for ckpt, p in perception.items():
+        s["mse_success"] = p.get("mse_success")
+        s["mse_failure"] = p.get("mse_failure")
+        s["clean_acc"] = p.get("clean_accuracy")
+        s["perturbed_acc"] = p.get("perturbed_accuracy")
+        s["perception_checkpoint"] = ckpt
+    return s
+
+
+def _fmt(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _summary_line(spec, s, elapsed):
+    parts = []
+    for ckpt in spec.checkpoints:
+        items = [f"clean {_fmt(s.get(f'clean_{ckpt}'))}"]
+        if s.get(f"pgd20_{ckpt}") is not None:
+            items.append(f"PGD-20 {_fmt(s.get(f'pgd20_{ckpt}'))}")
+        if s.get(f"aa_{ckpt}") is not None:
+            items.append(f"AA {_fmt(s.get(f'aa_{ckpt}'))}")
+        label = ckpt + (f" (epoch {s['best_epoch']})" if ckpt == "best" and s.get("best_epoch") else "")
+        parts.append(f"{label}: " + ", ".join(items))
+    if s.get("mean") is not None:
+        parts.append(f"Mean {s['mean']:.2f}, NRR {s['nrr']:.2f}")
+    if s.get("mse_success") is not None or s.get("mse_failure") is not None:
+        parts.append(f"MSE success {_fmt(s.get('mse_success'), 4)} / failure {_fmt(s.get('mse_failure'), 4)}")
+    return (
+        f"done {spec.method} {spec.dataset} {spec.arch} {spec.norm} seed {spec.seed}: "
+        + "; ".join(parts)
+        + f" [{format_duration(elapsed)}]"
+    )
+
+
+def format_duration(seconds):
+    """`1h02m03s`, `2m03s` or `3s`."""
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def describe_diff(old, new):
+    """`key: old -> new; ...` for the keys whose values differ."""
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(changed) or "no difference"
+
+
+# ---------------------------------------------------------------------------
+# The single run of `keras-rpat train`
+# ---------------------------------------------------------------------------
+
+TRAIN_BATCH_SIZE = 128
+
+
+def single_run(
+    method, dataset, arch=None, norm="linf", seed=0, epochs=None, batch_size=None, smoke=False, **run_options
+):
+    """The `RunSpec` of one training run outside a recipe (`keras-rpat train`).
+
+    The method's options are validated exactly like a recipe method's.
+    Training-schedule arguments are named; `run_options` are the method
+    options of a recipe (`cutmix`, `stronger_attack`, `lr_factor`, `beta`,
+    `proxy`, `distance`, `alpha`, `alpha_sampling`, `rp_weight`,
+    `l2_step_size`) plus `eval_attacks` and `checkpoints`. The arguments are
+    the ones of the command; a reader sees each one once, here.
+
+    Args:
+        method: a preset name (aliases work).
+        dataset: a dataset name (`keras_rpat.datasets.list_datasets()`) or an
+            `.npz` path.
+        arch: the architecture; default: the preset's.
+        norm: `"linf"` or `"l2"`.
+        seed: the seed.
+        epochs: default: the preset's (1 with `smoke`).
+        batch_size: default 128 (32 with `smoke`).
+        smoke: tiny synthetic data and model.
+        **run_options: method options; options that are `None` or `False`
+            are left out.
+
+    Returns:
+        A `RunSpec` with `recipe="train"` and `run_dir=""`.
+
+    Raises:
+        RecipeError: an option is invalid for the method.
+    """
+    method = presets.canonical_name(method)
+    norm = _checks.canonical_norm(norm)
+    eval_attacks = tuple(run_options.pop("eval_attacks", ("clean", "pgd20", "autoattack")))
+    checkpoints = tuple(run_options.pop("checkpoints", ("best", "final")))
+    options = {k: v for k, v in run_options.items() if v not in (None, False)}
+    raw = {"id": "run", "preset": method, "label": method, "options": dict(options)}
+    try:
+        [m] = validate_methods("train", [raw], {"norms": [norm], "perception": None})
+    except RecipeError as e:
+        raise RecipeError(str(e).replace("train methods[0]: ", "")) from None
+    preset = presets.get(method, norm=norm)
+    m.id = method
+    spec_options = canonical_options(m, norm)
+    epochs = epochs or (SMOKE["epochs"] if smoke else preset.epochs)
+    batch_size = batch_size or (SMOKE["batch_size"] if smoke else TRAIN_BATCH_SIZE)
+    return RunSpec(
+        recipe="train",
+        method=method,
+        methods=(method,),
+        preset=method,
+        label=method,
+        options=spec_options,
+        dataset=dataset,
+        arch=arch or preset.arch,
+        norm=norm,
+        seed=seed,
+        stem_stride=2 if dataset == "tiny_imagenet" else 1,
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_attacks=eval_attacks,
+        checkpoints=checkpoints,
+        l2_step_size=spec_options.get("l2_step_size", presets.L2_STEP_SIZE),
+        smoke=smoke,
+        fingerprint={"recipe": "train", "epochs": epochs, "batch_size": batch_size, "smoke": smoke},
+        run_dir="",
+    )
+
+
+def preflight(runs, data_dir):
+    """Fails before the first run when a local dataset (Tiny-ImageNet) is missing."""
+    if any(r.smoke for r in runs) or not any(r.dataset == "tiny_imagenet" for r in runs):
+        return
+    datasets.find_tiny_imagenet(None if data_dir is None else os.fspath(data_dir))

@@ -1,0 +1,80 @@
+"""The architecture rules of CONTRIBUTING.md, checked on the source (`tools/import_graph.py`).
+
+`python tools/import_graph.py` prints the import graph in layers; this test
+fails when it reports a problem: an import cycle, a function-level import of
+a package module (other than the listed lazy ones) or a cross-module use of a
+`_private` name.
+"""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "import_graph.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("import_graph", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keras_rpat_has_one_way_imports_and_no_private_cross_module_names():
+    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "layer 0: _checks, _io, _version" in out.stdout
+
+
+def test_the_leaves_import_nothing_from_the_package():
+    tool = _tool()
+    edges, _ = tool.analyse(tool.discover())
+    for leaf in ("keras_rpat._io", "keras_rpat._checks", "keras_rpat._version"):
+        assert edges[leaf] == set(), leaf
+
+
+def _package(tmp_path, files):
+    root = tmp_path / "keras_rpat"
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        (
+            {"__init__.py": "", "a.py": "from keras_rpat import b\n", "b.py": "from keras_rpat import a\n"},
+            "import cycle: keras_rpat.a -> keras_rpat.b",
+        ),
+        (
+            {"__init__.py": "", "a.py": "def f():\n    from keras_rpat import b\n", "b.py": ""},
+            "imports keras_rpat.b inside a function",
+        ),
+        (
+            {"__init__.py": "", "a.py": "from keras_rpat.b import _x\n", "b.py": "_x = 1\n"},
+            "private name keras_rpat.b._x",
+        ),
+        (
+            {"__init__.py": "", "a.py": "from keras_rpat import b as lib\nlib._x\n", "b.py": "_x = 1\n"},
+            "private name keras_rpat.b._x",
+        ),
+    ],
+    ids=["cycle", "function-level import", "from-import of a private name", "private attribute"],
+)
+def test_the_checker_finds_each_problem(tmp_path, files, expected):
+    _, problems = _tool().check(_package(tmp_path, files), lazy={})
+    assert any(expected in p for p in problems), problems
+
+
+def test_every_package_ships_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "keras_rpat").rglob("__init__.py")}
+    assert on_disk | {"keras_rpat.recipes.files"} == listed
