@@ -41,10 +41,7 @@ def standardize_data_format(data_format):
     if data_format is None:
         return keras.config.image_data_format()
     if data_format not in _DATA_FORMATS:
-        raise ValueError(
-            "`data_format` must be one of "
-            f"{_DATA_FORMATS} or None. Received: data_format={data_format!r}"
-        )
+        raise ValueError(f"`data_format` must be one of {_DATA_FORMATS} or None. Received: data_format={data_format!r}")
     return data_format
 
 
@@ -132,9 +129,7 @@ class BatchNorm(keras.layers.BatchNormalization):
             inv = inv * ops.cast(self.gamma, compute_dtype)
         outputs = centered * self._broadcast(inv, inputs)
         if self.center:
-            outputs = outputs + self._broadcast(
-                ops.cast(self.beta, compute_dtype), inputs
-            )
+            outputs = outputs + self._broadcast(ops.cast(self.beta, compute_dtype), inputs)
 
         # ... and tracks the unbiased one.
         n = self._num_reduced(inputs)
@@ -205,16 +200,12 @@ class InputNormalization(keras.layers.Layer):
       ICCV 2025 (SOTAs pipeline, built on Wang et al., ReBAT, NeurIPS 2023).
     """
 
-    def __init__(
-        self, mean=CIFAR10_MEAN, std=CIFAR10_STD, data_format=None, **kwargs
-    ):
+    def __init__(self, mean=CIFAR10_MEAN, std=CIFAR10_STD, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.mean = _as_float_tuple(mean, "mean")
         self.std = _as_float_tuple(std, "std")
         if any(not s > 0 for s in self.std):
-            raise ValueError(
-                f"All values of `std` must be > 0. Received: std={self.std}"
-            )
+            raise ValueError(f"All values of `std` must be > 0. Received: std={self.std}")
         if len(self.mean) != len(self.std) and 1 not in (
             len(self.mean),
             len(self.std),
@@ -271,10 +262,7 @@ def _as_float_tuple(value, name):
     try:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"`{name}` must be a float or a sequence of floats. "
-            f"Received: {name}={value!r}"
-        ) from None
+        raise ValueError(f"`{name}` must be a float or a sequence of floats. Received: {name}={value!r}") from None
     if not values:
         raise ValueError(f"`{name}` must not be empty. Received: {name}={value!r}")
     return values
@@ -306,15 +294,8 @@ class TorchBiasUniform(keras.initializers.RandomUniform):
     """
 
     def __init__(self, fan_in, seed=None):
-        if (
-            isinstance(fan_in, bool)
-            or not isinstance(fan_in, int)
-            or fan_in <= 0
-        ):
-            raise ValueError(
-                "`fan_in` must be a positive integer. "
-                f"Received: fan_in={fan_in!r}"
-            )
+        if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in <= 0:
+            raise ValueError(f"`fan_in` must be a positive integer. Received: fan_in={fan_in!r}")
         self.fan_in = fan_in
         bound = 1.0 / math.sqrt(fan_in)
         super().__init__(minval=-bound, maxval=bound, seed=seed)
@@ -344,9 +325,7 @@ def torch_kernel_initializer(seed=None):
     ...     64, 3, kernel_initializer=keras_rpat.layers.torch_kernel_initializer()
     ... )
     """
-    return keras.initializers.VarianceScaling(
-        scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed
-    )
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed)
 
 
 def kaiming_normal_fan_out(seed=None):
@@ -368,6 +347,4 @@ def kaiming_normal_fan_out(seed=None):
 
     - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
     """
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal", seed=seed
-    )
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal", seed=seed)

@@ -88,9 +88,7 @@ def sgd_foreach_update(
                     1.0,
                     1.0 - dampening,
                 ).to(dtype)
-                torch._foreach_add_(
-                    momentum_buffers, torch._foreach_mul(d, coefficient)
-                )
+                torch._foreach_add_(momentum_buffers, torch._foreach_mul(d, coefficient))
             else:
                 # The buffer starts at zero, so step 1 gives exactly `d`.
                 torch._foreach_add_(momentum_buffers, d)
