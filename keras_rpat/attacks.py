@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_rpat import _checks
 from keras_rpat import backend as rpat_backend
 from keras_rpat._checks import NORMS  # noqa: F401  (the norm vocabulary lives in keras_rpat._checks)
 from keras_rpat._checks import canonical_norm as _canonical_norm
@@ -41,7 +42,7 @@ def _batch_norms(v):
 def _soft_targets(y, logits):
     """Integer labels (B,) or soft labels (B, C) -> float targets (B, C)."""
     num_classes = logits.shape[-1]
-    if len(y.shape) >= 2 and y.shape[-1] == num_classes and y.shape[-1] != 1:
+    if _checks.is_soft_labels(y.shape, num_classes):
         return ops.cast(y, logits.dtype)
     y = ops.reshape(y, (-1,))
     return ops.one_hot(ops.cast(y, "int32"), num_classes, dtype=logits.dtype)
@@ -53,8 +54,13 @@ def cross_entropy(y, logits):
     return -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
 
 
-def _kl_from_logits(target_logits, logits):
-    """Per-sample `KL(softmax(target) || softmax(logits))` over classes."""
+def kl_from_logits(target_logits, logits):
+    """Per-sample `KL(softmax(target) || softmax(logits))` over classes.
+
+    `sum_c p_t (log p_t - log p)`: per-sample `F.kl_div(log_softmax(logits),
+    softmax(target), reduction="none").sum(1)`; its batch mean is PyTorch's
+    `reduction="batchmean"`.
+    """
     log_t = ops.log_softmax(target_logits, axis=-1)
     return ops.sum(ops.exp(log_t) * (log_t - ops.log_softmax(logits, axis=-1)), axis=-1)
 
@@ -97,8 +103,7 @@ class Attack:
             return None
         if not isinstance(schedule, dict):
             raise ValueError(
-                "`schedule` must be a dict {epoch: {parameter: value}}. "
-                f"Received: schedule={schedule!r}"
+                f"`schedule` must be a dict {{epoch: {{parameter: value}}}}. Received: schedule={schedule!r}"
             )
         out = {}
         valid = set(self.get_config())
@@ -230,9 +235,7 @@ class PGD(Attack):
             step_size = self.epsilon / 4
         self.step_size = _positive(step_size, "step_size")
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
-            raise ValueError(
-                f"`num_steps` must be a non-negative integer. Received: num_steps={num_steps!r}"
-            )
+            raise ValueError(f"`num_steps` must be a non-negative integer. Received: num_steps={num_steps!r}")
         self.num_steps = int(num_steps)
         self.random_start = bool(random_start)
         if style not in STYLES:
@@ -315,7 +318,7 @@ class PGD(Attack):
             clean_logits = ops.stop_gradient(self._logits(model, x))
 
             def loss_fn(x_adv):
-                return ops.sum(_kl_from_logits(clean_logits, self._logits(model, x_adv)))
+                return ops.sum(kl_from_logits(clean_logits, self._logits(model, x_adv)))
 
         else:
 
@@ -386,9 +389,7 @@ class RandomNoise(Attack):
         return {"epsilon": self.epsilon, **super().get_config()}
 
     def perturb(self, model, x, y):
-        noise = rpat_backend.random_uniform(
-            ops.shape(x), -self.epsilon, self.epsilon, x.dtype, self.seed_generator
-        )
+        noise = rpat_backend.random_uniform(ops.shape(x), -self.epsilon, self.epsilon, x.dtype, self.seed_generator)
         return ops.clip(x + noise, 0.0, 1.0)
 
 

@@ -30,6 +30,7 @@ from keras import ops
 
 from keras_rpat import _checks
 from keras_rpat import backend as rpat_backend
+from keras_rpat import attacks as attacks_lib
 from keras_rpat.attacks import cross_entropy
 
 DISTANCES = ("mse", "kl", "js", "cosine")
@@ -60,14 +61,8 @@ def _log_softmax(z):
     return ops.log_softmax(z, axis=-1)
 
 
-def kl_per_sample(target_logits, logits):
-    """`sum_c p_t (log p_t - log p)` with `p_t = softmax(target)`, `p = softmax(logits)`.
-
-    Per-sample `F.kl_div(log_softmax(logits), softmax(target), reduction="none").sum(1)`;
-    its batch mean is PyTorch's `reduction="batchmean"`.
-    """
-    log_t = _log_softmax(target_logits)
-    return ops.sum(ops.exp(log_t) * (log_t - _log_softmax(logits)), axis=-1)
+# One definition, shared with the TRADES attack.
+kl_per_sample = attacks_lib.kl_from_logits
 
 
 def js_per_sample(u, v, temperature=1.0):
