@@ -37,6 +37,7 @@ from keras_rpat import _io
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
+from keras_rpat import trainer as trainer_lib
 from keras_rpat._checks import infer_data_format
 from keras_rpat._version import __version__
 
@@ -99,9 +100,14 @@ def _check_logits(logits, atol=1e-5):
         )
 
 
+def _fast(model):
+    """The model as evaluation runs it (lowered on torch; see backend.inference_model)."""
+    return rpat_backend.inference_model(model, trainer_lib.fast_path_default())
+
+
 def _forward(model, xb):
     with rpat_backend.no_grad():
-        logits = model(ops.convert_to_tensor(xb, dtype="float32"), training=False)
+        logits = _fast(model)(ops.convert_to_tensor(xb, dtype="float32"), training=False)
     return ops.convert_to_numpy(logits)
 
 
@@ -148,7 +154,7 @@ def attack_correct(model, attack, x, y, batch_size):
     for sl in _batches(len(x), batch_size):
         xb = ops.convert_to_tensor(x[sl], dtype="float32")
         yb = ops.convert_to_tensor(y[sl], dtype="int32")
-        x_adv = ops.stop_gradient(attack.perturb(model, xb, yb))
+        x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
         correct[sl] = np.argmax(_forward(model, x_adv), axis=-1) == y[sl]
     return correct
 
@@ -764,7 +770,7 @@ def perception_analysis(
         z = _forward(model, xb)
         if b == 0:
             _check_logits(z)
-        x_pert = ops.stop_gradient(attack.perturb(model, xb, yb))
+        x_pert = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
         z_pert = _forward(model, x_pert)
         clean_ok[sl] = np.argmax(z, -1) == y[sl]
         pert_ok[sl] = np.argmax(z_pert, -1) == y[sl]

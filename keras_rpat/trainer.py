@@ -35,6 +35,20 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 _PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
 
+_FAST_PATH_DEFAULT = [True]
+
+
+def set_fast_path_default(enabled):
+    """Sets what `RPATTrainer(fast_path=None)` means for trainers built
+    afterwards, and whether `keras_rpat.evaluation` runs lowered models."""
+    _FAST_PATH_DEFAULT[0] = _check_bool(enabled, "enabled")
+
+
+def fast_path_default():
+    """Whether the torch fast path is on by default (see `set_fast_path_default`)."""
+    return _FAST_PATH_DEFAULT[0]
+
+
 def _check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
@@ -76,9 +90,7 @@ class WeightAveraging:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1). Received: decay={decay}")
         if int(start_epoch) != start_epoch or start_epoch < 0:
-            raise ValueError(
-                f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}"
-            )
+            raise ValueError(f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}")
         self.decay = decay
         self.start_epoch = int(start_epoch)
         self.teacher_training = bool(teacher_training)
@@ -113,7 +125,7 @@ class _EpochCallback(keras.callbacks.Callback):
 
 def _correct(y, logits):
     pred = ops.argmax(logits, axis=-1)
-    if len(y.shape) >= 2 and y.shape[-1] == logits.shape[-1] and y.shape[-1] != 1:
+    if _checks.is_soft_labels(y.shape, logits.shape[-1]):
         label = ops.argmax(y, axis=-1)
     else:
         label = ops.reshape(y, (-1,))
@@ -145,7 +157,9 @@ class RPATTrainer(keras.Model):
             lowered into torch kernels over the same variables (exact: the
             same arithmetic, fewer kernels; see README "Performance"). A
             classifier it cannot lower runs on the Keras path, with one log
-            line naming the reason. Ignored on tensorflow. Default `True`.
+            line naming the reason. Ignored on tensorflow. `None` (default)
+            means `True` unless `set_fast_path_default(False)` was called
+            (the CLI's `keras-rpat --no-fast-path`).
         capture: with the fast path on CUDA, capture the whole step in one
             CUDA graph per batch shape and replay it. Off by default; on a
             CPU the step runs uncaptured.
@@ -184,7 +198,7 @@ class RPATTrainer(keras.Model):
         track_clean_accuracy=True,
         eval_attack=None,
         seed=None,
-        fast_path=True,
+        fast_path=None,
         capture=False,
         precision="float32",
         memory_format="contiguous",
@@ -221,13 +235,15 @@ class RPATTrainer(keras.Model):
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
-        self.fast_path = _check_bool(fast_path, "fast_path")
+        self.fast_path = _FAST_PATH_DEFAULT[0] if fast_path is None else _check_bool(fast_path, "fast_path")
         self.capture = _check_bool(capture, "capture")
         self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
         self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
 
         self._check_views()
-        self._num_classes = int(classifier.outputs[0].shape[-1]) if hasattr(classifier, "outputs") and classifier.outputs else None
+        self._num_classes = (
+            int(classifier.outputs[0].shape[-1]) if hasattr(classifier, "outputs") and classifier.outputs else None
+        )
         self._aux = _Holder()
         self._aux.feature_models = {}
         self.teacher = None
@@ -493,7 +509,9 @@ class RPATTrainer(keras.Model):
         return [self._total_tracker, *self._term_trackers, self._clean_acc, self._adv_acc]
 
     # ------------------------------------------------------------------ fit
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validate_inputs=True, **kwargs):
+    def fit(
+        self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validate_inputs=True, **kwargs
+    ):
         """`keras.Model.fit`, plus input validation and epoch tracking.
 
         Args:
@@ -538,10 +556,7 @@ class RPATTrainer(keras.Model):
             raise ValueError(f"Images and labels differ in length: {len(x)} images, {len(y)} labels.")
 
     def _data_format(self):
-        shape = tuple(self.classifier.inputs[0].shape) if getattr(self.classifier, "inputs", None) else ()
-        if len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3):
-            return "channels_first"
-        return "channels_last"
+        return _checks.infer_data_format(self.classifier)
 
     # ------------------------------------------------------------------ config
     def get_config(self):

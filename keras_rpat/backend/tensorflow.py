@@ -36,9 +36,7 @@ def train_step(trainer, data):
     x_adv, static_views = trainer._pre_gradient_views(x, y)
     trainable_weights = trainer.trainable_weights
     with tf.GradientTape() as tape:
-        total, terms, views = trainer._gradient_views_and_losses(
-            x, y, x_adv, static_views, sample_weight
-        )
+        total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
         scaled = trainer.optimizer.scale_loss(total)
     gradients = tape.gradient(scaled, trainable_weights)
     trainer.optimizer.apply(gradients, trainable_weights)
@@ -49,6 +47,10 @@ def train_step(trainer, data):
 def lowered_models(trainer):
     # tf.function already traces the step into one graph: no lowering.
     return None
+
+
+def inference_model(model, enabled=True):
+    return model
 
 
 def random_uniform(shape, minval, maxval, dtype, seed):

@@ -50,9 +50,7 @@ def train_step(trainer, data):
     x, y, sample_weight = trainer._unpack(data)
     x_adv, static_views = trainer._pre_gradient_views(x, y)
     trainer.zero_grad(set_to_none=True)
-    total, terms, views = trainer._gradient_views_and_losses(
-        x, y, x_adv, static_views, sample_weight
-    )
+    total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
     trainable_weights = trainer.trainable_weights[:]
     scaled = trainer.optimizer.scale_loss(total)
     scaled.backward()
@@ -68,10 +66,13 @@ def lowered_models(trainer):
     return torch_fast.runtime(trainer)
 
 
+def inference_model(model, enabled=True):
+    """`model` lowered into torch kernels for evaluation (see torch_fast)."""
+    return torch_fast.inference_model(model, enabled)
+
+
 def device_name():
     device = str(get_device())
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name()})"
     return device
-
-

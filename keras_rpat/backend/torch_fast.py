@@ -19,7 +19,9 @@ On a CPU, `capture=True` runs the same step uncaptured.
 
 import contextlib
 import logging
+import weakref
 
+import keras
 import torch
 
 from keras_rpat.backend import torch_lowering
@@ -45,6 +47,27 @@ def runtime(trainer):
                 )
         trainer._fast_runtime = state
     return state or None
+
+
+_INFERENCE = weakref.WeakKeyDictionary()
+
+
+def inference_model(model, enabled=True):
+    """`model` lowered for inference and attacks (evaluation), or `model` itself.
+
+    Cached per model; a model that cannot be lowered is returned unchanged.
+    """
+    if not enabled or not isinstance(model, keras.Model):
+        return model
+    lowered = _INFERENCE.get(model)
+    if lowered is None:
+        try:
+            lowered = torch_lowering.lower(model)
+            torch_lowering.relayout_kernels(model)
+        except torch_lowering.Unsupported:
+            lowered = model
+        _INFERENCE[model] = lowered
+    return lowered
 
 
 class FastRuntime:

@@ -119,8 +119,7 @@ class LoweredModel:
     def __init__(self, model, memory_format="contiguous"):
         if memory_format not in ("contiguous", "channels_last"):
             raise ValueError(
-                "`memory_format` must be 'contiguous' or 'channels_last'. "
-                f"Received: memory_format={memory_format!r}"
+                f"`memory_format` must be 'contiguous' or 'channels_last'. Received: memory_format={memory_format!r}"
             )
         self.name = model.name
         self.memory_format = memory_format
@@ -154,7 +153,11 @@ def _functional(model):
         if inner is None:
             raise Unsupported(f"the Sequential model {model.name!r} is not built")
         return inner
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+    if (
+        not isinstance(model, keras.Model)
+        or not hasattr(model, "_nodes_by_depth")
+        or not getattr(model, "inputs", None)
+    ):
         raise Unsupported(f"{type(model).__name__} {getattr(model, 'name', '')!r} is not a functional model")
     if len(model.inputs) != 1:
         raise Unsupported(f"the model has {len(model.inputs)} inputs (one image input is lowered)")
@@ -284,7 +287,9 @@ class _Planner:
             raise Unsupported(f"layer {layer.name!r} of type {type(layer).__name__} has no torch lowering")
         policy = getattr(getattr(layer, "dtype_policy", None), "name", "float32")
         if policy not in _EXACT_POLICIES:
-            raise Unsupported(f"layer {layer.name!r} uses the dtype policy {policy!r} (use precision='bfloat16' instead)")
+            raise Unsupported(
+                f"layer {layer.name!r} uses the dtype policy {policy!r} (use precision='bfloat16' instead)"
+            )
         return lowering(self, layer, node)
 
     def spatial(self, layer):

@@ -18,6 +18,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import click  # noqa: E402
 
+from keras_rpat import trainer as trainer_lib  # noqa: E402
 from keras_rpat._version import __version__  # noqa: E402
 from keras_rpat.cli.demo import demo_command  # noqa: E402
 from keras_rpat.cli.evaluate import autoattack_command  # noqa: E402
@@ -59,11 +60,18 @@ class SectionedGroup(click.Group):
 
 @click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="keras-rpat")
-def main():
+@click.option(
+    "--no-fast-path",
+    is_flag=True,
+    help="Train on the Keras path instead of the torch fast path (same results, slower; for debugging).",
+)
+def main(no_fast_path):
     """keras-rpat: Robust Perception Adversarial Training (RPAT, ICCV 2025) for Keras 3.
 
     The backend is chosen with KERAS_BACKEND (torch by default).
     """
+    if no_fast_path:
+        trainer_lib.set_fast_path_default(False)
 
 
 main.add_command(recipe_group, "recipe")
