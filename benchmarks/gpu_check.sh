@@ -16,5 +16,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 python3 .data/decode_cifar10_jpeg.py .data/cifar10-jpeg.npz /tmp/cifar10.npz
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 benchmarks/throughput.py --backends torch --out "${OUT:-/tmp}/throughput.json"
-python3 benchmarks/quickcheck.py --data /tmp/cifar10.npz --out "${OUT:-/tmp}/quickcheck.json"
+# Capture off/on and bf16 off/on for the four models at batch 128 (one process per backend).
+python3 benchmarks/throughput.py --backends torch --shapes 128x32x10 --rounds 3 --steps 5 \
+  --models resnet18,resnet18_bottleneck,preact_resnet18,wide_resnet34_10 \
+  --configs plain_pytorch,keras_eager,keras_fast,keras_fast_capture,keras_fast_bf16,keras_fast_capture_bf16,keras_fast_channels_last \
+  --out "${OUT:-/tmp}/throughput.json" | tee /tmp/throughput.txt
+# The real-data quick check with the fastest exact setting (fp32, captured).
+python3 benchmarks/quickcheck.py --data /tmp/cifar10.npz --capture --out "${OUT:-/tmp}/quickcheck.json" | tee /tmp/quickcheck.txt
+echo; echo "== summary"; tail -n 30 /tmp/throughput.txt; tail -n 8 /tmp/quickcheck.txt

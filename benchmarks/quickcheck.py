@@ -33,6 +33,9 @@ def main(argv=None):
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="synthetic data, small CNN, 2 epochs")
+    p.add_argument("--capture", action="store_true", help="torch fast path: capture the step in a CUDA graph")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels_last"])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickcheck.json"))
     args = p.parse_args(argv)
 
@@ -54,6 +57,9 @@ def main(argv=None):
         classifier,
         attack=attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=10),
         losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(alpha=0.5, weight=1.0)],
+        capture=args.capture,
+        precision=args.precision,
+        memory_format=args.memory_format,
     )
     train, _ = datasets.make_datasets(data, batch_size=args.batch_size, pipeline="bench", seed=args.seed)
     # LR 0.1 for epochs 1-3, 0.01 for epoch 4, 0.001 for epoch 5 (scaled for other lengths).

@@ -74,7 +74,9 @@ def build_keras_model(name, size):
 
     if name.startswith("wide_resnet") and name not in ("wide_resnet34_10", "wide_resnet28_10"):
         depth, widen = (int(v) for v in name[len("wide_resnet") :].split("_"))
-        return keras_rpat.models.wide_resnet(depth=depth, widen_factor=widen, num_classes=10, input_shape=(size, size, 3))
+        return keras_rpat.models.wide_resnet(
+            depth=depth, widen_factor=widen, num_classes=10, input_shape=(size, size, 3)
+        )
     return keras_rpat.models.get(name, num_classes=10, input_shape=(size, size, 3))
 
 
@@ -257,7 +259,11 @@ def main(argv=None):
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "args": {k: (v if k != "shapes" else ["x".join(map(str, s)) for s in v]) for k, v in vars(args).items() if k != "worker"},
+        "args": {
+            k: (v if k != "shapes" else ["x".join(map(str, s)) for s in v])
+            for k, v in vars(args).items()
+            if k != "worker"
+        },
         "rows": rows,
     }
     tmp = args.out + ".tmp"

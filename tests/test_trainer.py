@@ -73,14 +73,18 @@ def test_teacher_views_only_from_start_epoch():
 # Plain-PyTorch reference parity (torch backend)
 # --------------------------------------------------------------------------
 @pytest.mark.skipif(BACKEND != "torch", reason="compares against a torch module in-process")
-def test_two_steps_match_plain_pytorch_reference():
+@pytest.mark.parametrize(
+    "fast_path, alpha, alpha_sampling",
+    [(False, 0.5, "fixed"), (True, 0.5, "fixed"), (True, 0.2, "fixed"), (False, 0.2, "fixed"), (True, 0.5, "beta-")],
+)
+def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_sampling):
     import torch
     import torch.nn.functional as F
 
     classifier = tiny_classifier(channels=5)
     # Non-trivial BN state.
     classifier(batch(16, seed=3)[0], training=True)
-    eps, step, steps, r = 8 / 255, 2 / 255, 3, 0.5
+    eps, step, steps = 8 / 255, 2 / 255, 3
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -106,8 +110,8 @@ def test_two_steps_match_plain_pytorch_reference():
     net = net.float()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 
-    def reference_step(x, y):
-        # advertorch PGD (L-inf, start at x), eval-mode BN.
+    def reference_step(x, y, r):
+        # advertorch PGD (L-inf, start at x), eval-mode BN; r = 1 - alpha (the code's benign weight).
         net.eval()
         delta = torch.zeros_like(x)
         for _ in range(steps):
@@ -131,14 +135,30 @@ def test_two_steps_match_plain_pytorch_reference():
     trainer = RPATTrainer(
         classifier,
         attack=attacks.PGD("linf", eps, step, steps, random_start=False),
-        losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(alpha=0.5, weight=1.0)],
+        losses=[
+            losses.AdversarialCrossEntropy(),
+            losses.RobustPerception(alpha=alpha, weight=1.0, alpha_sampling=alpha_sampling),
+        ],
+        fast_path=fast_path,
+        seed=3,
     )
     trainer.compile(optimizer=optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
+    from keras_rpat.backend import torch_random
+
     for seed in (11, 12):
         x, y = batch(16, seed=seed)
-        ref = reference_step(torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y))
+        a = alpha
+        if alpha_sampling == "beta-":  # the draw the trainer makes, from a copy of its generator
+            generator = torch.Generator().manual_seed(0)
+            generator.set_state(torch_random.device_generator(trainer._seed_generator, "cpu").get_state())
+            ga, gb = (torch._standard_gamma(torch.full((1,), 0.75), generator=generator) for _ in range(2))
+            b = float(ga / (ga + gb))
+            a = max(b, 1.0 - b)
+            assert a != 0.5
+        ref = reference_step(torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y), 1.0 - a)
         logs = trainer.train_on_batch(x, y, return_dict=True)
         assert float(logs["loss"]) == pytest.approx(ref, rel=1e-5)
+    assert bool(trainer._fast_runtime) == fast_path
     kw = {w.path.split("/")[-2] + "/" + w.path.split("/")[-1]: np_(w) for w in classifier.weights}
     pairs = [
         (kw["conv/kernel"], net.conv.weight.detach().permute(2, 3, 1, 0)),
@@ -238,7 +258,9 @@ def test_weight_average_is_copy_before_start_and_ema_after():
 def test_post_step_clean_forward_moves_bn_statistics_only():
     def run(flag):
         classifier = tiny_classifier()
-        trainer = RPATTrainer(classifier, attack=attacks.PGD(num_steps=1, random_start=False), post_step_clean_forward=flag)
+        trainer = RPATTrainer(
+            classifier, attack=attacks.PGD(num_steps=1, random_start=False), post_step_clean_forward=flag
+        )
         trainer.compile(optimizer=optimizers.SGD(0.1))
         trainer.train_on_batch(*batch(8))
         return {w.path: np_(w) for w in classifier.weights}
