@@ -202,11 +202,8 @@ def _trainer(name, classifier, fast_path, attack=None, **options):
     return trainer
 
 
-def _train(name, model_name, fast_path, attack_fn, steps=3, perturb=False, **options):
+def _train(name, model_name, fast_path, attack_fn, steps=3, **options):
     classifier = build(model_name)
-    if perturb:  # one kernel scaled by (1 + 1e-7): the floating-point floor
-        kernel = [layer for layer in classifier.layers if isinstance(layer, keras.layers.Conv2D)][0].kernel
-        kernel.assign(np_(kernel) * (1 + 1e-7))
     preset_attack = presets.get(name).attack
     trainer = _trainer(name, classifier, fast_path, attack=attack_fn(preset_attack), **options)
     if trainer.teacher is not None:
@@ -215,27 +212,23 @@ def _train(name, model_name, fast_path, attack_fn, steps=3, perturb=False, **opt
     return trainer, logs, [np_(v) for v in trainer.weights]
 
 
-def _compare(slow, fast, floor=None, tol=1e-5):
-    """Every logged value and every variable agree to `tol` relative (2e-4
-    with a floor), or to 10x the floor: how far the Keras path moves from itself when one kernel is
-    scaled by 1 + 1e-7 (deep conv -> train-mode BN chains make some weight
-    gradients mostly cancellation, which two float32 implementations round
-    differently, and the difference grows over steps)."""
+def _compare(slow, fast, tol=1e-5):
+    """Every logged value and every variable agree to `tol` relative.
+
+    Deep conv -> train-mode BN chains make some weight gradients mostly
+    cancellation, which torch's fused BN backward (the fast path, and the
+    authors' plain-PyTorch step: test_lowered_gradients_match_plain_pytorch)
+    and Keras' op-by-op BN round differently; the difference grows over steps.
+    """
     (t0, logs0, w0), (t1, logs1, w1) = slow, fast
     assert t0._fast_runtime is False and t1._fast_runtime
     assert [v.path for v in t0.weights] == [v.path for v in t1.weights]
     for step, (a, b) in enumerate(zip(logs0, logs1)):
         assert a.keys() == b.keys()
         for key in a:
-            bound = tol
-            if floor is not None:
-                bound = max(2e-4, 10 * abs(a[key] - floor[1][step][key]) / max(abs(a[key]), 1e-6))
-            assert abs(a[key] - b[key]) <= bound * max(abs(a[key]), 1e-6) + 1e-6, (step, key)
-    if floor is not None:  # the system's sensitivity, for variables whose own floor came out small
-        overall = max(rel(a, f) for a, f in zip(w0, floor[2]))
-    for i, (a, b, v) in enumerate(zip(w0, w1, t1.weights)):
-        bound = tol if floor is None else max(2e-4, 10 * rel(a, floor[2][i]), overall)
-        assert rel(a, b) <= bound, (v.path, rel(a, b), bound)
+            assert abs(a[key] - b[key]) <= tol * max(abs(a[key]), 1e-6) + 1e-6, (step, key, a[key], b[key])
+    for a, b, v in zip(w0, w1, t1.weights):
+        assert rel(a, b) <= tol, (v.path, rel(a, b))
 
 
 def _with_steps(num_steps):
@@ -243,24 +236,37 @@ def _with_steps(num_steps):
     return lambda attack: attack.__class__.from_config({**attack.get_config(), "num_steps": num_steps})
 
 
+# Every preset on the wide ResNet; the ResNet-18 family on the RPAT presets
+# of each pipeline (each case trains 3 steps twice; make test's budget).
+STEP_CASES = [(name, "wide_resnet10_2") for name in PRESETS] + [
+    ("pgd_at+rpat", "resnet18"),
+    ("trades+rpat", "resnet18"),
+    ("rpat_plus_plus", "resnet18"),
+    ("pgd_at+rpat", "resnet18_bottleneck"),
+    ("rebat", "preact_resnet18"),
+]
+# The ResNet-18 family's float32 floor: scaling one kernel of the Keras path
+# by 1 + 1e-7 moves its weights by 1e-3 (preact) to 1.5e-2 (bottleneck) after
+# these 3 steps (the RPAT term, a small difference, moves alike); the fast
+# path stays within that floor.
+STEP_TOLERANCE = {"wide_resnet10_2": 1e-5, "resnet18": 5e-3, "resnet18_bottleneck": 2e-2, "preact_resnet18": 5e-3}
+
+
 @torch_only
-@pytest.mark.parametrize("model_name", MODELS)
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name, model_name", STEP_CASES)
 def test_fast_step_equals_keras_step(name, model_name):
     """3 steps: loss terms, metrics, weights, BN statistics, WA teacher.
 
-    Relative 2e-4, or within 10x of the Keras path's own floating-point
-    floor where that is larger (see `_compare`).
-
-    The attack keeps the preset's random start (same device generator) but
-    takes no sign step: a sign of a gradient component at rounding level
-    flips between any two float32 implementations and then dominates the
-    comparison. The attack loop itself is compared below.
+    Relative 1e-5 on the wide ResNet; on the ResNet-18 family within its
+    float32 floor (`STEP_TOLERANCE`; see `_compare`). The attack keeps the
+    preset's random start (same device generator) but takes no sign step: a
+    sign of a gradient component at rounding level flips between any two
+    float32 implementations and then dominates the comparison. The attack
+    loop itself is compared below.
     """
     slow = _train(name, model_name, False, _with_steps(0))
     fast = _train(name, model_name, True, _with_steps(0))
-    floor = _train(name, model_name, False, _with_steps(0), perturb=True)
-    _compare(slow, fast, floor)
+    _compare(slow, fast, tol=STEP_TOLERANCE[model_name])
 
 
 @torch_only
