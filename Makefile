@@ -33,17 +33,21 @@ format: $(STAMP)
 graph:
 	$(PYTHON) tools/import_graph.py
 
+# TensorFlow runs channels_first convolutions on a CPU only through oneDNN, which it
+# turns on by default only on CPUs with AVX-512; force it on (e.g. AVX2-only AMD EPYC).
+TF_ENV := KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1
+
 test: lint
 	@echo "== keras_rpat tests, KERAS_BACKEND=torch"
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 	@echo "== keras_rpat tests, KERAS_BACKEND=tensorflow"
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)
+	$(TF_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 
 test-tensorflow: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)
+	$(TF_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/keras-rpat demo
