@@ -501,11 +501,8 @@ def _relu(planner, node):
 
 
 def _lower_activation(planner, layer, node):
-    activation = _activation(layer)
-    if activation is None:
-        src = _single_input(node)
-        layout = planner.natural(src)
-        return planner.emit("alias", _alias, [planner.value(src, layout)], layout)
+    if _activation(layer) is None:
+        return _lower_identity(planner, layer, node)
     return _relu(planner, node)
 
 
@@ -699,9 +696,7 @@ def _lower_dense(planner, layer, node):
 def _lower_dropout(planner, layer, node):
     if layer.rate:
         raise Unsupported(f"Dropout {layer.name!r} with rate {layer.rate} (its random mask is Keras')")
-    src = _single_input(node)
-    layout = planner.natural(src)
-    return planner.emit("alias", _alias, [planner.value(src, layout)], layout)
+    return _lower_identity(planner, layer, node)
 
 
 def _lower_identity(planner, layer, node):
