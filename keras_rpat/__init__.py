@@ -21,8 +21,33 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 """
 
 import os as _os
+import sys as _sys
 
 _os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+def _check_backend_choice():
+    """A clear error for an unsupported `KERAS_BACKEND`, before Keras is imported (Keras fails obscurely).
+
+    From the `keras-rpat` command it is one line on stderr and exit status 2
+    (a traceback with `--debug`); from Python an `ImportError`.
+    """
+    backend = _os.environ["KERAS_BACKEND"]
+    if backend in ("torch", "tensorflow"):
+        return
+    message = (
+        f"keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND={backend!r}. "
+        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow, or unset it."
+    )
+    command = _os.path.basename(_sys.argv[0] if _sys.argv else "")
+    # "-m": `python -m keras_rpat` imports this package while locating its `__main__`.
+    if (command.startswith("keras-rpat") or command == "-m") and "--debug" not in _sys.argv:
+        _sys.stderr.write(f"Error: {message}\n")
+        raise SystemExit(2)
+    raise ImportError(message)
+
+
+_check_backend_choice()
 
 from keras_rpat._version import __version__  # noqa: E402
 

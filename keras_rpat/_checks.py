@@ -10,6 +10,8 @@ module may import it.
 
 import math
 import numbers
+import os
+import tempfile
 
 import keras
 import numpy as np
@@ -26,6 +28,10 @@ __all__ = [
     "check_data",
     "check_finite_number",
     "check_positive_number",
+    "check_budget",
+    "check_range",
+    "check_writable_dir",
+    "check_writable_file",
     "evaluation_model",
     "infer_data_format",
     "is_soft_labels",
@@ -101,13 +107,23 @@ def parse_epsilon(value, name="epsilon"):
         try:
             if "/" in text:
                 num, den = text.split("/", 1)
-                value = float(num) / float(den)
+                num, den = float(num), float(den)
+                if den == 0:
+                    raise ValueError(
+                        f"`{name}` divides by zero. Received: {name}={text!r}; write a fraction of the pixel "
+                        "range with a non-zero denominator, such as '8/255'."
+                    )
+                value = num / den
             else:
                 value = float(text)
-        except (ValueError, ZeroDivisionError):
+        except ValueError as e:
+            if "divides by zero" in str(e):
+                raise
             raise ValueError(
                 f"`{name}` must be a number or a fraction such as '8/255'. Received: {name}={text!r}"
             ) from None
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -115,14 +131,57 @@ def parse_epsilon(value, name="epsilon"):
 
 
 def check_positive_number(value, name, allow_zero=False):
-    """A pixel fraction (`8/255` or a float) that is > 0 (or >= 0)."""
+    """A pixel fraction (`8/255` or a float) that is finite and > 0 (or >= 0)."""
     value = parse_epsilon(value, name)
-    if value != value or value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(
-            f"`{name}` must be {bound}. Received: {name}={value}. Pixels are in "
+            f"`{name}` must be a finite number {bound}. Received: {name}={value}. Pixels are in "
             "[0, 1], so an L-inf budget of 8 pixel levels is 8/255."
         )
+    return value
+
+
+def check_budget(value, name, norm="linf", allow_zero=False):
+    """An attack budget or step (`8/255` or a float) in the units of pixels in [0, 1].
+
+    Finite and > 0 (>= 0 with `allow_zero`); for `norm="linf"` also <= 1, since
+    a larger L-inf budget or step covers the whole pixel range (a value such as 8
+    is almost surely meant as 8/255).
+    """
+    value = check_positive_number(value, name, allow_zero=allow_zero)
+    if norm == "linf" and value > 1:
+        detail = f". Did you mean {value:g}/255?" if float(value).is_integer() else f" (= {value * 255:.4g}/255)."
+        raise ValueError(
+            f"`{name}` is an L-inf budget in units of the pixel range [0, 1], so it must be <= 1 (= 255/255). "
+            f"Received: {name}={value:g}{detail}"
+        )
+    return value
+
+
+def check_range(value, name, low=None, high=None, low_open=False, high_open=False):
+    """`value` as a float if it is a finite real number in the given range (not a bool).
+
+    Example: `check_range(beta, "beta", low=0)` (beta >= 0),
+    `check_range(alpha, "alpha", 0, 1, low_open=True, high_open=True)` (0 < alpha < 1).
+    """
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        parts = []
+        if low is not None:
+            parts.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            parts.append(f"{'<' if high_open else '<='} {high:g}")
+        raise ValueError(f"`{name}` must be {' and '.join(parts)}. Received: {name}={value:g}")
     return value
 
 
@@ -164,6 +223,53 @@ def strided_indices(total, n, name="n"):
     if n > total:
         raise ValueError(f"`{name}` must be at most the number of examples ({total}). Received: {name}={n}")
     return (np.arange(n, dtype=np.int64) * total) // n
+
+
+# ---------------------------------------------------------------------------
+# Output paths
+# ---------------------------------------------------------------------------
+
+
+def check_writable_dir(path, name="out"):
+    """The absolute path of an output folder that exists and is writable, or can be created.
+
+    Checked before any work starts: nothing is created (a temporary file is
+    written and removed in the nearest existing folder, which also catches
+    read-only file systems).
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`{name}` must be a folder, but {path} is a file. Pass a folder path, or move the file.")
+    _check_can_write(path, name, kind="folder")
+    return path
+
+
+def check_writable_file(path, name="out"):
+    """The absolute path of an output file whose folder is writable (or can be created); not a folder."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.isdir(path):
+        raise ValueError(f"`{name}` must be a file path, but {path} is a folder. Pass a file name such as result.json.")
+    _check_can_write(os.path.dirname(path), name, kind="file", target=path)
+    return path
+
+
+def _check_can_write(folder, name, kind, target=None):
+    target = target or folder
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"`{name}`={target} cannot be created: {existing} is a file, not a folder. Choose another {kind}."
+        )
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".keras_rpat_write_check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(
+            f"`{name}`={target} is not writable ({existing}: {e.strerror}). Choose a {kind} you can write to."
+        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -336,29 +442,35 @@ def label_indices(y, num_classes=None, name="y"):
         )
     if y.dtype.kind == "f":
         if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
+            i = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
             raise ValueError(
                 f"`{name}` must hold integer class indices. Received float labels "
-                f"with non-integer values; convert soft labels with {name}.argmax(-1)."
+                f"with non-integer values (e.g. {name}[{i}]={float(y[i])}); convert soft labels with {name}.argmax(-1)."
             )
+    elif y.dtype.kind in "USO":
+        example = y.flat[0].item() if y.size else None
+        raise ValueError(
+            f"`{name}` must hold integer class indices. Received labels of dtype {y.dtype} "
+            f"(e.g. {name}[0]={example!r}); map class names to indices 0..num_classes-1, "
+            f"e.g. names, {name} = np.unique({name}, return_inverse=True)."
+        )
     elif y.dtype.kind not in "iu":
         raise ValueError(
             f"`{name}` must hold integer class indices. Received: {name}.dtype={y.dtype}; convert with {name}.astype('int64')."
         )
     y = y.astype(np.int64, copy=False)
-    if y.size and num_classes is None:
-        if int(y.min()) < 0:
-            raise ValueError(
-                f"`{name}` labels must be non-negative class indices. Received a "
-                f"minimum label of {int(y.min())}; remap the labels to 0..num_classes-1."
-            )
-    elif y.size:
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"`{name}` labels must be in [0, num_classes) = [0, {num_classes}). "
-                f"Received labels in [{lo}, {hi}] with num_classes={num_classes}. "
-                "Pass the right `num_classes`, or remap the labels to 0..num_classes-1."
-            )
+    if not y.size:
+        return y
+    bad = y < 0 if num_classes is None else (y < 0) | (y >= num_classes)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        valid = "non-negative" if num_classes is None else f"in [0, {num_classes})"
+        classes = "" if num_classes is None else f", num_classes={num_classes}"
+        raise ValueError(
+            f"`{name}` labels must be {valid}. Received {name}[{i}]={int(y[i])} "
+            f"({int(bad.sum())} label(s) out of range; labels span [{int(y.min())}, {int(y.max())}]{classes}). "
+            "Remap the labels to 0..num_classes-1, or use a model with as many classes as the data."
+        )
     return y
 
 
@@ -479,32 +591,16 @@ def check_data(model, x, y, data_format=None):
     if x.dtype != np.float32:
         x = x.astype(np.float32)
     _check_input_shape(model, x, fmt)
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(
-            "`y` must hold integer class indices of shape (N,) or (N, 1). "
-            f"Received: y.shape={y.shape}. For one-hot labels pass y.argmax(-1)."
-        )
-    if y.dtype.kind == "f":
-        if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise ValueError("`y` must hold integer class indices. Received non-integer float labels.")
-    elif y.dtype.kind not in "iu":
-        raise ValueError(f"`y` must hold integer class indices. Received: y.dtype={y.dtype}")
-    y = y.astype(np.int64)
+    y = label_indices(y, None, "y")
     if len(y) != len(x):
         raise ValueError(f"Images and labels differ in length: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}.")
     num_classes = model_num_classes(model)
     if num_classes is None:
         num_classes = int(model(keras.ops.convert_to_tensor(x[:1]), training=False).shape[-1])
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
-            f"The model outputs {num_classes} classes (output shape {(None, num_classes)}) "
-            f"but the labels lie in [{int(y.min())}, {int(y.max())}] (labels shape "
-            f"{tuple(y.shape)}). Labels must be in [0, {num_classes}); evaluate the "
-            "model on the dataset it was trained for."
-        )
+    try:
+        y = label_indices(y, num_classes, "y")
+    except ValueError as e:
+        raise ValueError(f"The model outputs {num_classes} classes (output shape (None, {num_classes})): {e}") from None
     return x, y, num_classes, fmt
 
 

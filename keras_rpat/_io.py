@@ -9,11 +9,18 @@ This module imports nothing from `keras_rpat`.
 """
 
 import contextlib
+import errno
 import json
 import os
+import socket
 import tempfile
+import time
+import warnings
 
 __all__ = [
+    "LOCK_FILE",
+    "RunLock",
+    "RunLockedError",
     "atomic_path",
     "atomic_save_model",
     "atomic_write_json",
@@ -24,12 +31,22 @@ __all__ = [
 ]
 
 
+def _default_mode():
+    """`0o666` less the process umask: the mode `open(path, "w")` would give (not mkstemp's 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=".tmp"):
     """Yields a temporary path next to `path`; moves it onto `path` on success.
 
-    The folder of `path` is created if needed. On any error (including
-    `KeyboardInterrupt`) the temporary file is deleted and the error re-raised.
+    The folder of `path` is created if needed. The file gets the permissions
+    of a normal `open(path, "w")` (umask-respecting). On any error (including
+    `KeyboardInterrupt`) the temporary file is deleted, the previous `path`
+    is left as it was and the error re-raised; a full disk or a folder that
+    cannot be written raises an `OSError` that names `path`.
 
     Example:
 
@@ -40,16 +57,43 @@ def atomic_path(path, suffix=".tmp"):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix)
+        os.close(fd)
         yield tmp
+        if os.path.exists(tmp):
+            os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _write_error(path, e) from e
     except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp):
+    if tmp is not None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+
+
+def _write_error(path, e):
+    """An `OSError` (same errno) that names the file and what to do."""
+    if getattr(e, "filename", None) == path and "Could not write" in str(e):
+        return e
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        fix = "free some disk space (or use an --out on another disk) and rerun; the previous version is intact"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose an output folder you can write to"
+    else:
+        fix = "check the folder and rerun; the previous version is intact"
+    error = OSError(e.errno, f"Could not write {path}: {reason}. To fix: {fix}.")
+    error.filename = path
+    return error
 
 
 def atomic_write_text(path, text):
@@ -99,3 +143,102 @@ def read_json(path):
 def jsonable(obj):
     """`obj` as plain JSON types (arrays via `tolist()`, anything else via `str`)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# ---------------------------------------------------------------------------
+# One writer per run folder
+# ---------------------------------------------------------------------------
+
+LOCK_FILE = ".keras_rpat.lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run folder: `<folder>/.keras_rpat.lock` holding the owner's pid and host.
+
+    A second process that tries to take it fails at once with
+    `RunLockedError`, naming the owner. A lock left by a process that is gone
+    (same host, pid no longer running) is taken over with a warning. The lock
+    is re-entrant within one process (a recipe and its runs), and released
+    (the file removed) on exit.
+
+    Example:
+
+    ```python
+    with keras_rpat._io.RunLock("runs/x"):
+        ...  # write into runs/x
+    ```
+    """
+
+    def __init__(self, folder):
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, LOCK_FILE)
+        self._owned = False
+
+    def __enter__(self):
+        os.makedirs(self.folder, exist_ok=True)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _default_mode())
+            except FileExistsError:
+                if self._is_ours() or not self._take_over_if_stale():
+                    return self
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+            self._owned = True
+            return self
+        raise RunLockedError(f"Could not take the lock {self.path}; delete it if no other process uses the folder.")
+
+    def _is_ours(self):
+        held = read_json(self.path) or {}
+        return held.get("pid") == os.getpid() and held.get("host") == socket.gethostname()
+
+    def _take_over_if_stale(self):
+        """Removes a lock whose owner is gone (returns True); raises while the owner may be alive."""
+        held = read_json(self.path)
+        if held is None:
+            # Being written this instant, or corrupt: look once more.
+            time.sleep(0.2)
+            held = read_json(self.path)
+        host = socket.gethostname()
+        if isinstance(held, dict) and held.get("host") == host and isinstance(held.get("pid"), int):
+            if _pid_alive(held["pid"]):
+                raise RunLockedError(
+                    f"{self.folder} is in use by process {held['pid']} on {host} (since {held.get('since')}): "
+                    "one writer per run folder. Wait for it to finish, or use another --out."
+                )
+        elif isinstance(held, dict) and held.get("host"):
+            raise RunLockedError(
+                f"{self.folder} is in use by process {held.get('pid')} on host {held.get('host')} "
+                f"(since {held.get('since')}): one writer per run folder. Wait for it, use another --out, or "
+                f"delete {self.path} if that process is gone."
+            )
+        warnings.warn(
+            f"Taking over the stale lock {self.path} (left by process {(held or {}).get('pid')}, which is gone).",
+            stacklevel=3,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        return True
+
+    def __exit__(self, *exc):
+        if self._owned:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self._owned = False
+        return False

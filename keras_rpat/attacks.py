@@ -16,6 +16,8 @@ with `style`:
 | `"sotas"` | L-inf: `U[-eps, eps]`; L2: radius `eps * u`, Gaussian direction; clipped | L-inf: sign step, clamp, clip; L2: `g / (|g| + 1e-10)`, renorm, clip | ReBAT / RPAT++ (with `training=True`) |
 """
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -24,7 +26,7 @@ from keras_rpat import _checks
 from keras_rpat import backend as rpat_backend
 from keras_rpat._checks import NORMS  # noqa: F401  (the norm vocabulary lives in keras_rpat._checks)
 from keras_rpat._checks import canonical_norm as _canonical_norm
-from keras_rpat._checks import check_positive_number as _positive
+from keras_rpat._checks import check_budget as _budget
 from keras_rpat._checks import parse_epsilon  # noqa: F401
 from keras_rpat._checks import validate_images
 
@@ -230,11 +232,16 @@ class PGD(Attack):
         seed=None,
     ):
         self.norm = _canonical_norm(norm)
-        self.epsilon = _positive(epsilon, "epsilon")
+        self.epsilon = _budget(epsilon, "epsilon", self.norm)
         if step_size is None:
             step_size = self.epsilon / 4
-        self.step_size = _positive(step_size, "step_size")
-        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
+        self.step_size = _budget(step_size, "step_size", self.norm)
+        if (
+            isinstance(num_steps, bool)
+            or not isinstance(num_steps, numbers.Real)
+            or not float(num_steps).is_integer()
+            or num_steps < 0
+        ):
             raise ValueError(f"`num_steps` must be a non-negative integer. Received: num_steps={num_steps!r}")
         self.num_steps = int(num_steps)
         self.random_start = bool(random_start)
@@ -381,7 +388,7 @@ class RandomNoise(Attack):
     """
 
     def __init__(self, epsilon=8 / 255, training=False, schedule=None, seed=None):
-        self.epsilon = _positive(epsilon, "epsilon")
+        self.epsilon = _budget(epsilon, "epsilon", "linf")
         self.norm = "linf"
         super().__init__(training=training, schedule=schedule, seed=seed)
 

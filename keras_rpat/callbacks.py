@@ -20,7 +20,7 @@ from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import evaluation
 
-__all__ = ["AttackRandomState", "EpochLog", "RobustEvaluation"]
+__all__ = ["AttackRandomState", "DivergenceError", "DivergenceGuard", "EpochLog", "RobustEvaluation", "RunBackup"]
 
 
 def print_msg(message):
@@ -355,3 +355,83 @@ class AttackRandomState(keras.callbacks.Callback):
             if get is not None:
                 record["backend"][name] = get(generator)
         _io.atomic_write_json(self.path, record)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss (see `DivergenceGuard`)."""
+
+    def __init__(self, message, epoch, step, loss):
+        super().__init__(message)
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite logged loss with a `DivergenceError`.
+
+    It reads `logs["loss"]` (the epoch's running mean, which stays non-finite
+    once one step's loss is) after each batch. Keras has already moved those
+    logs to the host for its callbacks, so the check adds no synchronisation
+    to the train step. Put it first among the callbacks: it raises before the
+    others save anything at that step or at the end of the epoch, so the
+    checkpoints and the backup keep the last good state.
+
+    Args:
+        hint: extra words for the error (e.g. the run's learning rate and epsilon).
+    """
+
+    def __init__(self, hint=""):
+        super().__init__()
+        self.hint = hint
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or not isinstance(loss, (int, float)) or math.isfinite(loss):
+            return
+        self.model.stop_training = True
+        raise DivergenceError(
+            f"Training diverged: the loss is {loss} at epoch {self._epoch + 1}, step {batch + 1}. "
+            "Likely causes: a learning rate too high, or an attack epsilon / step size too large"
+            + (f" ({self.hint})" if self.hint else "")
+            + "; lower them and rerun. The checkpoints and the backup keep the last good state.",
+            epoch=self._epoch + 1,
+            step=batch + 1,
+            loss=loss,
+        )
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose files are written atomically; a damaged backup is named.
+
+    Keras writes `latest.weights.h5` and `training_metadata.json` in place, so
+    a kill during the write leaves half a file. Here both go through
+    `keras_rpat._io` (temporary file + `os.replace`): a kill leaves the
+    previous backup. A backup that cannot be read (corrupt, truncated, or of
+    another model) raises a `RuntimeError` naming the file and the fix.
+
+    Args:
+        backup_dir: the backup folder.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True, double_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._load_model()
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not resume from the training backup in {self.backup_dir} "
+                f"({os.path.basename(self._weights_path)} / {os.path.basename(self._training_metadata_path)}): "
+                f"{type(e).__name__}: {' '.join(str(e).split())[:300]}. The backup is corrupt, truncated or of "
+                f"another model: delete {self.backup_dir} to retrain the run from its first epoch, or rerun "
+                "with --overwrite."
+            ) from e
+
+    def _save_model(self):
+        with _io.atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(filepath=tmp, overwrite=True)
+        _io.atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": 0})

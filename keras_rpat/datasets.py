@@ -20,7 +20,10 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
+import socket
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -331,36 +334,99 @@ def _hide_gpus_from_tensorflow():
         pass
 
 
+# Where tensorflow-datasets downloads CIFAR from, and how long to wait for it.
+_TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
+NETWORK_TIMEOUT_S = 5.0
+
+
+def _tfds_folder(data_dir):
+    if data_dir is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    return os.path.abspath(
+        os.path.expanduser(os.environ.get("TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")))
+    )
+
+
+def _offline_error(tfds_name, folder, reason):
+    return RuntimeError(
+        f"Could not download {tfds_name!r}: {reason}. Put the prepared tensorflow-datasets copy in {folder} "
+        f"(build it on a machine with internet access with `tfds build {tfds_name}` and copy its "
+        "tensorflow_datasets folder there, or pass --data-dir), or pass a keras.datasets-style .npz file "
+        "(x_train, y_train, x_test, y_test) instead of the dataset name."
+    )
+
+
+def _check_reachable(tfds_name, folder):
+    """Fails within `NETWORK_TIMEOUT_S` seconds when the dataset's download host cannot be reached."""
+    host = _TFDS_HOSTS.get(tfds_name)
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, 443), timeout=NETWORK_TIMEOUT_S).close()
+    except OSError as e:
+        raise _offline_error(tfds_name, folder, f"the network is unreachable ({host}: {e.strerror or e})") from None
+
+
+def _remove_new_entries(folder, before):
+    """Removes what a failed download left in `folder` (and `folder` itself if it was created)."""
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if os.path.isdir(folder):
+        for name in set(os.listdir(folder)) - before:
+            path = os.path.join(folder, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+
+
 def _load_tfds(tfds_name, data_dir=None, download=True):
     tfds = _import_tfds()
     _hide_gpus_from_tensorflow()
+    folder = _tfds_folder(data_dir)
+    before = set(os.listdir(folder)) if os.path.isdir(folder) else None
+    try:
+        return _read_tfds(tfds, tfds_name, data_dir, download=False)
+    except Exception as e:
+        if not download:
+            raise _tfds_error(tfds_name, data_dir, e) from e
+    try:
+        _check_reachable(tfds_name, folder)
+        return _read_tfds(tfds, tfds_name, data_dir, download=True)
+    except Exception as e:
+        _remove_new_entries(folder, before)
+        if isinstance(e, RuntimeError) and "Could not download" in str(e):
+            raise
+        raise _tfds_error(tfds_name, data_dir, e) from e
+
+
+def _tfds_error(tfds_name, data_dir, e):
+    where = data_dir if data_dir is not None else "the tfds default folder"
+    return RuntimeError(
+        f"Could not load {tfds_name!r} with tensorflow-datasets "
+        f"(data_dir={where}): {e}. On a machine without internet access, "
+        f"build it elsewhere (`tfds build {tfds_name}`) and copy the "
+        "tensorflow_datasets folder over, or pass a keras.datasets-style "
+        ".npz file to `keras_rpat.datasets.load`."
+    )
+
+
+def _read_tfds(tfds, tfds_name, data_dir, download):
     arrays = {}
     for split in ("train", "test"):
-        try:
-            # Fixed-size batches rather than batch_size=-1: the same arrays, and it
-            # also works under `tfds.testing.mock_data` (which has no split sizes).
-            ds = tfds.load(
-                tfds_name,
-                split=split,
-                as_supervised=True,
-                batch_size=10_000,
-                data_dir=data_dir,
-                download=download,
-                shuffle_files=False,
-            )
-            xs, ys = [], []
-            for xb, yb in tfds.as_numpy(ds):
-                xs.append(np.asarray(xb, dtype=np.uint8))
-                ys.append(np.asarray(yb, dtype=np.int64))
-        except Exception as e:
-            where = data_dir if data_dir is not None else "the tfds default folder"
-            raise RuntimeError(
-                f"Could not load {tfds_name!r} with tensorflow-datasets "
-                f"(data_dir={where}): {e}. On a machine without internet access, "
-                f"build it elsewhere (`tfds build {tfds_name}`) and copy the "
-                "tensorflow_datasets folder over, or pass a keras.datasets-style "
-                ".npz file to `keras_rpat.datasets.load`."
-            ) from e
+        # Fixed-size batches rather than batch_size=-1: the same arrays, and it
+        # also works under `tfds.testing.mock_data` (which has no split sizes).
+        ds = tfds.load(
+            tfds_name,
+            split=split,
+            as_supervised=True,
+            batch_size=10_000,
+            data_dir=data_dir,
+            download=download,
+            shuffle_files=False,
+        )
+        xs, ys = [], []
+        for xb, yb in tfds.as_numpy(ds):
+            xs.append(np.asarray(xb, dtype=np.uint8))
+            ys.append(np.asarray(yb, dtype=np.int64))
         arrays[f"x_{split}"] = np.concatenate(xs)
         arrays[f"y_{split}"] = np.concatenate(ys)
     return arrays
@@ -383,15 +449,31 @@ _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _NPZ_OPTIONS = ("num_classes",)
 
 
-def _load_npz(path, data_dir=None, num_classes=None):
-    path = os.path.expanduser(path)
+def find_npz(path, data_dir=None):
+    """The path of a dataset `.npz` file (a relative one is also looked up in `data_dir`).
+
+    Raises:
+        FileNotFoundError: naming the path and what the file must hold.
+        ValueError: the file is not an `.npz` (zip) archive.
+    """
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isabs(path) and data_dir is not None and not os.path.exists(path):
-        path = os.path.join(os.path.expanduser(data_dir), path)
+        path = os.path.join(os.path.expanduser(os.fspath(data_dir)), path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Dataset file not found: {path}. Pass the path of an .npz file with "
             "arrays x_train, y_train, x_test, y_test (keras.datasets layout)."
         )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not an .npz file (a zip archive written by np.savez); it may be another format, "
+            "or corrupt or truncated. Write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+        )
+    return path
+
+
+def _load_npz(path, data_dir=None, num_classes=None):
+    path = find_npz(path, data_dir)
     with np.load(path, allow_pickle=False) as f:
         missing = [k for k in _NPZ_KEYS if k not in f.files]
         if missing:

@@ -595,7 +595,19 @@ def evaluate(
         names.insert(0, "clean")
     model = _checks.evaluation_model(model)
     norm = _checks.canonical_norm(norm)
-    epsilon = attacks_lib.parse_epsilon(epsilon)
+    epsilon = _checks.check_budget(epsilon, "epsilon", norm)
+    batch_size = _checks.check_positive_int(batch_size, "batch_size")
+    if "pgd20" in names:
+        _checks.check_positive_int(num_steps, "num_steps")
+    if "autoattack" in names:
+        aa_batch_size = _checks.check_positive_int(aa_batch_size, "aa_batch_size")
+        autoattack.resolve_attacks(aa_version, aa_attacks)
+        aa_options = autoattack.check_options(aa_options)
+        if aa_state_path is not None and os.path.exists(aa_state_path) and _io.read_json(aa_state_path) is None:
+            raise ValueError(
+                f"Could not read the AutoAttack state file {aa_state_path}: it is not valid JSON (corrupt or "
+                "truncated). Delete it to start the evaluation afresh."
+            )
     attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
     x, y, _, fmt = _checks.check_data(model, x, y)
     idx = _checks.strided_indices(len(x), n)

@@ -43,6 +43,17 @@ FORMS = ("reference", "paper")
 GRADIENT_VIEWS = ("clean", "adv", "interp", "clean_kl")
 TEACHER_VIEWS = ("teacher_clean", "teacher_adv", "teacher_interp")
 ALL_VIEWS = GRADIENT_VIEWS + TEACHER_VIEWS
+# Which RPATTrainer setting produces each view (named when a loss is called without one).
+VIEW_SOURCES = {
+    "clean": "the clean forward pass (always)",
+    "adv": "the adversarial forward pass (RPATTrainer(attack=...))",
+    "interp": "the interpolated forward pass x + alpha (x' - x) (a RobustPerception or RPATPlusPlus loss, with an attack)",
+    "clean_kl": "a second clean forward pass in inference mode (TRADES(reuse_clean_forward=False), the default; "
+    "TRADES(reuse_clean_forward=True) reads 'clean' instead)",
+    "teacher_clean": "the weight-averaged teacher (RPATTrainer(weight_averaging=...))",
+    "teacher_adv": "the weight-averaged teacher (RPATTrainer(weight_averaging=...))",
+    "teacher_interp": "the weight-averaged teacher (RPATTrainer(weight_averaging=...))",
+}
 
 
 def _labels(y_true, num_classes):
@@ -113,6 +124,28 @@ class ViewLoss(keras.losses.Loss):
     @property
     def required_views(self):
         return tuple(self.views)
+
+    def __call__(self, y_true, views, sample_weight=None):
+        self.check_views(views)
+        return super().__call__(y_true, views, sample_weight=sample_weight)
+
+    def check_views(self, views):
+        """Raises a `ValueError` naming the missing keys of `views` and the trainer setting producing each."""
+        name = f"{type(self).__name__} ({self.name!r})"
+        if not isinstance(views, dict):
+            raise ValueError(
+                f"{name} takes a dict of views {{view name: logits}}, such as {{'clean': z, 'adv': z_adv}}, "
+                f"not a {type(views).__name__}. It needs the views {list(self.required_views)}; "
+                "RPATTrainer builds them, or pass the dict yourself."
+            )
+        keys = [self.feature_key(v) for v in self.required_views]
+        missing = [k for k in keys if k not in views]
+        if missing:
+            sources = "; ".join(f"{k!r}: {VIEW_SOURCES.get(k.split(':')[0], 'unknown view')}" for k in missing)
+            raise ValueError(
+                f"{name} needs the views {keys}; missing {missing} (received keys {sorted(views)}). "
+                f"Produced by: {sources}. Train through RPATTrainer with that setting, or pass the missing keys."
+            )
 
     def feature_key(self, view):
         """The `views` key this loss reads for `view` (depends on `proxy`)."""
@@ -203,7 +236,7 @@ class TRADES(ViewLoss):
         dtype=None,
     ):
         super().__init__(start_epoch, reduction, name, dtype)
-        self.beta = float(beta)
+        self.beta = _checks.check_range(beta, "beta", low=0)
         self.reuse_clean_forward = bool(reuse_clean_forward)
 
     @property
@@ -244,7 +277,7 @@ class MART(ViewLoss):
 
     def __init__(self, beta=6.0, start_epoch=0, reduction="sum_over_batch_size", name="mart", dtype=None):
         super().__init__(start_epoch, reduction, name, dtype)
-        self.beta = float(beta)
+        self.beta = _checks.check_range(beta, "beta", low=0)
 
     def call(self, y_true, views):
         z_clean, z_adv = views["clean"], views["adv"]
@@ -306,10 +339,8 @@ class Consistency(ViewLoss):
         dtype=None,
     ):
         super().__init__(start_epoch, reduction, name, dtype)
-        self.weight = float(weight)
-        if not temperature > 0:
-            raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature}")
-        self.temperature = float(temperature)
+        self.weight = _checks.check_range(weight, "weight", low=0)
+        self.temperature = _checks.check_range(temperature, "temperature", low=0, low_open=True)
 
     def call(self, y_true, views):
         n = views["adv"].shape[0]
@@ -385,9 +416,7 @@ class RobustPerception(ViewLoss):
         dtype=None,
     ):
         super().__init__(start_epoch, reduction, name, dtype)
-        alpha = float(alpha)
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"`alpha` must be in (0, 1): x~ = x + alpha * (x' - x). Received: alpha={alpha}")
+        alpha = _checks.check_range(alpha, "alpha", 0, 1, low_open=True, high_open=True)
         for arg, value, valid in (
             ("distance", distance, DISTANCES),
             ("alpha_sampling", alpha_sampling, ALPHA_SAMPLING),
@@ -397,7 +426,7 @@ class RobustPerception(ViewLoss):
             if value not in valid:
                 raise ValueError(f"Unknown `{arg}`: {value!r}. Expected one of {valid}.")
         self.alpha = alpha
-        self.weight = float(weight)
+        self.weight = _checks.check_range(weight, "weight", low=0)
         self.distance = distance
         self.alpha_sampling = alpha_sampling
         self.proxy = proxy
@@ -456,7 +485,7 @@ class _GuardedTeacherLoss(ViewLoss):
 
     def __init__(self, beta=1.0, start_epoch=WA_START_EPOCH, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(start_epoch, reduction, name, dtype)
-        self.beta = float(beta)
+        self.beta = _checks.check_range(beta, "beta", low=0)
 
     def _guarded_kl(self, teacher, student):
         # Decide without gradient, then recompute from a cleaned-up (constant)
@@ -527,9 +556,7 @@ class RPATPlusPlus(_GuardedTeacherLoss):
         dtype=None,
     ):
         super().__init__(beta, start_epoch, reduction, name, dtype)
-        alpha = float(alpha)
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"`alpha` must be in (0, 1). Received: alpha={alpha}")
+        alpha = _checks.check_range(alpha, "alpha", 0, 1, low_open=True, high_open=True)
         self.alpha = alpha
 
     def interpolation_alpha(self, seed_generator):

@@ -135,7 +135,7 @@ def run_autoattack(
     """
     model = _checks.evaluation_model(model)
     norm = _checks.canonical_norm(norm)
-    epsilon = _checks.check_positive_number(epsilon, "epsilon")
+    epsilon = _checks.check_budget(epsilon, "epsilon", norm)
     attacks = resolve_attacks(version, attacks_to_run)
     options = check_options(options)
     config = dict(

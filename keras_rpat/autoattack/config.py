@@ -6,6 +6,8 @@ facade back.
 """
 
 import dataclasses
+import math
+import numbers
 
 from keras_rpat import _checks
 
@@ -43,6 +45,14 @@ COMPONENTS = {
     "fab": "fab",
     "fab-t": "fab",
     "square": "square",
+}
+
+# The numeric settings `options` may change, per component (pyautoattack 0.2's constructor arguments).
+SETTINGS = {
+    "apgd": ("n_iter", "n_restarts", "eot_iter", "rho"),
+    "apgd_targeted": ("n_iter", "n_restarts", "eot_iter", "rho", "n_target_classes"),
+    "fab": ("n_iter", "n_restarts", "alpha_max", "eta", "beta", "n_target_classes"),
+    "square": ("n_queries", "n_restarts", "p_init"),
 }
 
 
@@ -150,5 +160,23 @@ def check_options(options):
                 f"`options` maps one of {sorted(set(COMPONENTS))} to a dict of attack "
                 f"attributes. Received: {key!r}: {values!r}"
             )
-        out.setdefault(component, {}).update(values)
+        unknown = sorted(set(values) - set(SETTINGS[component]))
+        if unknown:
+            raise ValueError(
+                f"AutoAttack's {key} has no setting {unknown[0]!r}. Received: {key}.{unknown[0]}. "
+                f"Valid settings of {key}: {', '.join(SETTINGS[component])}."
+            )
+        out.setdefault(component, {}).update({name: _check_setting(key, name, v) for name, v in values.items()})
     return out
+
+
+def _check_setting(component, name, value):
+    """A number; `n_*` settings (iterations, restarts, queries, classes) are integers >= 1."""
+    label = f"{component}.{name}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(
+            f"AutoAttack setting {label} must be a number. Received: {label}={value!r} (e.g. {component}.n_iter=10)."
+        )
+    if str(name).startswith("n_") and (not float(value).is_integer() or value < 1):
+        raise ValueError(f"AutoAttack setting {label} must be an integer >= 1. Received: {label}={value!r}")
+    return int(value) if str(name).startswith("n_") else value

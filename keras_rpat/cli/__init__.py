@@ -38,7 +38,25 @@ SECTIONS = (
 
 
 class SectionedGroup(click.Group):
-    """A Click group whose `--help` lists the commands in `SECTIONS`, in that order."""
+    """A Click group whose `--help` lists the commands in `SECTIONS`, in that order.
+
+    An unexpected error of a command is printed as one line `Error: ...` (exit
+    status 1) instead of a traceback, unless `--debug` (or `KERAS_RPAT_DEBUG=1`).
+    Mistakes in options are usage errors (exit status 2).
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if ctx.params.get("debug") or os.environ.get("KERAS_RPAT_DEBUG") == "1":
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            if not isinstance(e, (ValueError, OSError, RuntimeError, ImportError)):
+                message = f"{type(e).__name__}: {message}"
+            raise click.ClickException(f"{message} (rerun with keras-rpat --debug ... for the traceback)") from None
 
     def list_commands(self, ctx):
         ordered = [name for _, names in SECTIONS for name in names]
@@ -65,7 +83,8 @@ class SectionedGroup(click.Group):
     is_flag=True,
     help="Train on the Keras path instead of the torch fast path (same results, slower; for debugging).",
 )
-def main(no_fast_path):
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def main(no_fast_path, debug):
     """keras-rpat: Robust Perception Adversarial Training (RPAT, ICCV 2025) for Keras 3.
 
     The backend is chosen with KERAS_BACKEND (torch by default).

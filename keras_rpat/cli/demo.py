@@ -14,7 +14,7 @@ __all__ = ["demo_command"]
 @click.option("--n-test", default=512, show_default=True, help="Synthetic test images.")
 @click.option("--batch-size", default=128, show_default=True)
 @opt.seed_option()
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON here.")
+@click.option("--out", type=opt.OUT_FILE, default=None, help="Also write the table as JSON here.")
 def demo_command(epochs, n_train, n_test, batch_size, seed, out):
     """Train PGD-AT and PGD-AT + RPAT on the built-in synthetic data (no download).
 

@@ -53,7 +53,7 @@ def _data_options(f):
                 "--n", "n", type=click.IntRange(min=1), default=None, help="Evaluate on N evenly strided test images."
             ),
             opt.seed_option(help="Seed of the attacks."),
-            click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON here."),
+            click.option("--out", type=opt.OUT_FILE, default=None, help="Write the result as JSON here."),
         ],
         f,
     )
@@ -75,6 +75,10 @@ def _parse_aa_options(ctx, param, values):
         except json.JSONDecodeError:
             value = raw
         options.setdefault(component, {})[attr] = value
+    try:
+        autoattack.check_options(options)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return options or None
 
 
@@ -115,6 +119,14 @@ def _load_test_data(name, model, n):
         raise click.ClickException(str(e)) from None
     model_classes = _checks.model_num_classes(model)
     is_npz = os.fspath(name).lower().endswith(".npz")
+    if model_classes is not None and is_npz:
+        try:
+            _checks.label_indices(dataset.y_test, model_classes, "y_test")
+        except ValueError as e:
+            raise click.ClickException(
+                f"The model outputs {model_classes} classes (output shape (None, {model_classes})) but the dataset "
+                f"{dataset.name!r} has {dataset.num_classes} classes. In {name}: {e}"
+            ) from None
     if model_classes is not None and model_classes != dataset.num_classes:
         # An .npz's class count is inferred from its labels (a lower bound).
         if not (is_npz and model_classes > dataset.num_classes):
@@ -145,6 +157,12 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
     """
     if settings["epsilon"] is None:
         settings["epsilon"] = DEFAULT_EPSILON[settings["norm"]]
+    for key in ("epsilon", "step_size"):
+        try:
+            if settings.get(key) is not None:
+                _checks.check_budget(settings[key], key, settings["norm"])
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=f"'--{key.replace('_', '-')}'") from None
     click.echo(opt.backend_line())
     model, note = _load_model(model_path)
     x, y, data = _load_test_data(dataset, model, n)

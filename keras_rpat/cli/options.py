@@ -9,6 +9,7 @@
 | seeds | `SEEDS` / `seed_option` | `0,1,2` / one seed >= 0 |
 | evaluations | `EVALUATIONS` | `clean,pgd20,autoattack` (`pgd`, `aa` work) |
 | AutoAttack state | `state_option` | a JSON file; rerun with it to resume |
+| output folder / file | `OUT_DIR` / `OUT_FILE` | a path that is writable (checked before any work) |
 
 `Command` accepts the spellings of the previous release (`--data`,
 `--aa-state`) for one more release, with a deprecation message.
@@ -29,6 +30,8 @@ __all__ = [
     "EVALUATIONS",
     "FRACTION",
     "NORM",
+    "OUT_DIR",
+    "OUT_FILE",
     "SEEDS",
     "Command",
     "CommaList",
@@ -85,9 +88,26 @@ class FractionType(click.ParamType):
             number = _checks.parse_epsilon(value, name=name)
         except ValueError as e:
             self.fail(str(e), param, ctx)
-        if not number > 0:
-            self.fail(f"must be > 0 (a pixel fraction such as 8/255). Received: {value}", param, ctx)
+        if not (number > 0 and number != float("inf")):
+            self.fail(f"must be > 0 and finite (a pixel fraction such as 8/255). Received: {value}", param, ctx)
         return number
+
+
+class OutputPathType(click.ParamType):
+    """An output folder (`folder=True`) or file that can be written; checked before any work starts."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.name = "folder" if folder else "file"
+
+    def convert(self, value, param, ctx):
+        name = param.opts[0] if param is not None and param.opts else "out"
+        check = _checks.check_writable_dir if self.folder else _checks.check_writable_file
+        try:
+            check(value, name=name)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return value
 
 
 class DatasetType(click.ParamType):
@@ -158,6 +178,8 @@ FRACTION = FractionType()
 DATASET = DatasetType()
 SEEDS = SeedsType()
 EVALUATIONS = EvaluationsType()
+OUT_DIR = OutputPathType(folder=True)
+OUT_FILE = OutputPathType(folder=False)
 
 
 # ---------------------------------------------------------------------------
@@ -187,9 +209,7 @@ def seed_option(help="Seed."):
 
 def state_option():
     """`--state` (AutoAttack's resumable state file; `--aa-state` is its deprecated spelling)."""
-    return click.option(
-        "--state", type=click.Path(dir_okay=False), default=None, help="AutoAttack state file: rerun with it to resume."
-    )
+    return click.option("--state", type=OUT_FILE, default=None, help="AutoAttack state file: rerun with it to resume.")
 
 
 def verbose_level_option():

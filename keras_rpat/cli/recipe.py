@@ -88,7 +88,7 @@ def recipe_run_options(f):
             ),
             click.option(
                 "--out",
-                type=click.Path(file_okay=False),
+                type=opt.OUT_DIR,
                 default=None,
                 help="Output folder. Default: runs/<recipe> (runs/<recipe>_smoke with --smoke).",
             ),

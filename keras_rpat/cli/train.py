@@ -105,7 +105,7 @@ def _method_options(f):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 128 (32 with --smoke).")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),
+    type=opt.OUT_DIR,
     default=None,
     help="Run folder. Default: runs/train/<method>-<dataset>-<arch>-<norm>-seed<seed>.",
 )

@@ -322,7 +322,24 @@ def run_experiment(
     start = time.time()
     run = build_run(spec, data_dir, dataset_cache)
     settings = evaluation_settings(spec, run.preset)
-    trained, history = _train(spec, run, run_dir, settings, verbose, echo, callbacks)
+    try:
+        trained, history = _train(spec, run, run_dir, settings, verbose, echo, callbacks)
+    except callbacks_lib.DivergenceError as e:
+        _io.atomic_write_json(
+            run_dir / "results.json",
+            {
+                "format": RESULTS_FORMAT,
+                "version": RESULTS_VERSION,
+                "complete": False,
+                "status": "failed",
+                "failed": str(e),
+                "diverged_at": {"epoch": e.epoch, "step": e.step, "loss": str(e.loss)},
+                "recipe": spec.recipe,
+                "run": _io.jsonable(spec.to_dict()),
+                "fingerprint": _io.jsonable(spec.run_fingerprint()),
+            },
+        )
+        raise
     metrics, perception = _evaluate_checkpoints(spec, run_dir, settings, run.x_test, run.y_test)
     summary = _summarize(metrics, perception, trained, history)
     elapsed = time.time() - start
@@ -391,6 +408,11 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks):
         seed=spec.seed,
         verbose=1 if verbose else 0,
     )
+    if trained_path.exists() and _io.read_json(trained_path) is None:
+        raise RecipeError(
+            f"{trained_path} is corrupt or truncated (not valid JSON). Delete it to retrain the run from its "
+            "backup (or from scratch), or rerun with --overwrite."
+        )
     if _io.read_json(trained_path) is None:
         backup_dir = run_dir / "backup"
         meta = _io.read_json(backup_dir / "training_metadata.json") or {}
@@ -399,10 +421,11 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks):
             echo(f"resuming {spec.describe()} after epoch {initial_epoch}")
         run.train_seq.set_epoch(initial_epoch)
         fit_callbacks = [
+            callbacks_lib.DivergenceGuard(hint=_divergence_hint(run, settings)),
             robust,
             callbacks_lib.EpochLog(str(run_dir / "train_log.json")),
             callbacks_lib.AttackRandomState(str(backup_dir)),
-            keras.callbacks.BackupAndRestore(str(backup_dir)),
+            callbacks_lib.RunBackup(str(backup_dir)),
         ]
         fit_callbacks += list(callbacks or [])
         # `shuffle=False`: TrainSequence reshuffles itself from (seed, epoch), so the
@@ -413,6 +436,14 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks):
             trained_path, {"epochs": spec.epochs, "best_epoch": robust.best_epoch, "best_robust": robust.best}
         )
     return _io.read_json(trained_path), _io.read_json(history_path) or []
+
+
+def _divergence_hint(run, settings):
+    """`learning rate 0.1, epsilon 8/255, step 2/255` for the divergence error."""
+    return (
+        f"learning rate {run.preset.learning_rate:g}, attack epsilon {settings['epsilon'] * 255:.4g}/255, "
+        f"step {settings['step_size'] * 255:.4g}/255"
+    )
 
 
 def _merged_history(run_dir, history):
@@ -503,7 +534,14 @@ def _load_checkpoint(path):
         raise RecipeError(
             f"Checkpoint {path} is missing; delete {Path(path).parent / 'trained.json'} to retrain the run."
         )
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        raise RecipeError(
+            f"Could not load the checkpoint {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): it is "
+            f"corrupt or truncated. Delete it and {Path(path).parent / 'trained.json'} to retrain the run, "
+            "or rerun with --overwrite."
+        ) from None
 
 
 def _summarize(metrics, perception, trained, history):
@@ -610,7 +648,8 @@ def single_run(
     norm = _checks.canonical_norm(norm)
     eval_attacks = tuple(run_options.pop("eval_attacks", ("clean", "pgd20", "autoattack")))
     checkpoints = tuple(run_options.pop("checkpoints", ("best", "final")))
-    options = {k: v for k, v in run_options.items() if v not in (None, False)}
+    # `is not`: 0 and 0.0 are values (`0.0 == False`, so `v not in (None, False)` would drop them).
+    options = {k: v for k, v in run_options.items() if v is not None and v is not False}
     raw = {"id": "run", "preset": method, "label": method, "options": dict(options)}
     try:
         [m] = validate_methods("train", [raw], {"norms": [norm], "perception": None})
@@ -645,7 +684,10 @@ def single_run(
 
 
 def preflight(runs, data_dir):
-    """Fails before the first run when a local dataset (Tiny-ImageNet) is missing."""
+    """Fails before the first run when a local dataset (Tiny-ImageNet, an `.npz` file) is missing."""
+    data_dir = None if data_dir is None else os.fspath(data_dir)
+    for dataset in sorted({r.dataset for r in runs if not r.smoke and str(r.dataset).lower().endswith(".npz")}):
+        datasets.find_npz(dataset, data_dir)
     if any(r.smoke for r in runs) or not any(r.dataset == "tiny_imagenet" for r in runs):
         return
-    datasets.find_tiny_imagenet(None if data_dir is None else os.fspath(data_dir))
+    datasets.find_tiny_imagenet(data_dir)

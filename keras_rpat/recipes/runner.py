@@ -6,7 +6,9 @@ from pathlib import Path
 
 import keras
 
+from keras_rpat import _checks
 from keras_rpat import _io
+from keras_rpat.callbacks import DivergenceError
 from keras_rpat.recipes.experiment import default_echo
 from keras_rpat.recipes.experiment import describe_diff
 from keras_rpat.recipes.experiment import preflight
@@ -78,32 +80,41 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
     if len(fingerprints) != 1 or runs[0].recipe != recipe.name:
         raise RecipeError("All runs must come from one `recipe.runs(...)` call of this recipe.")
     echo = echo or default_echo(verbose)
+    _checks.check_writable_dir(out_dir, "out_dir")
     preflight(runs, data_dir)
-    check_out_dir(out_dir, runs[0].fingerprint, overwrite)
-    cache = {}
-    results = []
-    for i, spec in enumerate(runs, 1):
-        if i > 1:
-            keras.backend.clear_session()  # free the previous run's models and graphs
-        echo(f"[{i}/{len(runs)}] {spec.describe()} -> {Path(out_dir) / spec.run_dir}")
-        results.append(
-            run_experiment(
-                spec,
-                out_dir,
-                data_dir=data_dir,
-                verbose=verbose,
-                overwrite=overwrite,
-                replace_stale=True,
-                echo=echo,
-                dataset_cache=cache,
-            )
-        )
-        # Datasets are kept while later runs need them.
-        needed = {r.dataset for r in runs[i:]}
-        for key in [k for k in cache if k[0] not in needed and k[0] != "synthetic"]:
-            del cache[key]
-    report = write_report(recipe, out_dir, fingerprint=runs[0].fingerprint)
-    return {"results": results, "report": report}
+    with _io.RunLock(out_dir):
+        check_out_dir(out_dir, runs[0].fingerprint, overwrite)
+        cache = {}
+        results = []
+        for i, spec in enumerate(runs, 1):
+            if i > 1:
+                keras.backend.clear_session()  # free the previous run's models and graphs
+            echo(f"[{i}/{len(runs)}] {spec.describe()} -> {Path(out_dir) / spec.run_dir}")
+            try:
+                result = run_experiment(
+                    spec,
+                    out_dir,
+                    data_dir=data_dir,
+                    verbose=verbose,
+                    overwrite=overwrite,
+                    replace_stale=True,
+                    echo=echo,
+                    dataset_cache=cache,
+                )
+            except DivergenceError as e:
+                # The run is marked failed in its results.json; the plan goes on.
+                echo(f"FAILED {spec.describe()}: {e}")
+                result = _io.read_json(Path(out_dir) / spec.run_dir / "results.json") or {"failed": str(e)}
+            results.append(result)
+            # Datasets are kept while later runs need them.
+            needed = {r.dataset for r in runs[i:]}
+            for key in [k for k in cache if k[0] not in needed and k[0] != "synthetic"]:
+                del cache[key]
+        report = write_report(recipe, out_dir, fingerprint=runs[0].fingerprint)
+    failed = [r for r in results if r.get("failed")]
+    if failed:
+        echo(f"{len(failed)} of {len(results)} run(s) failed (diverged); see their results.json and {report}")
+    return {"results": results, "report": report, "failed": [r.get("failed") for r in failed]}
 
 
 def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None):
@@ -116,6 +127,8 @@ def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=No
     Returns:
         The results dict of `run_experiment`.
     """
+    _checks.check_writable_dir(out_dir, "out_dir")
     preflight([spec], data_dir)
-    check_out_dir(out_dir, spec.run_fingerprint(), overwrite=overwrite)
-    return run_experiment(spec, out_dir, data_dir=data_dir, verbose=verbose, overwrite=overwrite, echo=echo)
+    with _io.RunLock(out_dir):
+        check_out_dir(out_dir, spec.run_fingerprint(), overwrite=overwrite)
+        return run_experiment(spec, out_dir, data_dir=data_dir, verbose=verbose, overwrite=overwrite, echo=echo)

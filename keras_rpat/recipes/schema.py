@@ -1055,6 +1055,8 @@ def _validate_options(mw, m, preset_name, config):
         _err(mw, "option `stronger_attack` is defined for the L-inf threat model only (Table 6).")
     if "lr_factor" in options and options["lr_factor"] < 1.0:
         _err(mw, f"option `lr_factor` must be >= 1. Received: {options['lr_factor']}")
+    if "beta" in options and options["beta"] < 0:
+        _err(mw, f"option `beta` (weight of the BoAT / RPAT++ term) must be >= 0. Received: {options['beta']}")
     return options
 
 
