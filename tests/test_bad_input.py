@@ -348,3 +348,22 @@ def test_trainer_names_the_setting_that_produces_a_view():
         keras_rpat.RPATTrainer(model, losses=[losses.TRADES()])
     value = losses.TRADES(reuse_clean_forward=True)(Y, {"clean": Z, "adv": Z})  # every view it needs
     assert keras.ops.convert_to_numpy(value) == pytest.approx(np.log(10), rel=1e-5)
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "tensorflow",
+    reason="imports tensorflow-datasets (tensorflow), cheap on that backend only",
+)
+def test_offline_download_fails_fast_names_the_fix_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    import socket
+
+    def unreachable(address, timeout=None, *args, **kwargs):
+        assert timeout is not None and timeout <= 10  # never the system's minutes-long default
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    folder = tmp_path / "tensorflow_datasets"
+    with pytest.raises(RuntimeError, match=r"Could not download 'cifar10': the network is unreachable") as e:
+        keras_rpat.datasets.load("cifar10", data_dir=str(folder))
+    assert str(folder) in str(e.value) and ".npz" in str(e.value) and "tfds build cifar10" in str(e.value)
+    assert not folder.exists()

@@ -141,6 +141,16 @@ def _literature_lines(recipe):
     return lines
 
 
+def _failed_runs(out_dir):
+    """`(run folder, message)` of the runs whose `results.json` says they failed (diverged)."""
+    out = []
+    for path in sorted(Path(out_dir).glob("*/*/seed*/results.json")):
+        r = _io.read_json(path)
+        if isinstance(r, dict) and r.get("status") == "failed":
+            out.append((str(path.parent.relative_to(out_dir)), r.get("failed", "failed")))
+    return out
+
+
 def write_report(recipe, out_dir, fingerprint=None):
     """Writes `<out>/<recipe>.md` and `<out>/<recipe>.json` (and PNGs for figures).
 
@@ -187,6 +197,10 @@ def write_report(recipe, out_dir, fingerprint=None):
     lines.extend(_literature_lines(recipe))
     lines += ["", "## All measured metrics", ""]
     lines.extend(_detail_lines(recipe, found))
+    failed = _failed_runs(out_dir)
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines.extend(f"- `{run_dir}`: {message}" for run_dir, message in failed)
     if recipe.notes:
         lines += ["", "## Notes", ""]
         lines.extend(f"- {n}" for n in recipe.notes)
