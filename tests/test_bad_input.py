@@ -8,6 +8,7 @@ the work is replaced by one that fails the test if it is reached.
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -355,8 +356,6 @@ def test_trainer_names_the_setting_that_produces_a_view():
     reason="imports tensorflow-datasets (tensorflow), cheap on that backend only",
 )
 def test_offline_download_fails_fast_names_the_fix_and_leaves_no_partial_folder(tmp_path, monkeypatch):
-    import socket
-
     def unreachable(address, timeout=None, *args, **kwargs):
         assert timeout is not None and timeout <= 10  # never the system's minutes-long default
         raise OSError(101, "Network is unreachable")
