@@ -20,7 +20,7 @@ from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import evaluation
 
-__all__ = ["AttackRandomState", "DivergenceError", "DivergenceGuard", "EpochLog", "RobustEvaluation", "RunBackup"]
+__all__ = ["DivergenceError", "DivergenceGuard", "EpochLog", "RobustEvaluation", "RunBackup"]
 
 
 def print_msg(message):
@@ -295,68 +295,6 @@ class EpochLog(keras.callbacks.Callback):
         _io.atomic_write_json(self.path, self.records)
 
 
-class AttackRandomState(keras.callbacks.Callback):
-    """Backs up and restores the attacks' random state with the training state.
-
-    `BackupAndRestore` saves the trainer's variables, but an attack is a plain
-    object and its `SeedGenerator` (random starts, random noise) is not among
-    them. This callback writes it next to the backup after every epoch and
-    restores it when training resumes from the same epoch, so a resumed run
-    repeats the uninterrupted one exactly. On torch, keras_rpat draws random
-    numbers from a device-side generator kept by the backend module; its state
-    is saved too when the backend offers `get_random_state` /
-    `set_random_state` (otherwise a resumed torch run is statistically, not
-    bitwise, identical to an uninterrupted one).
-
-    Args:
-        backup_dir: the folder of `keras.callbacks.BackupAndRestore`.
-    """
-
-    def __init__(self, backup_dir):
-        super().__init__()
-        self.path = os.path.join(backup_dir, "attack_random_state.json")
-        self.metadata = os.path.join(backup_dir, "training_metadata.json")
-
-    def _generators(self):
-        out = {}
-        for name in ("attack", "eval_attack"):
-            attack = getattr(self.model, name, None)
-            if attack is not None and hasattr(attack, "seed_generator"):
-                out[name] = attack.seed_generator
-        trainer_generator = getattr(self.model, "_seed_generator", None)
-        if trainer_generator is not None:
-            out["trainer"] = trainer_generator
-        return out
-
-    @staticmethod
-    def _hooks():
-        module = rpat_backend.get_backend()
-        get, put = getattr(module, "get_random_state", None), getattr(module, "set_random_state", None)
-        return (get, put) if get is not None and put is not None else (None, None)
-
-    def on_train_begin(self, logs=None):
-        saved = _io.read_json(self.path)
-        meta = _io.read_json(self.metadata)
-        if not saved or not meta or saved.get("epoch") != meta.get("epoch"):
-            return
-        _, put = self._hooks()
-        for name, generator in self._generators().items():
-            if name in saved.get("variables", {}):
-                value = keras.ops.convert_to_tensor(saved["variables"][name], dtype=generator.state.dtype)
-                generator.state.assign(value)
-            if put is not None and name in saved.get("backend", {}):
-                put(generator, saved["backend"][name])
-
-    def on_epoch_end(self, epoch, logs=None):
-        get, _ = self._hooks()
-        record = {"epoch": epoch + 1, "variables": {}, "backend": {}}
-        for name, generator in self._generators().items():
-            record["variables"][name] = keras.ops.convert_to_numpy(generator.state.value).tolist()
-            if get is not None:
-                record["backend"][name] = get(generator)
-        _io.atomic_write_json(self.path, record)
-
-
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss (see `DivergenceGuard`)."""
 
@@ -382,10 +320,14 @@ class DivergenceGuard(keras.callbacks.Callback):
     def __init__(self, hint=""):
         super().__init__()
         self.hint = hint
+        self.batch_offset = 0  # batches of the epoch trained before this `fit` (a mid-epoch resume)
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -393,33 +335,112 @@ class DivergenceGuard(keras.callbacks.Callback):
             return
         self.model.stop_training = True
         raise DivergenceError(
-            f"Training diverged: the loss is {loss} at epoch {self._epoch + 1}, step {batch + 1}. "
+            f"Training diverged: the loss is {loss} at epoch {self._epoch + 1}, step {self.batch_offset + batch + 1}. "
             "Likely causes: a learning rate too high, or an attack epsilon / step size too large"
             + (f" ({self.hint})" if self.hint else "")
             + "; lower them and rerun. The checkpoints and the backup keep the last good state.",
             epoch=self._epoch + 1,
-            step=batch + 1,
+            step=self.batch_offset + batch + 1,
             loss=loss,
         )
 
 
 class RunBackup(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` whose files are written atomically; a damaged backup is named.
+    """`keras.callbacks.BackupAndRestore` that is atomic, keeps the random state and can back up mid-epoch.
 
-    Keras writes `latest.weights.h5` and `training_metadata.json` in place, so
-    a kill during the write leaves half a file. Here both go through
-    `keras_rpat._io` (temporary file + `os.replace`): a kill leaves the
-    previous backup. A backup that cannot be read (corrupt, truncated, or of
-    another model) raises a `RuntimeError` naming the file and the fix.
+    A backup is the trainer's variables (weights, optimizer) in
+    `backup_<epoch>_<batch>.weights.h5` and `training_metadata.json`, which
+    names that file, counts the finished epochs (`epoch`) and the finished
+    batches of the running one (`batch`), and holds what `save_weights` does
+    not: the state of the trainer's and the attacks' `SeedGenerator`s (and, on
+    torch, of the device generators behind them, through the backend's
+    `get_random_state` / `set_random_state`) and the running metric states
+    of the epoch. Both files are written atomically and the metadata last, so
+    a kill at any moment leaves one complete backup.
+
+    With `save_freq="epoch"` a backup is made after every epoch; with an
+    integer `N` also after every `N` batches of an epoch. Keras' `fit` cannot
+    start mid-epoch, so resuming from a mid-epoch backup (`batch > 0`) is the
+    caller's job: train the rest of that epoch with
+    `keras_rpat.datasets.BatchesFrom(sequence, batch)` and `batch_offset =
+    batch` set here (as `keras_rpat.recipes` does), then the later epochs.
+    The restored metric states make that epoch's logs equal to an
+    uninterrupted one's.
+
+    A backup that cannot be read (corrupt, truncated, or of another model)
+    raises a `RuntimeError` naming the file and the fix.
 
     Args:
         backup_dir: the backup folder.
+        save_freq: `"epoch"`, or back up every `save_freq` batches as well.
+        delete_checkpoint: delete the folder when `fit` ends.
+
+    Attributes:
+        batch_offset: batches of the current epoch trained before this `fit`
+            (set it when resuming mid-epoch).
     """
 
-    def __init__(self, backup_dir):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True, double_checkpoint=False)
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        if save_freq != "epoch":
+            save_freq = _checks.check_positive_int(save_freq, "save_freq")
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint, double_checkpoint=False)
+        self.batch_offset = 0
+        self._metadata = None
+        self._first_epoch_of_fit = True
 
+    # ------------------------------------------------------------------ state
+    def _generators(self):
+        out = {}
+        for name in ("attack", "eval_attack"):
+            attack = getattr(self.model, name, None)
+            if attack is not None and hasattr(attack, "seed_generator"):
+                out[name] = attack.seed_generator
+        trainer_generator = getattr(self.model, "_seed_generator", None)
+        if trainer_generator is not None:
+            out["trainer"] = trainer_generator
+        return out
+
+    @staticmethod
+    def _backend_hooks():
+        module = rpat_backend.get_backend()
+        get, put = getattr(module, "get_random_state", None), getattr(module, "set_random_state", None)
+        return (get, put) if get is not None and put is not None else (None, None)
+
+    def _random_state(self):
+        get, _ = self._backend_hooks()
+        state = {"variables": {}, "backend": {}}
+        for name, generator in self._generators().items():
+            state["variables"][name] = keras.ops.convert_to_numpy(generator.state.value).tolist()
+            if get is not None:
+                state["backend"][name] = get(generator)
+        return state
+
+    def _set_random_state(self, state):
+        _, put = self._backend_hooks()
+        for name, generator in self._generators().items():
+            if name in state.get("variables", {}):
+                value = keras.ops.convert_to_tensor(state["variables"][name], dtype=generator.state.dtype)
+                generator.state.assign(value)
+            if put is not None and name in state.get("backend", {}):
+                put(generator, state["backend"][name])
+
+    def _metric_states(self):
+        return [
+            [keras.ops.convert_to_numpy(v.value).tolist() for v in metric.variables]
+            for metric in getattr(self.model, "metrics", [])
+        ]
+
+    def _set_metric_states(self, states):
+        metrics = getattr(self.model, "metrics", [])
+        if len(states) != len(metrics):
+            raise ValueError(f"the backup holds {len(states)} metric states for {len(metrics)} metrics")
+        for metric, values in zip(metrics, states):
+            for variable, value in zip(metric.variables, values):
+                variable.assign(keras.ops.convert_to_tensor(value, dtype=variable.dtype))
+
+    # ------------------------------------------------------------------ load / save
     def on_train_begin(self, logs=None):
+        self._first_epoch_of_fit = True
         try:
             self._load_model()
         except Exception as e:
@@ -431,7 +452,48 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 "with --overwrite."
             ) from e
 
-    def _save_model(self):
-        with _io.atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+    def _load_model(self):
+        self._metadata = None
+        if os.path.exists(self._training_metadata_path):
+            with open(self._training_metadata_path) as f:
+                self._metadata = json.load(f)
+            self._weights_path = os.path.join(
+                self.backup_dir, self._metadata.get("weights", os.path.basename(self._weights_path))
+            )
+        super()._load_model()
+        if self._metadata is not None:
+            self._current_epoch = int(self._metadata["epoch"])
+            self._set_random_state(self._metadata.get("random_state", {}))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # `fit` resets the metrics just before this: a mid-epoch backup's running states come back here.
+        if self._first_epoch_of_fit and self._metadata is not None and self._metadata.get("batch", 0):
+            self._set_metric_states(self._metadata.get("metrics", []))
+        self._first_epoch_of_fit = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
+        self._current_epoch = epoch + 1
+        self._save_model()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        done = self.batch_offset + batch + 1
+        total = self.batch_offset + int((self.params or {}).get("steps") or 0)
+        if done % self.save_freq == 0 and done != total:  # the last batch is backed up by the epoch's end
+            self._save_model(batch=done)
+
+    def _save_model(self, batch=0):
+        name = f"backup_{self._current_epoch}_{batch}.weights.h5"
+        path = os.path.join(self.backup_dir, name)
+        with _io.atomic_path(path, suffix=".weights.h5") as tmp:
             self.model.save_weights(filepath=tmp, overwrite=True)
-        _io.atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": 0})
+        record = {"epoch": self._current_epoch, "batch": batch, "weights": name, "random_state": self._random_state()}
+        if batch:
+            record["metrics"] = self._metric_states()
+        _io.atomic_write_json(self._training_metadata_path, record)
+        self._weights_path = path
+        for old in os.listdir(self.backup_dir):
+            if old.endswith(".weights.h5") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))

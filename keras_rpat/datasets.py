@@ -34,6 +34,7 @@ from keras_rpat._checks import validate_images
 from keras_rpat._checks import validate_labels
 
 __all__ = [
+    "BatchesFrom",
     "Dataset",
     "EvalSequence",
     "TrainSequence",
@@ -1041,6 +1042,42 @@ class TrainSequence(keras.utils.PyDataset):
                 xb = np.ascontiguousarray(xb.transpose(0, 3, 1, 2))
             return xb, yb
         return _batch_to_float(xb, self.data_format), yb
+
+
+class BatchesFrom(keras.utils.PyDataset):
+    """The batches of `sequence` from index `start` on: the rest of an epoch interrupted after `start` batches.
+
+    `on_epoch_end` goes to `sequence`, so its epoch counter advances as in an
+    uninterrupted `fit`.
+
+    Args:
+        sequence: a `TrainSequence` (any `PyDataset` with `__len__`).
+        start: batches already trained, `0 <= start < len(sequence)`.
+    """
+
+    def __init__(self, sequence, start):
+        super().__init__()
+        _checks.check_non_negative_int(start, "start")
+        if start >= len(sequence):
+            raise ValueError(f"`start` must be below the {len(sequence)} batches of an epoch. Received: start={start}")
+        self.sequence, self.start = sequence, int(start)
+
+    def __len__(self):
+        return len(self.sequence) - self.start
+
+    @property
+    def num_batches(self):
+        return len(self)
+
+    def on_epoch_end(self):
+        self.sequence.on_epoch_end()
+
+    def __getitem__(self, index):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"Batch index out of range: {index} for {len(self)} batches.")
+        return self.sequence[self.start + index]
 
 
 class EvalSequence(keras.utils.PyDataset):

@@ -223,6 +223,17 @@ def verbose_level_option():
     )
 
 
+def checkpoint_every_option():
+    """`--checkpoint-every N` of the training commands (mid-epoch backups)."""
+    return click.option(
+        "--checkpoint-every",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Also back the training state up every N steps (batches), so a kill loses at most N steps "
+        "instead of the running epoch. Does not change the results.",
+    )
+
+
 def apply(options, f):
     """Applies a list of Click decorators so that they show in list order in `--help`."""
     for option in reversed(options):

@@ -103,6 +103,7 @@ def recipe_run_options(f):
                 help="Accept an --out of another configuration and re-run the selected runs from scratch.",
             ),
             click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
+            opt.checkpoint_every_option(),
             opt.verbose_level_option(),
         ],
         f,
@@ -161,14 +162,14 @@ def _echo_plan(recipe, runs, out):
         )
 
 
-def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose):
+def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, checkpoint_every=None):
     """The body of every `keras-rpat recipe <name>` command.
 
     Args:
         name: the recipe.
         plan: the narrowing arguments of `Recipe.runs` (`dataset`, `arch`,
             `norm`, `method`, `seeds`, `epochs`, `smoke`, `batch_size`).
-        data_dir, out, overwrite, dry_run, verbose: the command's options.
+        data_dir, out, overwrite, dry_run, verbose, checkpoint_every: the command's options.
     """
     click.echo(opt.backend_line())
     recipe = _load(name)
@@ -182,7 +183,14 @@ def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose):
         return
     try:
         outcome = recipes.run_recipe(
-            recipe, runs, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo
+            recipe,
+            runs,
+            out,
+            data_dir=data_dir,
+            overwrite=overwrite,
+            verbose=verbose,
+            echo=click.echo,
+            checkpoint_every=checkpoint_every,
         )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
@@ -214,8 +222,8 @@ def _recipe_command(name):
 
     @click.command(name=name, help=body, short_help=short)
     @recipe_run_options
-    def command(data_dir, out, overwrite, dry_run, verbose, **plan):
-        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose)
+    def command(data_dir, out, overwrite, dry_run, verbose, checkpoint_every, **plan):
+        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, checkpoint_every)
 
     return command
 

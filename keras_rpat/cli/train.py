@@ -129,8 +129,9 @@ def _method_options(f):
 @click.option(
     "--overwrite", is_flag=True, help="Replace a run folder of another configuration (and re-run from scratch)."
 )
+@opt.checkpoint_every_option()
 @opt.verbose_level_option()
-def train_command(out, data_dir, overwrite, verbose, **run):
+def train_command(out, data_dir, overwrite, verbose, checkpoint_every, **run):
     """Train and evaluate one model (one run of a recipe).
 
     Trains METHOD on DATASET with the paper's settings, keeps the best and
@@ -153,7 +154,15 @@ def train_command(out, data_dir, overwrite, verbose, **run):
     )
     click.echo(f"{spec.describe()} -> {out}")
     try:
-        result = recipes.run_single(spec, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo)
+        result = recipes.run_single(
+            spec,
+            out,
+            data_dir=data_dir,
+            overwrite=overwrite,
+            verbose=verbose,
+            echo=click.echo,
+            checkpoint_every=checkpoint_every,
+        )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))

@@ -277,6 +277,7 @@ def run_experiment(
     echo=None,
     callbacks=None,
     dataset_cache=None,
+    checkpoint_every=None,
 ):
     """Trains, checkpoints and evaluates one run; writes its `results.json`.
 
@@ -308,11 +309,15 @@ def run_experiment(
             `verbose`).
         callbacks: extra Keras callbacks for `fit`.
         dataset_cache: dict reused across runs to load each dataset once.
+        checkpoint_every: also back the training state up every this many
+            steps (batches), so a kill loses at most that many; `None` backs
+            up after every epoch only. It does not change the results.
 
     Returns:
         The results dict (as written to `results.json`), with `"skipped":
         True` when the run was already complete.
     """
+    _checks.check_positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
     echo = echo or default_echo(verbose)
     run_dir = Path(out_dir) / spec.run_dir
     previous = _prepare_run_dir(spec, run_dir, overwrite, replace_stale)
@@ -323,7 +328,7 @@ def run_experiment(
     run = build_run(spec, data_dir, dataset_cache)
     settings = evaluation_settings(spec, run.preset)
     try:
-        trained, history = _train(spec, run, run_dir, settings, verbose, echo, callbacks)
+        trained, history = _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every)
     except callbacks_lib.DivergenceError as e:
         _io.atomic_write_json(
             run_dir / "results.json",
@@ -390,7 +395,7 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
     return None
 
 
-def _train(spec, run, run_dir, settings, verbose, echo, callbacks):
+def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every):
     """Trains unless `trained.json` says it is done; returns `(trained, history)`.
 
     The parameters are the pieces `run_experiment` already holds; bundling
@@ -416,22 +421,28 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks):
     if _io.read_json(trained_path) is None:
         backup_dir = run_dir / "backup"
         meta = _io.read_json(backup_dir / "training_metadata.json") or {}
-        initial_epoch = int(meta.get("epoch", 0))
-        if initial_epoch:
-            echo(f"resuming {spec.describe()} after epoch {initial_epoch}")
-        run.train_seq.set_epoch(initial_epoch)
-        fit_callbacks = [
-            callbacks_lib.DivergenceGuard(hint=_divergence_hint(run, settings)),
-            robust,
-            callbacks_lib.EpochLog(str(run_dir / "train_log.json")),
-            callbacks_lib.AttackRandomState(str(backup_dir)),
-            callbacks_lib.RunBackup(str(backup_dir)),
-        ]
+        initial_epoch, initial_batch = int(meta.get("epoch", 0)), int(meta.get("batch", 0))
+        if initial_epoch or initial_batch:
+            echo(f"resuming {spec.describe()} after epoch {initial_epoch}, batch {initial_batch}")
+        guard = callbacks_lib.DivergenceGuard(hint=_divergence_hint(run, settings))
+        backup = callbacks_lib.RunBackup(str(backup_dir), save_freq=checkpoint_every or "epoch")
+        fit_callbacks = [guard, robust, callbacks_lib.EpochLog(str(run_dir / "train_log.json")), backup]
         fit_callbacks += list(callbacks or [])
         # `shuffle=False`: TrainSequence reshuffles itself from (seed, epoch), so the
         # batch order does not depend on global random state and a resumed run
         # sees the same batches as an uninterrupted one.
-        run.trainer.fit(run.train_seq, epochs=spec.epochs, verbose=verbose, callbacks=fit_callbacks, shuffle=False)
+        if initial_batch:
+            # `fit` cannot start mid-epoch: the rest of the interrupted epoch is a `fit` of its own.
+            run.train_seq.set_epoch(initial_epoch)
+            guard.batch_offset = backup.batch_offset = initial_batch
+            backup.delete_checkpoint = False
+            rest = datasets.BatchesFrom(run.train_seq, initial_batch)
+            run.trainer.fit(rest, epochs=initial_epoch + 1, verbose=verbose, callbacks=fit_callbacks, shuffle=False)
+            backup.delete_checkpoint = True
+            initial_epoch += 1
+        if not run.trainer.stop_training:
+            run.train_seq.set_epoch(initial_epoch)
+            run.trainer.fit(run.train_seq, epochs=spec.epochs, verbose=verbose, callbacks=fit_callbacks, shuffle=False)
         _io.atomic_write_json(
             trained_path, {"epochs": spec.epochs, "best_epoch": robust.best_epoch, "best_robust": robust.best}
         )

@@ -50,7 +50,7 @@ def check_out_dir(out_dir, fingerprint, overwrite=False):
     return path
 
 
-def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None):
+def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None, checkpoint_every=None):
     """Runs a recipe's plan and writes its report.
 
     `recipe`, `runs` and `out_dir` say what is run; the keyword arguments are
@@ -66,6 +66,8 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
             re-run the selected runs from scratch.
         verbose: 0 silent, 1 progress bars, 2 one line per epoch.
         echo: callable for status lines.
+        checkpoint_every: back the training state up every this many steps
+            too (see `run_experiment`).
 
     Returns:
         A dict with `results` (one per run) and `report` (paths written by
@@ -100,6 +102,7 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
                     replace_stale=True,
                     echo=echo,
                     dataset_cache=cache,
+                    checkpoint_every=checkpoint_every,
                 )
             except DivergenceError as e:
                 # The run is marked failed in its results.json; the plan goes on.
@@ -117,7 +120,7 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
     return {"results": results, "report": report, "failed": [r.get("failed") for r in failed]}
 
 
-def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None):
+def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None, checkpoint_every=None):
     """Runs one `RunSpec` outside a recipe (from `single_run`) in its own folder.
 
     Checks the dataset is there, records the run's configuration in
@@ -131,4 +134,12 @@ def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=No
     preflight([spec], data_dir)
     with _io.RunLock(out_dir):
         check_out_dir(out_dir, spec.run_fingerprint(), overwrite=overwrite)
-        return run_experiment(spec, out_dir, data_dir=data_dir, verbose=verbose, overwrite=overwrite, echo=echo)
+        return run_experiment(
+            spec,
+            out_dir,
+            data_dir=data_dir,
+            verbose=verbose,
+            overwrite=overwrite,
+            echo=echo,
+            checkpoint_every=checkpoint_every,
+        )
