@@ -126,6 +126,8 @@ CLI_CASES = [
     ("train-batch-size-0", TRAIN_PGD + ["--batch-size", "0"], "train", 2, ["--batch-size", "0"]),
     ("train-eval-attacks-unknown", TRAIN_PGD + ["--eval-attacks", "foo"], "train", 2, ["'foo'", "pgd20"]),
     ("train-checkpoints-unknown", TRAIN_PGD + ["--checkpoints", "foo"], "train", 2, ["'foo'", "best, final"]),
+    ("train-checkpoint-every-0", TRAIN_PGD + ["--checkpoint-every", "0"], "train", 2, ["--checkpoint-every", "0"]),
+    ("recipe-checkpoint-every-text", RECIPE + ["--checkpoint-every", "x"], "recipe", 2, ["--checkpoint-every", "'x'"]),
     ("train-alpha-without-rpat", TRAIN_PGD + ["--alpha", "0.3"], "train", 2, ["alpha", "pgd_at", "+rpat"]),
     ("train-beta-on-trades", TRAIN + ["--beta", "2"], "train", 2, ["beta", "RPAT++"]),
     ("train-out-under-a-file", TRAIN_PGD[:-1] + ["@a_file/run"], "train", 2, ["a_file", "is a file"]),

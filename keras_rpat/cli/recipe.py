@@ -11,7 +11,7 @@ keras-rpat recipe figure2 --smoke                           # seconds, synthetic
 One subcommand per recipe file (`recipes/*.toml`, see `keras_rpat.recipes`);
 they share one set of options. Re-running a command after an interruption
 resumes it: finished runs are skipped and an interrupted run continues from its
-last completed epoch.
+last completed epoch (or its last `--checkpoint-every` step backup).
 """
 
 import os

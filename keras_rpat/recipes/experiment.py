@@ -289,7 +289,7 @@ def run_experiment(
     `results.json`. Every file is written atomically.
 
     Calling it again after an interruption continues from the last completed
-    epoch (and an interrupted AutoAttack from its last batch); a finished run
+    epoch, or mid-epoch from the last `checkpoint_every` backup (and an interrupted AutoAttack from its last batch); a finished run
     (complete `results.json`) is skipped.
 
     Only `spec` and `out_dir` say what is run; the other arguments are
