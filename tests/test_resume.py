@@ -4,7 +4,8 @@ The kill tests run `keras-rpat train` and `keras-rpat recipe` in a subprocess
 on tiny data (`--smoke`, 4 steps an epoch, 2 epochs, `--checkpoint-every 1`)
 and SIGKILL them when a file the run writes says where it is: mid-epoch (a
 backup after some but not all steps of the second epoch is on disk) and, on
-torch, mid-AutoAttack (its state file appears). The rerun (in this process:
+torch, mid-AutoAttack (its state file appears); the recipe case runs on
+tensorflow. The rerun (in this process:
 one Keras start-up less) resumes and must end with the same weights (bitwise,
 on CPU) and the same result files as an uninterrupted run, made once per
 backend and module. The kill also leaves a stale lock that the rerun takes
@@ -192,6 +193,10 @@ def test_train_killed_mid_epoch_and_mid_autoattack_resumes_to_the_uninterrupted_
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    TORCH,
+    reason="one recipe case, on tensorflow: torch has the mid-AutoAttack kill instead (a minute of kills per backend)",
+)
 def test_recipe_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     recipe = recipes.load_recipe("figure2")
     specs = recipe.runs(method="pgd_at", seeds=[0], **KILL)
@@ -202,7 +207,7 @@ def test_recipe_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
         "--checkpoint-every", "2", "--verbose", "0", "--out", str(out),
     )  # fmt: skip
     run_dir = out / specs[0].run_dir
-    _kill_when(args, lambda: _mid_epoch(run_dir / "backup"))
+    _kill_when(args, lambda: _mid_epoch(run_dir / "backup", epoch=0))
     assert _read(run_dir / "backup" / "training_metadata.json")["batch"] == 2
     with pytest.warns(UserWarning, match="stale lock"):
         recipes.run_recipe(recipe, specs, out, verbose=0, checkpoint_every=2)
