@@ -44,6 +44,19 @@ def train_step(trainer, data):
     return trainer._update_metrics(y, total, terms, views, sample_weight)
 
 
+def initialize_distributed():
+    # tf.distribute strategies are not wired in yet: one replica.
+    return None
+
+
+def distributed_context():
+    return None
+
+
+def synchronized_moments(x, axes):
+    return None
+
+
 def lowered_models(trainer):
     # tf.function already traces the step into one graph: no lowering.
     return None
