@@ -36,6 +36,13 @@ _PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 _FAST_PATH_DEFAULT = [True]
+_SYNC_BATCHNORM_DEFAULT = [False]
+
+
+def set_sync_batchnorm_default(enabled):
+    """Sets what `RPATTrainer(sync_batchnorm=None)` means for trainers built
+    afterwards (the CLI's `--sync-batchnorm`)."""
+    _SYNC_BATCHNORM_DEFAULT[0] = _check_bool(enabled, "enabled")
 
 
 def set_fast_path_default(enabled):
@@ -119,7 +126,19 @@ class _EpochCallback(keras.callbacks.Callback):
         super().__init__()
         self._trainer = trainer
 
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
     def on_epoch_begin(self, epoch, logs=None):
+        if getattr(self, "_first_epoch", False):
+            # A resumed data-parallel job: every rank must restart at the same epoch.
+            self._first_epoch = False
+            rpat_backend.check_same_on_all_ranks(
+                epoch,
+                "epoch to resume from",
+                "Their backups differ (a rank was stopped while writing one): copy rank 0's run folder over "
+                "the other ranks' folders, or re-run from scratch with --overwrite.",
+            )
         self._trainer.set_epoch(epoch)
 
 
@@ -173,6 +192,8 @@ class RPATTrainer(keras.Model):
             default: each device normalises with its own B/N images (as
             DistributedDataParallel does) and the moving statistics are
             averaged over the devices after every step. Needs a job.
+            `None` (default) means `False` unless `set_sync_batchnorm_default`
+            said otherwise.
 
     Example:
 
@@ -208,7 +229,7 @@ class RPATTrainer(keras.Model):
         capture=False,
         precision="float32",
         memory_format="contiguous",
-        sync_batchnorm=False,
+        sync_batchnorm=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -246,6 +267,8 @@ class RPATTrainer(keras.Model):
         self.capture = _check_bool(capture, "capture")
         self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
         self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
+        if sync_batchnorm is None:
+            sync_batchnorm = _SYNC_BATCHNORM_DEFAULT[0]
         self.sync_batchnorm = _check_bool(sync_batchnorm, "sync_batchnorm")
 
         self._check_views()

@@ -62,6 +62,12 @@ def distributed_context():
     return get_backend().distributed_context()
 
 
+def check_same_on_all_ranks(value, what, *fix):
+    """Raises `ValueError` unless every rank of the job passes an equal JSON-able `value`
+    (the message names `what` and, if given, `fix`); nothing for a process that runs alone."""
+    return get_backend().check_same_on_all_ranks(value, what, *fix)
+
+
 def synchronized_moments(x, axes):
     """`(mean, variance, count)` of `x` over `axes` and the global batch, inside a
     data-parallel step with synchronized BatchNorm; `None` otherwise."""

@@ -53,6 +53,10 @@ def distributed_context():
     return None
 
 
+def check_same_on_all_ranks(value, what, *fix):
+    return None
+
+
 def synchronized_moments(x, axes):
     return None
 

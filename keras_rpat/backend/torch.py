@@ -79,6 +79,10 @@ def distributed_context():
     return torch_distributed.context()
 
 
+def check_same_on_all_ranks(value, what, *fix):
+    return torch_distributed.check_same(value, what, *fix)
+
+
 def synchronized_moments(x, axes):
     return torch_distributed.synchronized_moments(x, axes)
 

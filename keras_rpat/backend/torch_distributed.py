@@ -29,6 +29,7 @@ The N ranks together compute the step of one process on the global batch:
 Backend `gloo` on CPU, `nccl` on CUDA (each rank on `cuda:LOCAL_RANK`).
 """
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -38,14 +39,13 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 _STATE = {"context": None, "shard": None}
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ValueError):
     """A data-parallel job that cannot run as configured (the message says how to fix it)."""
 
 
@@ -92,6 +92,7 @@ def initialize():
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
+        atexit.register(shutdown)
     context = Context(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
     _STATE["context"] = context
     return context
@@ -250,10 +251,10 @@ def synchronized_moments(x, axes):
     for a in axes:
         if a != 0:
             count *= x.shape[a]
-    mean = dist_fn.all_reduce(x.sum(dim=axes)) / count
+    mean = _AllReduceSum.apply(x.sum(dim=axes)) / count
     keep = [1 if a in axes else s for a, s in enumerate(x.shape)]
     centered = x - mean.reshape(keep)
-    variance = dist_fn.all_reduce(centered.square().sum(dim=axes)) / count
+    variance = _AllReduceSum.apply(centered.square().sum(dim=axes)) / count
     return mean, variance, count
 
 
@@ -277,6 +278,22 @@ def sync_batch_norm(h, moving_mean, moving_variance, gamma, beta, momentum, epsi
         moving_mean.mul_(1.0 - momentum).add_(mean.detach(), alpha=momentum)
         moving_variance.mul_(1.0 - momentum).add_(variance.detach() * correction, alpha=momentum)
     return y
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; its gradient is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 # ---------------------------------------------------------------------------- collectives
@@ -326,8 +343,14 @@ def average_variables(variables):
             _unflatten_into(flat, group)
 
 
-def check_same(value, what):
-    """Raises `DistributedError` unless every rank passes an equal JSON-able `value`."""
+_SAME_COMMAND = (
+    "Launch every rank with the same command line and files (torchrun starts one command on each node: "
+    "check the other nodes' copies)."
+)
+
+
+def check_same(value, what, fix=_SAME_COMMAND):
+    """Raises `DistributedError` (naming `what` and `fix`) unless every rank passes an equal JSON-able `value`."""
     found = _STATE["context"]
     if found is None:
         return
@@ -339,8 +362,7 @@ def check_same(value, what):
     differ = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
     if differ:
         raise DistributedError(
-            f"Ranks {differ} run a different {what} than rank 0. Launch every rank with the same command "
-            "line and files (torchrun starts one command on each node: check the other nodes' copies)."
+            f"Ranks {differ} have a different {what} than rank 0 (this is rank {found.rank}: {value!r}). {fix}"
         )
 
 
