@@ -136,3 +136,36 @@ def test_a_rank_started_by_hand_names_torchrun(monkeypatch):
 def test_a_batch_the_ranks_cannot_split_names_a_batch_size():
     with pytest.raises(torch_distributed.DistributedError, match="multiple of 4.*--batch-size 8"):
         torch_distributed.check_batch(10, 4)
+
+
+@pytest.mark.parametrize("command", [["train", "--method", "pgd_at", "--dataset", "synthetic"], ["recipe", "figure2"]])
+def test_cli_sync_batchnorm_without_torchrun_names_the_fix(command, tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    result = invoke(main, [*command, "--smoke", "--sync-batchnorm", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "--sync-batchnorm needs a data-parallel job" in result.output and "torchrun" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_cli_rank_started_by_hand_is_a_usage_error(tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke(main, ["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke", "--out", tmp_path])
+    assert result.exit_code == 2 and "Start every rank with torchrun" in result.output, result.output
+
+
+def test_rank_folders():
+    from keras_rpat.cli import launch
+
+    assert launch.rank_folder("runs/x", 0) == "runs/x"
+    assert launch.rank_folder("runs/x/", 3) == os.path.join("runs", ".x.rank3")

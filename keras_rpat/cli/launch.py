@@ -51,11 +51,11 @@ def rank_folder(out, rank):
     return os.path.join(parent, f".{name}.rank{rank}")
 
 
-def join(out, sync_batchnorm, config):
+def join(out, sync_batchnorm, config, batch_size):
     """Joins the job this command was launched in (if any); returns its `Launch`.
 
     `config` (JSON-able: the command's resolved arguments) must be equal on
-    every rank.
+    every rank, and the global `batch_size` must split evenly over them.
     """
     try:
         job = rpat_backend.initialize_distributed()
@@ -68,6 +68,11 @@ def join(out, sync_batchnorm, config):
                 "`torchrun --nproc_per_node=N -m keras_rpat.cli ...`, or drop --sync-batchnorm."
             )
         return Launch(out)
+    if batch_size % job.world_size:
+        raise click.UsageError(
+            f"--batch-size {batch_size} (the global batch) does not split over {job.world_size} ranks. Pick a "
+            f"multiple of {job.world_size}, e.g. --batch-size {max(job.world_size, batch_size - batch_size % job.world_size)}."
+        )
     trainer_lib.set_sync_batchnorm_default(bool(sync_batchnorm))
     try:
         rpat_backend.check_same_on_all_ranks({"config": config, "sync_batchnorm": sync_batchnorm}, "configuration")

@@ -181,7 +181,8 @@ def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, 
     launch = launch_lib.Launch(out)
     if not dry_run:
         config = {"recipe": recipe.name, "runs": [r.run_dir for r in runs], "fingerprint": runs[0].fingerprint}
-        launch = launch_lib.join(out, sync_batchnorm, {**config, "out": out, "overwrite": overwrite})
+        config |= {"out": out, "overwrite": overwrite}
+        launch = launch_lib.join(out, sync_batchnorm, config, runs[0].batch_size)
     launch.echo(opt.backend_line())
     if launch.primary:
         _echo_plan(recipe, runs, out)

@@ -154,7 +154,9 @@ def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, **run):
         "train",
         f"{spec.method}-{spec.dataset}-{spec.arch}-{spec.norm}-seed{spec.seed}" + ("-smoke" if spec.smoke else ""),
     )
-    launch = launch_lib.join(out, sync_batchnorm, {"spec": spec.to_dict(), "out": out, "overwrite": overwrite})
+    launch = launch_lib.join(
+        out, sync_batchnorm, {"spec": spec.to_dict(), "out": out, "overwrite": overwrite}, spec.batch_size
+    )
     launch.echo(opt.backend_line())
     launch.echo(f"{spec.describe()} -> {out}" + (f" ({launch.world_size} ranks)" if launch.world_size > 1 else ""))
     try:
