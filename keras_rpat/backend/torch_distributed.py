@@ -32,7 +32,6 @@ Backend `gloo` on CPU, `nccl` on CUDA (each rank on `cuda:LOCAL_RANK`).
 import atexit
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -350,20 +349,32 @@ _SAME_COMMAND = (
 
 
 def check_same(value, what, fix=_SAME_COMMAND):
-    """Raises `DistributedError` (naming `what` and `fix`) unless every rank passes an equal JSON-able `value`."""
+    """Raises `DistributedError` (naming `what`, the differences and `fix`) unless every
+    rank passes an equal JSON-able `value`."""
     found = _STATE["context"]
     if found is None:
         return
-    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).digest()
-    device = "cuda" if found.backend == "nccl" else "cpu"
-    mine = torch.tensor(list(digest[:8]), dtype=torch.int64, device=device)
-    gathered = [torch.zeros_like(mine) for _ in range(found.world_size)]
-    dist.all_gather(gathered, mine)
-    differ = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
+    mine = json.loads(json.dumps(value, sort_keys=True, default=str))
+    gathered = [None] * found.world_size
+    dist.all_gather_object(gathered, mine)
+    differ = [r for r, other in enumerate(gathered) if other != gathered[0]]
     if differ:
-        raise DistributedError(
-            f"Ranks {differ} have a different {what} than rank 0 (this is rank {found.rank}: {value!r}). {fix}"
-        )
+        first = _flat(gathered[0])
+        lines = []
+        for r in differ:
+            other = _flat(gathered[r])
+            keys = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            lines += [f"{k or what} is {other.get(k)!r} on rank {r}, {first.get(k)!r} on rank 0" for k in keys[:5]]
+        raise DistributedError(f"Ranks {differ} have a different {what} than rank 0: {'; '.join(lines)}. {fix}")
+
+
+def _flat(value, prefix=""):
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 def _by_dtype(tensors):
