@@ -43,7 +43,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _torchrun(args, nproc=2, timeout=300):
+def _start_torchrun(args, nproc=2):
     env = dict(os.environ, OMP_NUM_THREADS="1", KERAS_BACKEND="torch")
     for name in torch_distributed.TORCHRUN_VARIABLES:
         env.pop(name, None)
@@ -56,15 +56,33 @@ def _torchrun(args, nproc=2, timeout=300):
         f"--master_port={_free_port()}",
         *map(str, args),
     ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+class _Job:
+    """The torchrun job, started once; its results are read when a test first needs them
+    (the one-process references are computed meanwhile)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.process = _start_torchrun([HERE / "distributed_worker.py", out, *RUNS])
+        self.results = None
+
+    def wait(self):
+        if self.results is None:
+            _, stderr = self.process.communicate(timeout=300)
+            assert self.process.returncode == 0, stderr[-4000:]
+            self.results = dict(np.load(self.out))
+        return self.results
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "two.npz"
-    done = _torchrun([HERE / "distributed_worker.py", out, *RUNS])
-    assert done.returncode == 0, done.stderr[-4000:]
-    return dict(np.load(out))
+    job = _Job(tmp_path_factory.mktemp("ddp") / "two.npz")
+    yield job
+    if job.process.poll() is None:
+        job.process.kill()
+        job.process.communicate()
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -74,6 +92,7 @@ def test_two_ranks_take_the_one_process_steps(two_ranks, run):
     import keras
 
     keras.config.set_dtype_policy("float32")
+    two_ranks = two_ranks.wait()
     names = [k for k in one if k.startswith(f"{method}/")]
     assert any("/moving_variance" in k for k in names) and any("/log/loss" in k for k in names)
     for name in names:
