@@ -62,6 +62,18 @@ def distributed_context():
     return get_backend().distributed_context()
 
 
+def evaluation_rows(size):
+    """A context giving this rank's rows of an evaluation batch of `size` rows
+    (`None` for a process that runs alone); random draws inside it are the
+    one-process ones."""
+    return get_backend().evaluation_rows(size)
+
+
+def gather_rows(values, rows, size):
+    """Every rank's per-row `values` of an `evaluation_rows` batch, as one array."""
+    return get_backend().gather_rows(values, rows, size)
+
+
 def check_same_on_all_ranks(value, what, *fix):
     """Raises `ValueError` unless every rank of the job passes an equal JSON-able `value`
     (the message names `what` and, if given, `fix`); nothing for a process that runs alone."""

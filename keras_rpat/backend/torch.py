@@ -79,6 +79,14 @@ def distributed_context():
     return torch_distributed.context()
 
 
+def evaluation_rows(size):
+    return torch_distributed.evaluation_rows(size)
+
+
+def gather_rows(values, rows, size):
+    return torch_distributed.gather_rows(values, rows, size)
+
+
 def check_same_on_all_ranks(value, what, *fix):
     return torch_distributed.check_same(value, what, *fix)
 

@@ -234,6 +234,37 @@ def train_step(trainer, x, y, sample_weight, gradients, autocast=contextlib.null
     return trainer.update_metrics_from_sums(sums, layout)
 
 
+@contextlib.contextmanager
+def evaluation_rows(size):
+    """This rank's rows of an evaluation batch of `size` rows, as a `shard_scope`
+    (so the attack's random starts are the one-process ones); `None` alone."""
+    found = _STATE["context"]
+    if found is None or size < found.world_size:  # too small to split: every rank takes it whole
+        yield None
+        return
+    rows = shard_rows(size, found.rank, found.world_size)
+    shard = Shard(rows, size, sync_batchnorm=False)
+    shard.device_rows = torch.as_tensor(rows, device=_device())
+    with shard_scope(shard):
+        yield rows
+
+
+def gather_rows(values, rows, size):
+    """The `size`-row NumPy array whose `rows` are each rank's `values` (numeric or bool)."""
+    if rows is None:
+        return values
+    full = torch.zeros(size, dtype=torch.float64 if _STATE["context"].backend == "gloo" else torch.float32)
+    full = full.to(_device())
+    full[torch.as_tensor(rows, device=full.device)] = torch.as_tensor(np.asarray(values, np.float64)).to(full)
+    dist.all_reduce(full)
+    out = full.cpu().numpy()
+    return out.astype(bool) if np.asarray(values).dtype == bool else out
+
+
+def _device():
+    return torch.device("cuda", torch.cuda.current_device()) if _STATE["context"].backend == "nccl" else "cpu"
+
+
 # ---------------------------------------------------------------------------- BatchNorm
 def synchronized_moments(x, axes):
     """Batch mean and (biased) variance over the global batch, and the count, or `None`.
