@@ -26,7 +26,6 @@ if BACKEND == "torch":
 else:
     torch_distributed = None
 
-pytestmark = torch_only
 
 # pgd_at+rpat in float32 on the fast path; trades+rpat in float64 on the Keras
 # path: TRADES' attack starts 0.001 from x, where the sign of the KL gradient of
@@ -85,6 +84,7 @@ def two_ranks(tmp_path_factory):
         job.process.communicate()
 
 
+@torch_only
 @pytest.mark.parametrize("run", RUNS)
 def test_two_ranks_take_the_one_process_steps(two_ranks, run):
     method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
@@ -105,6 +105,7 @@ def test_two_ranks_take_the_one_process_steps(two_ranks, run):
     assert np.max(np.abs(one[kernel] - one[f"{method}/initial/conv1/kernel"])) > 1e-3
 
 
+@torch_only
 def test_shards_tile_the_batch_and_keep_two_view_pairs():
     rows = [torch_distributed.shard_rows(7, r, 2) for r in range(2)]
     assert [list(r) for r in rows] == [[0, 1, 2, 3], [4, 5, 6]]
@@ -112,6 +113,7 @@ def test_shards_tile_the_batch_and_keep_two_view_pairs():
     assert pairs == [[0, 1, 4, 5], [2, 3, 6, 7]]
 
 
+@torch_only
 def test_each_rank_draws_its_rows_of_the_one_process_noise():
     import keras
 
@@ -133,6 +135,7 @@ def test_each_rank_draws_its_rows_of_the_one_process_noise():
     assert draws[0][1] == draws[1][1] == beta  # a per-batch draw is the same on every rank
 
 
+@torch_only
 def test_sync_batchnorm_without_a_job_names_the_fix(monkeypatch):
     for name in torch_distributed.TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -143,6 +146,7 @@ def test_sync_batchnorm_without_a_job_names_the_fix(monkeypatch):
         trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
 
 
+@torch_only
 def test_a_rank_started_by_hand_names_torchrun(monkeypatch):
     for name in torch_distributed.TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -152,11 +156,13 @@ def test_a_rank_started_by_hand_names_torchrun(monkeypatch):
         torch_distributed.initialize()
 
 
+@torch_only
 def test_a_batch_the_ranks_cannot_split_names_a_batch_size():
     with pytest.raises(torch_distributed.DistributedError, match="multiple of 4.*--batch-size 8"):
         torch_distributed.check_batch(10, 4)
 
 
+@torch_only
 @pytest.mark.parametrize("command", [["train", "--method", "pgd_at", "--dataset", "synthetic"], ["recipe", "figure2"]])
 def test_cli_sync_batchnorm_without_torchrun_names_the_fix(command, tmp_path, monkeypatch):
     from testing import invoke
@@ -171,6 +177,7 @@ def test_cli_sync_batchnorm_without_torchrun_names_the_fix(command, tmp_path, mo
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+@torch_only
 def test_cli_rank_started_by_hand_is_a_usage_error(tmp_path, monkeypatch):
     from testing import invoke
 
@@ -188,3 +195,26 @@ def test_rank_folders():
 
     assert launch.rank_folder("runs/x", 0) == "runs/x"
     assert launch.rank_folder("runs/x/", 3) == os.path.join("runs", ".x.rank3")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is the tensorflow backend's")
+def test_tf_distribute_strategy_is_refused_with_the_fix():
+    import keras
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:  # 2 logical CPU devices (possible only before TensorFlow initialises its devices)
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:
+        pass
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("TensorFlow initialised one CPU device before this test")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    with strategy.scope():
+        model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+        trainer = keras_rpat.RPATTrainer(model, attack=keras_rpat.attacks.PGD(num_steps=1))
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    x = np.zeros((4, 8, 8, 3), "float32")
+    with pytest.raises(NotImplementedError, match="torchrun --nproc_per_node"):
+        trainer.fit(x, np.zeros(4, "int64"), batch_size=4, epochs=1, verbose=0)

@@ -30,6 +30,15 @@ def assign_moving_average(targets, sources, decay):
 
 
 def train_step(trainer, data):
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        # The hand-written loss terms would be summed over replicas unscaled, and
+        # every replica would draw the same random starts: refuse rather than train wrong.
+        raise NotImplementedError(
+            f"RPATTrainer does not support tf.distribute yet (a strategy with {replicas} replicas is active). "
+            "Train data-parallel on the torch backend (KERAS_BACKEND=torch, `torchrun --nproc_per_node=N ...`), "
+            "or build and fit the trainer outside the strategy's scope."
+        )
     x, y, sample_weight = trainer._unpack(data)
     # The attack and the teacher run before the tape opens, so the tape records
     # only the training forward passes.
