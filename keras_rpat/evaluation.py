@@ -126,11 +126,18 @@ def clean_correct(model, x, y, batch_size, check=True):
     """Per-sample correctness on benign inputs, inference mode, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
     for i, sl in enumerate(_batches(len(x), batch_size)):
-        logits = _forward(model, x[sl])
-        if i == 0 and check:
-            _check_logits(logits)
-        correct[sl] = np.argmax(logits, axis=-1) == y[sl]
+        # In a data-parallel job each rank takes its rows of the batch.
+        with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
+            xb, yb = _rows(x[sl], rows), _rows(y[sl], rows)
+            logits = _forward(model, xb)
+            if i == 0 and check:
+                _check_logits(logits)
+            correct[sl] = rpat_backend.gather_rows(np.argmax(logits, axis=-1) == yb, rows, sl.stop - sl.start)
     return correct
+
+
+def _rows(values, rows):
+    return values if rows is None else values[rows]
 
 
 def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
@@ -152,10 +159,12 @@ def attack_correct(model, attack, x, y, batch_size):
     """Per-sample correctness on `attack(model, x, y)`, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
     for sl in _batches(len(x), batch_size):
-        xb = ops.convert_to_tensor(x[sl], dtype="float32")
-        yb = ops.convert_to_tensor(y[sl], dtype="int32")
-        x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
-        correct[sl] = np.argmax(_forward(model, x_adv), axis=-1) == y[sl]
+        with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
+            xb = ops.convert_to_tensor(_rows(x[sl], rows), dtype="float32")
+            yb = ops.convert_to_tensor(_rows(y[sl], rows), dtype="int32")
+            x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
+            hits = np.argmax(_forward(model, x_adv), axis=-1) == _rows(y[sl], rows)
+            correct[sl] = rpat_backend.gather_rows(hits, rows, sl.stop - sl.start)
     return correct
 
 

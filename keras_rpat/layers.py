@@ -20,6 +20,8 @@ import math
 import keras
 from keras import ops
 
+from keras_rpat import backend as rpat_backend
+
 __all__ = [
     "BatchNorm",
     "InputNormalization",
@@ -127,7 +129,12 @@ class BatchNorm(keras.layers.BatchNormalization):
 
         axes = self._reduction_axes
 
-        if self.synchronized:
+        n = self._num_reduced(inputs)
+        global_moments = rpat_backend.synchronized_moments(inputs, axes)
+        if global_moments is not None:  # a data-parallel step with sync_batchnorm
+            mean, variance, n = global_moments
+            centered = inputs - self._broadcast(mean, inputs)
+        elif self.synchronized:
             mean, variance = ops.moments(inputs, axes=axes, synchronized=True)
             centered = inputs - self._broadcast(mean, inputs)
         else:
@@ -147,7 +154,6 @@ class BatchNorm(keras.layers.BatchNormalization):
             outputs = outputs + self._broadcast(ops.cast(self.beta, compute_dtype), inputs)
 
         # ... and tracks the unbiased one.
-        n = self._num_reduced(inputs)
         if isinstance(n, int):
             correction = n / max(n - 1, 1)
         else:

@@ -19,6 +19,7 @@ import os
 import click
 
 from keras_rpat import recipes
+from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["recipe_group", "recipe_run_options"]
@@ -103,6 +104,7 @@ def recipe_run_options(f):
                 help="Accept an --out of another configuration and re-run the selected runs from scratch.",
             ),
             click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
+            launch_lib.sync_batchnorm_option(),
             opt.verbose_level_option(),
         ],
         f,
@@ -161,38 +163,50 @@ def _echo_plan(recipe, runs, out):
         )
 
 
-def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose):
+def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm=False):
     """The body of every `keras-rpat recipe <name>` command.
 
     Args:
         name: the recipe.
         plan: the narrowing arguments of `Recipe.runs` (`dataset`, `arch`,
             `norm`, `method`, `seeds`, `epochs`, `smoke`, `batch_size`).
-        data_dir, out, overwrite, dry_run, verbose: the command's options.
+        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm: the command's options.
     """
-    click.echo(opt.backend_line())
     recipe = _load(name)
     try:
         runs = recipe.runs(**plan)
     except recipes.RecipeError as e:
         raise click.UsageError(str(e)) from None
     out = out or os.path.join("runs", f"{name}_smoke" if plan["smoke"] else name)
-    _echo_plan(recipe, runs, out)
+    launch = launch_lib.Launch(out)
+    if not dry_run:
+        config = {"recipe": recipe.name, "runs": [r.run_dir for r in runs], "fingerprint": runs[0].fingerprint}
+        config |= {"out": out, "overwrite": overwrite}
+        launch = launch_lib.join(out, sync_batchnorm, config, runs[0].batch_size)
+    launch.echo(opt.backend_line())
+    if launch.primary:
+        _echo_plan(recipe, runs, out)
     if dry_run:
         return
     try:
         outcome = recipes.run_recipe(
-            recipe, runs, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo
+            recipe,
+            runs,
+            launch.out,
+            data_dir=data_dir,
+            overwrite=overwrite,
+            verbose=verbose if launch.primary else 0,
+            echo=launch.echo,
         )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
     report = outcome["report"]
     skipped = sum(1 for r in outcome["results"] if r.get("skipped"))
-    click.echo(
+    launch.echo(
         f"{len(runs)} run(s) complete ({skipped} already done). Wrote {report['markdown']} and {report['json']}."
     )
     for path in report["figures"]:
-        click.echo(f"Wrote {path}")
+        launch.echo(f"Wrote {path}")
 
 
 def _recipe_command(name):
@@ -214,8 +228,8 @@ def _recipe_command(name):
 
     @click.command(name=name, help=body, short_help=short)
     @recipe_run_options
-    def command(data_dir, out, overwrite, dry_run, verbose, **plan):
-        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose)
+    def command(data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, **plan):
+        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm)
 
     return command
 
