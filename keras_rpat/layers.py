@@ -139,10 +139,10 @@ class BatchNorm(keras.layers.BatchNormalization):
             centered = inputs - self._broadcast(mean, inputs)
         else:
             # sum / n, not ops.mean: Keras' torch mean computes float64 in float32.
-            n = ops.cast(self._num_reduced(inputs), compute_dtype)
-            mean = ops.sum(inputs, axis=axes, keepdims=True) / n
+            count = ops.cast(n, compute_dtype)
+            mean = ops.sum(inputs, axis=axes, keepdims=True) / count
             centered = inputs - mean
-            variance = ops.sum(ops.square(centered), axis=axes) / n
+            variance = ops.sum(ops.square(centered), axis=axes) / count
             mean = ops.reshape(mean, (-1,))
 
         # PyTorch normalises with the biased variance ...
