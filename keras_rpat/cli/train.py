@@ -141,7 +141,8 @@ def train_command(out, data_dir, overwrite, verbose, **run):
     Example: keras-rpat train --method trades+rpat --dataset cifar10
     --arch resnet18_bottleneck --norm linf --epochs 110 --seed 0 --out runs/x
     """
-    click.echo(opt.backend_line())
+    echo = opt.echo()
+    echo(opt.backend_line())
     try:
         spec = recipes.single_run(**run)
     except recipes.RecipeError as e:
@@ -151,9 +152,9 @@ def train_command(out, data_dir, overwrite, verbose, **run):
         "train",
         f"{spec.method}-{spec.dataset}-{spec.arch}-{spec.norm}-seed{spec.seed}" + ("-smoke" if spec.smoke else ""),
     )
-    click.echo(f"{spec.describe()} -> {out}")
+    echo(f"{spec.describe()} -> {out}")
     try:
-        result = recipes.run_single(spec, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=click.echo)
+        result = recipes.run_single(spec, out, data_dir=data_dir, overwrite=overwrite, verbose=verbose, echo=echo)
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))
+    echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))
