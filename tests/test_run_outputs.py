@@ -1,8 +1,9 @@
 """What a run leaves for people to read: console lines, CSV logs, curves, smoke labels, `keras-rpat report`.
 
-One smoke run of Figure 4 (one method, two epochs) is shared by the tests.
-The outputs do not depend on the backend, and AutoAttack under tensorflow
-runs in a subprocess per evaluation, so the run is made on torch only.
+One smoke run of Figure 4 (one method, two epochs), made in a fresh process
+whose output is not a terminal, is shared by the tests. The outputs do not
+depend on the backend, and AutoAttack under tensorflow runs in a subprocess per
+evaluation, so the run is made on torch only.
 """
 
 import csv
@@ -11,6 +12,7 @@ import re
 import keras_rpat  # noqa: F401
 
 import pytest
+from testing import imported
 from testing import invoke
 from testing import torch_only
 
@@ -24,9 +26,14 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("figure4_smoke")
-    result = invoke(main, ["recipe", "figure4", "--smoke", "--method", "mse", "--epochs", EPOCHS, "--out", out])
-    assert result.exit_code == 0, result.output
-    return out, result.output
+    modules, process = imported(["recipe", "figure4", "--smoke", "--method", "mse", "--epochs", EPOCHS, "--out", out])
+    assert (out / "figure4.md").exists(), process.stdout + process.stderr
+    return out, process.stdout, modules
+
+
+def test_training_and_evaluation_on_torch_never_import_tensorflow(smoke_run):
+    _, _, modules = smoke_run
+    assert modules == ["keras", "torch"]
 
 
 def _run_dir(out):
@@ -34,13 +41,13 @@ def _run_dir(out):
 
 
 def test_a_console_that_is_not_a_terminal_gets_one_plain_line_per_epoch(smoke_run):
-    _, output = smoke_run
+    _, output, _ = smoke_run
     assert "\x1b" not in output  # no ANSI codes
     assert len(re.findall(r"^\d+/\d+ - .*loss", output, flags=re.M)) == EPOCHS, output
 
 
 def test_every_run_writes_a_csv_log_per_epoch(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     with open(_run_dir(out) / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
@@ -49,13 +56,13 @@ def test_every_run_writes_a_csv_log_per_epoch(smoke_run):
 
 
 def test_every_run_draws_its_training_curves(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     png = (_run_dir(out) / "training_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
 def test_a_smoke_report_says_what_ran_and_does_not_compare_with_the_paper(smoke_run):
-    out, output = smoke_run
+    out, output, _ = smoke_run
     markdown = (out / "figure4.md").read_text()
     assert markdown.startswith("# figure4 smoke run: small_cnn on synthetic data")
     assert "SMOKE RUN: small_cnn" in markdown and "PGD-2 evaluation" in markdown and "APGD-CE" in markdown
@@ -67,7 +74,7 @@ def test_a_smoke_report_says_what_ran_and_does_not_compare_with_the_paper(smoke_
 
 
 def test_report_rebuilds_the_files_and_lists_the_missing_runs(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     (out / "figure4.md").unlink()
     (out / "figure4.png").unlink()
     result = invoke(main, ["report", out])
@@ -79,7 +86,7 @@ def test_report_rebuilds_the_files_and_lists_the_missing_runs(smoke_run):
 
 
 def test_quiet_prints_nothing(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     result = invoke(main, ["recipe", "figure4", "--smoke", "--method", "mse", "--epochs", EPOCHS, "--out", out, "-q"])
     assert result.exit_code == 0 and result.output == ""
 

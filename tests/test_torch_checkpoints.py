@@ -52,11 +52,9 @@ class TradesWideResNet(TorchWideResNet):
 ARCHS = {
     # RPAT_Benchmarks models/resnet.py::resnet18
     "resnet18_bottleneck": (lambda: TorchResNet(TorchBottleneck, NUM_CLASSES), ("",)),
-    # RPAT_SOTAs / ReBAT (DataParallel) and RobustBench PreActResNet(PreActBlockV2, bn_before_fc=True)
-    "preact_resnet18": (
-        lambda: TorchResNet(TorchPreActBlock, NUM_CLASSES, preact=True),
-        ("module.", "no_batches_tracked"),
-    ),
+    # RPAT_SOTAs / ReBAT, saved through DataParallel. RobustBench's PreActResNet(PreActBlockV2, [2, 2, 2, 2],
+    # bn_before_fc=True) has exactly these keys (without the prefix: the WRN case below covers that path).
+    "preact_resnet18": (lambda: TorchResNet(TorchPreActBlock, NUM_CLASSES, preact=True), ("module.",)),
     # TRADES / MART models/wideresnet.py (unused sub_block1), WRN-34-10's key layout at a test size
     "wide_resnet_trades": (lambda: TradesWideResNet(10, 2, NUM_CLASSES), ("",)),
     # RobustBench wide_resnet.py::WideResNet (sub_block1=False)
