@@ -11,6 +11,7 @@ import os
 
 import click
 import keras
+import numpy as np
 
 import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
 from keras_rpat import _io
@@ -112,26 +113,32 @@ def export_command(model_path, fmt, arch, out):
     model = _keras_classifier(model_path)
     out = out or os.path.splitext(model_path)[0] + (".pt" if fmt == "torch" else ".onnx")
     if fmt == "onnx":
+        model(np.zeros((1,) + tuple(model.input_shape[1:]), dtype="float32"))  # Keras exports called models only
         try:
             model.export(out, format="onnx", verbose=False)
         except ImportError as e:
             raise click.ClickException(f"ONNX export on the {keras.config.backend()} backend needs: {e}") from None
+        except Exception as e:  # noqa: BLE001  (the exporter's own failures: name them, no traceback)
+            raise click.ClickException(f"Keras' ONNX export failed: {type(e).__name__}: {e}") from None
         click.echo(f"Wrote {out}")
         return
     arch = arch or _arch(None, None, model.name)
     normalize = _normalization_of(model)
     num_classes = int(model.get_layer("logits").units)
-    net = torch_models.get(arch, num_classes=num_classes, normalize=normalize, **_torch_options(model, arch))
+    options = _torch_options(model, arch)
+    net = torch_models.get(arch, num_classes=num_classes, normalize=normalize, **options)
     try:
         arrays = models.torch_state_dict(model, net.state_dict().keys())
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     torch_models.load_arrays(net, arrays)  # strict=True: fails here rather than in the user's code
     torch_models.save_state_dict(arrays, out)
+    extra = "".join(f", {k}={v!r}" for k, v in options.items() if (k, v) != ("stem_stride", 1))
     click.echo(
         f"Wrote {out}: {len(arrays)} tensors. Load it with: net = keras_rpat.torch_models.get({arch!r}, "
         f"num_classes={num_classes}"
         + (f", normalize={normalize}" if normalize else "")
+        + extra
         + "); net.load_state_dict(torch.load(path), strict=True)"
     )
 
