@@ -127,3 +127,10 @@ def random_beta(concentration1, concentration0, dtype="float32", seed=None):
 def device_name():
     """A short description of the device Keras computes on (`"cpu"`, `"cuda:0"`...)."""
     return get_backend().device_name()
+
+
+if keras.config.backend() == "torch":
+    # Loaded with the package, not on first use: it keeps Keras from importing
+    # TensorFlow on the torch backend (see `keras_rpat.backend.torch`), which must
+    # hold before anything calls `keras.utils.set_random_seed` or saves a model.
+    from keras_rpat.backend import torch as _torch_hooks  # noqa: E402, F401

@@ -14,6 +14,7 @@ import click
 
 from keras_rpat import backend as rpat_backend
 from keras_rpat import trainer as trainer_lib
+from keras_rpat.cli import options as opt
 
 __all__ = ["Launch", "join", "sync_batchnorm_option"]
 
@@ -39,8 +40,9 @@ class Launch:
         return self.rank == 0
 
     def echo(self, message=""):
+        """Prints on rank 0, unless `--quiet`."""
         if self.primary:
-            click.echo(message)
+            opt.echo()(message)
 
 
 def rank_folder(out, rank):

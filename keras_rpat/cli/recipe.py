@@ -125,6 +125,7 @@ def _load(name):
 
 
 def _echo_plan(recipe, runs, out):
+    echo = opt.echo()
     dims = {
         "methods": sorted({m for r in runs for m in r.methods}, key=[m.id for m in recipe.methods].index),
         "datasets": sorted({r.dataset for r in runs}, key=recipe.datasets.index),
@@ -133,16 +134,18 @@ def _echo_plan(recipe, runs, out):
         "seeds": sorted({r.seed for r in runs}),
     }
     shared = [m for r in runs for m in r.methods[1:]]
-    click.echo(
+    echo(
         f"Plan for {recipe.name} ({recipe.paper}): {len(runs)} run{'s' if len(runs) != 1 else ''}, "
         f"{runs[0].epochs} epoch{'s' if runs[0].epochs != 1 else ''} each, batch size {runs[0].batch_size}"
-        + (", SMOKE (synthetic data)" if runs[0].smoke else "")
+        + (", SMOKE" if runs[0].smoke else "")
         + f" -> {out}"
     )
+    if runs[0].smoke:
+        echo(f"  smoke: every run is {recipes.smoke_description()} (the archs and datasets below name the folders)")
     for key, values in dims.items():
-        click.echo(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
+        echo(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
     if shared:
-        click.echo(f"  (methods sharing another method's run: {', '.join(sorted(set(shared)))})")
+        echo(f"  (methods sharing another method's run: {', '.join(sorted(set(shared)))})")
     widths = [
         4,
         max(len(r.method) for r in runs),
@@ -152,11 +155,11 @@ def _echo_plan(recipe, runs, out):
         4,
     ]
     header = ["#", "method", "dataset", "arch", "norm", "seed"]
-    click.echo("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  folder")
+    echo("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  folder")
     for i, r in enumerate(runs, 1):
         cells = [str(i), r.method, r.dataset, r.arch, r.norm, str(r.seed)]
         opts = "".join(f" {k}={v}" for k, v in r.options.items())
-        click.echo(
+        echo(
             "  "
             + "  ".join(c.ljust(w) for c, w in zip(cells, widths))
             + f"  {r.run_dir}{opts and '  [' + opts.strip() + ']'}"
