@@ -22,14 +22,17 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 
 import importlib as _importlib
 import os as _os
+import sys as _sys
 
 _os.environ.setdefault("KERAS_BACKEND", "torch")
 
 from keras_rpat._version import __version__  # noqa: E402
 
-# The public API loads on first use (PEP 562), so that `import keras_rpat`
-# and the `keras-rpat` command line start without Keras, torch or
-# TensorFlow; `keras_rpat.models` (or any name below) imports them.
+# In the `keras-rpat` command the public API loads on first use (PEP 562), so
+# that `--help` or a usage error answers without Keras, torch or TensorFlow.
+# Anywhere else it loads with the package (end of this file), as a Keras
+# library's should: its serializable layers, losses and trainer are then
+# registered, and `keras.saving.load_model` finds them after `import keras_rpat`.
 _MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
 _MODULES += ("optimizers", "presets")
 _NAMES = {
@@ -101,3 +104,15 @@ __all__ = [
     "BoAT",
     "RPATPlusPlus",
 ]
+
+
+def _started_as_cli():
+    """Whether this process is the `keras-rpat` command (or `python -m keras_rpat[.cli]`)."""
+    command = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
+    # "-m": `python -m keras_rpat.cli` imports this package while locating its module.
+    return command.startswith("keras-rpat") or command == "-m"
+
+
+if not _started_as_cli():
+    for _name in _MODULES + ("trainer",):
+        _importlib.import_module(f"keras_rpat.{_name}")

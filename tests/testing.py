@@ -54,9 +54,11 @@ def invoke(command, args, **kwargs):
     return CliRunner().invoke(command, [str(a) for a in args], **kwargs)
 
 
-# Runs the command line in a fresh process and prints the heavy modules it imported.
+# Runs the command line in a fresh process, as the `keras-rpat` script does (its
+# argv[0]; see keras_rpat._started_as_cli), and prints the heavy modules it imported.
 PROBE = (
     "import sys, json\n"
+    "sys.argv[0] = 'keras-rpat'\n"
     "from keras_rpat.cli import main\n"
     "try:\n"
     "    main(sys.argv[1:], prog_name='keras-rpat', standalone_mode=False)\n"

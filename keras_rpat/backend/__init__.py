@@ -130,7 +130,5 @@ def device_name():
 
 
 if keras.config.backend() == "torch":
-    # Loaded with the package, not on first use: it keeps Keras from importing
-    # TensorFlow on the torch backend (see `keras_rpat.backend.torch`), which must
-    # hold before anything calls `keras.utils.set_random_seed` or saves a model.
-    from keras_rpat.backend import torch as _torch_hooks  # noqa: E402, F401
+    # Loaded with the package: keeps Keras from importing TensorFlow on torch.
+    from keras_rpat.backend import torch_without_tensorflow  # noqa: E402, F401

@@ -1,10 +1,7 @@
 """PyTorch implementations of the backend hooks (see `keras_rpat.backend`)."""
 
-import sys
-
 import torch
 from keras.src.backend.torch.core import get_device
-from keras.src.utils import module_utils
 
 from keras_rpat.backend import torch_distributed
 from keras_rpat.backend import torch_fast
@@ -13,26 +10,6 @@ from keras_rpat.backend.torch_random import random_beta  # noqa: F401
 from keras_rpat.backend.torch_random import random_normal  # noqa: F401
 from keras_rpat.backend.torch_random import random_uniform  # noqa: F401
 from keras_rpat.backend.torch_random import set_random_state  # noqa: F401
-
-
-class _TensorFlowIfImported(module_utils.LazyModule):
-    """Keras' lazy `tensorflow` module, "available" only once something imported TensorFlow.
-
-    Keras asks `tensorflow.available` in `keras.utils.set_random_seed` and when
-    it serializes a model (`model.save`), which imports TensorFlow whenever it
-    is installed: seconds and TensorFlow's start-up lines on the torch backend.
-    An object can only be a TensorFlow one if TensorFlow was imported, so the
-    answer is unchanged for every object Keras checks; `tf.data` input still
-    works (the user imported TensorFlow to build it).
-    """
-
-    @property
-    def available(self):
-        return "tensorflow" in sys.modules and super().available
-
-
-# Keras' modules hold this one instance (`from ... import tensorflow as tf`), so its class is swapped.
-module_utils.tensorflow.__class__ = _TensorFlowIfImported
 
 
 def input_gradient(loss_fn, x):
