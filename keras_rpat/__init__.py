@@ -20,6 +20,7 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 ```
 """
 
+import importlib as _importlib
 import os as _os
 import sys as _sys
 
@@ -51,32 +52,47 @@ _check_backend_choice()
 
 from keras_rpat._version import __version__  # noqa: E402
 
-from keras_rpat import attacks  # noqa: E402
-from keras_rpat import autoattack  # noqa: E402
-from keras_rpat import callbacks  # noqa: E402
-from keras_rpat import datasets  # noqa: E402
-from keras_rpat import evaluation  # noqa: E402
-from keras_rpat import layers  # noqa: E402
-from keras_rpat import losses  # noqa: E402
-from keras_rpat import models  # noqa: E402
-from keras_rpat import optimizers  # noqa: E402
-from keras_rpat import presets  # noqa: E402
-from keras_rpat.attacks import FGSM  # noqa: E402
-from keras_rpat.attacks import PGD  # noqa: E402
-from keras_rpat.attacks import RandomNoise  # noqa: E402
-from keras_rpat.losses import MART  # noqa: E402
-from keras_rpat.losses import TRADES  # noqa: E402
-from keras_rpat.losses import AdversarialCrossEntropy  # noqa: E402
-from keras_rpat.losses import BoAT  # noqa: E402
-from keras_rpat.losses import Consistency  # noqa: E402
-from keras_rpat.losses import CrossEntropy  # noqa: E402
-from keras_rpat.losses import RobustPerception  # noqa: E402
-from keras_rpat.losses import RPATPlusPlus  # noqa: E402
-from keras_rpat.trainer import RPATTrainer  # noqa: E402
-from keras_rpat.trainer import WeightAveraging  # noqa: E402
-from keras_rpat.callbacks import RobustEvaluation  # noqa: E402
-from keras_rpat.evaluation import EvalResult  # noqa: E402
-from keras_rpat.evaluation import mean_nrr  # noqa: E402
+# In the `keras-rpat` command the public API loads on first use (PEP 562), so
+# that `--help` or a usage error answers without Keras, torch or TensorFlow.
+# Anywhere else it loads with the package (end of this file), as a Keras
+# library's should: its serializable layers, losses and trainer are then
+# registered, and `keras.saving.load_model` finds them after `import keras_rpat`.
+_MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
+_MODULES += ("optimizers", "presets")
+_NAMES = {
+    "FGSM": "attacks",
+    "PGD": "attacks",
+    "RandomNoise": "attacks",
+    "MART": "losses",
+    "TRADES": "losses",
+    "AdversarialCrossEntropy": "losses",
+    "BoAT": "losses",
+    "Consistency": "losses",
+    "CrossEntropy": "losses",
+    "RobustPerception": "losses",
+    "RPATPlusPlus": "losses",
+    "RPATTrainer": "trainer",
+    "WeightAveraging": "trainer",
+    "RobustEvaluation": "callbacks",
+    "EvalResult": "evaluation",
+    "mean_nrr": "evaluation",
+}
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        value = _importlib.import_module(f"keras_rpat.{name}")
+    elif name in _NAMES:
+        value = getattr(_importlib.import_module(f"keras_rpat.{_NAMES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'keras_rpat' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "__version__",
@@ -112,3 +128,15 @@ __all__ = [
     "BoAT",
     "RPATPlusPlus",
 ]
+
+
+def _started_as_cli():
+    """Whether this process is the `keras-rpat` command (or `python -m keras_rpat[.cli]`)."""
+    command = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
+    # "-m": `python -m keras_rpat.cli` imports this package while locating its module.
+    return command.startswith("keras-rpat") or command == "-m"
+
+
+if not _started_as_cli():
+    for _name in _MODULES + ("trainer",):
+        _importlib.import_module(f"keras_rpat.{_name}")

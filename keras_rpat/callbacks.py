@@ -9,6 +9,7 @@ the final one.
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -20,7 +21,7 @@ from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import evaluation
 
-__all__ = ["DivergenceError", "DivergenceGuard", "EpochLog", "RobustEvaluation", "RunBackup"]
+__all__ = ["DivergenceError", "DivergenceGuard", "EpochLog", "RobustEvaluation", "RunBackup", "console_verbosity"]
 
 
 def print_msg(message):
@@ -254,11 +255,25 @@ class RobustEvaluation(keras.callbacks.Callback):
         if logs is not None:
             logs["val_clean_acc"] = clean / 100.0
             logs["val_robust_acc"] = robust / 100.0
+            if record["lr"] is not None:
+                logs.setdefault("learning_rate", record["lr"])
         if self.verbose:
             print_msg(
                 f"\nEpoch {epoch + 1}: clean {clean:.2f}%, robust {robust:.2f}%"
                 + (" (best)" if improved else f" (best {self.best:.2f}% at epoch {self.best_epoch})")
             )
+
+
+def console_verbosity(verbose, stream=None):
+    """The `verbose` of `fit` for this console: progress bars (1) only on a terminal.
+
+    Keras' progress bars redraw with ANSI codes; when the output is a file or a
+    pipe, 1 becomes 2 (one plain line per epoch). 0 stays silent.
+    """
+    stream = sys.stdout if stream is None else stream
+    if verbose == 1 and not (hasattr(stream, "isatty") and stream.isatty()):
+        return 2
+    return verbose
 
 
 class EpochLog(keras.callbacks.Callback):

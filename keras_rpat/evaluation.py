@@ -25,6 +25,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 import warnings
 
@@ -47,6 +48,7 @@ __all__ = [
     "PGD_EVAL_STEPS",
     "EvalResult",
     "PerceptionResult",
+    "Progress",
     "autoattack_accuracy",
     "clean_accuracy",
     "evaluate",
@@ -126,11 +128,18 @@ def clean_correct(model, x, y, batch_size, check=True):
     """Per-sample correctness on benign inputs, inference mode, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
     for i, sl in enumerate(_batches(len(x), batch_size)):
-        logits = _forward(model, x[sl])
-        if i == 0 and check:
-            _check_logits(logits)
-        correct[sl] = np.argmax(logits, axis=-1) == y[sl]
+        # In a data-parallel job each rank takes its rows of the batch.
+        with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
+            xb, yb = _rows(x[sl], rows), _rows(y[sl], rows)
+            logits = _forward(model, xb)
+            if i == 0 and check:
+                _check_logits(logits)
+            correct[sl] = rpat_backend.gather_rows(np.argmax(logits, axis=-1) == yb, rows, sl.stop - sl.start)
     return correct
+
+
+def _rows(values, rows):
+    return values if rows is None else values[rows]
 
 
 def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
@@ -148,15 +157,67 @@ def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
     )
 
 
-def attack_correct(model, attack, x, y, batch_size):
-    """Per-sample correctness on `attack(model, x, y)`, batch by batch."""
+def attack_correct(model, attack, x, y, batch_size, progress=None):
+    """Per-sample correctness on `attack(model, x, y)`, batch by batch (`progress`: a `Progress`)."""
     correct = np.zeros(len(x), dtype=bool)
     for sl in _batches(len(x), batch_size):
-        xb = ops.convert_to_tensor(x[sl], dtype="float32")
-        yb = ops.convert_to_tensor(y[sl], dtype="int32")
-        x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
-        correct[sl] = np.argmax(_forward(model, x_adv), axis=-1) == y[sl]
+        with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
+            xb = ops.convert_to_tensor(_rows(x[sl], rows), dtype="float32")
+            yb = ops.convert_to_tensor(_rows(y[sl], rows), dtype="int32")
+            x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
+            hits = np.argmax(_forward(model, x_adv), axis=-1) == _rows(y[sl], rows)
+            correct[sl] = rpat_backend.gather_rows(hits, rows, sl.stop - sl.start)
+        if progress is not None:
+            progress.update(sl.stop, int(np.sum(correct[: sl.stop])))
     return correct
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60}:{seconds % 60:02d}")
+    )
+
+
+class Progress:
+    """Progress of an evaluation over a test set: images done, elapsed, ETA, accuracy so far.
+
+    On a terminal the line is redrawn in place; otherwise (a log file, a pipe)
+    each chunk prints one plain line.
+
+    Args:
+        label: what runs, e.g. `"PGD-20"`.
+        total: number of images.
+        stream: where to write (default `sys.stdout`).
+        clock: a `time.time`-like function (for tests).
+    """
+
+    def __init__(self, label, total, stream=None, clock=time.time):
+        self.label = label
+        self.total = int(total)
+        self.stream = sys.stdout if stream is None else stream
+        self.clock = clock
+        self.start = clock()
+        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def line(self, done, correct):
+        """`PGD-20: 512/10000 images, 0:12 elapsed, ETA 3:40, robust accuracy so far 48.24%`."""
+        elapsed = self.clock() - self.start
+        eta = elapsed / done * (self.total - done) if done else 0.0
+        return (
+            f"{self.label}: {done}/{self.total} images, {_duration(elapsed)} elapsed, ETA {_duration(eta)}, "
+            f"robust accuracy so far {100.0 * correct / done if done else 0.0:.2f}%"
+        )
+
+    def update(self, done, correct):
+        text = self.line(done, correct)
+        if self.interactive:
+            self.stream.write("\r" + text + ("\n" if done >= self.total else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
 
 # ---------------------------------------------------------------------------
@@ -570,7 +631,9 @@ def evaluate(
         aa_version, aa_attacks, aa_batch_size, aa_state_path, aa_options:
             AutoAttack's `version`, `attacks_to_run`, `batch_size`,
             `state_path` and `options` (see `autoattack_accuracy`).
-        verbose: forward AutoAttack's progress output.
+        verbose: print PGD's progress (elapsed, ETA, robust accuracy so
+            far, one line per batch when not on a terminal) and forward
+            AutoAttack's progress output.
 
     Returns:
         An `EvalResult`.
@@ -616,7 +679,8 @@ def evaluate(
     correct = clean_correct(model, x, y, batch_size)
     result = {"clean": percent(correct, len(x))}
     if "pgd20" in names:
-        result["pgd20"] = percent(attack_correct(model, attack, x, y, batch_size), len(x))
+        progress = Progress(f"PGD-{attack.num_steps}", len(x)) if verbose else None
+        result["pgd20"] = percent(attack_correct(model, attack, x, y, batch_size, progress), len(x))
     aa_attack_list = None
     if "autoattack" in names:
         aa_attack_list = autoattack.resolve_attacks(aa_version, aa_attacks)

@@ -20,6 +20,8 @@ import math
 import keras
 from keras import ops
 
+from keras_rpat import backend as rpat_backend
+
 __all__ = [
     "BatchNorm",
     "InputNormalization",
@@ -66,6 +68,10 @@ class BatchNorm(keras.layers.BatchNormalization):
     (`mean((x - mean(x))**2)`), as PyTorch does, rather than as
     `E[x**2] - E[x]**2`.
 
+    The layer computes in float32 for float16, bfloat16 and float32 inputs,
+    and in float64 for float64 inputs (`keras.layers.BatchNormalization`
+    computes float64 inputs in float32).
+
     Masks and batch renormalization are not supported.
 
     Args:
@@ -107,20 +113,36 @@ class BatchNorm(keras.layers.BatchNormalization):
                 "Use `keras.layers.BatchNormalization` for masked inputs. "
                 f"Received: mask with shape {getattr(mask, 'shape', None)}"
             )
-        if not (training and self.trainable):
-            return super().call(inputs, training=False)
-
-        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        compute_dtype = self._statistics_dtype(inputs)
         inputs = ops.cast(inputs, compute_dtype)
+        if not (training and self.trainable):
+            outputs = ops.batch_normalization(
+                inputs,
+                ops.cast(self.moving_mean, compute_dtype),
+                ops.cast(self.moving_variance, compute_dtype),
+                axis=self.axis,
+                offset=ops.cast(self.beta, compute_dtype) if self.center else None,
+                scale=ops.cast(self.gamma, compute_dtype) if self.scale else None,
+                epsilon=self.epsilon,
+            )
+            return ops.cast(outputs, self.compute_dtype)
+
         axes = self._reduction_axes
 
-        if self.synchronized:
+        n = self._num_reduced(inputs)
+        global_moments = rpat_backend.synchronized_moments(inputs, axes)
+        if global_moments is not None:  # a data-parallel step with sync_batchnorm
+            mean, variance, n = global_moments
+            centered = inputs - self._broadcast(mean, inputs)
+        elif self.synchronized:
             mean, variance = ops.moments(inputs, axes=axes, synchronized=True)
             centered = inputs - self._broadcast(mean, inputs)
         else:
-            mean = ops.mean(inputs, axis=axes, keepdims=True)
+            # sum / n, not ops.mean: Keras' torch mean computes float64 in float32.
+            count = ops.cast(n, compute_dtype)
+            mean = ops.sum(inputs, axis=axes, keepdims=True) / count
             centered = inputs - mean
-            variance = ops.mean(ops.square(centered), axis=axes)
+            variance = ops.sum(ops.square(centered), axis=axes) / count
             mean = ops.reshape(mean, (-1,))
 
         # PyTorch normalises with the biased variance ...
@@ -132,7 +154,6 @@ class BatchNorm(keras.layers.BatchNormalization):
             outputs = outputs + self._broadcast(ops.cast(self.beta, compute_dtype), inputs)
 
         # ... and tracks the unbiased one.
-        n = self._num_reduced(inputs)
         if isinstance(n, int):
             correction = n / max(n - 1, 1)
         else:
@@ -156,6 +177,14 @@ class BatchNorm(keras.layers.BatchNormalization):
             )
         )
         return ops.cast(outputs, self.compute_dtype)
+
+    @staticmethod
+    def _statistics_dtype(inputs):
+        # float16 and bfloat16 are upcast (as Keras does); float64 stays float64,
+        # where Keras' `result_type(float64, "float32")` would give float32.
+        if keras.backend.standardize_dtype(inputs.dtype) == "float64":
+            return "float64"
+        return "float32"
 
     def _broadcast(self, vector, inputs):
         shape = [1] * len(inputs.shape)

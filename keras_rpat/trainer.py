@@ -36,6 +36,13 @@ _PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 _FAST_PATH_DEFAULT = [True]
+_SYNC_BATCHNORM_DEFAULT = [False]
+
+
+def set_sync_batchnorm_default(enabled):
+    """Sets what `RPATTrainer(sync_batchnorm=None)` means for trainers built
+    afterwards (the CLI's `--sync-batchnorm`)."""
+    _SYNC_BATCHNORM_DEFAULT[0] = _check_bool(enabled, "enabled")
 
 
 def set_fast_path_default(enabled):
@@ -119,7 +126,19 @@ class _EpochCallback(keras.callbacks.Callback):
         super().__init__()
         self._trainer = trainer
 
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
     def on_epoch_begin(self, epoch, logs=None):
+        if getattr(self, "_first_epoch", False):
+            # A resumed data-parallel job: every rank must restart at the same epoch.
+            self._first_epoch = False
+            rpat_backend.check_same_on_all_ranks(
+                epoch,
+                "epoch to resume from",
+                "Their backups differ (a rank was stopped while writing one): copy rank 0's run folder over "
+                "the other ranks' folders, or re-run from scratch with --overwrite.",
+            )
         self._trainer.set_epoch(epoch)
 
 
@@ -167,6 +186,14 @@ class RPATTrainer(keras.Model):
             autocast of the fast path's forward passes (not exact).
         memory_format: `"contiguous"` (NCHW, default) or `"channels_last"`
             (NHWC storage) for the fast path's activations; both exact.
+        sync_batchnorm: in a data-parallel job (`torchrun`), compute the
+            training-mode BatchNorm statistics over the global batch, so N
+            devices x B/N take the same step as one device x B. Off by
+            default: each device normalises with its own B/N images (as
+            DistributedDataParallel does) and the moving statistics are
+            averaged over the devices after every step. Needs a job.
+            `None` (default) means `False` unless `set_sync_batchnorm_default`
+            said otherwise.
 
     Example:
 
@@ -202,6 +229,7 @@ class RPATTrainer(keras.Model):
         capture=False,
         precision="float32",
         memory_format="contiguous",
+        sync_batchnorm=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -239,6 +267,9 @@ class RPATTrainer(keras.Model):
         self.capture = _check_bool(capture, "capture")
         self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
         self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
+        if sync_batchnorm is None:
+            sync_batchnorm = _SYNC_BATCHNORM_DEFAULT[0]
+        self.sync_batchnorm = _check_bool(sync_batchnorm, "sync_batchnorm")
 
         self._check_views()
         self._num_classes = (
@@ -481,6 +512,41 @@ class RPATTrainer(keras.Model):
     def train_step(self, data):
         return rpat_backend.train_step(self, data)
 
+    # ------------------------------------------------------------- data parallel
+    def batch_groups(self):
+        """Blocks of a batch that must be sharded together: 2 for two-view
+        batches (Consistency pairs row i with row i + B/2), else 1."""
+        return 2 if any(isinstance(l, losses_lib.Consistency) for l in self.loss_terms) else 1
+
+    def metric_sums(self, y, total, terms, views, weight):
+        """This device's share of the step's metrics, as one vector to sum over devices.
+
+        `weight` is the device's share of the batch (`rows / batch`): the loss
+        terms enter weighted, the accuracies as (correct, count) sums.
+        Returns the vector and its layout for `update_metrics_from_sums`.
+        """
+        values = [total * weight] + [terms[i] * weight for i in self._active]
+        layout = []
+        for name, key in (("adv", "adv"), ("clean", "clean"), ("clean", "_clean_eval")):
+            if key in views and name not in layout:
+                correct = _correct(y, views[key])
+                values += [ops.sum(correct), ops.cast(ops.shape(correct)[0], "float32")]
+                layout.append(name)
+        return ops.stack([ops.cast(v, "float32") for v in values]), layout
+
+    def update_metrics_from_sums(self, sums, layout):
+        """Updates the trackers from `metric_sums` summed over devices; returns the logs."""
+        self._total_tracker.update_state(sums[0])
+        for k, i in enumerate(self._active):
+            self._term_trackers[i].update_state(sums[1 + k])
+        offset = 1 + len(self._active)
+        for name in layout:
+            correct, count = sums[offset], sums[offset + 1]
+            tracker = self._adv_acc if name == "adv" else self._clean_acc
+            tracker.update_state(correct / count, sample_weight=count)
+            offset += 2
+        return {m.name: m.result() for m in self.metrics}
+
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
         model = self._evaluation_forward()
@@ -527,9 +593,24 @@ class RPATTrainer(keras.Model):
             )
         if validate_inputs:
             self.validate_data(x, y)
+        self.join_distributed()
         callbacks = list(callbacks or [])
         callbacks.append(_EpochCallback(self))
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
+
+    def join_distributed(self):
+        """Joins the data-parallel job this process was launched in, if any.
+
+        Returns the job's context or `None`. `sync_batchnorm=True` without a
+        job is an error (it would silently train per device).
+        """
+        job = rpat_backend.initialize_distributed()
+        if job is None and self.sync_batchnorm:
+            raise ValueError(
+                "`sync_batchnorm=True` needs a data-parallel job, but this process runs alone. Launch it with "
+                "`torchrun --nproc_per_node=N ...` (one process per device), or pass sync_batchnorm=False."
+            )
+        return job
 
     def validate_data(self, x, y=None):
         """Checks images and labels (arrays, or the first batch of a PyDataset)."""
@@ -576,6 +657,7 @@ class RPATTrainer(keras.Model):
             "capture": self.capture,
             "precision": self.precision,
             "memory_format": self.memory_format,
+            "sync_batchnorm": self.sync_batchnorm,
         }
 
     @classmethod

@@ -248,6 +248,23 @@ def test_pgd20_equals_closed_form_on_linear_model():
     assert 0 < got < clean
 
 
+def test_progress_line_has_elapsed_eta_and_accuracy_so_far():
+    times = iter([100.0, 110.0])
+    progress = evaluation.Progress("PGD-20", 100, clock=lambda: next(times))
+    assert progress.line(25, 10) == ("PGD-20: 25/100 images, 0:10 elapsed, ETA 0:30, robust accuracy so far 40.00%")
+
+
+def test_evaluate_prints_one_plain_progress_line_per_batch_off_a_terminal(capsys):
+    model, w, b = two_class_linear()
+    x = np.random.default_rng(4).uniform(0.0, 1.0, size=(48, 4, 4, 3)).astype("float32")
+    y = np.argmax(x.reshape(len(x), -1) @ w + b, -1)
+    result = evaluation.evaluate(model, x, y, attacks="clean,pgd20", num_steps=2, batch_size=32, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["PGD-2: 32/48 images", "PGD-2: 48/48 images"]
+    assert "\x1b" not in "".join(lines) and "\r" not in "".join(lines)
+    assert lines[-1].endswith(f"robust accuracy so far {result.pgd20:.2f}%")
+
+
 @pytest.mark.parametrize("norm, epsilon", [("linf", 8 / 255), ("l2", 128 / 255)])
 def test_pgd_accuracy_at_most_clean(norm, epsilon):
     model = models.get("small_cnn", num_classes=4, input_shape=(8, 8, 3), widths=(4, 4, 4))

@@ -336,6 +336,24 @@ def test_batchnorm_matches_torch_formulas(axis):
     assert _rel_err(out, np.moveaxis(bn(x_t).detach().numpy(), 1, axis)) < 1e-5
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_computes_float64_inputs_in_float64(training):
+    # keras.layers.BatchNormalization computes float64 inputs in float32 (1e-7).
+    rng = np.random.default_rng(2)
+    x = rng.normal(2.0, 3.0, size=(4, 5, 5, 3))
+    layer = rpat_layers.BatchNorm(dtype="float64")
+    layer.build(x.shape)
+    gamma, beta = rng.uniform(0.5, 1.5, 3), rng.normal(size=3)
+    mean, var = rng.normal(size=3), rng.uniform(0.5, 1.5, 3)
+    layer.set_weights([gamma, beta, mean, var])
+    out = _np(layer(x, training=training))
+    if training:
+        mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    expected = (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_batchnorm_config_and_unsupported_options():
     layer = rpat_layers.BatchNorm(axis=1, momentum=0.8, name="bn")
     config = layer.get_config()

@@ -4,6 +4,11 @@ Import as `from testing import BACKEND, np_ce, to_np` (pytest puts `tests/`
 on the path through its rootdir-relative imports).
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -47,3 +52,27 @@ def np_ce(y, z):
 def invoke(command, args, **kwargs):
     """Runs a Click command with `CliRunner`; every argument is passed as a string."""
     return CliRunner().invoke(command, [str(a) for a in args], **kwargs)
+
+
+# Runs the command line in a fresh process, as the `keras-rpat` script does (its
+# argv[0]; see keras_rpat._started_as_cli), and prints the heavy modules it imported.
+PROBE = (
+    "import sys, json\n"
+    "sys.argv[0] = 'keras-rpat'\n"
+    "from keras_rpat.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:], prog_name='keras-rpat', standalone_mode=False)\n"
+    "finally:\n"
+    "    print('IMPORTED', json.dumps(sorted(m for m in ('keras', 'torch', 'tensorflow') if m in sys.modules)))\n"
+)
+
+
+def imported(args, backend=None):
+    """`(heavy modules imported, completed process)` of `keras-rpat ARGS` in a fresh process."""
+    env = dict(os.environ, KERAS_BACKEND=backend or os.environ.get("KERAS_BACKEND", "torch"))
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *[str(a) for a in args]], capture_output=True, text=True, env=env
+    )
+    line = [x for x in out.stdout.splitlines() if x.startswith("IMPORTED ")]
+    assert line, out.stdout + out.stderr
+    return json.loads(line[-1][len("IMPORTED ") :]), out

@@ -32,6 +32,10 @@ LAZY_IMPORTS = {
         "keras_rpat.optimizers",
         "keras_rpat.backend.torch_optimizers",
     ): "imports torch; the fused SGD step runs on torch only",
+    (
+        "keras_rpat.models",
+        "keras_rpat.torch_models",
+    ): "imports torch to read a .pt file; models stays torch-free under the tensorflow backend",
 }
 
 

@@ -48,6 +48,44 @@ def train_step(trainer, data):
     return get_backend().train_step(trainer, data)
 
 
+def initialize_distributed():
+    """Joins the data-parallel job this process was launched in (`torchrun`).
+
+    Returns its context (`rank`, `world_size`, `local_rank`, `backend`,
+    `is_primary`), or `None` for a process that runs alone.
+    """
+    return get_backend().initialize_distributed()
+
+
+def distributed_context():
+    """The data-parallel job's context once joined, else `None`."""
+    return get_backend().distributed_context()
+
+
+def evaluation_rows(size):
+    """A context giving this rank's rows of an evaluation batch of `size` rows
+    (`None` for a process that runs alone); random draws inside it are the
+    one-process ones."""
+    return get_backend().evaluation_rows(size)
+
+
+def gather_rows(values, rows, size):
+    """Every rank's per-row `values` of an `evaluation_rows` batch, as one array."""
+    return get_backend().gather_rows(values, rows, size)
+
+
+def check_same_on_all_ranks(value, what, *fix):
+    """Raises `ValueError` unless every rank of the job passes an equal JSON-able `value`
+    (the message names `what` and, if given, `fix`); nothing for a process that runs alone."""
+    return get_backend().check_same_on_all_ranks(value, what, *fix)
+
+
+def synchronized_moments(x, axes):
+    """`(mean, variance, count)` of `x` over `axes` and the global batch, inside a
+    data-parallel step with synchronized BatchNorm; `None` otherwise."""
+    return get_backend().synchronized_moments(x, axes)
+
+
 def lowered_models(trainer):
     """The trainer's fast-path models (`classifier`, `features(proxies)`,
     `teacher`), or `None` where the trainer runs its Keras models."""
@@ -89,3 +127,8 @@ def random_beta(concentration1, concentration0, dtype="float32", seed=None):
 def device_name():
     """A short description of the device Keras computes on (`"cpu"`, `"cuda:0"`...)."""
     return get_backend().device_name()
+
+
+if keras.config.backend() == "torch":
+    # Loaded with the package: keeps Keras from importing TensorFlow on torch.
+    from keras_rpat.backend import torch_without_tensorflow  # noqa: E402, F401

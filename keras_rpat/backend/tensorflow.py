@@ -30,6 +30,15 @@ def assign_moving_average(targets, sources, decay):
 
 
 def train_step(trainer, data):
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        # The hand-written loss terms would be summed over replicas unscaled, and
+        # every replica would draw the same random starts: refuse rather than train wrong.
+        raise NotImplementedError(
+            f"RPATTrainer does not support tf.distribute yet (a strategy with {replicas} replicas is active). "
+            "Train data-parallel on the torch backend (KERAS_BACKEND=torch, `torchrun --nproc_per_node=N ...`), "
+            "or build and fit the trainer outside the strategy's scope."
+        )
     x, y, sample_weight = trainer._unpack(data)
     # The attack and the teacher run before the tape opens, so the tape records
     # only the training forward passes.
@@ -42,6 +51,31 @@ def train_step(trainer, data):
     trainer.optimizer.apply(gradients, trainable_weights)
     trainer._after_update(x)
     return trainer._update_metrics(y, total, terms, views, sample_weight)
+
+
+def initialize_distributed():
+    # tf.distribute strategies are not wired in yet: one replica.
+    return None
+
+
+def distributed_context():
+    return None
+
+
+def evaluation_rows(size):
+    return contextlib.nullcontext()
+
+
+def gather_rows(values, rows, size):
+    return values
+
+
+def check_same_on_all_ranks(value, what, *fix):
+    return None
+
+
+def synchronized_moments(x, axes):
+    return None
 
 
 def lowered_models(trainer):

@@ -3,6 +3,7 @@
 import torch
 from keras.src.backend.torch.core import get_device
 
+from keras_rpat.backend import torch_distributed
 from keras_rpat.backend import torch_fast
 from keras_rpat.backend.torch_random import get_random_state  # noqa: F401  (backend hooks)
 from keras_rpat.backend.torch_random import random_beta  # noqa: F401
@@ -48,6 +49,8 @@ def train_step(trainer, data):
     if fast is not None:
         return fast.train_step(data)
     x, y, sample_weight = trainer._unpack(data)
+    if torch_distributed.context() is not None:
+        return torch_distributed.train_step(trainer, x, y, sample_weight, _backward_gradients)
     x_adv, static_views = trainer._pre_gradient_views(x, y)
     trainer.zero_grad(set_to_none=True)
     total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
@@ -59,6 +62,37 @@ def train_step(trainer, data):
         trainer.optimizer.apply(gradients, trainable_weights)
         trainer._after_update(x)
     return trainer._update_metrics(y, total, terms, views, sample_weight)
+
+
+def _backward_gradients(loss, variables):
+    for v in variables:
+        v.value.grad = None
+    loss.backward()
+    return [v.value.grad for v in variables]
+
+
+def initialize_distributed():
+    return torch_distributed.initialize()
+
+
+def distributed_context():
+    return torch_distributed.context()
+
+
+def evaluation_rows(size):
+    return torch_distributed.evaluation_rows(size)
+
+
+def gather_rows(values, rows, size):
+    return torch_distributed.gather_rows(values, rows, size)
+
+
+def check_same_on_all_ranks(value, what, *fix):
+    return torch_distributed.check_same(value, what, *fix)
+
+
+def synchronized_moments(x, axes):
+    return torch_distributed.synchronized_moments(x, axes)
 
 
 def lowered_models(trainer):

@@ -24,6 +24,7 @@ import weakref
 import keras
 import torch
 
+from keras_rpat.backend import torch_distributed
 from keras_rpat.backend import torch_lowering
 from keras_rpat.backend import torch_random
 
@@ -103,6 +104,10 @@ class FastRuntime:
         x, y, sample_weight = trainer._unpack(data)
         if not self._optimizer_laid_out:
             self._lay_out_optimizer()
+        if torch_distributed.context() is not None:  # data-parallel: the same step on this rank's rows
+            return torch_distributed.train_step(
+                trainer, x, y, sample_weight, _autograd_gradients, lambda: self.autocast(x.device)
+            )
         return self._step(x, y, sample_weight)
 
     def _train_step(self, x, y, sample_weight):
@@ -133,6 +138,10 @@ class FastRuntime:
         variables = getattr(optimizer, "_trainable_variables", None) or []
         for variable, buffer in zip(variables, buffers):
             torch_lowering.match_layout(buffer, variable)
+
+
+def _autograd_gradients(loss, variables):
+    return torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
 
 
 class CapturedStep:

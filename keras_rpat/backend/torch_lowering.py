@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from keras_rpat import layers as rpat_layers
+from keras_rpat.backend import torch_distributed
 
 
 class Unsupported(Exception):
@@ -443,6 +444,11 @@ def _lower_batch_norm(planner, layer, node):
             train = training and layer.trainable
             g = None if gamma is None else gamma._value
             b = None if beta is None else beta._value
+            if train and torch_distributed.synchronizing_batchnorm():
+                values[out] = torch_distributed.sync_batch_norm(
+                    h, mean._value, variance._value, g, b, momentum, epsilon
+                )
+                return
             if train and h.numel() == h.shape[1]:
                 # One value per channel: torch refuses; the layer's formula
                 # (zero variance, correction 1) applies.

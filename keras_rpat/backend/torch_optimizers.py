@@ -1,10 +1,11 @@
 """Torch fast path for `keras_rpat.optimizers.SGD`.
 
-The same arithmetic as `SGD.update_step`, done for all variables at once with
+The rule of `SGD.update_step`, done for all variables at once with
 `torch._foreach_*` kernels (as `torch.optim.SGD(foreach=True)` and Keras' own
 torch SGD do), so an update costs a handful of kernel launches instead of
-several per variable. No host synchronisation: the learning rate stays a
-device tensor, and the hyperparameters are Python floats.
+several per variable. The common case (momentum without dampening or
+Nesterov) runs in place, allocating nothing. No host synchronisation: the
+learning rate stays a device tensor, and the hyperparameters are Python floats.
 """
 
 import torch
@@ -66,6 +67,10 @@ def sgd_foreach_update(
 
     with torch.no_grad():
         d = [g if g.dtype == dtype else g.to(dtype) for g in grads]
+        lr = _as_tensor(learning_rate, dtype, device)
+        if momentum != 0 and dampening == 0 and not nesterov:
+            _momentum_update(variables, d, momentum_buffers, lr, momentum, weight_decay, decay_flags)
+            return True
         if weight_decay != 0 and any(decay_flags):
             if all(decay_flags):
                 d = torch._foreach_add(d, variables, alpha=weight_decay)
@@ -96,6 +101,23 @@ def sgd_foreach_update(
                 d = torch._foreach_add(d, momentum_buffers, alpha=momentum)
             else:
                 d = momentum_buffers
-        lr = _as_tensor(learning_rate, dtype, device)
         torch._foreach_sub_(variables, torch._foreach_mul(d, lr))
     return True
+
+
+def _momentum_update(variables, grads, buffers, lr, momentum, weight_decay, decay_flags):
+    """The common case (momentum, no dampening, no Nesterov) in four in-place passes.
+
+    `buf = momentum * buf + grad + weight_decay * variable`, then
+    `variable -= lr * buf`: torch's rule, with the weight decay added to the
+    buffer instead of to a copy of the gradient. No tensor is allocated and
+    the caller's gradients are untouched; the sums differ from torch's order
+    by rounding only.
+    """
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_add_(buffers, grads)
+    if weight_decay != 0:
+        index = [i for i, flag in enumerate(decay_flags) if flag]
+        if index:
+            torch._foreach_add_([buffers[i] for i in index], [variables[i] for i in index], alpha=weight_decay)
+    torch._foreach_addcmul_(variables, buffers, [lr] * len(variables), value=-1)

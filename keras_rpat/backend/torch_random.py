@@ -15,6 +15,8 @@ import torch
 from keras.src.backend.torch.core import get_device
 from keras.src.backend.torch.core import to_torch_dtype
 
+from keras_rpat.backend import torch_distributed
+
 # One device-side generator per (SeedGenerator, device), seeded once.
 _GENERATORS = weakref.WeakKeyDictionary()
 
@@ -42,14 +44,20 @@ def _shape(shape):
 def random_uniform(shape, minval, maxval, dtype, seed):
     device = get_device()
     dtype = to_torch_dtype(dtype)
-    u = torch.rand(_shape(shape), generator=device_generator(seed, device), dtype=dtype, device=device)
+    # In a data-parallel step a per-sample draw is made for the global batch
+    # and each rank keeps its rows (see torch_distributed).
+    shape, rows = torch_distributed.global_rows(_shape(shape))
+    u = torch.rand(shape, generator=device_generator(seed, device), dtype=dtype, device=device)
+    u = u if rows is None else u[rows]
     return u * (maxval - minval) + minval
 
 
 def random_normal(shape, mean, stddev, dtype, seed):
     device = get_device()
     dtype = to_torch_dtype(dtype)
-    n = torch.randn(_shape(shape), generator=device_generator(seed, device), dtype=dtype, device=device)
+    shape, rows = torch_distributed.global_rows(_shape(shape))
+    n = torch.randn(shape, generator=device_generator(seed, device), dtype=dtype, device=device)
+    n = n if rows is None else n[rows]
     return n * stddev + mean
 
 

@@ -1,48 +1,87 @@
 """The `keras-rpat` command line (`keras-rpat = keras_rpat.cli:main`).
 
-`KERAS_BACKEND` chooses the backend (torch when unset); importing this package
-imports Keras, so the variable must be set before the command starts.
+`KERAS_BACKEND` chooses the backend (torch when unset); it must be set before
+the command starts.
+
+The commands load on demand: `COMMANDS` names each command's module, which is
+imported only when that command runs (or its own `--help` is asked for), so
+`keras-rpat --help`, `--version` and a mistyped command answer without
+importing Keras, torch or TensorFlow (`benchmarks/cli_startup.py` measures it).
 
 | module | commands |
 |---|---|
 | `options` | the shared vocabulary: one Click type or option per concept |
 | `train` | `train` |
 | `recipe` | `recipe list`, `recipe show`, `recipe <table or figure>` |
+| `report` | `report` |
 | `evaluate` | `eval`, `autoattack` |
+| `convert` | `convert` (PyTorch checkpoint -> .keras), `export` (.keras -> PyTorch / ONNX) |
 | `demo` | `demo` |
 """
 
+import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import click  # noqa: E402
 
-from keras_rpat import trainer as trainer_lib  # noqa: E402
 from keras_rpat._version import __version__  # noqa: E402
-from keras_rpat.cli.demo import demo_command  # noqa: E402
-from keras_rpat.cli.evaluate import autoattack_command  # noqa: E402
-from keras_rpat.cli.evaluate import eval_command  # noqa: E402
-from keras_rpat.cli.options import backend_line  # noqa: E402
-from keras_rpat.cli.recipe import recipe_group  # noqa: E402
-from keras_rpat.cli.train import train_command  # noqa: E402
 
-__all__ = ["backend_line", "main"]
+__all__ = ["COMMANDS", "main"]
+
+# name -> (module, attribute, the short help shown by `keras-rpat --help`).
+# tests/test_cli_startup.py checks that each short help is the command's own.
+COMMANDS = {
+    "recipe": ("keras_rpat.cli.recipe", "recipe_group", "Reproduce a table or figure of the RPAT paper (ICCV 2025)."),
+    "train": ("keras_rpat.cli.train", "train_command", "Train and evaluate one model (one run of a recipe)."),
+    "report": (
+        "keras_rpat.cli.report",
+        "report_command",
+        "Rebuild a recipe's Markdown, JSON and figures from the run folders in DIR.",
+    ),
+    "eval": (
+        "keras_rpat.cli.evaluate",
+        "eval_command",
+        "Clean, PGD-20 and AutoAttack accuracy of a saved model, with Mean and NRR.",
+    ),
+    "autoattack": (
+        "keras_rpat.cli.evaluate",
+        "autoattack_command",
+        "AutoAttack robust accuracy of a saved model (resumable with --state).",
+    ),
+    "convert": ("keras_rpat.cli.convert", "convert_command", "Convert a PyTorch checkpoint (.pt) into a .keras model."),
+    "export": ("keras_rpat.cli.convert", "export_command", "Export a .keras model as a PyTorch state_dict or ONNX."),
+    "demo": (
+        "keras_rpat.cli.demo",
+        "demo_command",
+        "Train PGD-AT and PGD-AT + RPAT on the built-in synthetic data (no download).",
+    ),
+}
 
 # How `keras-rpat --help` groups the commands.
 SECTIONS = (
-    ("Reproduce the paper", ("recipe", "train")),
+    ("Reproduce the paper", ("recipe", "train", "report")),
     ("Evaluate a saved model", ("eval", "autoattack")),
+    ("PyTorch checkpoints", ("convert", "export")),
     ("Try it", ("demo",)),
 )
 
 
-class SectionedGroup(click.Group):
-    """A Click group whose `--help` lists the commands in `SECTIONS`, in that order.
+def load_command(name):
+    """The Click command `name` of `COMMANDS`, imported now."""
+    module, attribute, _ = COMMANDS[name]
+    return getattr(importlib.import_module(module), attribute)
 
-    An unexpected error of a command is printed as one line `Error: ...` (exit
-    status 1) instead of a traceback, unless `--debug` (or `KERAS_RPAT_DEBUG=1`).
-    Mistakes in options are usage errors (exit status 2).
+
+class LazyGroup(click.Group):
+    """A Click group that imports a command's module only when the command is used.
+
+    `--help` lists the commands in `SECTIONS`, in that order, with the short
+    help of `COMMANDS` (nothing is imported to print it). An unexpected error
+    of a command is printed as one line `Error: ...` (exit status 1) instead of
+    a traceback, unless `--debug` (or `KERAS_RPAT_DEBUG=1`); mistakes in
+    options are usage errors (exit status 2).
     """
 
     def invoke(self, ctx):
@@ -60,23 +99,26 @@ class SectionedGroup(click.Group):
 
     def list_commands(self, ctx):
         ordered = [name for _, names in SECTIONS for name in names]
-        return ordered + sorted(set(self.commands) - set(ordered))
+        return ordered + sorted(set(COMMANDS) - set(ordered))
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in COMMANDS:
+            return None
+        return load_command(cmd_name)
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and name not in COMMANDS:
+            raise click.UsageError(f"Unknown command {name!r}. Valid: {', '.join(self.list_commands(ctx))}.", ctx)
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx, formatter):
-        listed = set()
-        for title, names in SECTIONS + (("Other commands", tuple(sorted(set(self.commands)))),):
-            rows = [
-                (n, self.commands[n].get_short_help_str(limit=80))
-                for n in names
-                if n in self.commands and n not in listed
-            ]
-            listed.update(n for n, _ in rows)
-            if rows:
-                with formatter.section(title):
-                    formatter.write_dl(rows)
+        for title, names in SECTIONS:
+            with formatter.section(title):
+                formatter.write_dl([(n, COMMANDS[n][2]) for n in names])
 
 
-@click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="keras-rpat")
 @click.option(
     "--no-fast-path",
@@ -90,14 +132,8 @@ def main(no_fast_path, debug):
     The backend is chosen with KERAS_BACKEND (torch by default).
     """
     if no_fast_path:
-        trainer_lib.set_fast_path_default(False)
-
-
-main.add_command(recipe_group, "recipe")
-main.add_command(train_command, "train")
-main.add_command(eval_command, "eval")
-main.add_command(autoattack_command, "autoattack")
-main.add_command(demo_command, "demo")
+        # Loaded here, not at the top: the trainer imports Keras and torch.
+        importlib.import_module("keras_rpat.trainer").set_fast_path_default(False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -206,7 +206,9 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=evaluation.EVAL_BATCH_SIZE, show_default=True)
 @opt.state_option()
-@click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
+@click.option(
+    "--verbose", is_flag=True, help="Print the progress of PGD (elapsed, ETA, accuracy so far) and AutoAttack."
+)
 def eval_command(
     model_path, dataset, n, seed, out, norm, epsilon, attacks, step_size, num_steps, batch_size, state, verbose
 ):

@@ -213,14 +213,33 @@ def state_option():
 
 
 def verbose_level_option():
-    """`--verbose 0|1|2` of the training commands."""
-    return click.option(
+    """`--verbose 0|1|2` of the training commands, and `--quiet` (the same as `--verbose 0`)."""
+    quiet = click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        is_eager=True,  # parsed before --verbose, whose callback reads it
+        expose_value=False,
+        callback=lambda ctx, param, value: ctx.meta.__setitem__("keras_rpat.quiet", value),
+        help="Print nothing but errors (--verbose 0, and no plan or summary lines).",
+    )
+    verbose = click.option(
         "--verbose",
         type=click.IntRange(0, 2),
         default=1,
         show_default=True,
-        help="0 silent, 1 progress bars, 2 one line per epoch.",
+        callback=lambda ctx, param, value: 0 if ctx.meta.get("keras_rpat.quiet") else value,
+        help="0 silent, 1 progress bars on a terminal (one line per epoch otherwise), 2 one line per epoch.",
     )
+    return lambda f: quiet(verbose(f))
+
+
+def echo():
+    """`click.echo`, or a no-op under `--quiet` (see `verbose_level_option`)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("keras_rpat.quiet"):
+        return lambda *args, **kwargs: None
+    return click.echo
 
 
 def checkpoint_every_option():

@@ -19,6 +19,7 @@ import os
 import click
 
 from keras_rpat import recipes
+from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["recipe_group", "recipe_run_options"]
@@ -104,6 +105,7 @@ def recipe_run_options(f):
             ),
             click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
             opt.checkpoint_every_option(),
+            launch_lib.sync_batchnorm_option(),
             opt.verbose_level_option(),
         ],
         f,
@@ -124,6 +126,7 @@ def _load(name):
 
 
 def _echo_plan(recipe, runs, out):
+    echo = opt.echo()
     dims = {
         "methods": sorted({m for r in runs for m in r.methods}, key=[m.id for m in recipe.methods].index),
         "datasets": sorted({r.dataset for r in runs}, key=recipe.datasets.index),
@@ -132,16 +135,18 @@ def _echo_plan(recipe, runs, out):
         "seeds": sorted({r.seed for r in runs}),
     }
     shared = [m for r in runs for m in r.methods[1:]]
-    click.echo(
+    echo(
         f"Plan for {recipe.name} ({recipe.paper}): {len(runs)} run{'s' if len(runs) != 1 else ''}, "
         f"{runs[0].epochs} epoch{'s' if runs[0].epochs != 1 else ''} each, batch size {runs[0].batch_size}"
-        + (", SMOKE (synthetic data)" if runs[0].smoke else "")
+        + (", SMOKE" if runs[0].smoke else "")
         + f" -> {out}"
     )
+    if runs[0].smoke:
+        echo(f"  smoke: every run is {recipes.smoke_description()} (the archs and datasets below name the folders)")
     for key, values in dims.items():
-        click.echo(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
+        echo(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
     if shared:
-        click.echo(f"  (methods sharing another method's run: {', '.join(sorted(set(shared)))})")
+        echo(f"  (methods sharing another method's run: {', '.join(sorted(set(shared)))})")
     widths = [
         4,
         max(len(r.method) for r in runs),
@@ -151,56 +156,64 @@ def _echo_plan(recipe, runs, out):
         4,
     ]
     header = ["#", "method", "dataset", "arch", "norm", "seed"]
-    click.echo("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  folder")
+    echo("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  folder")
     for i, r in enumerate(runs, 1):
         cells = [str(i), r.method, r.dataset, r.arch, r.norm, str(r.seed)]
         opts = "".join(f" {k}={v}" for k, v in r.options.items())
-        click.echo(
+        echo(
             "  "
             + "  ".join(c.ljust(w) for c, w in zip(cells, widths))
             + f"  {r.run_dir}{opts and '  [' + opts.strip() + ']'}"
         )
 
 
-def _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, checkpoint_every=None):
+def _run_recipe_command(
+    name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm=False, checkpoint_every=None
+):
     """The body of every `keras-rpat recipe <name>` command.
 
     Args:
         name: the recipe.
         plan: the narrowing arguments of `Recipe.runs` (`dataset`, `arch`,
             `norm`, `method`, `seeds`, `epochs`, `smoke`, `batch_size`).
-        data_dir, out, overwrite, dry_run, verbose, checkpoint_every: the command's options.
+        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every: the command's options.
     """
-    click.echo(opt.backend_line())
     recipe = _load(name)
     try:
         runs = recipe.runs(**plan)
     except recipes.RecipeError as e:
         raise click.UsageError(str(e)) from None
     out = out or os.path.join("runs", f"{name}_smoke" if plan["smoke"] else name)
-    _echo_plan(recipe, runs, out)
+    launch = launch_lib.Launch(out)
+    if not dry_run:
+        config = {"recipe": recipe.name, "runs": [r.run_dir for r in runs], "fingerprint": runs[0].fingerprint}
+        config |= {"out": out, "overwrite": overwrite}
+        launch = launch_lib.join(out, sync_batchnorm, config, runs[0].batch_size)
+    launch.echo(opt.backend_line())
+    if launch.primary:
+        _echo_plan(recipe, runs, out)
     if dry_run:
         return
     try:
         outcome = recipes.run_recipe(
             recipe,
             runs,
-            out,
+            launch.out,
             data_dir=data_dir,
             overwrite=overwrite,
-            verbose=verbose,
-            echo=click.echo,
+            verbose=verbose if launch.primary else 0,
+            echo=launch.echo,
             checkpoint_every=checkpoint_every,
         )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
     report = outcome["report"]
     skipped = sum(1 for r in outcome["results"] if r.get("skipped"))
-    click.echo(
+    launch.echo(
         f"{len(runs)} run(s) complete ({skipped} already done). Wrote {report['markdown']} and {report['json']}."
     )
     for path in report["figures"]:
-        click.echo(f"Wrote {path}")
+        launch.echo(f"Wrote {path}")
 
 
 def _recipe_command(name):
@@ -222,8 +235,8 @@ def _recipe_command(name):
 
     @click.command(name=name, help=body, short_help=short)
     @recipe_run_options
-    def command(data_dir, out, overwrite, dry_run, verbose, checkpoint_every, **plan):
-        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, checkpoint_every)
+    def command(data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, **plan):
+        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every)
 
     return command
 

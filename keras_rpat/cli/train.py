@@ -18,6 +18,7 @@ from keras_rpat import losses
 from keras_rpat import models
 from keras_rpat import presets
 from keras_rpat import recipes
+from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["train_command"]
@@ -129,9 +130,10 @@ def _method_options(f):
 @click.option(
     "--overwrite", is_flag=True, help="Replace a run folder of another configuration (and re-run from scratch)."
 )
+@launch_lib.sync_batchnorm_option()
 @opt.checkpoint_every_option()
 @opt.verbose_level_option()
-def train_command(out, data_dir, overwrite, verbose, checkpoint_every, **run):
+def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_every, **run):
     """Train and evaluate one model (one run of a recipe).
 
     Trains METHOD on DATASET with the paper's settings, keeps the best and
@@ -141,8 +143,9 @@ def train_command(out, data_dir, overwrite, verbose, checkpoint_every, **run):
 
     Example: keras-rpat train --method trades+rpat --dataset cifar10
     --arch resnet18_bottleneck --norm linf --epochs 110 --seed 0 --out runs/x
+
+    Data-parallel: torchrun --nproc_per_node=8 -m keras_rpat.cli train ... (see README "Multi-device").
     """
-    click.echo(opt.backend_line())
     try:
         spec = recipes.single_run(**run)
     except recipes.RecipeError as e:
@@ -152,17 +155,21 @@ def train_command(out, data_dir, overwrite, verbose, checkpoint_every, **run):
         "train",
         f"{spec.method}-{spec.dataset}-{spec.arch}-{spec.norm}-seed{spec.seed}" + ("-smoke" if spec.smoke else ""),
     )
-    click.echo(f"{spec.describe()} -> {out}")
+    launch = launch_lib.join(
+        out, sync_batchnorm, {"spec": spec.to_dict(), "out": out, "overwrite": overwrite}, spec.batch_size
+    )
+    launch.echo(opt.backend_line())
+    launch.echo(f"{spec.describe()} -> {out}" + (f" ({launch.world_size} ranks)" if launch.world_size > 1 else ""))
     try:
         result = recipes.run_single(
             spec,
-            out,
+            launch.out,
             data_dir=data_dir,
             overwrite=overwrite,
-            verbose=verbose,
-            echo=click.echo,
+            verbose=verbose if launch.primary else 0,
+            echo=launch.echo,
             checkpoint_every=checkpoint_every,
         )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))
+    launch.echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))

@@ -64,6 +64,7 @@ from keras_rpat.recipes.schema import list_recipes
 from keras_rpat.recipes.schema import load_recipe
 from keras_rpat.recipes.schema import parse_seeds
 from keras_rpat.recipes.schema import recipes_dir
+from keras_rpat.recipes.schema import smoke_description
 
 __all__ = [
     "METRICS",
@@ -81,6 +82,7 @@ __all__ = [
     "load_recipe",
     "parse_seeds",
     "recipes_dir",
+    "smoke_description",
     "report_tables",
     "run_experiment",
     "run_recipe",

@@ -39,6 +39,7 @@ from keras_rpat import evaluation
 from keras_rpat import losses as losses_lib
 from keras_rpat import models
 from keras_rpat import presets
+from keras_rpat.recipes import plots
 from keras_rpat.recipes.schema import RESULTS_FORMAT
 from keras_rpat.recipes.schema import RESULTS_VERSION
 from keras_rpat.recipes.schema import RP_OPTIONS
@@ -97,6 +98,9 @@ def _with_steps(attack, num_steps):
 
 
 def _load_dataset(spec, data_dir, cache):
+    if spec.smoke and spec.dataset.endswith(".npz") and not os.path.isfile(spec.dataset):
+        # The smoke run trains on synthetic data, but the command it stands for must still work.
+        raise FileNotFoundError(f"--dataset {spec.dataset}: no such file (checked in smoke runs too).")
     if spec.smoke:
         key = ("synthetic", SMOKE["n_train"], SMOKE["n_test"], SMOKE["image_size"])
         if key not in cache:
@@ -284,7 +288,8 @@ def run_experiment(
     The run lives in `out_dir / spec.run_dir`: `run.json` (what is being
     run), `backup/` (Keras `BackupAndRestore` state while training),
     `history.json` (clean and robust accuracy per epoch), `train_log.json`
-    (Keras logs per epoch), `best.keras` / `final.keras`,
+    and `train_log.csv` (Keras' `CSVLogger`: loss terms, clean and robust
+    accuracy, learning rate per epoch), `best.keras` / `final.keras`,
     `eval_<checkpoint>.json` (and `perception_<checkpoint>.json`) and finally
     `results.json`. Every file is written atomically.
 
@@ -365,9 +370,25 @@ def run_experiment(
         "summary": summary,
     }
     result = _io.jsonable(result)
+    _draw_training_curves(spec, run.model, settings, result["history"], trained, run_dir)
     _io.atomic_write_json(run_dir / "results.json", result)
     echo(_summary_line(spec, summary, elapsed))
     return result
+
+
+def _draw_training_curves(spec, model, settings, history, trained, run_dir):
+    """`training_curves.png` of the run (a warning instead when matplotlib is missing)."""
+    title = f"{spec.describe()}; model {model.name} ({model.count_params():,} weights)"
+    try:
+        plots.training_curves(
+            history,
+            run_dir / "training_curves.png",
+            title,
+            robust_label=f"PGD-{settings['select_steps']}",
+            best_epoch=(trained or {}).get("best_epoch"),
+        )
+    except ImportError as e:
+        warnings.warn(f"training_curves.png was not drawn: {e}", stacklevel=3)
 
 
 def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
@@ -426,23 +447,33 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             echo(f"resuming {spec.describe()} after epoch {initial_epoch}, batch {initial_batch}")
         guard = callbacks_lib.DivergenceGuard(hint=_divergence_hint(run, settings))
         backup = callbacks_lib.RunBackup(str(backup_dir), save_freq=checkpoint_every or "epoch")
-        fit_callbacks = [guard, robust, callbacks_lib.EpochLog(str(run_dir / "train_log.json")), backup]
+        fit_callbacks = [
+            guard,
+            robust,
+            callbacks_lib.EpochLog(str(run_dir / "train_log.json")),
+            # After `robust`, which adds val_clean_acc, val_robust_acc and learning_rate to the logs.
+            keras.callbacks.CSVLogger(str(run_dir / "train_log.csv"), append=True),
+            backup,
+        ]
         fit_callbacks += list(callbacks or [])
         # `shuffle=False`: TrainSequence reshuffles itself from (seed, epoch), so the
         # batch order does not depend on global random state and a resumed run
         # sees the same batches as an uninterrupted one.
+        verbosity = callbacks_lib.console_verbosity(verbose)
         if initial_batch:
             # `fit` cannot start mid-epoch: the rest of the interrupted epoch is a `fit` of its own.
             run.train_seq.set_epoch(initial_epoch)
             guard.batch_offset = backup.batch_offset = initial_batch
             backup.delete_checkpoint = False
             rest = datasets.BatchesFrom(run.train_seq, initial_batch)
-            run.trainer.fit(rest, epochs=initial_epoch + 1, verbose=verbose, callbacks=fit_callbacks, shuffle=False)
+            run.trainer.fit(rest, epochs=initial_epoch + 1, verbose=verbosity, callbacks=fit_callbacks, shuffle=False)
             backup.delete_checkpoint = True
             initial_epoch += 1
         if not run.trainer.stop_training:
             run.train_seq.set_epoch(initial_epoch)
-            run.trainer.fit(run.train_seq, epochs=spec.epochs, verbose=verbose, callbacks=fit_callbacks, shuffle=False)
+            run.trainer.fit(
+                run.train_seq, epochs=spec.epochs, verbose=verbosity, callbacks=fit_callbacks, shuffle=False
+            )
         _io.atomic_write_json(
             trained_path, {"epochs": spec.epochs, "best_epoch": robust.best_epoch, "best_robust": robust.best}
         )
@@ -522,7 +553,17 @@ def _perception(spec, run_dir, ckpt, settings, x_test, y_test):
     return result
 
 
-_RUN_FILES = ("run.json", "results.json", "trained.json", "history.json", "train_log.json", "best.keras", "final.keras")
+_RUN_FILES = (
+    "run.json",
+    "results.json",
+    "trained.json",
+    "history.json",
+    "train_log.json",
+    "train_log.csv",
+    "training_curves.png",
+    "best.keras",
+    "final.keras",
+)
 _RUN_PATTERNS = ("eval_*.json", "perception_*.json", "aa_state_*.json", ".*.tmp", ".*.keras")
 
 
@@ -583,23 +624,23 @@ def _fmt(value, digits=2):
 
 def _summary_line(spec, s, elapsed):
     parts = []
+    # A smoke run's evaluation is smaller than the names of its metrics say.
+    pgd = f"PGD-{SMOKE['eval_steps']}" if spec.smoke else f"PGD-{evaluation.PGD_EVAL_STEPS}"
+    aa = "+".join(a.upper() for a in SMOKE["aa_attacks"]) if spec.smoke else "AA"
     for ckpt in spec.checkpoints:
         items = [f"clean {_fmt(s.get(f'clean_{ckpt}'))}"]
         if s.get(f"pgd20_{ckpt}") is not None:
-            items.append(f"PGD-20 {_fmt(s.get(f'pgd20_{ckpt}'))}")
+            items.append(f"{pgd} {_fmt(s.get(f'pgd20_{ckpt}'))}")
         if s.get(f"aa_{ckpt}") is not None:
-            items.append(f"AA {_fmt(s.get(f'aa_{ckpt}'))}")
+            items.append(f"{aa} {_fmt(s.get(f'aa_{ckpt}'))}")
         label = ckpt + (f" (epoch {s['best_epoch']})" if ckpt == "best" and s.get("best_epoch") else "")
         parts.append(f"{label}: " + ", ".join(items))
     if s.get("mean") is not None:
         parts.append(f"Mean {s['mean']:.2f}, NRR {s['nrr']:.2f}")
     if s.get("mse_success") is not None or s.get("mse_failure") is not None:
         parts.append(f"MSE success {_fmt(s.get('mse_success'), 4)} / failure {_fmt(s.get('mse_failure'), 4)}")
-    return (
-        f"done {spec.method} {spec.dataset} {spec.arch} {spec.norm} seed {spec.seed}: "
-        + "; ".join(parts)
-        + f" [{format_duration(elapsed)}]"
-    )
+    what = f"[smoke: small_cnn, synthetic] {spec.norm}" if spec.smoke else f"{spec.dataset} {spec.arch} {spec.norm}"
+    return f"done {spec.method} {what} seed {spec.seed}: " + "; ".join(parts) + f" [{format_duration(elapsed)}]"
 
 
 def format_duration(seconds):

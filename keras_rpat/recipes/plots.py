@@ -21,8 +21,9 @@ from keras_rpat.recipes.results import aggregate
 from keras_rpat.recipes.results import paper_value
 from keras_rpat.recipes.schema import ARCH_LABELS
 from keras_rpat.recipes.schema import DATASET_LABELS
+from keras_rpat.recipes.schema import smoke_description
 
-__all__ = ["ablation_figure", "perception_figure", "plot_recipe"]
+__all__ = ["ablation_figure", "perception_figure", "plot_recipe", "training_curves"]
 
 _COLORS = {
     "success": "#4C72B0",
@@ -230,7 +231,7 @@ def ablation_figure(panels, path, title=None, note=None, metrics=("clean_best", 
     return out
 
 
-def _rows(recipe, found, entries, metrics, label_of):
+def _rows(recipe, found, entries, metrics, label_of, with_paper=True):
     rows = []
     for e in entries:
         values = found.get((e["method"], e["dataset"], e["arch"], e["norm"]), [])
@@ -240,7 +241,7 @@ def _rows(recipe, found, entries, metrics, label_of):
             row[metric] = value
             row[metric + "_std"] = std
         paper = {m: paper_value(recipe, e, m) for m in metrics}
-        row["paper"] = {k: v for k, v in paper.items() if v is not None}
+        row["paper"] = {k: v for k, v in paper.items() if v is not None and with_paper}
         rows.append(row)
     return rows
 
@@ -252,10 +253,11 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         recipe: a `keras_rpat.recipes.Recipe` of kind `"figure"`.
         found: `keras_rpat.recipes.collect_results(recipe, out_dir)`.
         out_dir: output folder.
-        smoke: add a smoke-run warning to the figure.
+        smoke: title the figure with what a smoke run runs, without the paper's numbers.
     """
     out_dir = Path(out_dir)
-    note = _SMOKE_NOTE if smoke else None
+    note = f"{_SMOKE_NOTE}: {smoke_description()}" if smoke else None
+    title = f"{recipe.name}, smoke run: small_cnn, synthetic data (not the paper's setup)" if smoke else recipe.title
     entries = recipe.entries()
     paths = []
     if recipe.config["perception"] is not None:
@@ -269,13 +271,20 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
                     if e["dataset"] == setup["dataset"] and e["arch"] == setup["arch"] and e["norm"] == norm
                 ]
                 label = f"{DATASET_LABELS[setup['dataset']]}, {ARCH_LABELS.get(setup['arch'], setup['arch'])}"
+                if smoke:
+                    label = f"synthetic, small_cnn (for {label})"
                 if len(recipe.norms) > 1:
                     label += f", {norm}"
                 rows = _rows(
-                    recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ ")
+                    recipe,
+                    found,
+                    sel,
+                    metrics,
+                    lambda e: recipe.method(e["method"]).label.replace(" / ", "\n/ "),
+                    with_paper=not smoke,
                 )
                 panels.append((label, rows))
-        paths.append(perception_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
+        paths.append(perception_figure(panels, out_dir / f"{recipe.name}.png", title=title, note=note))
     else:
         metrics = ("clean_best", "aa_best", "mean", "nrr")
         groups = list(dict.fromkeys(m.group for m in recipe.methods))
@@ -283,7 +292,68 @@ def plot_recipe(recipe, found, out_dir, smoke=False):
         for g in groups:
             sel = [e for e in entries if e["group"] == g]
             panels.append(
-                (g or recipe.paper, _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label))
+                (
+                    g or recipe.paper,
+                    _rows(recipe, found, sel, metrics, lambda e: recipe.method(e["method"]).label, not smoke),
+                )
             )
-        paths.append(ablation_figure(panels, out_dir / f"{recipe.name}.png", title=recipe.title, note=note))
+        paths.append(ablation_figure(panels, out_dir / f"{recipe.name}.png", title=title, note=note))
     return paths
+
+
+# Per-epoch keys that are not loss terms (accuracies, learning rate, timings).
+_NOT_LOSSES = {"epoch", "clean", "robust", "lr", "learning_rate", "time", "eval_time"}
+
+
+def training_curves(history, path, title, robust_label="PGD", best_epoch=None):
+    """Draws one run's training curves: loss terms (left), clean and robust accuracy (right).
+
+    Args:
+        history: per-epoch records (`results.json`'s `history`: `epoch`,
+            `clean`, `robust` in percent, and Keras' logged loss terms and
+            training accuracies `*_acc`, as fractions).
+        path: the PNG to write.
+        title: the figure title (what ran: method, model, data).
+        robust_label: the attack behind `robust` (e.g. `"PGD-10"`).
+        best_epoch: marked with a vertical line (the best checkpoint).
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(r["epoch"]) for r in history]
+    numeric = sorted({k for r in history for k, v in r.items() if isinstance(v, (int, float)) and k not in _NOT_LOSSES})
+    losses = [k for k in numeric if not k.endswith("_acc")]
+    train_accs = [k for k in numeric if k.endswith("_acc") and not k.startswith("val_")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key in losses:
+        left.plot(epochs, [_value(r, key) for r in history], marker="o", markersize=3, label=key)
+    left.set_ylabel("training loss (epoch mean)")
+    left.set_title("loss terms")
+    for key, label in (("clean", "test clean"), ("robust", f"test {robust_label}")):
+        right.plot(epochs, [_value(r, key) for r in history], marker="o", markersize=3, label=label)
+    for key in train_accs:  # fractions in Keras' logs
+        values = [None if _value(r, key) is None else 100 * _value(r, key) for r in history]
+        right.plot(epochs, values, linestyle=":", marker=".", label=f"train {key[: -len('_acc')]}")
+    right.set_ylabel("accuracy (%)")
+    right.set_title("accuracy per epoch")
+    if best_epoch is not None:
+        for axis in (left, right):
+            axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        right.plot([], [], color="grey", linestyle="--", label=f"best checkpoint (epoch {best_epoch})")
+    for axis in (left, right):
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if epochs:
+            axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

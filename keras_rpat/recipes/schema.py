@@ -35,6 +35,7 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "recipes_dir",
+    "smoke_description",
 ]
 
 RECIPES_ENV = "KERAS_RPAT_RECIPES"
@@ -166,6 +167,16 @@ SMOKE = {
     "aa_attacks": ["apgd-ce"],
     "aa_options": {"apgd": {"n_iter": 2}},
 }
+
+
+def smoke_description():
+    """What a smoke run actually runs, for plans, consoles, reports and figure titles."""
+    return (
+        f"small_cnn {SMOKE['widths']} on {SMOKE['n_train']} synthetic {SMOKE['image_size']}x{SMOKE['image_size']} "
+        f"images, {SMOKE['train_steps']}-step training attack, PGD-{SMOKE['eval_steps']} evaluation on "
+        f"{SMOKE['eval_n']} images, AutoAttack replaced by {'+'.join(a.upper() for a in SMOKE['aa_attacks'])} "
+        f"({SMOKE['aa_options']['apgd']['n_iter']} iterations)"
+    )
 
 
 class RecipeError(ValueError):
@@ -439,10 +450,14 @@ class RunSpec:
         """A one-line description."""
         opts = "".join(f" {k}={v}" for k, v in sorted(self.options.items()))
         what = self.method if self.method == self.preset and not opts else f"{self.method} ({self.preset}{opts})"
+        if self.smoke:  # the model and data that actually run
+            return (
+                f"{what} [smoke: small_cnn on synthetic data, standing in for {self.arch} on {self.dataset}] "
+                f"{self.norm} seed {self.seed}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+            )
         return (
             f"{what} {self.dataset} {self.arch} {self.norm} "
             f"seed {self.seed}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
-            + (" [smoke]" if self.smoke else "")
         )
 
 

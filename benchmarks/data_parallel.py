@@ -1,0 +1,174 @@
+"""Data-parallel throughput: images/s of the PGD-AT + RPAT step on 1, 2, ... ranks (torchrun).
+
+Each rank count runs as its own `torchrun --nproc_per_node=N` job (gloo on CPU,
+nccl on CUDA, one device per rank). One step is PGD-K on the rank's rows, the
+three train-mode forwards of PGD-AT + RPAT, the backward, one all-reduce of
+the gradients and the SGD update (keras_rpat.backend.torch_distributed). The
+table reports images/s of the global batch, the scaling efficiency
+`ips(N) / (N * ips(1))` and the cost of the gradient all-reduce alone.
+
+    python benchmarks/data_parallel.py --smoke                    # CPU, small CNN on 8x8 images
+    python benchmarks/data_parallel.py --cpu                      # CPU, ResNet-18 on 32x32, batch 32 per rank
+    python benchmarks/data_parallel.py --ranks 1,2,4,8 --arch resnet18 --batch 128 --steps 10   # GPUs
+
+`--scaling weak` (default) keeps the per-rank batch (the global batch grows
+with N, as multi-GPU runs usually do); `--scaling strong` keeps the global
+batch and splits it. Writes benchmarks/data_parallel.json (or --out).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.abspath(__file__)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", default="1,2", help="comma-separated rank counts")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--size", type=int, default=32, help="image side")
+    p.add_argument("--batch", type=int, default=128, help="per-rank batch (weak) or global batch (strong)")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--scaling", choices=("weak", "strong"), default="weak")
+    p.add_argument("--sync-batchnorm", action="store_true")
+    p.add_argument(
+        "--threads", type=int, default=1, help="OMP_NUM_THREADS per rank (1: no oversubscription on a shared CPU)"
+    )
+    p.add_argument("--smoke", action="store_true", help="small_cnn, 8x8, batch 8, PGD-2, 3 steps")
+    p.add_argument("--cpu", action="store_true", help="ResNet-18, 32x32, batch 32, PGD-3, 3 steps")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "data_parallel.json"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.arch, args.size, args.batch, args.pgd_steps, args.steps, args.warmup = "small_cnn", 8, 8, 2, 3, 1
+    elif args.cpu:
+        args.arch, args.size, args.batch, args.pgd_steps, args.steps, args.warmup = "resnet18", 32, 32, 3, 3, 1
+    return args
+
+
+def worker(args):
+    """One rank: times `args.steps` steps; rank 0 writes its figures to `args.worker`."""
+    import keras
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    import keras_rpat
+
+    keras.utils.set_random_seed(0)
+    preset = keras_rpat.presets.get("pgd_at+rpat")
+    attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": args.pgd_steps})
+    model = keras_rpat.models.get(args.arch, num_classes=10, input_shape=(args.size, args.size, 3))
+    trainer = preset.build_trainer(model, attack=attack, sync_batchnorm=args.sync_batchnorm)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.01, momentum=0.9, weight_decay=5e-4))
+    job = trainer.join_distributed()
+    world = 1 if job is None else job.world_size
+    batch = args.batch * world if args.scaling == "weak" else args.batch
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (batch, args.size, args.size, 3)).astype("float32")
+    y = rng.integers(0, 10, batch)
+    cuda = torch.cuda.is_available()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+        if job is not None:
+            dist.barrier()
+
+    for _ in range(args.warmup):
+        trainer.train_on_batch(x, y)
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_on_batch(x, y)
+    sync()
+    step_s = (time.perf_counter() - start) / args.steps
+
+    allreduce_ms = 0.0
+    if job is not None:  # the gradient bucket alone
+        numel = sum(int(np.prod(v.shape)) for v in trainer.trainable_weights)
+        bucket = torch.zeros(numel, device="cuda" if cuda else "cpu")
+        dist.all_reduce(bucket)
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            dist.all_reduce(bucket)
+        sync()
+        allreduce_ms = 1000 * (time.perf_counter() - start) / args.steps
+    if job is None or job.is_primary:
+        record = {
+            "ranks": world,
+            "global_batch": batch,
+            "step_s": step_s,
+            "images_per_s": batch / step_s,
+            "allreduce_ms": allreduce_ms,
+            "device": keras_rpat.backend.device_name(),
+        }
+        with open(args.worker, "w") as f:
+            json.dump(record, f)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(args, ranks, folder):
+    out = os.path.join(folder, f"ranks{ranks}.json")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    passed = [f"--arch={args.arch}", f"--size={args.size}", f"--batch={args.batch}", f"--scaling={args.scaling}"]
+    passed += [f"--pgd-steps={args.pgd_steps}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+    passed += ["--sync-batchnorm"] if args.sync_batchnorm else []
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}", HERE, *passed, "--worker", out]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{ranks} rank(s) failed:\n{done.stderr[-3000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        return worker(args)
+    ranks = [int(r) for r in args.ranks.split(",")]
+    with tempfile.TemporaryDirectory() as folder:
+        records = [run_ranks(args, n, folder) for n in ranks]
+    base = next((r for r in records if r["ranks"] == 1), None)
+    for r in records:
+        r["scaling_efficiency"] = None if base is None else r["images_per_s"] / (r["ranks"] * base["images_per_s"])
+    report = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
+        "results": records,
+    }
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"{args.arch} {args.size}x{args.size}, PGD-{args.pgd_steps}, {args.scaling} scaling, {records[0]['device']}")
+    print(f"{'ranks':>5} {'global batch':>12} {'images/s':>10} {'efficiency':>10} {'all-reduce ms':>13}")
+    for r in records:
+        eff = "-" if r["scaling_efficiency"] is None else f"{r['scaling_efficiency']:.2f}"
+        print(
+            f"{r['ranks']:>5} {r['global_batch']:>12} {r['images_per_s']:>10.1f} {eff:>10} {r['allreduce_ms']:>13.2f}"
+        )
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

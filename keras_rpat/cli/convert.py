@@ -1,0 +1,151 @@
+"""`keras-rpat convert` and `keras-rpat export`: PyTorch checkpoints in and out.
+
+```
+keras-rpat convert model.pt --arch preact_resnet18 --normalize cifar10 --out model.keras
+keras-rpat export model.keras --format torch --out model.pt     # loads into keras_rpat.torch_models
+keras-rpat export model.keras --format onnx --out model.onnx    # Keras' own ONNX export
+```
+"""
+
+import os
+
+import click
+import keras
+import numpy as np
+
+import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
+from keras_rpat import _io
+from keras_rpat import models
+from keras_rpat import torch_models
+from keras_rpat.cli import options as opt
+
+__all__ = ["convert_command", "export_command"]
+
+
+def _arch(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return models.canonical_name(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def _normalize(value):
+    if value is None or value.lower() == "none":
+        return None
+    if value.lower().replace("-", "").replace("_", "") == "cifar10":
+        return "cifar10"
+    raise click.BadParameter(f"must be none or cifar10. Received: {value!r}", param_hint="--normalize")
+
+
+@click.command("convert", cls=opt.Command)
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--arch", required=True, callback=_arch, help="The checkpoint's architecture (aliases work).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--normalize",
+    default="none",
+    show_default=True,
+    help="Input normalization the network was trained with: none (Bench) or cifar10 (SOTAs/ReBAT, RobustBench).",
+)
+@click.option("--stem-stride", type=click.IntRange(min=1), default=1, show_default=True, help="2 for Tiny-ImageNet.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .keras file to write.")
+def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
+    """Convert a PyTorch checkpoint (.pt) into a .keras model.
+
+    Reads a state_dict written by the reference code bases (RPAT_Benchmarks,
+    RPAT_SOTAs/ReBAT, TRADES/MART) or RobustBench (PreActResNet-18 with
+    PreActBlockV2 and bn_before_fc, WideResNet), with or without DataParallel's
+    `module.` prefix, and writes a Keras model with the same logits. Keys that
+    do not fit the architecture are listed.
+
+    Example: keras-rpat convert model.pt --arch preact_resnet18 --normalize cifar10 --out model.keras
+    """
+    click.echo(opt.backend_line())
+    try:
+        state_dict = torch_models.load_state_dict(checkpoint)
+        model = models.from_torch(
+            arch, state_dict, num_classes=num_classes, normalize=_normalize(normalize), stem_stride=stem_stride
+        )
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if not out.endswith(".keras"):
+        raise click.BadParameter(f"must end with .keras. Received: {out}", param_hint="--out")
+    _io.atomic_save_model(model, out)
+    click.echo(f"Loaded {len(state_dict)} tensors into {arch} ({model.count_params():,} weights). Wrote {out}")
+
+
+def _keras_classifier(path):
+    try:
+        loaded = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001  (any loading failure is the user's file)
+        raise click.ClickException(f"Could not load {path} as a Keras model: {type(e).__name__}: {e}") from None
+    return getattr(loaded, "evaluation_model", loaded)
+
+
+def _normalization_of(model):
+    try:
+        layer = model.get_layer("input_normalization")
+    except ValueError:
+        return None
+    return (tuple(layer.mean), tuple(layer.std))
+
+
+@click.command("export", cls=opt.Command)
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--arch", callback=_arch, default=None, help="Architecture. Default: the model's name.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default: MODEL with .pt / .onnx.")
+def export_command(model_path, fmt, arch, out):
+    """Export a .keras model as a PyTorch state_dict or ONNX.
+
+    --format torch writes a state_dict that `keras_rpat.torch_models.get(ARCH,
+    ...)` loads with strict=True (plain PyTorch, no Keras needed), with the
+    reference code bases' parameter names. A saved RPATTrainer exports its
+    evaluation model (the weight average for ReBAT / RPAT++). --format onnx
+    uses Keras' own `model.export(format="onnx")` (needs the `onnx` packages
+    of the active backend).
+
+    Example: keras-rpat export runs/x/best.keras --format torch --out best.pt
+    """
+    click.echo(opt.backend_line())
+    model = _keras_classifier(model_path)
+    out = out or os.path.splitext(model_path)[0] + (".pt" if fmt == "torch" else ".onnx")
+    if fmt == "onnx":
+        model(np.zeros((1,) + tuple(model.input_shape[1:]), dtype="float32"))  # Keras exports called models only
+        try:
+            model.export(out, format="onnx", verbose=False)
+        except ImportError as e:
+            raise click.ClickException(f"ONNX export on the {keras.config.backend()} backend needs: {e}") from None
+        except Exception as e:  # noqa: BLE001  (the exporter's own failures: name them, no traceback)
+            raise click.ClickException(f"Keras' ONNX export failed: {type(e).__name__}: {e}") from None
+        click.echo(f"Wrote {out}")
+        return
+    arch = arch or _arch(None, None, model.name)
+    normalize = _normalization_of(model)
+    num_classes = int(model.get_layer("logits").units)
+    options = _torch_options(model, arch)
+    net = torch_models.get(arch, num_classes=num_classes, normalize=normalize, **options)
+    try:
+        arrays = models.torch_state_dict(model, net.state_dict().keys())
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    torch_models.load_arrays(net, arrays)  # strict=True: fails here rather than in the user's code
+    torch_models.save_state_dict(arrays, out)
+    extra = "".join(f", {k}={v!r}" for k, v in options.items() if (k, v) != ("stem_stride", 1))
+    click.echo(
+        f"Wrote {out}: {len(arrays)} tensors. Load it with: net = keras_rpat.torch_models.get({arch!r}, "
+        f"num_classes={num_classes}"
+        + (f", normalize={normalize}" if normalize else "")
+        + extra
+        + "); net.load_state_dict(torch.load(path), strict=True)"
+    )
+
+
+def _torch_options(model, arch):
+    """The builder options a torch module needs beyond the name (small_cnn's widths, the stem stride)."""
+    options = {"stem_stride": int(model.get_layer("conv1").strides[0])}
+    if arch == "small_cnn":
+        options["widths"] = tuple(int(model.get_layer(f"conv{i}").filters) for i in (1, 2, 3))
+    return options

@@ -1,0 +1,83 @@
+"""Joining a data-parallel job from the CLI (`torchrun ... -m keras_rpat.cli train|recipe`).
+
+Every rank runs the whole command on the same data; the training steps are
+data-parallel (`keras_rpat.backend.torch_distributed`), so every rank computes
+the same weights, metrics and evaluations. Rank 0 writes into `--out` and
+prints; rank `r > 0` stays silent and keeps its copy of the files in the
+sibling folder `.<out>.rank<r>` (what it resumes from after an interruption).
+"""
+
+import dataclasses
+import os
+
+import click
+
+from keras_rpat import backend as rpat_backend
+from keras_rpat import trainer as trainer_lib
+from keras_rpat.cli import options as opt
+
+__all__ = ["Launch", "join", "sync_batchnorm_option"]
+
+
+def sync_batchnorm_option():
+    return click.option(
+        "--sync-batchnorm",
+        is_flag=True,
+        help="Under torchrun: BatchNorm statistics over the global batch (N devices x B/N = 1 device x B).",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Where this process writes and whether it prints."""
+
+    out: str
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def primary(self):
+        return self.rank == 0
+
+    def echo(self, message=""):
+        """Prints on rank 0, unless `--quiet`."""
+        if self.primary:
+            opt.echo()(message)
+
+
+def rank_folder(out, rank):
+    """`out` for rank 0, the sibling `.<name>.rank<r>` for the others."""
+    if rank == 0:
+        return out
+    parent, name = os.path.split(os.path.normpath(out))
+    return os.path.join(parent, f".{name}.rank{rank}")
+
+
+def join(out, sync_batchnorm, config, batch_size):
+    """Joins the job this command was launched in (if any); returns its `Launch`.
+
+    `config` (JSON-able: the command's resolved arguments) must be equal on
+    every rank, and the global `batch_size` must split evenly over them.
+    """
+    try:
+        job = rpat_backend.initialize_distributed()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if job is None:
+        if sync_batchnorm:
+            raise click.UsageError(
+                "--sync-batchnorm needs a data-parallel job, but this command runs in one process. Launch it with "
+                "`torchrun --nproc_per_node=N -m keras_rpat.cli ...`, or drop --sync-batchnorm."
+            )
+        return Launch(out)
+    if batch_size % job.world_size:
+        raise click.UsageError(
+            f"--batch-size {batch_size} (the global batch) does not split over {job.world_size} ranks. Pick a "
+            f"multiple of {job.world_size}, e.g. --batch-size {max(job.world_size, batch_size - batch_size % job.world_size)}."
+        )
+    trainer_lib.set_sync_batchnorm_default(bool(sync_batchnorm))
+    try:
+        rpat_backend.check_same_on_all_ranks({"config": config, "sync_batchnorm": sync_batchnorm}, "configuration")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    return Launch(rank_folder(out, job.rank), job.rank, job.world_size)

@@ -1,0 +1,40 @@
+"""`keras-rpat report DIR`: a recipe's Markdown, JSON and figures, rebuilt from its run folders.
+
+```
+keras-rpat report runs/table3          # after some (or all) runs of `keras-rpat recipe table3`
+```
+"""
+
+from pathlib import Path
+
+import click
+
+from keras_rpat import _io
+from keras_rpat import recipes
+
+__all__ = ["report_command"]
+
+
+@click.command("report")
+@click.argument("out_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+def report_command(out_dir):
+    """Rebuild a recipe's Markdown, JSON and figures from the run folders in DIR.
+
+    DIR is the --out of a `keras-rpat recipe` command (runs/<recipe> by
+    default). Only the runs whose results.json is complete are reported; the
+    table lists the runs still missing, so a partial report can be read while
+    the other runs go on.
+    """
+    fingerprint = _io.read_json(Path(out_dir) / "config.json")
+    if not isinstance(fingerprint, dict) or "recipe" not in fingerprint:
+        raise click.ClickException(
+            f"{out_dir} has no config.json of a recipe run. Give the --out folder of `keras-rpat recipe <name>`."
+        )
+    try:
+        recipe = recipes.load_recipe(fingerprint["recipe"])
+        report = recipes.write_report(recipe, out_dir, fingerprint=fingerprint)
+    except recipes.RecipeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Wrote {report['markdown']} and {report['json']}.")
+    for path in report["figures"]:
+        click.echo(f"Wrote {path}")

@@ -1,0 +1,220 @@
+"""Data-parallel training (torch.distributed under torchrun): 2 ranks x B/2 equal 1 process x B.
+
+The torchrun job (tests/distributed_worker.py, gloo, one thread per rank) costs
+two interpreter starts; everything else here runs in the test process.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from testing import BACKEND
+from testing import torch_only
+
+import keras_rpat
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import distributed_worker  # noqa: E402
+
+if BACKEND == "torch":
+    from keras_rpat.backend import torch_distributed
+else:
+    torch_distributed = None
+
+
+# pgd_at+rpat in float32 on the fast path; trades+rpat in float64 on the Keras
+# path: TRADES' attack starts 0.001 from x, where the sign of the KL gradient of
+# some pixels is within float32 rounding, and a 4-image convolution rounds
+# differently from an 8-image one (measured: 6e-4 relative after 3 steps in
+# float32, 1e-7 in float64). The lowered model keeps float32 inputs, hence
+# the Keras path for float64.
+RUNS = ["pgd_at+rpat", "trades+rpat:float64:keras"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_torchrun(args, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1", KERAS_BACKEND="torch")
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        env.pop(name, None)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        *map(str, args),
+    ]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+class _Job:
+    """The torchrun job, started once; its results are read when a test first needs them
+    (the one-process references are computed meanwhile)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.process = _start_torchrun([HERE / "distributed_worker.py", out, *RUNS])
+        self.results = None
+
+    def wait(self):
+        if self.results is None:
+            _, stderr = self.process.communicate(timeout=300)
+            assert self.process.returncode == 0, stderr[-4000:]
+            self.results = dict(np.load(self.out))
+        return self.results
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    job = _Job(tmp_path_factory.mktemp("ddp") / "two.npz")
+    yield job
+    if job.process.poll() is None:
+        job.process.kill()
+        job.process.communicate()
+
+
+@torch_only
+@pytest.mark.parametrize("run", RUNS)
+def test_two_ranks_take_the_one_process_steps(two_ranks, run):
+    method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
+    one = distributed_worker.train(method, sync_batchnorm=False, fast_path=path == "fast", dtype=dtype)
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    two_ranks = two_ranks.wait()
+    names = [k for k in one if k.startswith(f"{method}/")]
+    assert any("/moving_variance" in k for k in names) and any("/log/loss" in k for k in names)
+    for name in names:
+        want, got = np.asarray(one[name], np.float64), np.asarray(two_ranks[name], np.float64)
+        assert want.shape == got.shape, name
+        scale = max(np.max(np.abs(want)), 1e-3)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg=name)
+    # The steps did move the weights (a test that cannot fail is a defect).
+    kernel = f"{method}/var/conv1/kernel"
+    assert np.max(np.abs(one[kernel] - one[f"{method}/initial/conv1/kernel"])) > 1e-3
+
+
+@torch_only
+def test_shards_tile_the_batch_and_keep_two_view_pairs():
+    rows = [torch_distributed.shard_rows(7, r, 2) for r in range(2)]
+    assert [list(r) for r in rows] == [[0, 1, 2, 3], [4, 5, 6]]
+    pairs = [list(torch_distributed.shard_rows(8, r, 2, groups=2)) for r in range(2)]
+    assert pairs == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+@torch_only
+def test_each_rank_draws_its_rows_of_the_one_process_noise():
+    import keras
+
+    draws = []
+    for rank in range(2):
+        seed = keras.random.SeedGenerator(5)
+        rows = torch_distributed.shard_rows(6, rank, 2)
+        shard = torch_distributed.Shard(rows, 6, sync_batchnorm=False)
+        shard.device_rows = keras.ops.convert_to_tensor(rows)
+        with torch_distributed.shard_scope(shard):
+            draws.append(keras.ops.convert_to_numpy(keras_rpat.backend.random_uniform((3, 2), seed=seed)))
+            beta = keras.ops.convert_to_numpy(keras_rpat.backend.random_beta(0.75, 0.75, seed=seed))
+        draws[-1] = (draws[-1], float(beta))
+    alone = keras.random.SeedGenerator(5)
+    whole = keras.ops.convert_to_numpy(keras_rpat.backend.random_uniform((6, 2), seed=alone))
+    beta = float(keras.ops.convert_to_numpy(keras_rpat.backend.random_beta(0.75, 0.75, seed=alone)))
+    np.testing.assert_array_equal(np.concatenate([draws[0][0], draws[1][0]]), whole)
+    assert not np.array_equal(draws[0][0], draws[1][0])
+    assert draws[0][1] == draws[1][1] == beta  # a per-batch draw is the same on every rank
+
+
+@torch_only
+def test_sync_batchnorm_without_a_job_names_the_fix(monkeypatch):
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node"):
+        trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
+
+
+@torch_only
+def test_a_rank_started_by_hand_names_torchrun(monkeypatch):
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(torch_distributed.DistributedError, match="MASTER_ADDR.*torchrun"):
+        torch_distributed.initialize()
+
+
+@torch_only
+def test_a_batch_the_ranks_cannot_split_names_a_batch_size():
+    with pytest.raises(torch_distributed.DistributedError, match="multiple of 4.*--batch-size 8"):
+        torch_distributed.check_batch(10, 4)
+
+
+@torch_only
+@pytest.mark.parametrize("command", [["train", "--method", "pgd_at", "--dataset", "synthetic"], ["recipe", "figure2"]])
+def test_cli_sync_batchnorm_without_torchrun_names_the_fix(command, tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    result = invoke(main, [*command, "--smoke", "--sync-batchnorm", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "--sync-batchnorm needs a data-parallel job" in result.output and "torchrun" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@torch_only
+def test_cli_rank_started_by_hand_is_a_usage_error(tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    for name in torch_distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke(main, ["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke", "--out", tmp_path])
+    assert result.exit_code == 2 and "Start every rank with torchrun" in result.output, result.output
+
+
+def test_rank_folders():
+    from keras_rpat.cli import launch
+
+    assert launch.rank_folder("runs/x", 0) == "runs/x"
+    assert launch.rank_folder("runs/x/", 3) == os.path.join("runs", ".x.rank3")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is the tensorflow backend's")
+def test_tf_distribute_strategy_is_refused_with_the_fix():
+    import keras
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:  # 2 logical CPU devices (possible only before TensorFlow initialises its devices)
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:
+        pass
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("TensorFlow initialised one CPU device before this test")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    with strategy.scope():
+        model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+        trainer = keras_rpat.RPATTrainer(model, attack=keras_rpat.attacks.PGD(num_steps=1))
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    x = np.zeros((4, 8, 8, 3), "float32")
+    with pytest.raises(NotImplementedError, match="torchrun --nproc_per_node"):
+        trainer.fit(x, np.zeros(4, "int64"), batch_size=4, epochs=1, verbose=0)
