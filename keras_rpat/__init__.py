@@ -21,6 +21,7 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 """
 
 import importlib as _importlib
+import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
@@ -137,6 +138,7 @@ def _started_as_cli():
     return command.startswith("keras-rpat") or command == "-m"
 
 
-if not _started_as_cli():
+# Without Keras installed, `keras_rpat.torch_models` (plain PyTorch) still imports.
+if not _started_as_cli() and _importlib_util.find_spec("keras") is not None:
     for _name in _MODULES + ("trainer",):
         _importlib.import_module(f"keras_rpat.{_name}")
