@@ -8,6 +8,7 @@ facade back.
 import dataclasses
 
 from keras_rpat import _checks
+from keras_rpat._names import AA_VERSIONS
 
 __all__ = [
     "AA_ATTACKS",
@@ -24,7 +25,6 @@ __all__ = [
 ]
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-AA_VERSIONS = ("standard", "plus", "rand", "custom")
 # The reference evaluation's AutoAttack batch size.
 AA_BATCH_SIZE = 250
 VERSION_ATTACKS = {
