@@ -26,6 +26,8 @@ COMMANDS = {
     "recipe show table3": ["recipe", "show", "table3"],
     "train: bad option": ["train", "--epochs", "-1"],
     "recipe: bad option": ["recipe", "table3", "--seeds", "x"],
+    # MODEL must exist (this file does; it is never read: the option error comes first).
+    "eval: bad option": ["eval", os.path.abspath(__file__), "--dataset", "cifar10", "--attacks", "foo"],
 }
 HEAVY = ("keras", "torch", "tensorflow")
 # Runs the command line in this process, as `keras-rpat` (keras_rpat's package

@@ -9,11 +9,13 @@ here only: `models`, `presets`, `losses`, `datasets`, `evaluation` and
 from keras_rpat import _checks
 
 __all__ = [
+    "AA_BATCH_SIZE",
     "AA_VERSIONS",
     "ALPHA_SAMPLING",
     "BASE_METHODS",
     "DATASETS",
     "DISTANCES",
+    "EVAL_BATCH_SIZE",
     "EVALUATION_ATTACKS",
     "L2_STEP_SIZE",
     "MODEL_NAMES",
@@ -235,6 +237,9 @@ ATTACK_ALIASES = {
 # The perturbations of the perception analysis (Figures 2 and 5).
 PERTURBATIONS = ("random", "pgd20")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
+# The reference evaluation's batch sizes (PGD and clean; AutoAttack).
+EVAL_BATCH_SIZE = 256
+AA_BATCH_SIZE = 250
 
 
 def parse_attacks(attacks):

@@ -40,6 +40,7 @@ from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
 from keras_rpat import trainer as trainer_lib
 from keras_rpat._checks import infer_data_format
+from keras_rpat._names import EVAL_BATCH_SIZE
 from keras_rpat._names import EVALUATION_ATTACKS
 from keras_rpat._names import PERTURBATIONS
 from keras_rpat._names import PGD_EVAL_STEPS
@@ -63,9 +64,6 @@ __all__ = [
     "pgd_accuracy",
     "provenance",
 ]
-
-# The reference protocol's evaluation batch size.
-EVAL_BATCH_SIZE = 256
 
 _AA_REFERENCE = (
     "Croce & Hein, Reliable evaluation of adversarial robustness with an "

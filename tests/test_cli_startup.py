@@ -52,12 +52,16 @@ def test_listing_and_showing_recipes_import_no_framework(args, expected):
         (["train", "--method", "pgd_at", "--proxy", "nose"], "'nose' is not one of 'logits', 'penultimate'"),
         (["train", "--method", "nosuch"], "Unknown preset: 'nosuch'"),
         (["recipe", "table3", "--seeds", "x"], "Seeds must be comma-separated integers"),
-        (["recipe", "table3", "--arch", "nosuch"], "nosuch"),
+        (["recipe", "table3", "--arch", "nosuch"], "Unknown model name: 'nosuch'"),
+        (["eval", "{model}", "--dataset", "cifar10", "--attacks", "foo"], "Unknown evaluation 'foo'"),
+        (["autoattack", "{model}", "--dataset", "nosuch"], "Unknown dataset 'nosuch'"),
     ],
-    ids=["train epochs", "train choice", "train preset", "recipe seeds", "recipe arch"],
+    ids=["train epochs", "train choice", "train preset", "recipe seeds", "recipe arch", "eval", "autoattack"],
 )
-def test_argument_errors_import_no_framework(args, expected):
-    modules, out = imported(args)
+def test_argument_errors_import_no_framework(args, expected, tmp_path):
+    model = tmp_path / "model.keras"  # never read: the option error comes first
+    model.write_bytes(b"")
+    modules, out = imported([a.format(model=model) for a in args])
     assert modules == [], out.stderr
     assert expected in out.stderr
 

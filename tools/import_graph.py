@@ -48,6 +48,12 @@ LAZY_IMPORTS = {
         "keras_rpat.cli.launch",
         "keras_rpat.trainer",
     ): "imports Keras when a run starts; `recipe list` and argument errors answer without them",
+    **{
+        ("keras_rpat.cli.evaluate", f"keras_rpat.{module}"): (
+            "imports Keras when `eval` / `autoattack` runs; their argument errors answer without it"
+        )
+        for module in ("autoattack", "datasets", "evaluation", "layers", "models", "trainer")
+    },
 }
 
 

@@ -8,6 +8,7 @@ facade back.
 import dataclasses
 
 from keras_rpat import _checks
+from keras_rpat._names import AA_BATCH_SIZE
 from keras_rpat._names import AA_VERSIONS
 
 __all__ = [
@@ -25,8 +26,6 @@ __all__ = [
 ]
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-# The reference evaluation's AutoAttack batch size.
-AA_BATCH_SIZE = 250
 VERSION_ATTACKS = {
     "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
     "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
