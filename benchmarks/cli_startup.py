@@ -25,11 +25,17 @@ COMMANDS = {
     "recipe list": ["recipe", "list"],
     "recipe show table3": ["recipe", "show", "table3"],
     "train: bad option": ["train", "--epochs", "-1"],
+    "recipe: bad option": ["recipe", "table3", "--seeds", "x"],
+    # MODEL must exist (this file does; it is never read: the option error comes first).
+    "eval: bad option": ["eval", os.path.abspath(__file__), "--dataset", "cifar10", "--attacks", "foo"],
 }
 HEAVY = ("keras", "torch", "tensorflow")
-# Runs the command line in this process and reports the heavy modules it imported.
+# Runs the command line in this process, as `keras-rpat` (keras_rpat's package
+# loads its submodules lazily only in that command: see `keras_rpat._started_as_cli`),
+# and reports the heavy modules it imported.
 _PROBE = (
     "import sys, json\n"
+    "sys.argv[0] = 'keras-rpat'\n"
     "from keras_rpat.cli import main\n"
     "try:\n"
     "    main(sys.argv[1:], prog_name='keras-rpat', standalone_mode=False)\n"

@@ -4,8 +4,10 @@ Images, labels, numbers, comma-separated lists, the vocabulary of norms and
 datasets, and what a Keras model says about its data format. Every check
 raises a `ValueError` that says what was received and how to fix it.
 
-This module imports nothing from `keras_rpat` (NumPy and Keras only), so any
-module may import it.
+This module imports nothing from `keras_rpat` and only NumPy at the top, so
+any module may import it, the command line's checks included, without loading
+Keras: the checks of models and tensors import Keras when called (it is loaded
+by then).
 """
 
 import math
@@ -13,7 +15,6 @@ import numbers
 import os
 import tempfile
 
-import keras
 import numpy as np
 
 __all__ = [
@@ -284,6 +285,8 @@ def to_numpy(x):
     try:
         return np.asarray(x)
     except Exception:  # e.g. a CUDA tensor: go through Keras.
+        import keras
+
         return keras.ops.convert_to_numpy(x)
 
 
@@ -494,6 +497,8 @@ def evaluation_model(model):
     Raises:
         ValueError: if `model` is not callable.
     """
+    import keras
+
     inner = getattr(model, "evaluation_model", None)
     if isinstance(inner, keras.Model):
         return inner
@@ -549,7 +554,11 @@ def infer_data_format(model, data_format=None):
     if fmt is not None:
         return fmt
     fmt = shape_data_format(model_input_shape(model))
-    return fmt if fmt is not None else keras.config.image_data_format()
+    if fmt is not None:
+        return fmt
+    import keras
+
+    return keras.config.image_data_format()
 
 
 def _layer_data_format(model):
@@ -596,6 +605,8 @@ def check_data(model, x, y, data_format=None):
         raise ValueError(f"Images and labels differ in length: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}.")
     num_classes = model_num_classes(model)
     if num_classes is None:
+        import keras
+
         num_classes = int(model(keras.ops.convert_to_tensor(x[:1]), training=False).shape[-1])
     try:
         y = label_indices(y, num_classes, "y")

@@ -31,6 +31,7 @@ import numpy as np
 from keras_rpat import _checks
 from keras_rpat import _io
 from keras_rpat._checks import validate_images
+from keras_rpat._names import DATASETS
 from keras_rpat._checks import validate_labels
 
 __all__ = [
@@ -208,7 +209,7 @@ def list_datasets():
     Returns:
         A list of dataset names.
     """
-    return sorted(_LOADERS)
+    return sorted(DATASETS)
 
 
 def default_data_dir():
@@ -788,7 +789,7 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
     )
 
 
-# Canonical name -> (loader, options it accepts besides n_train/n_test).
+# Canonical name (one per `_names.DATASETS`) -> (loader, options it accepts besides n_train/n_test).
 _LOADERS = {
     "cifar10": (_load_cifar10, ("download",)),
     "cifar100": (_load_cifar100, ("download",)),

@@ -40,6 +40,11 @@ from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
 from keras_rpat import trainer as trainer_lib
 from keras_rpat._checks import infer_data_format
+from keras_rpat._names import EVAL_BATCH_SIZE
+from keras_rpat._names import EVALUATION_ATTACKS
+from keras_rpat._names import PERTURBATIONS
+from keras_rpat._names import PGD_EVAL_STEPS
+from keras_rpat._names import parse_attacks
 from keras_rpat._version import __version__
 
 __all__ = [
@@ -59,20 +64,6 @@ __all__ = [
     "pgd_accuracy",
     "provenance",
 ]
-
-EVALUATION_ATTACKS = ("clean", "pgd20", "autoattack")
-# The reference protocol's evaluation batch size and PGD steps (PGD-20).
-EVAL_BATCH_SIZE = 256
-PGD_EVAL_STEPS = 20
-_ATTACK_ALIASES = {
-    "clean": "clean",
-    "pgd20": "pgd20",
-    "pgd-20": "pgd20",
-    "pgd": "pgd20",
-    "autoattack": "autoattack",
-    "aa": "autoattack",
-}
-PERTURBATIONS = ("random", "pgd20")
 
 _AA_REFERENCE = (
     "Croce & Hein, Reliable evaluation of adversarial robustness with an "
@@ -566,28 +557,6 @@ class EvalResult(_ResultMixin):
                     label = "NRR"
                 parts.append(f"{label} {value:.2f}")
         return ", ".join(parts)
-
-
-def parse_attacks(attacks):
-    """Canonical evaluation names (`"pgd"` -> `"pgd20"`, `"aa"` -> `"autoattack"`), in order, once each.
-
-    Args:
-        attacks: a list or a comma-separated string.
-    """
-    attacks = _checks.split_list(attacks)
-    out = []
-    for name in attacks:
-        key = _ATTACK_ALIASES.get(str(name).lower())
-        if key is None:
-            raise ValueError(
-                f"Unknown evaluation {name!r}. Valid: {list(EVALUATION_ATTACKS)} "
-                "(comma-separated on the command line: clean,pgd20,autoattack)."
-            )
-        if key not in out:
-            out.append(key)
-    if not out:
-        raise ValueError(f"`attacks` must name at least one of {list(EVALUATION_ATTACKS)}.")
-    return out
 
 
 def evaluate(

@@ -29,16 +29,14 @@ import keras
 from keras import ops
 
 from keras_rpat import _checks
-from keras_rpat import backend as rpat_backend
 from keras_rpat import attacks as attacks_lib
+from keras_rpat import backend as rpat_backend
+from keras_rpat._names import ALPHA_SAMPLING
+from keras_rpat._names import DISTANCES
+from keras_rpat._names import PROXIES
+from keras_rpat._names import WA_START_EPOCH  # the start of ReBAT / RPAT++'s BoAT / RPAT++ term and weight averaging
 from keras_rpat.attacks import cross_entropy
 
-DISTANCES = ("mse", "kl", "js", "cosine")
-ALPHA_SAMPLING = ("fixed", "beta-", "beta+")
-PROXIES = ("logits", "penultimate", "third_to_last")
-# The epoch (0-based) at which ReBAT / RPAT++ start their BoAT / RPAT++ term and
-# weight averaging (`keras_rpat.trainer.WeightAveraging` uses the same default).
-WA_START_EPOCH = 105
 FORMS = ("reference", "paper")
 GRADIENT_VIEWS = ("clean", "adv", "interp", "clean_kl")
 TEACHER_VIEWS = ("teacher_clean", "teacher_adv", "teacher_interp")

@@ -31,6 +31,9 @@ import keras
 import numpy as np
 
 from keras_rpat import layers as rpat_layers
+from keras_rpat._names import MODEL_NAMES
+from keras_rpat._names import canonical_model_name as canonical_name
+from keras_rpat._names import list_models
 
 __all__ = [
     "get",
@@ -626,74 +629,8 @@ def small_cnn(
 # Registry
 # ----------------------------------------------------------------------------
 
-_BUILDERS = {
-    "resnet18": resnet18,
-    "resnet18_bottleneck": resnet18_bottleneck,
-    "preact_resnet18": preact_resnet18,
-    "wide_resnet34_10": wide_resnet34_10,
-    "wide_resnet28_10": wide_resnet28_10,
-    "small_cnn": small_cnn,
-}
-
-
-def _key(name):
-    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
-
-
-_ALIASES = {_key(canonical): canonical for canonical in _BUILDERS}
-_ALIASES.update(
-    {
-        "resnet18basic": "resnet18",
-        "basicresnet18": "resnet18",
-        "bottleneckresnet18": "resnet18_bottleneck",
-        "benchresnet18": "resnet18_bottleneck",
-        "preresnet18": "preact_resnet18",
-        "preactivationresnet18": "preact_resnet18",
-        "wrn3410": "wide_resnet34_10",
-        "wideresnet34": "wide_resnet34_10",
-        "wrn34": "wide_resnet34_10",
-        "wrn2810": "wide_resnet28_10",
-        "wideresnet28": "wide_resnet28_10",
-        "wrn28": "wide_resnet28_10",
-        "smallconvnet": "small_cnn",
-    }
-)
-
-
-def list_models():
-    """Returns the canonical model names accepted by `keras_rpat.models.get`.
-
-    Example:
-
-    >>> keras_rpat.models.list_models()
-    ['preact_resnet18', 'resnet18', 'resnet18_bottleneck', 'small_cnn',
-     'wide_resnet28_10', 'wide_resnet34_10']
-    """
-    return sorted(_BUILDERS)
-
-
-def canonical_name(name):
-    """Returns the canonical model name for `name` or an alias of it.
-
-    Matching ignores case, `-` and `_` (`"PreActResNet-18"`,
-    `"preactresnet18"` and `"preact_resnet18"` are the same model; `"wrn34_10"`
-    is `"wide_resnet34_10"`).
-
-    Args:
-        name: A model name or alias.
-
-    Returns:
-        The canonical name, one of `keras_rpat.models.list_models()`.
-    """
-    if isinstance(name, str):
-        canonical = _ALIASES.get(_key(name))
-        if canonical is not None:
-            return canonical
-    raise ValueError(
-        f"Unknown model name: {name!r}. Valid names are {list_models()} "
-        "(case, '-' and '_' are ignored; aliases such as 'preactresnet18', "
-        "'wrn34_10' and 'wrn28_10' are accepted)."
-    )
+# Each name of `_names.MODEL_NAMES` is the builder function of that name.
+_BUILDERS = {name: globals()[name] for name in MODEL_NAMES}
 
 
 def get(

@@ -29,58 +29,24 @@ from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import losses as losses_lib
 from keras_rpat import optimizers
+from keras_rpat._names import BASE_METHODS  # noqa: F401  (public: the preset names)
+from keras_rpat._names import BENCH_SETTINGS
+from keras_rpat._names import L2_STEP_SIZE
+from keras_rpat._names import PRESET_SETTINGS
+from keras_rpat._names import SOTA_BETA
+from keras_rpat._names import SOTA_METHODS
+from keras_rpat._names import WA_START_EPOCH
+from keras_rpat._names import WEIGHT_AVERAGED
+from keras_rpat._names import base_method
+from keras_rpat._names import canonical_preset_name as canonical_name
+from keras_rpat._names import list_presets  # noqa: F401  (public: `presets.list_presets()`)
 from keras_rpat.trainer import RPATTrainer
 from keras_rpat.trainer import WeightAveraging
-
-BASE_METHODS = ("clean", "random_noise", "pgd_at", "trades", "mart", "consistency_at")
-SOTA_METHODS = ("rebat", "rpat_plus_plus")
-
-_ALIASES = {
-    "pgdat": "pgd_at",
-    "pgd": "pgd_at",
-    "consistency": "consistency_at",
-    "consistencyat": "consistency_at",
-    "cons_at": "consistency_at",
-    "rpat++": "rpat_plus_plus",
-    "rpatplusplus": "rpat_plus_plus",
-    "rpat_pp": "rpat_plus_plus",
-    "ce": "clean",
-    "random": "random_noise",
-    "wa": "wa",
-}
-
-# The paper's L2 attack step (REFERENCE §8 #7: 15/255 is the upstream convention).
-L2_STEP_SIZE = 32 / 255
-# The epoch the ReBAT / RPAT++ weight averaging and BoAT / RPAT++ terms start (0-based).
-WA_START_EPOCH = losses_lib.WA_START_EPOCH
 
 BUDGETS = {
     "linf": {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10},
     "l2": {"epsilon": 128 / 255, "step_size": L2_STEP_SIZE, "num_steps": 10},
 }
-
-
-def list_presets():
-    """All preset names."""
-    names = []
-    for m in BASE_METHODS:
-        names.append(m)
-        if m not in ("clean", "random_noise"):
-            names.append(m + "+rpat")
-    return names + list(SOTA_METHODS) + ["wa"]
-
-
-def canonical_name(name):
-    key = str(name).strip().lower().replace("-", "_").replace(" ", "")
-    rpat = False
-    for suffix in ("+rpat", "_rpat"):
-        if key.endswith(suffix) and key not in ("rpat_pp",):
-            key, rpat = key[: -len(suffix)], True
-    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", ""), key))
-    full = key + ("+rpat" if rpat else "")
-    if full not in list_presets():
-        raise ValueError(f"Unknown preset: {name!r}. Valid presets: {', '.join(list_presets())}.")
-    return full
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +83,12 @@ class Preset:
     losses: list
     weight_averaging: object = None
     post_step_clean_forward: bool = False
-    pipeline: str = "bench"
+    pipeline: str = BENCH_SETTINGS["pipeline"]
     two_view: bool = False
-    epochs: int = 110
-    schedule: str = "multistep"
-    milestones: tuple = (100, 105)
-    lr_factor: float = 1.5
+    epochs: int = BENCH_SETTINGS["epochs"]
+    schedule: str = BENCH_SETTINGS["schedule"]
+    milestones: tuple = BENCH_SETTINGS["milestones"]
+    lr_factor: float = BENCH_SETTINGS["lr_factor"]
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -213,47 +179,29 @@ class Preset:
 # The presets, as data
 # ---------------------------------------------------------------------------
 
-# The Bench pipeline's and the SOTAs pipeline's shared settings.
-_SOTAS = dict(
-    post_step_clean_forward=True,
-    pipeline="sotas",
-    epochs=200,
-    schedule="piecewise",
-    milestones=(100, 150),
-    lr_factor=1.5,
-    arch="preact_resnet18",
-    normalize="cifar10",
-)
-
-# method -> (attack kind, losses, extra Preset fields). Attack kinds: None (no
-# attack), "noise" (uniform noise), "pgd" / "trades" / "mart" (Bench, inference
-# mode), "sotas" (ReBAT's PGD in training mode). `+rpat` adds
-# RobustPerception(alpha 0.5, weight 1) to any Bench method.
+# method -> (attack kind, losses); its plain fields are `_names.PRESET_SETTINGS`.
+# Attack kinds: None (no attack), "noise" (uniform noise), "pgd" / "trades" /
+# "mart" (Bench, inference mode), "sotas" (ReBAT's PGD in training mode).
+# `+rpat` adds RobustPerception(alpha 0.5, weight 1) to any Bench method.
 PRESETS = {
-    "clean": (None, lambda: [losses_lib.CrossEntropy(view="clean", name="ce")], {}),
-    "random_noise": ("noise", lambda: [losses_lib.CrossEntropy(view="adv", name="ce")], {}),
-    "pgd_at": ("pgd", lambda: [losses_lib.AdversarialCrossEntropy()], {}),
-    "trades": ("trades", lambda: [losses_lib.TRADES(beta=6.0)], {}),
-    "mart": ("mart", lambda: [losses_lib.MART(beta=6.0)], {}),
-    "consistency_at": (
-        "pgd",
-        lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.Consistency(1.0, 0.5)],
-        {"two_view": True},
-    ),
+    "clean": (None, lambda: [losses_lib.CrossEntropy(view="clean", name="ce")]),
+    "random_noise": ("noise", lambda: [losses_lib.CrossEntropy(view="adv", name="ce")]),
+    "pgd_at": ("pgd", lambda: [losses_lib.AdversarialCrossEntropy()]),
+    "trades": ("trades", lambda: [losses_lib.TRADES(beta=6.0)]),
+    "mart": ("mart", lambda: [losses_lib.MART(beta=6.0)]),
+    "consistency_at": ("pgd", lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.Consistency(1.0, 0.5)]),
     "rebat": (
         "sotas",
-        lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.BoAT(beta=1.0, start_epoch=WA_START_EPOCH)],
-        _SOTAS,
+        lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.BoAT(beta=SOTA_BETA, start_epoch=WA_START_EPOCH)],
     ),
     "rpat_plus_plus": (
         "sotas",
         lambda: [
             losses_lib.AdversarialCrossEntropy(),
-            losses_lib.RPATPlusPlus(beta=1.0, alpha=0.5, start_epoch=WA_START_EPOCH),
+            losses_lib.RPATPlusPlus(beta=SOTA_BETA, alpha=0.5, start_epoch=WA_START_EPOCH),
         ],
-        _SOTAS,
     ),
-    "wa": ("sotas", lambda: [losses_lib.AdversarialCrossEntropy()], _SOTAS),
+    "wa": ("sotas", lambda: [losses_lib.AdversarialCrossEntropy()]),
 }
 # Table 6's "$": from epoch 100 on, epsilon 10/255 and 12 steps (L-inf, SOTAs methods).
 STRONGER_ATTACK = {100: {"epsilon": 10 / 255, "num_steps": 12}}
@@ -298,8 +246,9 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
     """
     full = canonical_name(name)
     norm = _checks.canonical_norm(norm)
-    method = full[: -len("+rpat")] if full.endswith("+rpat") else full
-    kind, make_losses, fields = PRESETS[method]
+    method = base_method(full)
+    kind, make_losses = PRESETS[method]
+    fields = dict(PRESET_SETTINGS[method])
     if stronger_attack and method not in SOTA_METHODS:
         raise ValueError("`stronger_attack` applies to the ReBAT and RPAT++ presets (Table 6).")
     if stronger_attack and norm != "linf":
@@ -310,6 +259,6 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
     losses = make_losses()
     if full.endswith("+rpat"):
         losses.append(losses_lib.RobustPerception(alpha=0.5, weight=1.0))
-    if kind == "sotas":
-        fields = dict(fields, weight_averaging=WeightAveraging(decay=0.999, start_epoch=WA_START_EPOCH))
+    if method in WEIGHT_AVERAGED:
+        fields["weight_averaging"] = WeightAveraging(decay=0.999, start_epoch=WA_START_EPOCH)
     return Preset(full, attack, losses, norm=norm, **fields)

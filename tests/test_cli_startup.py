@@ -29,3 +29,45 @@ def test_a_mistyped_command_is_refused_without_importing_a_framework():
 def test_the_listed_short_help_is_each_commands_own():
     for name, (_, _, short_help) in cli.COMMANDS.items():
         assert cli.load_command(name).get_short_help_str(limit=200) == short_help, name
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["recipe", "list"], "table3"),
+        (["recipe", "show", "table3"], "Default plan: 24 runs"),
+    ],
+    ids=["recipe list", "recipe show"],
+)
+def test_listing_and_showing_recipes_import_no_framework(args, expected):
+    modules, out = imported(args)
+    assert modules == [], out.stderr
+    assert expected in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--epochs", "-1"], "-1 is not in the range x>=1"),
+        (["train", "--method", "pgd_at", "--proxy", "nose"], "'nose' is not one of 'logits', 'penultimate'"),
+        (["train", "--method", "nosuch"], "Unknown preset: 'nosuch'"),
+        (["recipe", "table3", "--seeds", "x"], "Seeds must be comma-separated integers"),
+        (["recipe", "table3", "--arch", "nosuch"], "Unknown model name: 'nosuch'"),
+        (["eval", "{model}", "--dataset", "cifar10", "--attacks", "foo"], "Unknown evaluation 'foo'"),
+        (["autoattack", "{model}", "--dataset", "nosuch"], "Unknown dataset 'nosuch'"),
+    ],
+    ids=["train epochs", "train choice", "train preset", "recipe seeds", "recipe arch", "eval", "autoattack"],
+)
+def test_argument_errors_import_no_framework(args, expected, tmp_path):
+    model = tmp_path / "model.keras"  # never read: the option error comes first
+    model.write_bytes(b"")
+    modules, out = imported([a.format(model=model) for a in args])
+    assert modules == [], out.stderr
+    assert expected in out.stderr
+
+
+def test_each_dataset_name_has_a_loader():
+    from keras_rpat import _names
+    from keras_rpat import datasets
+
+    assert set(datasets._LOADERS) == set(_names.DATASETS)

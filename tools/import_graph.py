@@ -36,6 +36,24 @@ LAZY_IMPORTS = {
         "keras_rpat.models",
         "keras_rpat.torch_models",
     ): "imports torch to read a .pt file; models stays torch-free under the tensorflow backend",
+    (
+        "keras_rpat.cli.options",
+        "keras_rpat.backend",
+    ): "imports Keras and the backend for the start-of-run line; the options parse without a framework",
+    (
+        "keras_rpat.cli.launch",
+        "keras_rpat.backend",
+    ): "imports Keras and the backend when a run starts; `recipe list` and argument errors answer without them",
+    (
+        "keras_rpat.cli.launch",
+        "keras_rpat.trainer",
+    ): "imports Keras when a run starts; `recipe list` and argument errors answer without them",
+    **{
+        ("keras_rpat.cli.evaluate", f"keras_rpat.{module}"): (
+            "imports Keras when `eval` / `autoattack` runs; their argument errors answer without it"
+        )
+        for module in ("autoattack", "datasets", "evaluation", "layers", "models", "trainer")
+    },
 }
 
 

@@ -10,6 +10,8 @@ import math
 import numbers
 
 from keras_rpat import _checks
+from keras_rpat._names import AA_BATCH_SIZE
+from keras_rpat._names import AA_VERSIONS
 
 __all__ = [
     "AA_ATTACKS",
@@ -26,9 +28,6 @@ __all__ = [
 ]
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-AA_VERSIONS = ("standard", "plus", "rand", "custom")
-# The reference evaluation's AutoAttack batch size.
-AA_BATCH_SIZE = 250
 VERSION_ATTACKS = {
     "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
     "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],

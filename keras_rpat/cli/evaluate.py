@@ -18,16 +18,10 @@ import os
 import zipfile
 
 import click
-import keras
 import numpy as np
 
-import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
-import keras_rpat.models  # noqa: F401
-import keras_rpat.trainer  # noqa: F401
 from keras_rpat import _checks
-from keras_rpat import autoattack
-from keras_rpat import datasets
-from keras_rpat import evaluation
+from keras_rpat import _names
 from keras_rpat.cli import options as opt
 
 __all__ = ["autoattack_command", "eval_command", "threat_model_options"]
@@ -88,6 +82,13 @@ def _parse_aa_options(ctx, param, values):
 
 
 def _load_model(path):
+    # Keras, and the keras_rpat classes a .keras file may hold, load when a model is read (not for an option error).
+    import keras
+
+    import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
+    import keras_rpat.models  # noqa: F401
+    import keras_rpat.trainer  # noqa: F401
+
     expected = "Expected a .keras file written by model.save() (a classifier or a keras_rpat.RPATTrainer)."
     if not zipfile.is_zipfile(path):
         raise click.ClickException(
@@ -111,6 +112,8 @@ def _load_model(path):
 
 
 def _load_test_data(name, model, n):
+    from keras_rpat import datasets  # imports Keras; loaded when a command runs
+
     try:
         dataset = datasets.load(name)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -155,6 +158,8 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
     `settings` are `evaluate`'s own keyword arguments (`attacks`, `norm`,
     `epsilon`, ...), passed through unchanged.
     """
+    from keras_rpat import evaluation  # imports Keras; loaded when a command runs
+
     if settings["epsilon"] is None:
         settings["epsilon"] = DEFAULT_EPSILON[settings["norm"]]
     for key in ("epsilon", "step_size"):
@@ -202,9 +207,9 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
 )
 @click.option("--step-size", type=opt.FRACTION, default=None, help="PGD step, e.g. 2/255. Default: epsilon/4.")
 @click.option(
-    "--num-steps", type=click.IntRange(min=1), default=evaluation.PGD_EVAL_STEPS, show_default=True, help="PGD steps."
+    "--num-steps", type=click.IntRange(min=1), default=_names.PGD_EVAL_STEPS, show_default=True, help="PGD steps."
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=evaluation.EVAL_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_names.EVAL_BATCH_SIZE, show_default=True)
 @opt.state_option()
 @click.option(
     "--verbose", is_flag=True, help="Print the progress of PGD (elapsed, ETA, accuracy so far) and AutoAttack."
@@ -242,11 +247,11 @@ def eval_command(
 @click.option(
     "--version",
     "version",
-    type=click.Choice(list(autoattack.AA_VERSIONS)),
+    type=click.Choice(list(_names.AA_VERSIONS)),
     default=None,
     help="AutoAttack version. Default: standard, or custom when --attacks differs from it.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=autoattack.AA_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_names.AA_BATCH_SIZE, show_default=True)
 @opt.state_option()
 @click.option(
     "--option",
@@ -260,6 +265,8 @@ def autoattack_command(
     model_path, dataset, n, seed, out, norm, epsilon, attacks, version, batch_size, state, aa_options, verbose
 ):
     """AutoAttack robust accuracy of a saved model (resumable with --state)."""
+    from keras_rpat import autoattack  # imports Keras; loaded when the command runs
+
     try:
         version = version or autoattack.default_version(attacks)
         aa_attacks = autoattack.resolve_attacks(version, attacks)

@@ -12,8 +12,6 @@ import os
 
 import click
 
-from keras_rpat import backend as rpat_backend
-from keras_rpat import trainer as trainer_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["Launch", "join", "sync_batchnorm_option"]
@@ -58,7 +56,11 @@ def join(out, sync_batchnorm, config, batch_size):
 
     `config` (JSON-able: the command's resolved arguments) must be equal on
     every rank, and the global `batch_size` must split evenly over them.
+    Called when a run starts: it loads Keras and the backend.
     """
+    from keras_rpat import backend as rpat_backend
+    from keras_rpat import trainer as trainer_lib
+
     try:
         job = rpat_backend.initialize_distributed()
     except ValueError as e:

@@ -16,14 +16,11 @@
 """
 
 import click
-import keras
 
 from keras_rpat import _checks
-from keras_rpat import datasets
-from keras_rpat import evaluation
+from keras_rpat import _names
 from keras_rpat import recipes
 from keras_rpat._version import __version__
-from keras_rpat.backend import device_name
 
 __all__ = [
     "DATASET",
@@ -48,7 +45,14 @@ DEPRECATED_OPTIONS = {"--data": "--dataset", "--aa-state": "--state"}
 
 
 def backend_line():
-    """`keras_rpat 0.1.0, keras 3.x, backend: torch, device: cpu` for the start of every command."""
+    """`keras_rpat 0.1.0, keras 3.x, backend: torch, device: cpu` for the start of every command.
+
+    Called when a command starts its work: it loads Keras and the backend (the options parse without them).
+    """
+    import keras
+
+    from keras_rpat.backend import device_name
+
     return (
         f"keras_rpat {__version__}, keras {keras.__version__}, "
         f"backend: {keras.config.backend()}, device: {device_name()}"
@@ -119,7 +123,7 @@ class DatasetType(click.ParamType):
         if str(value).lower().endswith(".npz"):
             return str(value)
         key = _checks.canonical_dataset(value).replace("-", "_")
-        valid = datasets.list_datasets()
+        valid = sorted(_names.DATASETS)
         if key not in valid:
             self.fail(f"Unknown dataset {value!r}. Valid: {', '.join(valid)}, or a path to an .npz file.", param, ctx)
         return key
@@ -168,7 +172,7 @@ class EvaluationsType(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            return tuple(evaluation.parse_attacks(value))
+            return tuple(_names.parse_attacks(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
 

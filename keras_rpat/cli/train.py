@@ -14,9 +14,7 @@ import os
 
 import click
 
-from keras_rpat import losses
-from keras_rpat import models
-from keras_rpat import presets
+from keras_rpat import _names
 from keras_rpat import recipes
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
@@ -26,7 +24,7 @@ __all__ = ["train_command"]
 
 def _preset(ctx, param, value):
     try:
-        return presets.canonical_name(value)
+        return _names.canonical_preset_name(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
@@ -35,7 +33,7 @@ def _arch(ctx, param, value):
     if value is None:
         return None
     try:
-        return models.canonical_name(value)
+        return _names.canonical_model_name(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
@@ -51,10 +49,10 @@ _METHOD_OPTIONS = [
     click.option("--lr-factor", type=float, default=None, help="Piecewise LR divisor of ReBAT/RPAT++ (1.5)."),
     click.option("--beta", type=float, default=None, help="BoAT / RPAT++ weight (1.0)."),
     click.option(
-        "--proxy", type=click.Choice(list(losses.PROXIES)), default=None, help="RPAT perception proxy (Table 5)."
+        "--proxy", type=click.Choice(list(_names.PROXIES)), default=None, help="RPAT perception proxy (Table 5)."
     ),
     click.option(
-        "--distance", type=click.Choice(list(losses.DISTANCES)), default=None, help="RPAT regulariser (Figure 4a)."
+        "--distance", type=click.Choice(list(_names.DISTANCES)), default=None, help="RPAT regulariser (Figure 4a)."
     ),
     click.option(
         "--alpha",
@@ -64,7 +62,7 @@ _METHOD_OPTIONS = [
     ),
     click.option(
         "--alpha-sampling",
-        type=click.Choice(list(losses.ALPHA_SAMPLING)),
+        type=click.Choice(list(_names.ALPHA_SAMPLING)),
         default=None,
         help="Figure 4b's Beta-/Beta+.",
     ),

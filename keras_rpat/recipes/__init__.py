@@ -43,15 +43,8 @@ a tiny CNN, one epoch, one- and two-step attacks and a cheap AutoAttack, through
 every code path of a real run.
 """
 
-from keras_rpat.recipes.experiment import build_preset
-from keras_rpat.recipes.experiment import run_experiment
-from keras_rpat.recipes.experiment import single_run
-from keras_rpat.recipes.report import report_tables
-from keras_rpat.recipes.report import write_report
-from keras_rpat.recipes.results import collect_results
-from keras_rpat.recipes.runner import check_out_dir
-from keras_rpat.recipes.runner import run_recipe
-from keras_rpat.recipes.runner import run_single
+import importlib as _importlib
+
 from keras_rpat.recipes.schema import METRICS
 from keras_rpat.recipes.schema import RECIPES_ENV
 from keras_rpat.recipes.schema import RESULTS_FORMAT
@@ -65,6 +58,34 @@ from keras_rpat.recipes.schema import load_recipe
 from keras_rpat.recipes.schema import parse_seeds
 from keras_rpat.recipes.schema import recipes_dir
 from keras_rpat.recipes.schema import smoke_description
+
+# Reading, validating and planning recipes (`schema`) needs no framework; the
+# rest trains, evaluates and draws, so it loads on first use (PEP 562): the
+# command line lists, shows and checks recipes without Keras, torch or TensorFlow.
+_LAZY = {
+    "build_preset": "experiment",
+    "run_experiment": "experiment",
+    "single_run": "experiment",
+    "report_tables": "report",
+    "write_report": "report",
+    "collect_results": "results",
+    "check_out_dir": "runner",
+    "run_recipe": "runner",
+    "run_single": "runner",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_rpat.recipes' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"keras_rpat.recipes.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "METRICS",

@@ -18,13 +18,11 @@ import os
 from pathlib import Path
 
 from keras_rpat import _checks
-from keras_rpat import losses as losses_lib
-from keras_rpat import models
-from keras_rpat import presets
-from keras_rpat.autoattack import AA_VERSIONS
-from keras_rpat.evaluation import EVALUATION_ATTACKS
-from keras_rpat.evaluation import PERTURBATIONS
-from keras_rpat.evaluation import PGD_EVAL_STEPS
+from keras_rpat import _names
+from keras_rpat._names import AA_VERSIONS
+from keras_rpat._names import EVALUATION_ATTACKS
+from keras_rpat._names import PERTURBATIONS
+from keras_rpat._names import PGD_EVAL_STEPS
 
 __all__ = [
     "METRICS",
@@ -424,7 +422,7 @@ class RunSpec:
     checkpoints: tuple
     autoattack_version: str = "standard"
     select_steps: int = 10
-    l2_step_size: float = presets.L2_STEP_SIZE
+    l2_step_size: float = _names.L2_STEP_SIZE
     perception: dict = None
     perturbation: str = None
     smoke: bool = False
@@ -549,7 +547,7 @@ class Recipe:
 
         def arch(v):
             try:
-                return models.canonical_name(_str(where, v, "archs"))
+                return _names.canonical_model_name(_str(where, v, "archs"))
             except ValueError as e:
                 _err(where, str(e))
 
@@ -587,7 +585,7 @@ class Recipe:
         if "reported_model" in config:
             out["reported_model"] = _str(where, config["reported_model"], "reported_model", ("online", "wa"))
         out["select_steps"] = _int(where, config.get("select_steps", 10), "select_steps")
-        out["l2_step_size"] = _fraction(where, config.get("l2_step_size", presets.L2_STEP_SIZE), "l2_step_size")
+        out["l2_step_size"] = _fraction(where, config.get("l2_step_size", _names.L2_STEP_SIZE), "l2_step_size")
         out["tolerance"] = _number(where, config["tolerance"], "tolerance", 0.0)
         out["perception"] = _validate_perception(f"{where} perception", config.get("perception"), out["checkpoints"])
         return out
@@ -649,7 +647,7 @@ class Recipe:
                 row["dataset"] = _str(ew, entry["dataset"], "dataset", self.config["datasets"])
             if "arch" in entry:
                 try:
-                    row["arch"] = models.canonical_name(entry["arch"])
+                    row["arch"] = _names.canonical_model_name(entry["arch"])
                 except ValueError as e:
                     _err(ew, str(e))
                 if row["arch"] not in self.config["archs"]:
@@ -790,7 +788,7 @@ class Recipe:
         if label:
             return label
         try:
-            preset = presets.canonical_name(value)
+            preset = _names.canonical_preset_name(value)
         except ValueError:
             preset = None
         by_preset = [m.id for m in self.methods if m.preset == preset]
@@ -832,7 +830,7 @@ class Recipe:
             first, so a complete table with one seed exists early).
         """
         datasets = self._narrow("dataset", dataset, self.datasets, _canonical_recipe_dataset)
-        archs = self._narrow("arch", arch, self.archs, models.canonical_name)
+        archs = self._narrow("arch", arch, self.archs, _names.canonical_model_name)
         norms = self._narrow("norm", norm, self.norms, _checks.canonical_norm)
         method_ids = self._narrow("method", method, [m.id for m in self.methods], self._match_method)
         if seeds is None:
@@ -1011,7 +1009,7 @@ def validate_methods(where, methods, config):
 
 def _validate_method(mw, mid, m, config):
     try:
-        preset_name = presets.canonical_name(_str(mw, m["preset"], "preset"))
+        preset_name = _names.canonical_preset_name(_str(mw, m["preset"], "preset"))
     except ValueError as e:
         _err(mw, str(e))
     label = _str(mw, m["label"], "label")
@@ -1058,9 +1056,9 @@ def _validate_options(mw, m, preset_name, config):
             options[key] = _fraction(mw, value, key)
     _check_options_apply(mw, options, preset_name)
     for key, valid in (
-        ("proxy", losses_lib.PROXIES),
-        ("distance", losses_lib.DISTANCES),
-        ("alpha_sampling", losses_lib.ALPHA_SAMPLING),
+        ("proxy", _names.PROXIES),
+        ("distance", _names.DISTANCES),
+        ("alpha_sampling", _names.ALPHA_SAMPLING),
     ):
         if key in options and options[key] not in valid:
             _err(mw, f"option `{key}` must be one of {list(valid)}. Received: {options[key]!r}")
@@ -1077,9 +1075,8 @@ def _validate_options(mw, m, preset_name, config):
 
 def _check_options_apply(mw, options, preset_name):
     """Options of the RobustPerception term need a '+rpat' preset; ReBAT's options a SOTA preset."""
-    base = preset_name[: -len("+rpat")] if preset_name.endswith("+rpat") else preset_name
     rp = preset_name.endswith("+rpat")
-    sota = base in presets.SOTA_METHODS
+    sota = _names.base_method(preset_name) in _names.SOTA_METHODS
     for key in options:
         if key in RP_OPTIONS and not rp:
             _err(
@@ -1097,24 +1094,25 @@ def _check_options_apply(mw, options, preset_name):
 
 def _check_preset_agrees(mw, preset_name, config):
     """The preset decides the pipeline, schedule and model type: the recipe's descriptive fields must agree."""
-    preset = presets.get(preset_name, norm=config["norms"][0], stronger_attack=False)
+    preset = _names.preset_settings(preset_name)
     for field, recipe_key in (("pipeline", "pipeline"), ("epochs", "epochs"), ("schedule", "lr_schedule")):
-        if recipe_key in config and getattr(preset, field) != config[recipe_key]:
+        if recipe_key in config and preset[field] != config[recipe_key]:
             _err(
                 mw,
-                f"preset {preset_name!r} uses {field}={getattr(preset, field)!r} but the recipe's "
+                f"preset {preset_name!r} uses {field}={preset[field]!r} but the recipe's "
                 f"`{recipe_key}` is {config[recipe_key]!r}. Keep the preset's value (use --epochs "
                 "to shorten a run).",
             )
-    if "lr_milestones" in config and list(preset.milestones) != config["lr_milestones"]:
+    if "lr_milestones" in config and list(preset["milestones"]) != config["lr_milestones"]:
         _err(
             mw,
-            f"preset {preset_name!r} decays the learning rate at epochs {list(preset.milestones)}, the recipe says {config['lr_milestones']}.",
+            f"preset {preset_name!r} decays the learning rate at epochs {list(preset['milestones'])}, the recipe says {config['lr_milestones']}.",
         )
-    if "lr_factor" in config and preset.schedule == "piecewise" and preset.lr_factor != config["lr_factor"]:
-        _err(mw, f"preset {preset_name!r} uses lr_factor={preset.lr_factor}, the recipe says {config['lr_factor']}.")
+    if "lr_factor" in config and preset["schedule"] == "piecewise" and preset["lr_factor"] != config["lr_factor"]:
+        _err(mw, f"preset {preset_name!r} uses lr_factor={preset['lr_factor']}, the recipe says {config['lr_factor']}.")
     if "reported_model" in config:
-        wa = preset.weight_averaging is not None and preset.weight_averaging.evaluate_average
+        # The weight-averaged presets evaluate the average (`WeightAveraging(evaluate_average=True)`).
+        wa = _names.base_method(preset_name) in _names.WEIGHT_AVERAGED
         if (config["reported_model"] == "wa") != wa:
             _err(
                 mw,
@@ -1149,12 +1147,11 @@ def canonical_options(method, norm):
         "alpha_sampling": "fixed",
         "rp_weight": 1.0,
     }
-    preset = presets.get(method.preset, norm=norm)
-    if preset.schedule == "piecewise":
-        defaults["lr_factor"] = preset.lr_factor
-    for loss in preset.losses:
-        if hasattr(loss, "beta") and type(loss).__name__ in ("BoAT", "RPATPlusPlus"):
-            defaults["beta"] = loss.beta
+    preset = _names.preset_settings(method.preset)
+    if preset["schedule"] == "piecewise":
+        defaults["lr_factor"] = preset["lr_factor"]
+    if _names.base_method(method.preset) in _names.SOTA_METHODS:  # their BoAT / RPAT++ term
+        defaults["beta"] = _names.SOTA_BETA
     out = {}
     for key, value in method.options.items():
         if key == "l2_step_size" and norm != "l2":
