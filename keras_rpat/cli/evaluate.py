@@ -69,6 +69,10 @@ def _parse_aa_options(ctx, param, values):
         except json.JSONDecodeError:
             value = raw
         options.setdefault(component, {})[attr] = value
+    if not options:
+        return None
+    from keras_rpat import autoattack  # imports Keras; only when --option is given
+
     try:
         autoattack.check_options(options)
     except ValueError as e:
