@@ -25,7 +25,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 import warnings
 
@@ -45,6 +44,7 @@ from keras_rpat._names import EVALUATION_ATTACKS
 from keras_rpat._names import PERTURBATIONS
 from keras_rpat._names import PGD_EVAL_STEPS
 from keras_rpat._names import parse_attacks
+from keras_rpat._progress import Progress
 from keras_rpat._version import __version__
 
 __all__ = [
@@ -159,56 +159,8 @@ def attack_correct(model, attack, x, y, batch_size, progress=None):
             hits = np.argmax(_forward(model, x_adv), axis=-1) == _rows(y[sl], rows)
             correct[sl] = rpat_backend.gather_rows(hits, rows, sl.stop - sl.start)
         if progress is not None:
-            progress.update(sl.stop, int(np.sum(correct[: sl.stop])))
+            progress.update(sl.stop, float(np.mean(correct[: sl.stop])))
     return correct
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else (f"{seconds // 60}:{seconds % 60:02d}")
-    )
-
-
-class Progress:
-    """Progress of an evaluation over a test set: images done, elapsed, ETA, accuracy so far.
-
-    On a terminal the line is redrawn in place; otherwise (a log file, a pipe)
-    each chunk prints one plain line.
-
-    Args:
-        label: what runs, e.g. `"PGD-20"`.
-        total: number of images.
-        stream: where to write (default `sys.stdout`).
-        clock: a `time.time`-like function (for tests).
-    """
-
-    def __init__(self, label, total, stream=None, clock=time.time):
-        self.label = label
-        self.total = int(total)
-        self.stream = sys.stdout if stream is None else stream
-        self.clock = clock
-        self.start = clock()
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def line(self, done, correct):
-        """`PGD-20: 512/10000 images, 0:12 elapsed, ETA 3:40, robust accuracy so far 48.24%`."""
-        elapsed = self.clock() - self.start
-        eta = elapsed / done * (self.total - done) if done else 0.0
-        return (
-            f"{self.label}: {done}/{self.total} images, {_duration(elapsed)} elapsed, ETA {_duration(eta)}, "
-            f"robust accuracy so far {100.0 * correct / done if done else 0.0:.2f}%"
-        )
-
-    def update(self, done, correct):
-        text = self.line(done, correct)
-        if self.interactive:
-            self.stream.write("\r" + text + ("\n" if done >= self.total else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 # ---------------------------------------------------------------------------

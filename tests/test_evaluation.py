@@ -251,7 +251,7 @@ def test_pgd20_equals_closed_form_on_linear_model():
 def test_progress_line_has_elapsed_eta_and_accuracy_so_far():
     times = iter([100.0, 110.0])
     progress = evaluation.Progress("PGD-20", 100, clock=lambda: next(times))
-    assert progress.line(25, 10) == ("PGD-20: 25/100 images, 0:10 elapsed, ETA 0:30, robust accuracy so far 40.00%")
+    assert progress.line(25, 0.4) == "PGD-20: 25/100 images, 10s elapsed, ETA 30s, robust accuracy so far 40.00%"
 
 
 def test_evaluate_prints_one_plain_progress_line_per_batch_off_a_terminal(capsys):
@@ -561,6 +561,20 @@ def test_autoattack_matches_pyautoattack_on_plain_torch_model():
     assert x_adv.shape == x.shape
     np.testing.assert_allclose(x_adv, ref_adv, atol=1e-5)
     assert np.abs(x_adv - x).max() <= eps + 1e-6
+
+
+@torch_only
+def test_autoattack_prints_progress_with_eta_and_robust_accuracy_so_far(capsys):
+    model = tiny_cnn(num_classes=4, seed=1)
+    x, y = correctly_classified(model, 12, seed=4)
+    acc, _ = autoattack.run_autoattack(
+        model, x, y, norm="linf", epsilon=8 / 255, version="custom", attacks_to_run=["apgd-ce"], batch_size=4,
+        seed=0, options={"apgd": {"n_iter": 2}}, verbose=True,
+    )  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("AutoAttack apgd-ce: ")]
+    assert [line.split(",")[0] for line in lines] == [f"AutoAttack apgd-ce: {n}/12 images" for n in (4, 8, 12)]
+    assert all(" elapsed, ETA " in line for line in lines) and "\x1b" not in "".join(lines)
+    assert lines[-1].endswith(f"robust accuracy so far {acc:.2f}%")
 
 
 @torch_only

@@ -24,6 +24,7 @@ import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for the su
 import keras_rpat.models  # noqa: F401
 import keras_rpat.trainer  # noqa: F401
 from keras_rpat import _io
+from keras_rpat._progress import Progress
 from keras_rpat.autoattack.config import AA_NORMS
 from keras_rpat.autoattack.config import AutoAttackConfig
 from keras_rpat.autoattack.config import AutoAttackWarning
@@ -228,7 +229,9 @@ class _Cascade:
         n_batches = math.ceil(len(order) / bs)
         if len(order) == 0:
             logger.info("no robust datapoints left, skipping remaining attacks")
-        for b in range(current["next_batch"], n_batches):
+        first = current["next_batch"]
+        progress = Progress(f"AutoAttack {attack}", len(order) - min(first * bs, len(order)))
+        for b in range(first, n_batches):
             idx = order[b * bs : (b + 1) * bs]
             xb, yb = self.batch(idx)
             adv = perturb(aa, attack, xb, yb)
@@ -242,6 +245,7 @@ class _Cascade:
             logger.info(
                 f"{attack} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {len(idx)} successfully perturbed"
             )
+            logger.info(progress.line(min((b + 1) * bs, len(order)) - first * bs, fraction(robust)))
         state["accuracy"][attack] = fraction(robust)
         state["done"].append(attack)
         state["current"] = None

@@ -33,6 +33,7 @@ import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import _io
+from keras_rpat._progress import format_duration
 from keras_rpat import callbacks as callbacks_lib
 from keras_rpat import datasets
 from keras_rpat import evaluation
@@ -641,14 +642,6 @@ def _summary_line(spec, s, elapsed):
         parts.append(f"MSE success {_fmt(s.get('mse_success'), 4)} / failure {_fmt(s.get('mse_failure'), 4)}")
     what = f"[smoke: small_cnn, synthetic] {spec.norm}" if spec.smoke else f"{spec.dataset} {spec.arch} {spec.norm}"
     return f"done {spec.method} {what} seed {spec.seed}: " + "; ".join(parts) + f" [{format_duration(elapsed)}]"
-
-
-def format_duration(seconds):
-    """`1h02m03s`, `2m03s` or `3s`."""
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def describe_diff(old, new):
