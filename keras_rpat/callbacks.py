@@ -17,11 +17,21 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _io
+from keras_rpat import _tensorboard
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import evaluation
 
-__all__ = ["DivergenceError", "DivergenceGuard", "EpochLog", "RobustEvaluation", "RunBackup", "console_verbosity"]
+__all__ = [
+    "DivergenceError",
+    "DivergenceGuard",
+    "EpochLog",
+    "RobustEvaluation",
+    "RunBackup",
+    "TensorBoardScalars",
+    "console_verbosity",
+    "tensorboard_tag",
+]
 
 
 def print_msg(message):
@@ -308,6 +318,57 @@ class EpochLog(keras.callbacks.Callback):
             record[k] = v if math.isfinite(v) else None
         self.records = [r for r in self.records if r["epoch"] != epoch + 1] + [record]
         _io.atomic_write_json(self.path, self.records)
+
+
+def tensorboard_tag(key):
+    """The TensorBoard tag of a Keras log key: `eval/robust_acc`, `train/adv_acc`, `optimizer/learning_rate`, `loss/rpat`."""
+    if key.startswith("val_"):
+        return "eval/" + key[len("val_") :]
+    if key == "learning_rate":
+        return "optimizer/learning_rate"
+    if key.endswith("_acc"):
+        return "train/" + key
+    return "loss/" + key
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Writes every numeric per-epoch log as a TensorBoard scalar (step = the epoch, from 1).
+
+    Tags are grouped by `tensorboard_tag`: the loss and its terms under
+    `loss/`, training accuracies under `train/`, the per-epoch evaluation
+    (`val_clean_acc`, `val_robust_acc`) under `eval/` and the learning rate
+    under `optimizer/`. Place it after `RobustEvaluation`, which adds the
+    evaluation and the learning rate to the logs. The event file is written by
+    `keras_rpat._tensorboard` (no TensorFlow, on every backend) and flushed
+    after each epoch.
+
+    Args:
+        log_dir: the folder for the event file (created if missing).
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = os.fspath(log_dir)
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        if self._writer is None:
+            self._writer = _tensorboard.EventFileWriter(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        scalars = {}
+        for key, value in (logs or {}).items():
+            try:
+                scalars[tensorboard_tag(key)] = float(value)
+            except (TypeError, ValueError):
+                continue
+        self.on_train_begin()
+        self._writer.add_scalars(epoch + 1, scalars)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class DivergenceError(RuntimeError):

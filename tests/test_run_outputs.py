@@ -26,14 +26,36 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("figure4_smoke")
-    modules, process = imported(["recipe", "figure4", "--smoke", "--method", "mse", "--epochs", EPOCHS, "--out", out])
+    args = [
+        "recipe",
+        "figure4",
+        "--smoke",
+        "--method",
+        "mse",
+        "--epochs",
+        EPOCHS,
+        "--out",
+        out,
+        "--tensorboard",
+        out / "tb",
+    ]
+    modules, process = imported(args)
     assert (out / "figure4.md").exists(), process.stdout + process.stderr
     return out, process.stdout, modules
 
 
 def test_training_and_evaluation_on_torch_never_import_tensorflow(smoke_run):
     _, _, modules = smoke_run
-    assert modules == ["keras", "torch"]
+    assert modules == ["keras", "torch"]  # with --tensorboard too
+
+
+def test_each_run_of_a_recipe_writes_its_tensorboard_scalars_in_its_own_folder(smoke_run):
+    out, _, _ = smoke_run
+    events = list((out / "tb" / _run_dir(out).relative_to(out)).glob("events.out.tfevents.*"))
+    assert len(events) == 1, list((out / "tb").rglob("*"))
+    data = events[0].read_bytes()
+    for tag in (b"loss/rpat", b"eval/robust_acc", b"eval/clean_acc", b"optimizer/learning_rate"):
+        assert data.count(tag) == EPOCHS, tag  # the records are decoded in tests/test_tensorboard.py
 
 
 def _run_dir(out):

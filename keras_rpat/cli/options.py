@@ -257,6 +257,17 @@ def checkpoint_every_option():
     )
 
 
+def tensorboard_option():
+    """`--tensorboard DIR` of the training commands (TensorBoard scalars per epoch)."""
+    return click.option(
+        "--tensorboard",
+        type=OUT_DIR,
+        default=None,
+        help="Also write TensorBoard scalars per epoch (loss terms, clean and robust accuracy, learning rate) into "
+        "DIR (a recipe: DIR/<run folder> per run). View with `tensorboard --logdir DIR`. Does not change the results.",
+    )
+
+
 def apply(options, f):
     """Applies a list of Click decorators so that they show in list order in `--help`."""
     for option in reversed(options):

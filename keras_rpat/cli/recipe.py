@@ -105,6 +105,7 @@ def recipe_run_options(f):
             ),
             click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
             opt.checkpoint_every_option(),
+            opt.tensorboard_option(),
             launch_lib.sync_batchnorm_option(),
             opt.verbose_level_option(),
         ],
@@ -168,7 +169,16 @@ def _echo_plan(recipe, runs, out):
 
 
 def _run_recipe_command(
-    name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm=False, checkpoint_every=None
+    name,
+    plan,
+    data_dir,
+    out,
+    overwrite,
+    dry_run,
+    verbose,
+    sync_batchnorm=False,
+    checkpoint_every=None,
+    tensorboard=None,
 ):
     """The body of every `keras-rpat recipe <name>` command.
 
@@ -176,7 +186,8 @@ def _run_recipe_command(
         name: the recipe.
         plan: the narrowing arguments of `Recipe.runs` (`dataset`, `arch`,
             `norm`, `method`, `seeds`, `epochs`, `smoke`, `batch_size`).
-        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every: the command's options.
+        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard: the command's
+            options.
     """
     recipe = _load(name)
     try:
@@ -204,6 +215,7 @@ def _run_recipe_command(
             verbose=verbose if launch.primary else 0,
             echo=launch.echo,
             checkpoint_every=checkpoint_every,
+            tensorboard_dir=tensorboard if launch.primary else None,  # rank 0 writes
         )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None
@@ -235,8 +247,10 @@ def _recipe_command(name):
 
     @click.command(name=name, help=body, short_help=short)
     @recipe_run_options
-    def command(data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, **plan):
-        _run_recipe_command(name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every)
+    def command(data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard, **plan):
+        _run_recipe_command(
+            name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard
+        )
 
     return command
 

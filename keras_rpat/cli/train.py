@@ -130,8 +130,9 @@ def _method_options(f):
 )
 @launch_lib.sync_batchnorm_option()
 @opt.checkpoint_every_option()
+@opt.tensorboard_option()
 @opt.verbose_level_option()
-def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_every, **run):
+def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_every, tensorboard, **run):
     """Train and evaluate one model (one run of a recipe).
 
     Trains METHOD on DATASET with the paper's settings, keeps the best and
@@ -167,6 +168,7 @@ def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_
             verbose=verbose if launch.primary else 0,
             echo=launch.echo,
             checkpoint_every=checkpoint_every,
+            tensorboard_dir=tensorboard if launch.primary else None,  # rank 0 writes
         )
     except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
         raise click.ClickException(str(e)) from None

@@ -283,6 +283,7 @@ def run_experiment(
     callbacks=None,
     dataset_cache=None,
     checkpoint_every=None,
+    tensorboard_dir=None,
 ):
     """Trains, checkpoints and evaluates one run; writes its `results.json`.
 
@@ -318,12 +319,19 @@ def run_experiment(
         checkpoint_every: also back the training state up every this many
             steps (batches), so a kill loses at most that many; `None` backs
             up after every epoch only. It does not change the results.
+        tensorboard_dir: also write TensorBoard scalars (loss terms, clean
+            and robust accuracy, learning rate per epoch) into
+            `tensorboard_dir / spec.run_dir`; `None` writes none. A runtime
+            switch: not part of the run's fingerprint.
 
     Returns:
         The results dict (as written to `results.json`), with `"skipped":
         True` when the run was already complete.
     """
     _checks.check_positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
+    tensorboard_run_dir = None
+    if tensorboard_dir is not None:
+        tensorboard_run_dir = Path(_checks.check_writable_dir(tensorboard_dir, "tensorboard_dir")) / spec.run_dir
     echo = echo or default_echo(verbose)
     run_dir = Path(out_dir) / spec.run_dir
     previous = _prepare_run_dir(spec, run_dir, overwrite, replace_stale)
@@ -334,7 +342,9 @@ def run_experiment(
     run = build_run(spec, data_dir, dataset_cache)
     settings = evaluation_settings(spec, run.preset)
     try:
-        trained, history = _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every)
+        trained, history = _train(
+            spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every, tensorboard_run_dir
+        )
     except callbacks_lib.DivergenceError as e:
         _io.atomic_write_json(
             run_dir / "results.json",
@@ -417,7 +427,7 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
     return None
 
 
-def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every):
+def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every, tensorboard_run_dir):
     """Trains unless `trained.json` says it is done; returns `(trained, history)`.
 
     The parameters are the pieces `run_experiment` already holds; bundling
@@ -456,6 +466,8 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             keras.callbacks.CSVLogger(str(run_dir / "train_log.csv"), append=True),
             backup,
         ]
+        if tensorboard_run_dir is not None:
+            fit_callbacks.insert(-1, callbacks_lib.TensorBoardScalars(tensorboard_run_dir))  # after `robust` too
         fit_callbacks += list(callbacks or [])
         # `shuffle=False`: TrainSequence reshuffles itself from (seed, epoch), so the
         # batch order does not depend on global random state and a resumed run

@@ -50,7 +50,17 @@ def check_out_dir(out_dir, fingerprint, overwrite=False):
     return path
 
 
-def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None, checkpoint_every=None):
+def run_recipe(
+    recipe,
+    runs,
+    out_dir,
+    data_dir=None,
+    overwrite=False,
+    verbose=1,
+    echo=None,
+    checkpoint_every=None,
+    tensorboard_dir=None,
+):
     """Runs a recipe's plan and writes its report.
 
     `recipe`, `runs` and `out_dir` say what is run; the keyword arguments are
@@ -68,6 +78,8 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
         echo: callable for status lines.
         checkpoint_every: back the training state up every this many steps
             too (see `run_experiment`).
+        tensorboard_dir: TensorBoard scalars of each run in
+            `tensorboard_dir/<run_dir>`, side by side (see `run_experiment`).
 
     Returns:
         A dict with `results` (one per run) and `report` (paths written by
@@ -103,6 +115,7 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
                     echo=echo,
                     dataset_cache=cache,
                     checkpoint_every=checkpoint_every,
+                    tensorboard_dir=tensorboard_dir,
                 )
             except DivergenceError as e:
                 # The run is marked failed in its results.json; the plan goes on.
@@ -120,7 +133,9 @@ def run_recipe(recipe, runs, out_dir, data_dir=None, overwrite=False, verbose=1,
     return {"results": results, "report": report, "failed": [r.get("failed") for r in failed]}
 
 
-def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None, checkpoint_every=None):
+def run_single(
+    spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=None, checkpoint_every=None, tensorboard_dir=None
+):
     """Runs one `RunSpec` outside a recipe (from `single_run`) in its own folder.
 
     Checks the dataset is there, records the run's configuration in
@@ -142,4 +157,5 @@ def run_single(spec, out_dir, data_dir=None, overwrite=False, verbose=1, echo=No
             overwrite=overwrite,
             echo=echo,
             checkpoint_every=checkpoint_every,
+            tensorboard_dir=tensorboard_dir,
         )
