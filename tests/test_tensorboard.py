@@ -16,6 +16,8 @@ from testing import invoke
 
 from keras_rpat import _tensorboard
 from keras_rpat import callbacks
+from keras_rpat import recipes
+from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import main
 
 SCALARS = {"loss/loss": 1.25, "eval/robust_acc": 0.375, "optimizer/learning_rate": 0.125}
@@ -189,3 +191,28 @@ def test_an_unwritable_tensorboard_folder_is_a_one_line_error(tmp_path):
     args = ["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke", "--out", tmp_path / "r"]
     result = invoke(main, [*args, "--tensorboard", tmp_path / "file"])
     assert result.exit_code == 2 and "--tensorboard" in result.output and "file" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "command, runner",
+    [
+        (["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke"], "run_single"),
+        (["recipe", "figure4", "--smoke", "--method", "mse"], "run_recipe"),
+    ],
+)
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_data_parallel_only_rank_0_writes_tensorboard_scalars(command, runner, rank, tmp_path, monkeypatch):
+    seen = {}
+
+    def joined(out, sync_batchnorm, config, batch_size):
+        return launch_lib.Launch(launch_lib.rank_folder(out, rank), rank, 2)
+
+    def reached(*args, **kwargs):
+        seen.update(kwargs)
+        return {"results": [], "report": {"markdown": "", "json": "", "figures": []}}
+
+    monkeypatch.setattr(launch_lib, "join", joined)
+    monkeypatch.setattr(recipes, runner, reached)
+    result = invoke(main, [*command, "--out", tmp_path / "run", "--tensorboard", tmp_path / "tb"])
+    assert result.exit_code == 0, result.output
+    assert seen["tensorboard_dir"] == (str(tmp_path / "tb") if rank == 0 else None)
