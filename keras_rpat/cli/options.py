@@ -264,7 +264,8 @@ def tensorboard_option():
         type=OUT_DIR,
         default=None,
         help="Also write TensorBoard scalars per epoch (loss terms, clean and robust accuracy, learning rate) into "
-        "DIR (a recipe: DIR/<run folder> per run). View with `tensorboard --logdir DIR`. Does not change the results.",
+        "FOLDER (a recipe: FOLDER/<run folder> per run). View with `tensorboard --logdir FOLDER`. Does not change "
+        "the results.",
     )
 
 
