@@ -55,8 +55,22 @@ def test_listing_and_showing_recipes_import_no_framework(args, expected):
         (["recipe", "table3", "--arch", "nosuch"], "Unknown model name: 'nosuch'"),
         (["eval", "{model}", "--dataset", "cifar10", "--attacks", "foo"], "Unknown evaluation 'foo'"),
         (["autoattack", "{model}", "--dataset", "nosuch"], "Unknown dataset 'nosuch'"),
+        (["convert", "{model}", "--arch", "nosuch", "--out", "x.keras"], "Unknown model name: 'nosuch'"),
+        (["export", "{model}", "--format", "tflite"], "'tflite' is not one of 'torch', 'onnx'"),
+        (["demo", "--epochs", "x"], "'x' is not a valid integer"),
     ],
-    ids=["train epochs", "train choice", "train preset", "recipe seeds", "recipe arch", "eval", "autoattack"],
+    ids=[
+        "train epochs",
+        "train choice",
+        "train preset",
+        "recipe seeds",
+        "recipe arch",
+        "eval",
+        "autoattack",
+        "convert",
+        "export",
+        "demo",
+    ],
 )
 def test_argument_errors_import_no_framework(args, expected, tmp_path):
     model = tmp_path / "model.keras"  # never read: the option error comes first

@@ -48,6 +48,13 @@ LAZY_IMPORTS = {
         "keras_rpat.cli.launch",
         "keras_rpat.trainer",
     ): "imports Keras when a run starts; `recipe list` and argument errors answer without them",
+    ("keras_rpat.cli.demo", "keras_rpat.demo"): "imports Keras when the demo runs; its option errors answer without it",
+    **{
+        ("keras_rpat.cli.convert", f"keras_rpat.{module}"): (
+            "imports Keras and torch when `convert` / `export` runs; their argument errors answer without them"
+        )
+        for module in ("layers", "models", "torch_models")
+    },
     **{
         ("keras_rpat.cli.evaluate", f"keras_rpat.{module}"): (
             "imports Keras when `eval` / `autoattack` runs; their argument errors answer without it"

@@ -10,13 +10,10 @@ keras-rpat export model.keras --format onnx --out model.onnx    # Keras' own ONN
 import os
 
 import click
-import keras
 import numpy as np
 
-import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
 from keras_rpat import _io
-from keras_rpat import models
-from keras_rpat import torch_models
+from keras_rpat import _names
 from keras_rpat.cli import options as opt
 
 __all__ = ["convert_command", "export_command"]
@@ -26,9 +23,23 @@ def _arch(ctx, param, value):
     if value is None:
         return None
     try:
-        return models.canonical_name(value)
+        return _names.canonical_model_name(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def _frameworks():
+    """`(keras, keras_rpat.models, keras_rpat.torch_models)`, imported when a command runs.
+
+    Not at the top: the options parse (and their errors answer) without Keras or torch.
+    """
+    import keras
+
+    import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for loading)
+    from keras_rpat import models
+    from keras_rpat import torch_models
+
+    return keras, models, torch_models
 
 
 def _normalize(value):
@@ -62,6 +73,7 @@ def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
 
     Example: keras-rpat convert model.pt --arch preact_resnet18 --normalize cifar10 --out model.keras
     """
+    _, models, torch_models = _frameworks()
     click.echo(opt.backend_line())
     try:
         state_dict = torch_models.load_state_dict(checkpoint)
@@ -76,7 +88,7 @@ def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
     click.echo(f"Loaded {len(state_dict)} tensors into {arch} ({model.count_params():,} weights). Wrote {out}")
 
 
-def _keras_classifier(path):
+def _keras_classifier(keras, path):
     try:
         loaded = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001  (any loading failure is the user's file)
@@ -109,8 +121,9 @@ def export_command(model_path, fmt, arch, out):
 
     Example: keras-rpat export runs/x/best.keras --format torch --out best.pt
     """
+    keras, models, torch_models = _frameworks()
     click.echo(opt.backend_line())
-    model = _keras_classifier(model_path)
+    model = _keras_classifier(keras, model_path)
     out = out or os.path.splitext(model_path)[0] + (".pt" if fmt == "torch" else ".onnx")
     if fmt == "onnx":
         model(np.zeros((1,) + tuple(model.input_shape[1:]), dtype="float32"))  # Keras exports called models only

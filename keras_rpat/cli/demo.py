@@ -2,7 +2,6 @@
 
 import click
 
-from keras_rpat import demo as demo_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["demo_command"]
@@ -21,6 +20,8 @@ def demo_command(epochs, n_train, n_test, batch_size, seed, out):
     A small CNN on CPU, L-inf 8/255, PGD-10 training, PGD-20 evaluation; prints
     clean and PGD-20 accuracy of both and the time taken.
     """
+    from keras_rpat import demo as demo_lib  # imports Keras: when the demo runs, not to parse its options
+
     click.echo(opt.backend_line())
     rows = demo_lib.run_demo(
         epochs=epochs, n_train=n_train, n_test=n_test, batch_size=batch_size, seed=seed, echo=click.echo
