@@ -13,19 +13,9 @@ import click
 import numpy as np
 
 from keras_rpat import _io
-from keras_rpat import _names
 from keras_rpat.cli import options as opt
 
 __all__ = ["convert_command", "export_command"]
-
-
-def _arch(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return _names.canonical_model_name(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
 def _frameworks():
@@ -52,7 +42,9 @@ def _normalize(value):
 
 @click.command("convert", cls=opt.Command)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--arch", required=True, callback=_arch, help="The checkpoint's architecture (aliases work).")
+@click.option(
+    "--arch", required=True, callback=opt.canonical_arch, help="The checkpoint's architecture (aliases work)."
+)
 @click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
     "--normalize",
@@ -107,7 +99,7 @@ def _normalization_of(model):
 @click.command("export", cls=opt.Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
-@click.option("--arch", callback=_arch, default=None, help="Architecture. Default: the model's name.")
+@click.option("--arch", callback=opt.canonical_arch, default=None, help="Architecture. Default: the model's name.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default: MODEL with .pt / .onnx.")
 def export_command(model_path, fmt, arch, out):
     """Export a .keras model as a PyTorch state_dict or ONNX.
@@ -135,7 +127,7 @@ def export_command(model_path, fmt, arch, out):
             raise click.ClickException(f"Keras' ONNX export failed: {type(e).__name__}: {e}") from None
         click.echo(f"Wrote {out}")
         return
-    arch = arch or _arch(None, None, model.name)
+    arch = arch or opt.canonical_arch(None, None, model.name)
     normalize = _normalization_of(model)
     num_classes = int(model.get_layer("logits").units)
     options = _torch_options(model, arch)

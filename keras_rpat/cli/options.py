@@ -64,6 +64,16 @@ def backend_line():
 # ---------------------------------------------------------------------------
 
 
+def canonical_arch(ctx, param, value):
+    """Click callback: a model name or alias -> its canonical name (`None` stays `None`)."""
+    if value is None:
+        return None
+    try:
+        return _names.canonical_model_name(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
 class NormType(click.ParamType):
     """A threat model: `linf` or `l2` (aliases such as `l_inf`, `Linf`, `2` work)."""
 

@@ -29,15 +29,6 @@ def _preset(ctx, param, value):
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
-def _arch(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return _names.canonical_model_name(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
-
-
 # The method options of a recipe, as flags (see `keras_rpat.recipes.single_run`).
 _METHOD_OPTIONS = [
     click.option("--cutmix", is_flag=True, help="CutMix (ReBAT/RPAT++; Table 4 '*')."),
@@ -89,7 +80,7 @@ def _method_options(f):
 @opt.dataset_option()
 @click.option(
     "--arch",
-    callback=_arch,
+    callback=opt.canonical_arch,
     default=None,
     help="Architecture (aliases work). Default: the preset's (Bench ResNet-18 / PreActResNet-18).",
 )
