@@ -469,12 +469,10 @@ class RPATTrainer(keras.Model):
         """The training-mode forwards (one per view, in order) and the losses."""
         alphas = static.pop("_alphas")
         views = dict(static)
-        for view in self._view_order:
-            if view.startswith("teacher_"):
-                continue
-            inputs = self._input(view, x, x_adv, alphas)
+        order = [view for view in self._view_order if not view.startswith("teacher_")]
+        inputs = [self._input(view, x, x_adv, alphas) for view in order]
+        for view, outputs in zip(order, self._view_forwards(order, inputs)):
             proxies = self._view_proxies.get(view, ())
-            outputs = self._classifier_forward(proxies)(inputs, training=True)
             if proxies:
                 views[view] = outputs[0]
                 for proxy, feature in zip(proxies, outputs[1:]):
@@ -490,6 +488,29 @@ class RPATTrainer(keras.Model):
             weighted = value * self.loss_weights[i] if self.loss_weights[i] != 1.0 else value
             total = weighted if total is None else total + weighted
         return total, terms, views
+
+    def _view_forwards(self, order, inputs):
+        """The training-mode forward of each view, in view order.
+
+        A forward with `forward_many` (the torch fast path's lowered model)
+        takes all views in one pass over their concatenated batch, with
+        per-view BatchNorm statistics; else one forward per view.
+        """
+        union = tuple(dict.fromkeys(p for view in order for p in self._view_proxies.get(view, ())))
+        forward_many = getattr(self._classifier_forward(union), "forward_many", None)
+        if forward_many is None or len(order) < 2:
+            return [
+                self._classifier_forward(self._view_proxies.get(view, ()))(i, training=True)
+                for view, i in zip(order, inputs)
+            ]
+        outputs = forward_many(inputs, training=True)
+        if not union:
+            return outputs
+        picked = []
+        for view, out in zip(order, outputs):
+            proxies = self._view_proxies.get(view, ())
+            picked.append([out[0]] + [out[1 + union.index(p)] for p in proxies] if proxies else out[0])
+        return picked
 
     def _after_update(self, x):
         if self.post_step_clean_forward:

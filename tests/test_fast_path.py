@@ -184,6 +184,43 @@ def test_relayout_keeps_values_shapes_and_saving(tmp_path):
     assert all(np.array_equal(a, np_(v)) for a, v in zip(before, loaded.weights))
 
 
+@torch_only
+def test_forward_many_equals_one_forward_per_block():
+    """Views in one forward: per-block BatchNorm statistics, the same outputs,
+    moving statistics and weight gradients as one forward per view."""
+    import torch
+
+    from keras_rpat.backend import torch_lowering
+
+    model = build("wide_resnet10_2", size=8)
+    torch_lowering.relayout_kernels(model)
+    lowered = torch_lowering.lower(model)
+    rng = np.random.default_rng(3)
+    # Blocks of different scales: statistics over the whole batch would differ a lot.
+    xs = [torch.tensor(rng.uniform(size=(4, 8, 8, 3)) * s, dtype=torch.float32) for s in (1.0, 0.3, 3.0)]
+    start = [np_(v) for v in model.non_trainable_weights]
+    kernels = [v.value for v in model.trainable_weights]
+
+    def run(forward):
+        for v, value in zip(model.non_trainable_weights, start):
+            v.assign(value)
+        with torch_lowering.shared_kernel_views():
+            outputs = forward()
+        loss = sum((o * (i + 1)).square().mean() for i, o in enumerate(outputs))
+        grads = torch.autograd.grad(loss, kernels)
+        return [np_(o.detach()) for o in outputs], [np_(v) for v in model.non_trainable_weights], grads
+
+    separate = run(lambda: [lowered(x, training=True) for x in xs])
+    many = run(lambda: lowered.forward_many(xs, training=True))
+    for a, b in zip(separate[0], many[0]):
+        assert a.shape == b.shape == (4, 10) and rel(a, b) < 1e-5
+    for a, b in zip(separate[1], many[1]):
+        assert rel(a, b) < 1e-6  # moving statistics updated block after block
+    assert max(rel(np_(a), np_(b)) for a, b in zip(separate[2], many[2])) < 1e-4
+    whole = run(lambda: torch.split(lowered(torch.cat(xs), training=True), 4))
+    assert rel(separate[0][1], whole[0][1]) > 1e-2  # whole-batch statistics are not what forward_many does
+
+
 # --------------------------------------------------------------------------
 # The fast train step equals the Keras train step
 # --------------------------------------------------------------------------

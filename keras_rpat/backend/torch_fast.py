@@ -94,10 +94,13 @@ class FastRuntime:
             self._features[key] = torch_lowering.lower(self.trainer._feature_model(key), self.trainer.memory_format)
         return self._features[key]
 
-    def autocast(self, device):
-        if self._autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self._autocast_dtype)
+    def forward_context(self, device):
+        """The context of the step's forwards: bf16 autocast when asked, one kernel view per step."""
+        stack = contextlib.ExitStack()
+        if self._autocast_dtype is not None:
+            stack.enter_context(torch.autocast(device_type=device.type, dtype=self._autocast_dtype))
+        stack.enter_context(torch_lowering.shared_kernel_views())
+        return stack
 
     def train_step(self, data):
         trainer = self.trainer
@@ -106,21 +109,21 @@ class FastRuntime:
             self._lay_out_optimizer()
         if torch_distributed.context() is not None:  # data-parallel: the same step on this rank's rows
             return torch_distributed.train_step(
-                trainer, x, y, sample_weight, _autograd_gradients, lambda: self.autocast(x.device)
+                trainer, x, y, sample_weight, _autograd_gradients, lambda: self.forward_context(x.device)
             )
         return self._step(x, y, sample_weight)
 
     def _train_step(self, x, y, sample_weight):
         trainer = self.trainer
         variables = trainer.trainable_weights
-        with self.autocast(x.device):
+        with self.forward_context(x.device):
             x_adv, static_views = trainer._pre_gradient_views(x, y)
             total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
             scaled = trainer.optimizer.scale_loss(total)
         grads = torch.autograd.grad(scaled, [v.value for v in variables], allow_unused=True)
         with torch.no_grad():
             trainer.optimizer.apply(list(grads), variables)
-            with self.autocast(x.device):
+            with self.forward_context(x.device):
                 trainer._after_update(x)
         return trainer._update_metrics(y, total, terms, views, sample_weight)
 

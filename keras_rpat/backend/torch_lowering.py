@@ -22,12 +22,18 @@ kernels):
 - a symmetric `ZeroPadding2D` that only feeds a convolution becomes that
   convolution's padding; a `Reshape` that undoes a `Flatten` is dropped;
 - ReLU and Add write into a fresh tensor that nothing else reads;
-- only the layers the requested outputs depend on run.
+- only the layers the requested outputs depend on run;
+- `forward_many(xs)` runs several batches (a train step's views) as one,
+  with per-batch BatchNorm statistics, and `shared_kernel_views()` gives each
+  kernel one torch view for the forwards of a step.
 
 A model the lowering cannot reproduce exactly (a subclassed model, a layer
 type or option not listed in `_LOWERINGS`, a mixed-precision policy) raises
 `Unsupported` with the reason; the trainer then keeps the Keras path.
 """
+
+import contextlib
+import threading
 
 import keras
 import torch
@@ -48,6 +54,43 @@ KERAS, NCHW = "keras", "nchw"
 
 # Policies whose layers compute in their variables' dtype (no autocasting).
 _EXACT_POLICIES = ("float32", "float64")
+
+
+_SHARED = threading.local()  # .views: {id(kernel variable): torch kernel} inside `shared_kernel_views`
+
+
+@contextlib.contextmanager
+def shared_kernel_views():
+    """Inside, every lowered convolution reads one torch view per kernel.
+
+    A train step runs several forwards over the same kernels. With a view per
+    call, autograd sums a kernel's gradients through per-call permutes, in the
+    Keras shape `(kh, kw, in, out)` with permuted strides, which is several
+    times slower than summing them in the kernel's own `(out, in, kh, kw)`
+    storage order; with one view per step it sums them there. The values are
+    the same. Use it around forwards only: the views are dropped on exit, so
+    no view outlives an in-place update of its variable.
+    """
+    outer = getattr(_SHARED, "views", None)
+    _SHARED.views = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SHARED.views = outer
+
+
+def _kernel_view(kernel, channels_last):
+    """`kernel` (a Keras `(kh, kw, in, out)` variable) as torch's `(out, in, kh, kw)`."""
+    views = getattr(_SHARED, "views", None)
+    key = (id(kernel), torch.is_grad_enabled())  # a view made under no_grad has no gradient path
+    if views is not None and key in views:
+        return views[key]
+    w = kernel._value.permute(3, 2, 0, 1)
+    if channels_last:
+        w = w.contiguous(memory_format=torch.channels_last)
+    if views is not None:
+        views[key] = w
+    return w
 
 
 def relayout_kernels(model, *owners):
@@ -125,7 +168,9 @@ class LoweredModel:
         self.name = model.name
         self.memory_format = memory_format
         functional = _functional(model)
-        planner = _Planner(functional, memory_format)
+        # Row counts of the blocks of a `forward_many` batch (read by BatchNorm), else None.
+        self._blocks = [None]
+        planner = _Planner(functional, memory_format, self._blocks)
         self._program, self._input_slot, self._output_slots, self._num_slots = planner.plan()
         self._single_output = len(functional.outputs) == 1 and not isinstance(
             getattr(functional, "_outputs_struct", None), (list, tuple)
@@ -141,6 +186,31 @@ class LoweredModel:
             op(values, training)
         outputs = [values[s] for s in self._output_slots]
         return outputs[0] if self._single_output else outputs
+
+    def forward_many(self, xs, training=False):
+        """`[self(x, training) for x in xs]`, as one forward of the concatenated batch.
+
+        Training-mode BatchNorm normalises each block of rows with the
+        block's own statistics and updates its moving statistics block after
+        block, exactly as the separate calls would; every other lowered layer
+        treats rows independently. One forward of `len(xs)` blocks runs each
+        convolution once, with one weight gradient in the backward pass,
+        instead of once per block: much faster for small batches, where the
+        cost of a convolution is in its weights. Convolutions of a larger
+        batch may round differently (float32 rounding, not semantics).
+        """
+        if len(xs) == 1:
+            return [self(xs[0], training)]
+        sizes = [int(x.shape[0]) for x in xs]
+        self._blocks[0] = sizes
+        try:
+            outputs = self(torch.cat([x.to(self._input_dtype) for x in xs]), training)
+        finally:
+            self._blocks[0] = None
+        if self._single_output:
+            return list(torch.split(outputs, sizes))
+        parts = [torch.split(o, sizes) for o in outputs]
+        return [[p[i] for p in parts] for i in range(len(xs))]
 
 
 def lower(model, memory_format="contiguous"):
@@ -182,9 +252,10 @@ class _Step:
 class _Planner:
     """Plans the kernels of a functional model, on demand from its outputs."""
 
-    def __init__(self, model, memory_format):
+    def __init__(self, model, memory_format, blocks):
         self.model = model
         self.memory_format = memory_format
+        self.blocks = blocks  # the LoweredModel's block sizes holder (see forward_many)
         self.steps = []
         self.slots = {}  # (id(keras_tensor), layout) -> slot
         self.layout = {}  # slot -> layout
@@ -394,9 +465,7 @@ def _lower_conv2d(planner, layer, node):
         (i,) = ins
 
         def fn(values, training):
-            w = kernel._value.permute(3, 2, 0, 1)
-            if channels_last:
-                w = w.contiguous(memory_format=torch.channels_last)
+            w = _kernel_view(kernel, channels_last)
             y = F.conv2d(values[i], w, None if bias is None else bias._value, strides, padding, dilation, groups)
             values[out] = y if activation is None else activation(y)
 
@@ -436,25 +505,28 @@ def _lower_batch_norm(planner, layer, node):
     momentum = 1.0 - layer.momentum  # torch's convention
     epsilon = layer.epsilon
 
+    blocks = planner.blocks
+
+    def normalize(h, train):
+        g = None if gamma is None else gamma._value
+        b = None if beta is None else beta._value
+        if train and torch_distributed.synchronizing_batchnorm():
+            return torch_distributed.sync_batch_norm(h, mean._value, variance._value, g, b, momentum, epsilon)
+        if train and h.numel() == h.shape[1]:
+            # One value per channel: torch refuses; the layer's formula
+            # (zero variance, correction 1) applies.
+            return _batch_norm_single(h, mean._value, variance._value, g, b, momentum, epsilon)
+        return F.batch_norm(h, mean._value, variance._value, g, b, train, momentum, epsilon)
+
     def make(ins, out, in_place):
         (i,) = ins
 
         def fn(values, training):
-            h = values[i]
             train = training and layer.trainable
-            g = None if gamma is None else gamma._value
-            b = None if beta is None else beta._value
-            if train and torch_distributed.synchronizing_batchnorm():
-                values[out] = torch_distributed.sync_batch_norm(
-                    h, mean._value, variance._value, g, b, momentum, epsilon
-                )
-                return
-            if train and h.numel() == h.shape[1]:
-                # One value per channel: torch refuses; the layer's formula
-                # (zero variance, correction 1) applies.
-                values[out] = _batch_norm_single(h, mean._value, variance._value, g, b, momentum, epsilon)
-                return
-            values[out] = F.batch_norm(h, mean._value, variance._value, g, b, train, momentum, epsilon)
+            if train and blocks[0] is not None:  # statistics per block, in block order
+                values[out] = torch.cat([normalize(h, True) for h in torch.split(values[i], blocks[0])])
+            else:
+                values[out] = normalize(values[i], train)
 
         return fn
 
