@@ -9,6 +9,11 @@ For each method: a small CNN on fixed 8x8 synthetic batches, `STEPS` steps of
 the global batch `BATCH` through `trainer.fit`; rank 0 (or the lone process)
 writes every variable of the trainer (classifier, teacher) and the logged
 metrics to OUT.npz. `tests/test_distributed.py` compares the runs.
+
+Then (`evaluate`) AutoAttack, PGD and the perception analysis of a fixed convnet
+on `EVAL_N` images labelled with its own predictions (all clean-correct, so
+the attacks have something to flip), in batches small enough that every rank
+gets several: the adversarial images and accuracies go to OUT.npz too.
 """
 
 import argparse
@@ -21,6 +26,10 @@ import keras_rpat
 BATCH = 8
 STEPS = 3
 ATTACK_STEPS = 2
+EVAL_N = 22  # AutoAttack batches of 4: 6 batches (the last one short), dealt to the ranks in turn
+AA_ATTACKS = ["square", "apgd-ce", "apgd-t"]  # Square first: its random squares are drawn per batch
+AA_OPTIONS = {"apgd": {"n_iter": 3}, "apgd-t": {"n_iter": 3, "n_target_classes": 2}, "square": {"n_queries": 8}}
+EVAL_EPSILON = 3 / 255
 
 
 class Batches(keras.utils.PyDataset):
@@ -59,6 +68,46 @@ def train(method, sync_batchnorm, fast_path, dtype="float32"):
     return out
 
 
+def eval_images():
+    """`EVAL_N` fixed images and the labels the `evaluate` model gives them."""
+    x = np.random.default_rng(4).uniform(0.0, 1.0, (EVAL_N, 8, 8, 3)).astype("float32")
+    return x, np.argmax(keras.ops.convert_to_numpy(_eval_model()(x, training=False)), axis=-1)
+
+
+def _eval_model():
+    keras.utils.set_random_seed(3)
+    # Logits that vary with the image (small_cnn's barely do at initialisation), so the attacks flip some.
+    layers = [keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(10)]
+    return keras.Sequential([keras.Input((8, 8, 3)), *layers])
+
+
+def evaluate():
+    """AutoAttack (adversarial images), `evaluate` and the perception analysis of a fixed convnet; `{name: array}`."""
+    model = _eval_model()
+    x, y = eval_images()
+    aa = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, options=AA_OPTIONS)
+    accuracy, x_adv = keras_rpat.autoattack.run_autoattack(model, x, y, batch_size=4, **aa)
+    result = keras_rpat.evaluation.evaluate(
+        model,
+        x,
+        y,
+        ("clean", "pgd20", "autoattack"),
+        epsilon=EVAL_EPSILON,
+        num_steps=3,
+        batch_size=8,
+        aa_version="custom",
+        aa_attacks=AA_ATTACKS,
+        aa_options=AA_OPTIONS,
+        aa_batch_size=4,
+    )
+    perception = keras_rpat.evaluation.perception_analysis(model, x, y, "pgd20", EVAL_EPSILON, 1 / 255, 3, batch_size=8)
+    out = {"eval/x_adv": x_adv, "eval/aa_accuracy": np.float64(accuracy)}
+    out |= {f"eval/{k}": np.float64(getattr(result, k)) for k in ("clean", "pgd20", "autoattack")}
+    for k in ("n_success", "n_failure", "mse_success", "mse_failure", "mse_all", "clean_accuracy"):
+        out[f"eval/perception_{k}"] = np.float64(getattr(perception, k))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -69,6 +118,8 @@ def main():
     for run in args.runs:
         method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
         results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype))
+    keras.config.set_dtype_policy("float32")
+    results.update(evaluate())
     job = keras_rpat.backend.distributed_context()
     if job is None or job.is_primary:
         np.savez(args.out, **results)

@@ -106,6 +106,23 @@ def test_two_ranks_take_the_one_process_steps(two_ranks, run):
 
 
 @torch_only
+def test_two_ranks_evaluate_as_one_process(two_ranks):
+    """AutoAttack's batches dealt to the ranks: the one-process adversarial images, bit for bit;
+    PGD and the perception analysis split each batch: the one-process accuracies."""
+    one = distributed_worker.evaluate()
+    two = two_ranks.wait()
+    np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=0, err_msg=name)
+    # Every attack flipped images (a test that cannot fail is a defect), in both ranks' batches:
+    # the first attack runs batches 0, 2, 4 on rank 0 and 1, 3, 5 on rank 1.
+    assert 100 > one["eval/autoattack"] > 0 and one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0
+    fooled = np.any(one["eval/x_adv"] != distributed_worker.eval_images()[0], axis=(1, 2, 3))
+    per_batch = fooled[: 4 * (len(fooled) // 4)].reshape(-1, 4).any(axis=1)
+    assert per_batch[0::2].any() and per_batch[1::2].any(), fooled
+
+
+@torch_only
 def test_shards_tile_the_batch_and_keep_two_view_pairs():
     rows = [torch_distributed.shard_rows(7, r, 2) for r in range(2)]
     assert [list(r) for r in rows] == [[0, 1, 2, 3], [4, 5, 6]]
