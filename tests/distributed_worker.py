@@ -17,6 +17,8 @@ gets several: the adversarial images and accuracies go to OUT.npz too.
 """
 
 import argparse
+import json
+import os
 
 import keras
 import numpy as np
@@ -108,6 +110,26 @@ def evaluate():
     return out
 
 
+def shared_folders(out):
+    """Each rank's view of its folder after `share_folder` (rank 0's files: a resumed job's backup)."""
+    import torch.distributed as dist
+
+    job = keras_rpat.backend.distributed_context()
+    folder = f"{out}.folder{job.rank}"
+    os.makedirs(folder)
+    for name, text in (("weights", f"rank {job.rank}"), (f"only_on_{job.rank}", "")):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    keras_rpat.backend.share_folder(folder)
+    seen = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            seen[name] = f.read()
+    views = [None] * job.world_size
+    dist.all_gather_object(views, seen)
+    return {"folders": np.array(json.dumps(views))}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -120,6 +142,8 @@ def main():
         results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype))
     keras.config.set_dtype_policy("float32")
     results.update(evaluate())
+    if keras_rpat.backend.distributed_context() is not None:
+        results.update(shared_folders(args.out))
     job = keras_rpat.backend.distributed_context()
     if job is None or job.is_primary:
         np.savez(args.out, **results)

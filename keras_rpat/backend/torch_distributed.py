@@ -303,6 +303,43 @@ def merge_rows(values, mine):
     return torch.where(any_rank(mine).reshape(keep.shape), summed.cpu(), values)
 
 
+def from_primary(value):
+    """Rank 0's `value` (picklable) on every rank; `value` itself alone."""
+    found = _STATE["context"]
+    if found is None:
+        return value
+    box = [value if found.is_primary else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def share_folder(folder):
+    """Makes `folder` on every rank a copy of rank 0's (its files, not subfolders); nothing alone."""
+    found = _STATE["context"]
+    if found is None:
+        return
+    files = None
+    if found.is_primary and os.path.isdir(folder):
+        files = {}
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    files[name] = f.read()
+    files = from_primary(files)
+    if found.is_primary:
+        return
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+    if files is not None:
+        os.makedirs(folder, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+
+
 def most_advanced(progress, state):
     """The `state` of the rank whose `progress` (a comparable tuple) is the largest, on every rank.
 
