@@ -13,10 +13,14 @@ metrics to OUT.npz. `tests/test_distributed.py` compares the runs.
 Then (`evaluate`) AutoAttack, PGD and the perception analysis of a fixed convnet
 on `EVAL_N` images labelled with its own predictions (all clean-correct, so
 the attacks have something to flip), in batches small enough that every rank
-gets several: the adversarial images and accuracies go to OUT.npz too.
+gets several: the adversarial images and accuracies go to OUT.npz too, with
+what each rank printed and (`shared_folders`) each rank's view of a folder
+after `share_folder`.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 
@@ -84,29 +88,30 @@ def _eval_model():
 
 
 def evaluate():
-    """AutoAttack (adversarial images), `evaluate` and the perception analysis of a fixed convnet; `{name: array}`."""
+    """AutoAttack (adversarial images, printed progress), `evaluate` (clean, PGD) and the perception
+    analysis of a fixed convnet; `{name: array}`, with `printed` (what each rank printed) under torchrun."""
     model = _eval_model()
     x, y = eval_images()
-    aa = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, options=AA_OPTIONS)
-    accuracy, x_adv = keras_rpat.autoattack.run_autoattack(model, x, y, batch_size=4, **aa)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
+            model, x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, verbose=True, options=AA_OPTIONS
+        )
     result = keras_rpat.evaluation.evaluate(
-        model,
-        x,
-        y,
-        ("clean", "pgd20", "autoattack"),
-        epsilon=EVAL_EPSILON,
-        num_steps=3,
-        batch_size=8,
-        aa_version="custom",
-        aa_attacks=AA_ATTACKS,
-        aa_options=AA_OPTIONS,
-        aa_batch_size=4,
+        model, x, y, ("clean", "pgd20"), epsilon=EVAL_EPSILON, num_steps=3, batch_size=8
     )
     perception = keras_rpat.evaluation.perception_analysis(model, x, y, "pgd20", EVAL_EPSILON, 1 / 255, 3, batch_size=8)
-    out = {"eval/x_adv": x_adv, "eval/aa_accuracy": np.float64(accuracy)}
-    out |= {f"eval/{k}": np.float64(getattr(result, k)) for k in ("clean", "pgd20", "autoattack")}
+    out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy)}
+    out |= {f"eval/{k}": np.float64(getattr(result, k)) for k in ("clean", "pgd20")}
     for k in ("n_success", "n_failure", "mse_success", "mse_failure", "mse_all", "clean_accuracy"):
         out[f"eval/perception_{k}"] = np.float64(getattr(perception, k))
+    job = keras_rpat.backend.distributed_context()
+    if job is not None:
+        import torch.distributed as dist
+
+        views = [None] * job.world_size
+        dist.all_gather_object(views, printed.getvalue())
+        out["printed"] = np.array(json.dumps(views))
     return out
 
 

@@ -125,6 +125,13 @@ def test_two_ranks_evaluate_as_one_process(two_ranks):
 
 
 @torch_only
+def test_only_rank_0_prints_autoattack_progress(two_ranks):
+    rank0, rank1 = json.loads(str(two_ranks.wait()["printed"]))
+    assert "AutoAttack square: " in rank0 and "robust accuracy so far" in rank0, rank0
+    assert rank1 == ""
+
+
+@torch_only
 def test_share_folder_gives_every_rank_rank_0s_files(two_ranks):
     views = json.loads(str(two_ranks.wait()["folders"]))
     assert views == [{"only_on_0": "", "weights": "rank 0"}] * 2
