@@ -1,7 +1,9 @@
-"""Data-parallel training (torch.distributed under torchrun): 2 ranks x B/2 equal 1 process x B.
+"""Data-parallel training and evaluation (torch.distributed under torchrun): 2 ranks equal 1 process.
 
-The torchrun job (tests/distributed_worker.py, gloo, one thread per rank) costs
-two interpreter starts; everything else here runs in the test process.
+The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: training
+steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
+test process computes the one-process references. The smoke recipe killed and
+re-run (tests/distributed_cli.py) costs two jobs more: the dearest test here.
 """
 
 import json
