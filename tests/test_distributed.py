@@ -134,6 +134,13 @@ def test_only_rank_0_prints_autoattack_progress(two_ranks):
 
 
 @torch_only
+def test_a_rank_without_its_autoattack_state_takes_the_furthest_one(two_ranks):
+    # Rank 1 deleted its finished state file: both ranks return the finished result, attacking nothing.
+    results = two_ranks.wait()
+    assert json.loads(str(results["resumed"])) == [[float(results["eval/autoattack"]), True]] * 2
+
+
+@torch_only
 def test_share_folder_gives_every_rank_rank_0s_files(two_ranks):
     views = json.loads(str(two_ranks.wait()["folders"]))
     assert views == [{"only_on_0": "", "weights": "rank 0"}] * 2
