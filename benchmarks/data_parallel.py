@@ -14,6 +14,13 @@ table reports images/s of the global batch, the scaling efficiency
 `--scaling weak` (default) keeps the per-rank batch (the global batch grows
 with N, as multi-GPU runs usually do); `--scaling strong` keeps the global
 batch and splits it. Writes benchmarks/data_parallel.json (or --out).
+
+`--autoattack N` times AutoAttack instead: N images (labelled with the
+model's own predictions, so every attack runs on all of them) in batches of
+`--aa-batch`, dealt to the ranks; it reports seconds, images/s and the robust
+accuracy, which must not depend on the rank count.
+
+    python benchmarks/data_parallel.py --smoke --autoattack 64 --aa-batch 8
 """
 
 import argparse
@@ -46,6 +53,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--smoke", action="store_true", help="small_cnn, 8x8, batch 8, PGD-2, 3 steps")
     p.add_argument("--cpu", action="store_true", help="ResNet-18, 32x32, batch 32, PGD-3, 3 steps")
+    p.add_argument("--autoattack", type=int, default=0, metavar="N", help="time AutoAttack on N images instead")
+    p.add_argument("--aa-batch", type=int, default=250, help="AutoAttack batch size")
+    p.add_argument("--aa-attacks", default="apgd-ce,apgd-t", help="AutoAttack attacks (custom version)")
+    p.add_argument("--aa-iters", type=int, default=10, help="APGD iterations")
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "data_parallel.json"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -66,6 +77,8 @@ def worker(args):
     import keras_rpat
 
     keras.utils.set_random_seed(0)
+    if args.autoattack:
+        return autoattack_worker(args)
     preset = keras_rpat.presets.get("pgd_at+rpat")
     attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": args.pgd_steps})
     model = keras_rpat.models.get(args.arch, num_classes=10, input_shape=(args.size, args.size, 3))
@@ -118,6 +131,49 @@ def worker(args):
             json.dump(record, f)
 
 
+def autoattack_worker(args):
+    """One rank of a sharded AutoAttack evaluation; rank 0 writes seconds, images/s and the accuracy."""
+    import keras
+    import numpy as np
+    import torch.distributed as dist
+
+    import keras_rpat
+
+    job = keras_rpat.backend.initialize_distributed()
+    model = keras_rpat.models.get(args.arch, num_classes=10, input_shape=(args.size, args.size, 3))
+    x = np.random.default_rng(0).uniform(0, 1, (args.autoattack, args.size, args.size, 3)).astype("float32")
+    y = np.argmax(keras.ops.convert_to_numpy(model.predict(x, batch_size=args.aa_batch, verbose=0)), axis=-1)
+    attacks = args.aa_attacks.split(",")
+    options = {"apgd": {"n_iter": args.aa_iters}, "apgd-t": {"n_iter": args.aa_iters, "n_target_classes": 3}}
+    if job is not None:
+        dist.barrier()
+    start = time.perf_counter()
+    accuracy, _ = keras_rpat.autoattack.run_autoattack(
+        model,
+        x,
+        y,
+        version="custom",
+        attacks_to_run=attacks,
+        options=options,
+        batch_size=args.aa_batch,
+        return_adversarial=False,
+    )
+    seconds = time.perf_counter() - start
+    if job is None or job.is_primary:
+        record = {
+            "ranks": 1 if job is None else job.world_size,
+            "images": args.autoattack,
+            "aa_batch": args.aa_batch,
+            "attacks": attacks,
+            "seconds": seconds,
+            "images_per_s": args.autoattack / seconds,
+            "robust_accuracy": accuracy,
+            "device": keras_rpat.backend.device_name(),
+        }
+        with open(args.worker, "w") as f:
+            json.dump(record, f)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +187,9 @@ def run_ranks(args, ranks, folder):
     passed = [f"--arch={args.arch}", f"--size={args.size}", f"--batch={args.batch}", f"--scaling={args.scaling}"]
     passed += [f"--pgd-steps={args.pgd_steps}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
     passed += ["--sync-batchnorm"] if args.sync_batchnorm else []
+    if args.autoattack:
+        passed += [f"--autoattack={args.autoattack}", f"--aa-batch={args.aa_batch}"]
+        passed += [f"--aa-attacks={args.aa_attacks}", f"--aa-iters={args.aa_iters}"]
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
     command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}", HERE, *passed, "--worker", out]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -148,8 +207,6 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         records = [run_ranks(args, n, folder) for n in ranks]
     base = next((r for r in records if r["ranks"] == 1), None)
-    for r in records:
-        r["scaling_efficiency"] = None if base is None else r["images_per_s"] / (r["ranks"] * base["images_per_s"])
     report = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -158,6 +215,10 @@ def main():
         "config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
         "results": records,
     }
+    if args.autoattack:
+        return report_autoattack(args, records, base, report)
+    for r in records:
+        r["scaling_efficiency"] = None if base is None else r["images_per_s"] / (r["ranks"] * base["images_per_s"])
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"{args.arch} {args.size}x{args.size}, PGD-{args.pgd_steps}, {args.scaling} scaling, {records[0]['device']}")
@@ -166,6 +227,24 @@ def main():
         eff = "-" if r["scaling_efficiency"] is None else f"{r['scaling_efficiency']:.2f}"
         print(
             f"{r['ranks']:>5} {r['global_batch']:>12} {r['images_per_s']:>10.1f} {eff:>10} {r['allreduce_ms']:>13.2f}"
+        )
+    print(f"Wrote {args.out}")
+
+
+def report_autoattack(args, records, base, report):
+    for r in records:
+        r["speedup"] = None if base is None else base["seconds"] / r["seconds"]
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(
+        f"AutoAttack ({args.aa_attacks}, APGD {args.aa_iters} iterations) on {args.autoattack} images, "
+        f"batch {args.aa_batch}, {args.arch} {args.size}x{args.size}, {records[0]['device']}"
+    )
+    print(f"{'ranks':>5} {'seconds':>9} {'images/s':>9} {'speed-up':>8} {'robust acc %':>12}")
+    for r in records:
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}"
+        print(
+            f"{r['ranks']:>5} {r['seconds']:>9.2f} {r['images_per_s']:>9.1f} {speedup:>8} {r['robust_accuracy']:>12.2f}"
         )
     print(f"Wrote {args.out}")
 

@@ -5,6 +5,12 @@ supported backend. AutoAttack runs through `keras_rpat.autoattack`
 (PyTorch; models trained under TensorFlow are evaluated in a PyTorch
 subprocess automatically).
 
+In a data-parallel job (torchrun) every rank calls these functions on the
+whole test set and gets the one-process numbers: the clean, PGD and
+perception batches are split into the ranks' rows (random starts drawn for
+the whole batch, each rank keeping its rows) and gathered; AutoAttack deals
+whole batches to the ranks (`keras_rpat.autoattack.cascade`).
+
 The protocol (REFERENCE §4):
 
 * **clean**: top-1 accuracy, inference mode.
@@ -600,7 +606,9 @@ def evaluate(
     correct = clean_correct(model, x, y, batch_size)
     result = {"clean": percent(correct, len(x))}
     if "pgd20" in names:
-        progress = Progress(f"PGD-{attack.num_steps}", len(x)) if verbose else None
+        job = rpat_backend.distributed_context()
+        shown = verbose and (job is None or job.is_primary)  # one progress line in a data-parallel job
+        progress = Progress(f"PGD-{attack.num_steps}", len(x)) if shown else None
         result["pgd20"] = percent(attack_correct(model, attack, x, y, batch_size, progress), len(x))
     aa_attack_list = None
     if "autoattack" in names:
@@ -762,16 +770,20 @@ def perception_analysis(
     sq_err = np.zeros(n, dtype=np.float64)  # per-sample sum over classes
     batch_ids = np.zeros(n, dtype=np.int64)
     for b, sl in enumerate(_batches(n, batch_size)):
-        xb = ops.convert_to_tensor(x[sl], dtype="float32")
-        yb = ops.convert_to_tensor(y[sl], dtype="int32")
-        z = _forward(model, xb)
-        if b == 0:
-            _check_logits(z)
-        x_pert = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
-        z_pert = _forward(model, x_pert)
-        clean_ok[sl] = np.argmax(z, -1) == y[sl]
-        pert_ok[sl] = np.argmax(z_pert, -1) == y[sl]
-        sq_err[sl] = np.sum((z.astype(np.float64) - z_pert.astype(np.float64)) ** 2, axis=-1)
+        size = sl.stop - sl.start
+        with rpat_backend.evaluation_rows(size) as rows:  # a data-parallel job splits the batch
+            y_rows = _rows(y[sl], rows)
+            xb = ops.convert_to_tensor(_rows(x[sl], rows), dtype="float32")
+            yb = ops.convert_to_tensor(y_rows, dtype="int32")
+            z = _forward(model, xb)
+            if b == 0:
+                _check_logits(z)
+            x_pert = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
+            z_pert = _forward(model, x_pert)
+            clean_ok[sl] = rpat_backend.gather_rows(np.argmax(z, -1) == y_rows, rows, size)
+            pert_ok[sl] = rpat_backend.gather_rows(np.argmax(z_pert, -1) == y_rows, rows, size)
+            errors = np.sum((z.astype(np.float64) - z_pert.astype(np.float64)) ** 2, axis=-1)
+            sq_err[sl] = rpat_backend.gather_rows(errors, rows, size)
         batch_ids[sl] = b
 
     def subset_mse(mask):

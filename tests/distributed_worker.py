@@ -9,9 +9,20 @@ For each method: a small CNN on fixed 8x8 synthetic batches, `STEPS` steps of
 the global batch `BATCH` through `trainer.fit`; rank 0 (or the lone process)
 writes every variable of the trainer (classifier, teacher) and the logged
 metrics to OUT.npz. `tests/test_distributed.py` compares the runs.
+
+Then (`evaluate`) AutoAttack, PGD and the perception analysis of a fixed convnet
+on `EVAL_N` images labelled with its own predictions (all clean-correct, so
+the attacks have something to flip), in batches small enough that every rank
+gets several: the adversarial images and accuracies go to OUT.npz too, with
+what each rank printed and (`shared_folders`) each rank's view of a folder
+after `share_folder`.
 """
 
 import argparse
+import contextlib
+import io
+import json
+import os
 
 import keras
 import numpy as np
@@ -21,6 +32,10 @@ import keras_rpat
 BATCH = 8
 STEPS = 3
 ATTACK_STEPS = 2
+EVAL_N = 22  # AutoAttack batches of 4: 6 batches (the last one short), dealt to the ranks in turn
+AA_ATTACKS = ["square", "apgd-ce", "apgd-t"]  # Square first: its random squares are drawn per batch
+AA_OPTIONS = {"apgd": {"n_iter": 3}, "apgd-t": {"n_iter": 3, "n_target_classes": 2}, "square": {"n_queries": 8}}
+EVAL_EPSILON = 3 / 255
 
 
 class Batches(keras.utils.PyDataset):
@@ -59,6 +74,83 @@ def train(method, sync_batchnorm, fast_path, dtype="float32"):
     return out
 
 
+def eval_images():
+    """`EVAL_N` fixed images and the labels the `evaluate` model gives them."""
+    x = np.random.default_rng(4).uniform(0.0, 1.0, (EVAL_N, 8, 8, 3)).astype("float32")
+    return x, np.argmax(keras.ops.convert_to_numpy(_eval_model()(x, training=False)), axis=-1)
+
+
+def _eval_model():
+    keras.utils.set_random_seed(3)
+    # Logits that vary with the image (small_cnn's barely do at initialisation), so the attacks flip some.
+    layers = [keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(10)]
+    return keras.Sequential([keras.Input((8, 8, 3)), *layers])
+
+
+def evaluate(state_path=None):
+    """AutoAttack (adversarial images, printed progress), `evaluate` (clean, PGD) and the perception
+    analysis of a fixed convnet; `{name: array}`, with `printed` (what each rank printed) under torchrun."""
+    model = _eval_model()
+    x, y = eval_images()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
+            model, x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, state_path, verbose=True, options=AA_OPTIONS
+        )
+    result = keras_rpat.evaluation.evaluate(
+        model, x, y, ("clean", "pgd20"), epsilon=EVAL_EPSILON, num_steps=3, batch_size=8
+    )
+    perception = keras_rpat.evaluation.perception_analysis(model, x, y, "pgd20", EVAL_EPSILON, 1 / 255, 3, batch_size=8)
+    out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy)}
+    out |= {f"eval/{k}": np.float64(getattr(result, k)) for k in ("clean", "pgd20")}
+    for k in ("n_success", "n_failure", "mse_success", "mse_failure", "mse_all", "clean_accuracy"):
+        out[f"eval/perception_{k}"] = np.float64(getattr(perception, k))
+    job = keras_rpat.backend.distributed_context()
+    if job is not None:
+        import torch.distributed as dist
+
+        views = [None] * job.world_size
+        dist.all_gather_object(views, printed.getvalue())
+        out["printed"] = np.array(json.dumps(views))
+    return out
+
+
+def resumed_autoattack(state_path):
+    """AutoAttack again after rank 1 lost its state file: every rank's `(accuracy, x_adv is None)`."""
+    import torch.distributed as dist
+
+    job = keras_rpat.backend.distributed_context()
+    if job.rank == 1:
+        os.remove(state_path)
+    x, y = eval_images()
+    accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
+        _eval_model(), x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, state_path, options=AA_OPTIONS
+    )
+    views = [None] * job.world_size
+    dist.all_gather_object(views, [accuracy, x_adv is None])
+    return {"resumed": np.array(json.dumps(views))}
+
+
+def shared_folders(out):
+    """Each rank's view of its folder after `share_folder` (rank 0's files: a resumed job's backup)."""
+    import torch.distributed as dist
+
+    job = keras_rpat.backend.distributed_context()
+    folder = f"{out}.folder{job.rank}"
+    os.makedirs(folder)
+    for name, text in (("weights", f"rank {job.rank}"), (f"only_on_{job.rank}", "")):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    keras_rpat.backend.share_folder(folder)
+    seen = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            seen[name] = f.read()
+    views = [None] * job.world_size
+    dist.all_gather_object(views, seen)
+    return {"folders": np.array(json.dumps(views))}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -69,7 +161,13 @@ def main():
     for run in args.runs:
         method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
         results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype))
+    keras.config.set_dtype_policy("float32")
     job = keras_rpat.backend.distributed_context()
+    state_path = None if job is None else f"{args.out}.aa_state{job.rank}.json"  # a file per rank, as the CLI's
+    results.update(evaluate(state_path))
+    if job is not None:
+        results.update(resumed_autoattack(state_path))
+        results.update(shared_folders(args.out))
     if job is None or job.is_primary:
         np.savez(args.out, **results)
 

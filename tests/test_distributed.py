@@ -1,11 +1,15 @@
-"""Data-parallel training (torch.distributed under torchrun): 2 ranks x B/2 equal 1 process x B.
+"""Data-parallel training and evaluation (torch.distributed under torchrun): 2 ranks equal 1 process.
 
-The torchrun job (tests/distributed_worker.py, gloo, one thread per rank) costs
-two interpreter starts; everything else here runs in the test process.
+The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: training
+steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
+test process computes the one-process references. The smoke recipe killed and
+re-run (tests/distributed_cli.py) costs two jobs more: the dearest test here.
 """
 
+import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -42,7 +46,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start_torchrun(args, nproc=2):
+def _start_torchrun(args, nproc=2, stdout=subprocess.DEVNULL):
     env = dict(os.environ, OMP_NUM_THREADS="1", KERAS_BACKEND="torch")
     for name in torch_distributed.TORCHRUN_VARIABLES:
         env.pop(name, None)
@@ -55,7 +59,7 @@ def _start_torchrun(args, nproc=2):
         f"--master_port={_free_port()}",
         *map(str, args),
     ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 class _Job:
@@ -103,6 +107,43 @@ def test_two_ranks_take_the_one_process_steps(two_ranks, run):
     # The steps did move the weights (a test that cannot fail is a defect).
     kernel = f"{method}/var/conv1/kernel"
     assert np.max(np.abs(one[kernel] - one[f"{method}/initial/conv1/kernel"])) > 1e-3
+
+
+@torch_only
+def test_two_ranks_evaluate_as_one_process(two_ranks):
+    """AutoAttack's batches dealt to the ranks: the one-process adversarial images, bit for bit;
+    PGD and the perception analysis split each batch: the one-process accuracies."""
+    one = distributed_worker.evaluate()
+    two = two_ranks.wait()
+    np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=0, err_msg=name)
+    # Every attack flipped images (a test that cannot fail is a defect), in both ranks' batches:
+    # the first attack runs batches 0, 2, 4 on rank 0 and 1, 3, 5 on rank 1.
+    assert 100 > one["eval/autoattack"] > 0 and one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0
+    fooled = np.any(one["eval/x_adv"] != distributed_worker.eval_images()[0], axis=(1, 2, 3))
+    per_batch = fooled[: 4 * (len(fooled) // 4)].reshape(-1, 4).any(axis=1)
+    assert per_batch[0::2].any() and per_batch[1::2].any(), fooled
+
+
+@torch_only
+def test_only_rank_0_prints_autoattack_progress(two_ranks):
+    rank0, rank1 = json.loads(str(two_ranks.wait()["printed"]))
+    assert "AutoAttack square: " in rank0 and "robust accuracy so far" in rank0, rank0
+    assert rank1 == ""
+
+
+@torch_only
+def test_a_rank_without_its_autoattack_state_takes_the_furthest_one(two_ranks):
+    # Rank 1 deleted its finished state file: both ranks return the finished result, attacking nothing.
+    results = two_ranks.wait()
+    assert json.loads(str(results["resumed"])) == [[float(results["eval/autoattack"]), True]] * 2
+
+
+@torch_only
+def test_share_folder_gives_every_rank_rank_0s_files(two_ranks):
+    views = json.loads(str(two_ranks.wait()["folders"]))
+    assert views == [{"only_on_0": "", "weights": "rank 0"}] * 2
 
 
 @torch_only
@@ -188,6 +229,61 @@ def test_cli_rank_started_by_hand_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = invoke(main, ["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke", "--out", tmp_path])
     assert result.exit_code == 2 and "Start every rank with torchrun" in result.output, result.output
+
+
+# The cheapest recipe run with AutoAttack; backed up after every step (2 steps).
+SMOKE_RECIPE = ["recipe", "table1", "--smoke", "--dataset", "cifar10", "--method", "pgd_at", "--checkpoint-every", "1"]
+SMOKE_RUN = pathlib.Path("pgd_at", "cifar10-resnet18_bottleneck-linf", "seed0")
+# What differs between any two runs, and the hash of the weights' bits (2 ranks x 16 rows round
+# differently from 32 rows: the weights are compared to 1e-5 through the logged losses).
+VOLATILE = {"provenance", "wall_time_s", "train_time_s", "time", "eval_time", "model_sha256"}
+
+
+def _differences(want, got, where=""):
+    if isinstance(want, dict) and isinstance(got, dict):
+        keys = (set(want) | set(got)) - VOLATILE
+        return [d for k in sorted(keys) for d in _differences(want.get(k), got.get(k), f"{where}.{k}")]
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        return [d for i, (w, g) in enumerate(zip(want, got)) for d in _differences(w, g, f"{where}[{i}]")]
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return [] if np.isclose(got, want, rtol=1e-5, atol=1e-7) else [f"{where}: {got} != {want}"]
+    return [] if want == got else [f"{where}: {got!r} != {want!r}"]
+
+
+@torch_only
+def test_two_rank_smoke_recipe_killed_then_rerun_writes_the_one_process_results(tmp_path):
+    """SIGKILL of rank 1 after its step-1 backup: torchrun names the rank; the same command
+    again resumes from the backup and writes the files of the uninterrupted one-process run."""
+    import keras
+    from testing import invoke
+
+    from keras_rpat import _io
+    from keras_rpat.cli import main
+
+    out = tmp_path / "two"
+    rank0_backup = out / SMOKE_RUN / "backup" / "training_metadata.json"
+    command = [*SMOKE_RECIPE, "--sync-batchnorm", "--out", out]
+    killed = _start_torchrun([HERE / "distributed_cli.py", "--kill-rank-1-at", 1, rank0_backup, *command])
+    keras.config.set_dtype_policy("float32")
+    one = invoke(main, [*SMOKE_RECIPE, "--out", tmp_path / "one", "-q"])  # meanwhile, one process
+    assert one.exit_code == 0, one.output
+    _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode != 0
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", stderr), stderr[-3000:]
+    assert _io.read_json(rank0_backup)["batch"] == 1 and not (out / SMOKE_RUN / "trained.json").exists()
+
+    rerun = _start_torchrun(["-m", "keras_rpat.cli", *command], stdout=subprocess.PIPE)
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr[-4000:]
+    assert "after epoch 0, batch 1" in stdout, stdout
+    want_files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.json"))
+    got_files = sorted(p.relative_to(out) for p in out.rglob("*.json"))
+    assert got_files == want_files and len(want_files) > 8
+    for name in want_files:
+        found = _differences(_io.read_json(tmp_path / "one" / name), _io.read_json(out / name))
+        assert not found, (name, found[:5])
+    assert (out / "table1.md").read_text() == (tmp_path / "one" / "table1.md").read_text()
+    assert (out / SMOKE_RUN / "training_curves.png").exists() and (tmp_path / ".two.rank1" / SMOKE_RUN).is_dir()
 
 
 def test_rank_folders():

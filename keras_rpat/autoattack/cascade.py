@@ -32,6 +32,7 @@ from keras_rpat.autoattack.config import import_autoattack
 from keras_rpat.autoattack.state import StateFile
 from keras_rpat.autoattack.torch_bridge import TorchBridge
 from keras_rpat.autoattack.torch_bridge import frozen_weights
+from keras_rpat.backend import torch_distributed
 
 __all__ = ["perturb", "run", "subprocess_main"]
 
@@ -192,6 +193,20 @@ class _Cascade:
         self.n = len(self.x)
         self.file = StateFile(config.state_path, config, model, x, y)
         self.state = self.file.state
+        self.agree_with_other_ranks()
+
+    def agree_with_other_ranks(self):
+        """In a data-parallel job, every rank continues from the furthest state any rank saved.
+
+        Every rank saves the same state after each round (its own file, in its
+        own folder under the CLI), so after an interruption they are at most
+        one round apart.
+        """
+        state = self.state
+        current = state["current"] or {}
+        progress = (state["complete"], len(state["done"]), state["robust"] is not None, current.get("next_batch", -1))
+        self.state = self.file.state = torch_distributed.most_advanced(progress, state)
+        self.file.resumed = self.state["robust"] is not None
 
     def batch(self, idx):
         return self.x[idx].to(self.device), self.y[idx].to(self.device)
@@ -207,9 +222,11 @@ class _Cascade:
             )
             return robust
         robust = torch.zeros(self.n, dtype=torch.bool)
-        for start in range(0, self.n, bs):
-            xb, yb = self.batch(slice(start, min(start + bs, self.n)))
-            robust[start : start + len(xb)] = yb.eq(aa.get_logits(xb).max(dim=1)[1]).cpu()
+        for _, mine in torch_distributed.dealt_batches(0, math.ceil(self.n / bs)):
+            if mine is not None:
+                xb, yb = self.batch(slice(mine * bs, min((mine + 1) * bs, self.n)))
+                robust[mine * bs : mine * bs + len(xb)] = yb.eq(aa.get_logits(xb).max(dim=1)[1]).cpu()
+            robust = torch_distributed.any_rank(robust)
         state["clean_accuracy"] = fraction(robust)
         state["accuracy"]["clean"] = state["clean_accuracy"]
         state["robust"] = robust.tolist()
@@ -218,7 +235,13 @@ class _Cascade:
         return robust
 
     def run_attack(self, aa, attack, robust, x_adv, logger):
-        """Runs one attack on the still-robust images, batch by batch, saving after each."""
+        """Runs one attack on the still-robust images, batch by batch, saving after each.
+
+        In a data-parallel job the batches are dealt to the ranks in turn
+        (`torch_distributed.dealt_batches`) and the fooled flags gathered after
+        every round, so each batch, and each image's outcome, is the
+        one-process one. Returns the rows of `x_adv` this rank wrote.
+        """
         state, bs = self.state, self.config.batch_size
         current = state["current"]
         if current is None or current["attack"] != attack:
@@ -231,25 +254,34 @@ class _Cascade:
             logger.info("no robust datapoints left, skipping remaining attacks")
         first = current["next_batch"]
         progress = Progress(f"AutoAttack {attack}", len(order) - min(first * bs, len(order)))
-        for b in range(first, n_batches):
-            idx = order[b * bs : (b + 1) * bs]
-            xb, yb = self.batch(idx)
-            adv = perturb(aa, attack, xb, yb)
-            fooled = (~yb.eq(aa.get_logits(adv).max(dim=1)[1])).cpu()
-            robust[idx[fooled]] = False
-            if x_adv is not None:
-                x_adv[idx[fooled]] = adv[fooled.to(adv.device)].detach().cpu()
-            current["next_batch"] = b + 1
+        written = torch.zeros(self.n, dtype=torch.bool)
+        done = first
+        for stop, mine in torch_distributed.dealt_batches(first, n_batches):
+            fooled = torch.zeros(self.n, dtype=torch.bool)
+            if mine is not None:
+                idx = order[mine * bs : (mine + 1) * bs]
+                xb, yb = self.batch(idx)
+                adv = perturb(aa, attack, xb, yb)
+                hit = (~yb.eq(aa.get_logits(adv).max(dim=1)[1])).cpu()
+                fooled[idx[hit]] = True
+                if x_adv is not None:
+                    x_adv[idx[hit]] = adv[hit.to(adv.device)].detach().cpu()
+                    written[idx[hit]] = True
+            fooled = torch_distributed.any_rank(fooled)
+            robust &= ~fooled
+            current["next_batch"] = stop
             state["robust"] = robust.tolist()
             self.file.save()
-            logger.info(
-                f"{attack} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {len(idx)} successfully perturbed"
-            )
-            logger.info(progress.line(min((b + 1) * bs, len(order)) - first * bs, fraction(robust)))
+            images = min(stop * bs, len(order)) - min(done * bs, len(order))
+            batches = f"{stop}/{n_batches}" if stop == done + 1 else f"{done + 1}-{stop}/{n_batches}"
+            logger.info(f"{attack} - {batches} - {int(fooled.sum())} out of {images} successfully perturbed")
+            logger.info(progress.line(min(stop * bs, len(order)) - first * bs, fraction(robust)))
+            done = stop
         state["accuracy"][attack] = fraction(robust)
         state["done"].append(attack)
         state["current"] = None
         self.file.save()
+        return written
 
     def log_perturbation(self, x_adv, logger):
         delta = (x_adv - self.x).reshape(self.n, -1)
@@ -272,12 +304,24 @@ def run(model, x, y, config):
         model: a Keras model on the torch backend.
         x, y: checked images (the model's layout) and int64 labels.
         config: an `AutoAttackConfig`.
+
+    In a data-parallel job (torchrun) every rank calls it on the whole set:
+    the batches are dealt to the ranks and the flags gathered after each
+    round, every rank returns the one-process result, rank 0 prints.
     """
+    primary = torch_distributed.is_primary()
+    with warnings.catch_warnings():
+        if not primary:  # rank 0 prints AutoAttack's progress and warnings
+            warnings.simplefilter("ignore", AutoAttackWarning)
+        return _run(model, x, y, config, primary)
+
+
+def _run(model, x, y, config, primary):
     from pyautoattack import checks  # a submodule of the optional dependency
 
     cascade = _Cascade(model, x, y, config)
     state = cascade.state
-    with autoattack_output(config.verbose) as logger, frozen_weights(cascade.bridge.keras_model):
+    with autoattack_output(config.verbose and primary) as logger, frozen_weights(cascade.bridge.keras_model):
         if state["complete"]:
             acc = 100.0 * sum(state["robust"]) / cascade.n
             logger.info(f"AutoAttack state {config.state_path} is complete: robust accuracy {acc / 100:.2%}")
@@ -290,10 +334,11 @@ def run(model, x, y, config):
             robust = cascade.clean_pass(aa, logger)
             x_adv = cascade.x.clone() if config.return_adversarial and not cascade.file.resumed else None
             started = time.time()
+            written = torch.zeros(cascade.n, dtype=torch.bool)
             for attack in config.attacks:
                 if attack in state["done"]:
                     continue
-                cascade.run_attack(aa, attack, robust, x_adv, logger)
+                written |= cascade.run_attack(aa, attack, robust, x_adv, logger)
                 logger.info(
                     f"robust accuracy after {attack.upper()}: {state['accuracy'][attack]:.2%} "
                     f"(total time {time.time() - started:.1f} s)"
@@ -303,6 +348,7 @@ def run(model, x, y, config):
             cascade.file.save()
             accuracy = fraction(robust)
             if x_adv is not None:
+                x_adv = torch_distributed.merge_rows(x_adv, written)
                 cascade.log_perturbation(x_adv, logger)
             logger.info(f"robust accuracy: {accuracy:.2%}")
     return 100.0 * accuracy, None if x_adv is None else cascade.to_numpy_layout(x_adv)

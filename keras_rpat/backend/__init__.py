@@ -80,6 +80,17 @@ def check_same_on_all_ranks(value, what, *fix):
     return get_backend().check_same_on_all_ranks(value, what, *fix)
 
 
+def from_primary(value):
+    """Rank 0's `value` (any picklable object) on every rank of the job, so that all take
+    rank 0's decision (e.g. what a resumed run still has to do); `value` for a process alone."""
+    return get_backend().from_primary(value)
+
+
+def share_folder(folder):
+    """Makes `folder` (its files) on every rank of the job a copy of rank 0's; nothing for a process alone."""
+    return get_backend().share_folder(folder)
+
+
 def synchronized_moments(x, axes):
     """`(mean, variance, count)` of `x` over `axes` and the global batch, inside a
     data-parallel step with synchronized BatchNorm; `None` otherwise."""

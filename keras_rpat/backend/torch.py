@@ -92,6 +92,14 @@ def check_same_on_all_ranks(value, what, *fix):
     return torch_distributed.check_same(value, what, *fix)
 
 
+def from_primary(value):
+    return torch_distributed.from_primary(value)
+
+
+def share_folder(folder):
+    return torch_distributed.share_folder(folder)
+
+
 def synchronized_moments(x, axes):
     return torch_distributed.synchronized_moments(x, axes)
 

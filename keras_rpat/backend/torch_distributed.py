@@ -253,12 +253,109 @@ def gather_rows(values, rows, size):
     """The `size`-row NumPy array whose `rows` are each rank's `values` (numeric or bool)."""
     if rows is None:
         return values
-    full = torch.zeros(size, dtype=torch.float64 if _STATE["context"].backend == "gloo" else torch.float32)
-    full = full.to(_device())
+    full = torch.zeros(size, dtype=torch.float64, device=_device())  # float64: exact for flags and float32 values
     full[torch.as_tensor(rows, device=full.device)] = torch.as_tensor(np.asarray(values, np.float64)).to(full)
     dist.all_reduce(full)
     out = full.cpu().numpy()
     return out.astype(bool) if np.asarray(values).dtype == bool else out
+
+
+def is_primary():
+    """Whether this process prints and writes: rank 0, or a process that runs alone."""
+    return _STATE["context"] is None or _STATE["context"].is_primary
+
+
+def dealt_batches(first, count):
+    """The rounds of batches `first..count-1` dealt to the ranks in turn: yields
+    `(stop, mine)` per round, where round `[start, stop)` gives batch `start + rank`
+    to this rank (`mine`, `None` past the end). One process: one batch a round.
+
+    A batch is the one-process batch (same images, same size), so whatever is
+    computed on it does not depend on the number of ranks; after each round
+    every batch below `stop` is done.
+    """
+    found = _STATE["context"]
+    rank, world = (0, 1) if found is None else (found.rank, found.world_size)
+    for start in range(first, count, world):
+        yield min(start + world, count), (start + rank if start + rank < count else None)
+
+
+def any_rank(flags):
+    """Element-wise OR over the ranks of a CPU bool tensor (the tensor itself alone)."""
+    if _STATE["context"] is None:
+        return flags
+    summed = flags.to(torch.int32).to(_device())
+    dist.all_reduce(summed)
+    return summed.cpu() > 0
+
+
+def merge_rows(values, mine):
+    """`values` (CPU, one row per image) with each rank's `mine` rows taken from that rank.
+
+    Rows no rank marks keep this rank's values (equal on every rank). Exact:
+    each merged row is one rank's row plus zeros.
+    """
+    if _STATE["context"] is None:
+        return values
+    keep = mine.reshape(-1, *([1] * (values.dim() - 1)))
+    summed = torch.where(keep, values, torch.zeros_like(values)).to(_device())
+    dist.all_reduce(summed)
+    return torch.where(any_rank(mine).reshape(keep.shape), summed.cpu(), values)
+
+
+def from_primary(value):
+    """Rank 0's `value` (picklable) on every rank; `value` itself alone."""
+    found = _STATE["context"]
+    if found is None:
+        return value
+    box = [value if found.is_primary else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def share_folder(folder):
+    """Makes `folder` on every rank a copy of rank 0's (its files, not subfolders); nothing alone."""
+    found = _STATE["context"]
+    if found is None:
+        return
+    files = None
+    if found.is_primary and os.path.isdir(folder):
+        files = {}
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    files[name] = f.read()
+    files = from_primary(files)
+    if found.is_primary:
+        return
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+    if files is not None:
+        os.makedirs(folder, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+
+
+def most_advanced(progress, state):
+    """The `state` of the rank whose `progress` (a comparable tuple) is the largest, on every rank.
+
+    For work that every rank records after each collective step (a resumable
+    evaluation): after an interruption the ranks' records may be one step
+    apart, and the furthest one holds everything the others did.
+    """
+    found = _STATE["context"]
+    if found is None:
+        return state
+    gathered = [None] * found.world_size
+    dist.all_gather_object(gathered, list(progress))
+    source = max(range(found.world_size), key=lambda r: (gathered[r], -r))
+    box = [state if found.rank == source else None]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
 
 
 def _device():

@@ -32,6 +32,7 @@ import keras
 import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading checkpoints)
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
+from keras_rpat import backend as rpat_backend
 from keras_rpat import _io
 from keras_rpat._progress import format_duration
 from keras_rpat import callbacks as callbacks_lib
@@ -334,7 +335,9 @@ def run_experiment(
         tensorboard_run_dir = Path(_checks.check_writable_dir(tensorboard_dir, "tensorboard_dir")) / spec.run_dir
     echo = echo or default_echo(verbose)
     run_dir = Path(out_dir) / spec.run_dir
-    previous = _prepare_run_dir(spec, run_dir, overwrite, replace_stale)
+    # In a data-parallel job every rank takes rank 0's view of what is done (a kill can leave
+    # the ranks' copies of the run one file apart).
+    previous = rpat_backend.from_primary(_prepare_run_dir(spec, run_dir, overwrite, replace_stale))
     if previous is not None:
         echo(f"skip (complete): {spec.describe()}")
         return previous
@@ -450,8 +453,10 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             f"{trained_path} is corrupt or truncated (not valid JSON). Delete it to retrain the run from its "
             "backup (or from scratch), or rerun with --overwrite."
         )
-    if _io.read_json(trained_path) is None:
+    trained = rpat_backend.from_primary(_io.read_json(trained_path))
+    if trained is None:
         backup_dir = run_dir / "backup"
+        rpat_backend.share_folder(backup_dir)  # every rank resumes from rank 0's backup
         meta = _io.read_json(backup_dir / "training_metadata.json") or {}
         initial_epoch, initial_batch = int(meta.get("epoch", 0)), int(meta.get("batch", 0))
         if initial_epoch or initial_batch:
@@ -490,7 +495,8 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
         _io.atomic_write_json(
             trained_path, {"epochs": spec.epochs, "best_epoch": robust.best_epoch, "best_robust": robust.best}
         )
-    return _io.read_json(trained_path), _io.read_json(history_path) or []
+        trained = _io.read_json(trained_path)
+    return trained, _io.read_json(history_path) or []
 
 
 def _divergence_hint(run, settings):
@@ -512,7 +518,7 @@ def _evaluate_checkpoints(spec, run_dir, settings, x_test, y_test):
     metrics, perception = {}, {}
     for ckpt in spec.checkpoints:
         eval_path = run_dir / f"eval_{ckpt}.json"
-        result = _io.read_json(eval_path)
+        result = rpat_backend.from_primary(_io.read_json(eval_path))
         if result is None:
             result = evaluation.evaluate(
                 _load_checkpoint(run_dir / f"{ckpt}.keras"),
@@ -545,7 +551,7 @@ def _perception(spec, run_dir, ckpt, settings, x_test, y_test):
     Same inputs as `_evaluate_checkpoints`, plus the checkpoint's name.
     """
     path = run_dir / f"perception_{ckpt}.json"
-    result = _io.read_json(path)
+    result = rpat_backend.from_primary(_io.read_json(path))
     if result is not None:
         return result
     p = settings["perception"]
