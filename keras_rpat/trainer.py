@@ -142,6 +142,19 @@ class _EpochCallback(keras.callbacks.Callback):
         self._trainer.set_epoch(epoch)
 
 
+def _first_batch_size(x, batch_size):
+    """The global batch size of `fit(x, batch_size=...)`: `batch_size` for arrays
+    (Keras' default 32), the first batch's length for a PyDataset, else `None`."""
+    if isinstance(x, keras.utils.PyDataset):
+        if len(x) == 0:
+            return None
+        first, _, _ = keras.utils.unpack_x_y_sample_weight(x[0])
+        return len(first) if isinstance(first, np.ndarray) else None
+    if isinstance(x, np.ndarray):
+        return min(len(x), batch_size or 32)
+    return None
+
+
 def _correct(y, logits):
     pred = ops.argmax(logits, axis=-1)
     if _checks.is_soft_labels(y.shape, logits.shape[-1]):
@@ -465,8 +478,12 @@ class RPATTrainer(keras.Model):
                 static["_clean_eval"] = ops.stop_gradient(self._classifier_forward()(x, training=False))
         return x_adv, static
 
-    def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None):
-        """The training-mode forwards (one per view, in order) and the losses."""
+    def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None, share=None):
+        """The training-mode forwards (one per view, in order) and the losses.
+
+        `share(loss, value)`, if given, maps each loss value to this device's
+        share of the one-device value (tf.distribute; see tensorflow_distributed).
+        """
         alphas = static.pop("_alphas")
         views = dict(static)
         for view in self._view_order:
@@ -486,6 +503,8 @@ class RPATTrainer(keras.Model):
         for i in self._active:
             loss = self.loss_terms[i]
             value = loss(y, views, sample_weight=sample_weight)
+            if share is not None:
+                value = share(loss, value)
             terms[i] = value
             weighted = value * self.loss_weights[i] if self.loss_weights[i] != 1.0 else value
             total = weighted if total is None else total + weighted
@@ -593,24 +612,43 @@ class RPATTrainer(keras.Model):
             )
         if validate_inputs:
             self.validate_data(x, y)
-        self.join_distributed()
+        self.join_distributed(_first_batch_size(x, batch_size))
         callbacks = list(callbacks or [])
         callbacks.append(_EpochCallback(self))
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 
-    def join_distributed(self):
-        """Joins the data-parallel job this process was launched in, if any.
+    def join_distributed(self, batch_size=None):
+        """Joins the data-parallel job this process runs in (torchrun, or the
+        tf.distribute strategy the trainer was built under), if any.
 
         Returns the job's context or `None`. `sync_batchnorm=True` without a
-        job is an error (it would silently train per device).
+        job is an error (it would silently train per device), and so is a
+        global `batch_size` the devices cannot split evenly.
         """
-        job = rpat_backend.initialize_distributed()
+        job = rpat_backend.initialize_distributed(self)
+        if job is not None and batch_size is not None and batch_size % job.world_size:
+            fit = max(job.world_size, batch_size - batch_size % job.world_size)
+            raise ValueError(
+                f"The global batch of {batch_size} images does not split over {job.world_size} devices. Pick a "
+                f"batch size that is a multiple of {job.world_size} (e.g. {fit}), or a device count that divides it."
+            )
         if job is None and self.sync_batchnorm:
             raise ValueError(
                 "`sync_batchnorm=True` needs a data-parallel job, but this process runs alone. Launch it with "
-                "`torchrun --nproc_per_node=N ...` (one process per device), or pass sync_batchnorm=False."
+                "`torchrun --nproc_per_node=N ...` (torch, one process per device), or build and fit the trainer "
+                "in a tf.distribute strategy's scope with several replicas (tensorflow), or pass sync_batchnorm=False."
             )
         return job
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TensorFlow trainer (3.15) builds a model made in a strategy's scope from a batch
+        # averaged with `strategy.reduce(axis=None)`, which fails under MultiWorkerMirroredStrategy.
+        # The trainer is built when constructed: only its optimizer may be left to build.
+        if any(not layer.built for layer in self._flatten_layers()):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def validate_data(self, x, y=None):
         """Checks images and labels (arrays, or the first batch of a PyDataset)."""

@@ -71,7 +71,13 @@ def _backward_gradients(loss, variables):
     return [v.value.grad for v in variables]
 
 
-def initialize_distributed():
+def initialize_distributed(owner=None, strategy=None):
+    if strategy is not None:
+        raise torch_distributed.DistributedError(
+            f"strategy={strategy!r} names a tf.distribute strategy, which runs on the tensorflow backend only "
+            "(KERAS_BACKEND=tensorflow). On torch, launch one process per device with "
+            "`torchrun --nproc_per_node=N ...` instead."
+        )
     return torch_distributed.initialize()
 
 
