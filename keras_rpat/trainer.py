@@ -569,14 +569,17 @@ class RPATTrainer(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
         model = self._evaluation_forward()
-        logits = model(x, training=False)
-        self._total_tracker.update_state(ops.mean(attacks_lib.cross_entropy(y, logits)))
-        self._clean_acc.update_state(_correct(y, logits))
-        logs = {"loss": self._total_tracker.result(), "clean_acc": self._clean_acc.result()}
-        if self.eval_attack is not None:
-            x_adv = self.eval_attack.perturb(model, ops.convert_to_tensor(x), y)
-            self._adv_acc.update_state(_correct(y, model(ops.stop_gradient(x_adv), training=False)))
-            logs["adv_acc"] = self._adv_acc.result()
+        # Under a tf.distribute strategy: this replica's share of the batch, and the
+        # attack's random starts are rows of the one-device draw.
+        with rpat_backend.replica_share(x) as share:
+            logits = model(x, training=False)
+            self._total_tracker.update_state(ops.mean(attacks_lib.cross_entropy(y, logits)), sample_weight=share)
+            self._clean_acc.update_state(_correct(y, logits))
+            logs = {"loss": self._total_tracker.result(), "clean_acc": self._clean_acc.result()}
+            if self.eval_attack is not None:
+                x_adv = self.eval_attack.perturb(model, ops.convert_to_tensor(x), y)
+                self._adv_acc.update_state(_correct(y, model(ops.stop_gradient(x_adv), training=False)))
+                logs["adv_acc"] = self._adv_acc.result()
         return logs
 
     @property

@@ -82,6 +82,13 @@ def check_same_on_all_ranks(value, what, *fix):
     return get_backend().check_same_on_all_ranks(value, what, *fix)
 
 
+def replica_share(x):
+    """A context for a step on the batch `x` of one tf.distribute replica: yields the
+    replica's share of the global batch (`rows / batch`), and random draws inside
+    are its rows of the one-device draw. Yields `1.0` elsewhere."""
+    return get_backend().replica_share(x)
+
+
 def synchronized_moments(x, axes):
     """`(mean, variance, count)` of `x` over `axes` and the global batch, inside a
     data-parallel step with synchronized BatchNorm; `None` otherwise."""

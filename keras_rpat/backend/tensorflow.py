@@ -72,6 +72,10 @@ def check_same_on_all_ranks(value, what, *fix):
     return None
 
 
+def replica_share(x):
+    return tensorflow_distributed.replica_share(x)
+
+
 def synchronized_moments(x, axes):
     return tensorflow_distributed.synchronized_moments(x, axes)
 

@@ -35,7 +35,7 @@ import threading
 
 import tensorflow as tf
 
-STRATEGIES = ("mirrored", "multiworker")
+from keras_rpat import _names
 
 _STATE = {"context": None}
 _LOCAL = threading.local()
@@ -89,8 +89,8 @@ _TF_CONFIG_EXAMPLE = (
 def make_strategy(name):
     """A new strategy: `"mirrored"` (this host's GPUs, else its logical CPU devices) or
     `"multiworker"` (the cluster `TF_CONFIG` describes)."""
-    if name not in STRATEGIES:
-        raise DistributedError(f"Unknown strategy {name!r}. Expected one of {STRATEGIES}.")
+    if name not in _names.TF_STRATEGIES:
+        raise DistributedError(f"Unknown strategy {name!r}. Expected one of {_names.TF_STRATEGIES}.")
     if name == "multiworker":
         if not tf_config():
             raise DistributedError(
@@ -122,15 +122,16 @@ def context_of(strategy):
 def initialize(strategy=None, owner=None):
     """The data-parallel `Context` of this process, or `None` for one replica.
 
-    `strategy` (a name of `STRATEGIES`) makes that strategy and sets it as the
+    `strategy` (a name of `_names.TF_STRATEGIES`) makes that strategy and sets it as the
     process's current one (the CLI). Otherwise the strategy is `owner`'s (a
     Keras model built in a strategy's scope) or the current one.
     """
     if strategy is not None:
         if _STATE["context"] is None or _STATE["context"].backend != strategy:
-            made = make_strategy(strategy)
-            tf.distribute.experimental_set_strategy(made)
-            _STATE["context"] = context_of(made)
+            made = context_of(make_strategy(strategy))
+            if made is not None:  # one replica: nothing to distribute
+                tf.distribute.experimental_set_strategy(made.strategy)
+            _STATE["context"] = made
         return _STATE["context"]
     if _STATE["context"] is not None:
         return _STATE["context"]
@@ -140,7 +141,8 @@ def initialize(strategy=None, owner=None):
 
 
 def context():
-    return _STATE["context"]
+    """The `Context` of the strategy the CLI set, else of the current strategy (`None` for one replica)."""
+    return _STATE["context"] or context_of(tf.distribute.get_strategy())
 
 
 def shutdown():
@@ -148,15 +150,6 @@ def shutdown():
     if _STATE["context"] is not None:
         tf.distribute.experimental_set_strategy(None)
     _STATE["context"] = None
-
-
-def check_batch(size, replicas):
-    if size % replicas:
-        raise DistributedError(
-            f"The global batch of {size} images does not split over {replicas} replicas. "
-            f"Pick a batch size that is a multiple of {replicas} (e.g. --batch-size "
-            f"{max(replicas, size - size % replicas)}), or a strategy whose replica count divides it."
-        )
 
 
 # ---------------------------------------------------------------------------- the batch
@@ -277,6 +270,19 @@ def train_step(trainer, data):
 def _multi_worker(strategy):
     in_cluster = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and in_cluster()
+
+
+@contextlib.contextmanager
+def replica_share(x):
+    """This replica's share of the global batch `x` belongs to (`rows / batch`), with its
+    rows as the shard of random draws (`trainer.test_step`); `1.0` for one replica."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        yield 1.0
+        return
+    _, _, _, rows, size = _replica_rows(replica, x, None, None, groups=1)
+    with shard_scope(Shard(rows, size, sync_batchnorm=False)):
+        yield tf.cast(tf.shape(rows)[0], tf.float32) / tf.cast(size, tf.float32)
 
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")

@@ -1,5 +1,7 @@
 """PyTorch implementations of the backend hooks (see `keras_rpat.backend`)."""
 
+import contextlib
+
 import torch
 from keras.src.backend.torch.core import get_device
 
@@ -95,6 +97,12 @@ def gather_rows(values, rows, size):
 
 def check_same_on_all_ranks(value, what, *fix):
     return torch_distributed.check_same(value, what, *fix)
+
+
+@contextlib.contextmanager
+def replica_share(x):
+    # torchrun ranks evaluate whole batches in `evaluate()`: the one-process step.
+    yield 1.0
 
 
 def synchronized_moments(x, axes):

@@ -15,11 +15,10 @@ import os
 
 import click
 
+from keras_rpat import _names
 from keras_rpat.cli import options as opt
 
 __all__ = ["Launch", "data_parallel_options", "join"]
-
-STRATEGIES = ("mirrored", "multiworker")
 
 # The --strategy of the command being run (set by its callback on every invocation).
 _REQUESTED = {"strategy": None}
@@ -39,7 +38,7 @@ def data_parallel_options():
     )
     strategy = click.option(
         "--strategy",
-        type=click.Choice(STRATEGIES),
+        type=click.Choice(_names.TF_STRATEGIES),
         default=None,
         expose_value=False,
         callback=_remember_strategy,
