@@ -42,17 +42,15 @@ class Batches(keras.utils.PyDataset):
         return self.x[index], self.y[index]
 
 
-def train(method, sync_batchnorm, fast_path, dtype="float32", strategy=None, evaluate=False):
+def train(method, sync_batchnorm, fast_path, dtype="float32", strategy=None):
     """Trains `method` for `STEPS` steps (built in `strategy`'s scope, if given);
-    returns `{name: array}` of variables and logs (with `evaluate`, also those of
-    `trainer.evaluate` with a random-start PGD as `eval_attack`)."""
+    returns `{name: array}` of variables and logs."""
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(dtype)
     preset = keras_rpat.presets.get(method)
     attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": ATTACK_STEPS, "seed": 1})
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
-        eval_attack = keras_rpat.attacks.PGD(num_steps=ATTACK_STEPS, seed=3) if evaluate else None
         trainer = preset.build_trainer(
             model,
             attack=attack,
@@ -60,7 +58,6 @@ def train(method, sync_batchnorm, fast_path, dtype="float32", strategy=None, eva
             sync_batchnorm=sync_batchnorm,
             fast_path=fast_path,
             track_clean_accuracy=True,
-            eval_attack=eval_attack,
         )
         trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.05, momentum=0.9, weight_decay=5e-4))
     initial = {f"{method}/initial/{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.trainable_weights}
@@ -69,9 +66,6 @@ def train(method, sync_batchnorm, fast_path, dtype="float32", strategy=None, eva
     out |= {f"{method}/var/{v.path}": keras.ops.convert_to_numpy(v.value) for v in trainer.weights}
     for name, values in history.history.items():
         out[f"{method}/log/{name}"] = np.asarray(values, np.float64)
-    if evaluate:
-        for name, value in trainer.evaluate(Batches(seed=1), verbose=0, return_dict=True).items():
-            out[f"{method}/evaluate/{name}"] = np.asarray(value, np.float64)
     return out
 
 
@@ -82,7 +76,6 @@ def main():
     parser.add_argument("--no-sync-batchnorm", action="store_true")
     parser.add_argument("--strategy", choices=["mirrored", "multiworker"], help="tensorflow: a tf.distribute strategy")
     parser.add_argument("--cpus", type=int, default=1, help="tensorflow: logical CPU devices (for mirrored)")
-    parser.add_argument("--evaluate", action="store_true", help="also run trainer.evaluate (with an eval_attack)")
     args = parser.parse_args()
     strategy = None
     if args.strategy is not None:
@@ -95,7 +88,7 @@ def main():
     results = {}
     for run in args.runs:
         method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
-        results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype, strategy, args.evaluate))
+        results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype, strategy))
     job = keras_rpat.backend.distributed_context()
     if job is None or job.is_primary:
         np.savez(args.out, **results)
