@@ -155,6 +155,15 @@ def _first_batch_size(x, batch_size):
     return None
 
 
+def _check_global_batch(batch_size, devices):
+    if batch_size is not None and batch_size % devices:
+        fit = max(devices, batch_size - batch_size % devices)
+        raise ValueError(
+            f"The global batch of {batch_size} images does not split over {devices} devices. Pick a "
+            f"batch size that is a multiple of {devices} (e.g. {fit}), or a device count that divides it."
+        )
+
+
 def _correct(y, logits):
     pred = ops.argmax(logits, axis=-1)
     if _checks.is_soft_labels(y.shape, logits.shape[-1]):
@@ -615,26 +624,21 @@ class RPATTrainer(keras.Model):
             )
         if validate_inputs:
             self.validate_data(x, y)
-        self.join_distributed(_first_batch_size(x, batch_size))
+        job = self.join_distributed()
+        if job is not None:
+            _check_global_batch(_first_batch_size(x, batch_size), job.world_size)
         callbacks = list(callbacks or [])
         callbacks.append(_EpochCallback(self))
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 
-    def join_distributed(self, batch_size=None):
+    def join_distributed(self):
         """Joins the data-parallel job this process runs in (torchrun, or the
         tf.distribute strategy the trainer was built under), if any.
 
         Returns the job's context or `None`. `sync_batchnorm=True` without a
-        job is an error (it would silently train per device), and so is a
-        global `batch_size` the devices cannot split evenly.
+        job is an error (it would silently train per device).
         """
         job = rpat_backend.initialize_distributed(self)
-        if job is not None and batch_size is not None and batch_size % job.world_size:
-            fit = max(job.world_size, batch_size - batch_size % job.world_size)
-            raise ValueError(
-                f"The global batch of {batch_size} images does not split over {job.world_size} devices. Pick a "
-                f"batch size that is a multiple of {job.world_size} (e.g. {fit}), or a device count that divides it."
-            )
         if job is None and self.sync_batchnorm:
             raise ValueError(
                 "`sync_batchnorm=True` needs a data-parallel job, but this process runs alone. Launch it with "
