@@ -238,6 +238,9 @@ ATTACK_ALIASES = {
 PERTURBATIONS = ("random", "pgd20")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 # The reference evaluation's batch sizes (PGD and clean; AutoAttack).
+# tf.distribute strategies of `--strategy` (one host's devices; the hosts of TF_CONFIG).
+TF_STRATEGIES = ("mirrored", "multiworker")
+
 EVAL_BATCH_SIZE = 256
 AA_BATCH_SIZE = 250
 

@@ -142,6 +142,28 @@ class _EpochCallback(keras.callbacks.Callback):
         self._trainer.set_epoch(epoch)
 
 
+def _first_batch_size(x, batch_size):
+    """The global batch size of `fit(x, batch_size=...)`: `batch_size` for arrays
+    (Keras' default 32), the first batch's length for a PyDataset, else `None`."""
+    if isinstance(x, keras.utils.PyDataset):
+        if len(x) == 0:
+            return None
+        first, _, _ = keras.utils.unpack_x_y_sample_weight(x[0])
+        return len(first) if isinstance(first, np.ndarray) else None
+    if isinstance(x, np.ndarray):
+        return min(len(x), batch_size or 32)
+    return None
+
+
+def _check_global_batch(batch_size, devices):
+    if batch_size is not None and batch_size % devices:
+        fit = max(devices, batch_size - batch_size % devices)
+        raise ValueError(
+            f"The global batch of {batch_size} images does not split over {devices} devices. Pick a "
+            f"batch size that is a multiple of {devices} (e.g. {fit}), or a device count that divides it."
+        )
+
+
 def _correct(y, logits):
     pred = ops.argmax(logits, axis=-1)
     if _checks.is_soft_labels(y.shape, logits.shape[-1]):
@@ -465,8 +487,12 @@ class RPATTrainer(keras.Model):
                 static["_clean_eval"] = ops.stop_gradient(self._classifier_forward()(x, training=False))
         return x_adv, static
 
-    def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None):
-        """The training-mode forwards (one per view, in order) and the losses."""
+    def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None, share=None):
+        """The training-mode forwards (in view order; see `_view_forwards`) and the losses.
+
+        `share(loss, value)`, if given, maps each loss value to this device's
+        share of the one-device value (tf.distribute; see tensorflow_distributed).
+        """
         alphas = static.pop("_alphas")
         views = dict(static)
         order = [view for view in self._view_order if not view.startswith("teacher_")]
@@ -484,6 +510,8 @@ class RPATTrainer(keras.Model):
         for i in self._active:
             loss = self.loss_terms[i]
             value = loss(y, views, sample_weight=sample_weight)
+            if share is not None:
+                value = share(loss, value)
             terms[i] = value
             weighted = value * self.loss_weights[i] if self.loss_weights[i] != 1.0 else value
             total = weighted if total is None else total + weighted
@@ -571,14 +599,17 @@ class RPATTrainer(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
         model = self._evaluation_forward()
-        logits = model(x, training=False)
-        self._total_tracker.update_state(ops.mean(attacks_lib.cross_entropy(y, logits)))
-        self._clean_acc.update_state(_correct(y, logits))
-        logs = {"loss": self._total_tracker.result(), "clean_acc": self._clean_acc.result()}
-        if self.eval_attack is not None:
-            x_adv = self.eval_attack.perturb(model, ops.convert_to_tensor(x), y)
-            self._adv_acc.update_state(_correct(y, model(ops.stop_gradient(x_adv), training=False)))
-            logs["adv_acc"] = self._adv_acc.result()
+        # Under a tf.distribute strategy: this replica's share of the batch, and the
+        # attack's random starts are rows of the one-device draw.
+        with rpat_backend.replica_share(x) as share:
+            logits = model(x, training=False)
+            self._total_tracker.update_state(ops.mean(attacks_lib.cross_entropy(y, logits)), sample_weight=share)
+            self._clean_acc.update_state(_correct(y, logits))
+            logs = {"loss": self._total_tracker.result(), "clean_acc": self._clean_acc.result()}
+            if self.eval_attack is not None:
+                x_adv = self.eval_attack.perturb(model, ops.convert_to_tensor(x), y)
+                self._adv_acc.update_state(_correct(y, model(ops.stop_gradient(x_adv), training=False)))
+                logs["adv_acc"] = self._adv_acc.result()
         return logs
 
     @property
@@ -614,24 +645,38 @@ class RPATTrainer(keras.Model):
             )
         if validate_inputs:
             self.validate_data(x, y)
-        self.join_distributed()
+        job = self.join_distributed()
+        if job is not None:
+            _check_global_batch(_first_batch_size(x, batch_size), job.world_size)
         callbacks = list(callbacks or [])
         callbacks.append(_EpochCallback(self))
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 
     def join_distributed(self):
-        """Joins the data-parallel job this process was launched in, if any.
+        """Joins the data-parallel job this process runs in (torchrun, or the
+        tf.distribute strategy the trainer was built under), if any.
 
         Returns the job's context or `None`. `sync_batchnorm=True` without a
         job is an error (it would silently train per device).
         """
-        job = rpat_backend.initialize_distributed()
+        job = rpat_backend.initialize_distributed(self)
         if job is None and self.sync_batchnorm:
             raise ValueError(
                 "`sync_batchnorm=True` needs a data-parallel job, but this process runs alone. Launch it with "
-                "`torchrun --nproc_per_node=N ...` (one process per device), or pass sync_batchnorm=False."
+                "`torchrun --nproc_per_node=N ...` (torch, one process per device), or build and fit the trainer "
+                "in a tf.distribute strategy's scope with several replicas (tensorflow), or pass sync_batchnorm=False."
             )
         return job
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TensorFlow trainer (3.15) builds a model made in a strategy's scope from a batch
+        # averaged with `strategy.reduce(axis=None)`, which fails under MultiWorkerMirroredStrategy.
+        # The trainer is built when constructed: only its optimizer may be left to build.
+        if any(not layer.built for layer in self._flatten_layers()):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def validate_data(self, x, y=None):
         """Checks images and labels (arrays, or the first batch of a PyDataset)."""

@@ -1,7 +1,9 @@
-"""A few training steps of a preset, in one process or as one rank under torchrun.
+"""A few training steps of a preset, in one process, as one rank under torchrun, or under tf.distribute.
 
     torchrun --nproc_per_node=2 tests/distributed_worker.py OUT.npz pgd_at+rpat trades+rpat:float64:keras
     python tests/distributed_worker.py OUT.npz pgd_at+rpat          # one process
+    KERAS_BACKEND=tensorflow python tests/distributed_worker.py OUT.npz pgd_at+rpat --strategy mirrored --cpus 2
+    TF_CONFIG=... KERAS_BACKEND=tensorflow python tests/distributed_worker.py OUT.npz pgd_at+rpat --strategy multiworker
 
 A run is `method[:dtype[:path]]`, path `fast` (default) or `keras`.
 
@@ -54,17 +56,24 @@ class Batches(keras.utils.PyDataset):
         return self.x[index], self.y[index]
 
 
-def train(method, sync_batchnorm, fast_path, dtype="float32"):
-    """Trains `method` for `STEPS` steps; returns `{name: array}` of variables and logs."""
+def train(method, sync_batchnorm, fast_path, dtype="float32", strategy=None):
+    """Trains `method` for `STEPS` steps (built in `strategy`'s scope, if given);
+    returns `{name: array}` of variables and logs."""
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(dtype)
     preset = keras_rpat.presets.get(method)
     attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": ATTACK_STEPS, "seed": 1})
-    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
-    trainer = preset.build_trainer(
-        model, attack=attack, seed=2, sync_batchnorm=sync_batchnorm, fast_path=fast_path, track_clean_accuracy=True
-    )
-    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.05, momentum=0.9, weight_decay=5e-4))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+        trainer = preset.build_trainer(
+            model,
+            attack=attack,
+            seed=2,
+            sync_batchnorm=sync_batchnorm,
+            fast_path=fast_path,
+            track_clean_accuracy=True,
+        )
+        trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.05, momentum=0.9, weight_decay=5e-4))
     initial = {f"{method}/initial/{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.trainable_weights}
     history = trainer.fit(Batches(), epochs=1, verbose=0, shuffle=False)
     out = dict(initial)
@@ -156,18 +165,29 @@ def main():
     parser.add_argument("out")
     parser.add_argument("runs", nargs="+", help="method[:dtype[:path]]")
     parser.add_argument("--no-sync-batchnorm", action="store_true")
+    parser.add_argument("--strategy", choices=["mirrored", "multiworker"], help="tensorflow: a tf.distribute strategy")
+    parser.add_argument("--cpus", type=int, default=1, help="tensorflow: logical CPU devices (for mirrored)")
     args = parser.parse_args()
+    strategy = None
+    if args.strategy is not None:
+        import tensorflow as tf
+
+        if args.cpus > 1:  # before TensorFlow initialises its devices
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpus)
+        strategy = keras_rpat.backend.initialize_distributed(strategy=args.strategy).strategy
     results = {}
     for run in args.runs:
         method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
-        results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype))
+        results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype, strategy))
     keras.config.set_dtype_policy("float32")
     job = keras_rpat.backend.distributed_context()
-    state_path = None if job is None else f"{args.out}.aa_state{job.rank}.json"  # a file per rank, as the CLI's
-    results.update(evaluate(state_path))
-    if job is not None:
-        results.update(resumed_autoattack(state_path))
-        results.update(shared_folders(args.out))
+    if strategy is None:  # the evaluation checks are torchrun's
+        state_path = None if job is None else f"{args.out}.aa_state{job.rank}.json"  # a file per rank, as the CLI's
+        results.update(evaluate(state_path))
+        if job is not None:
+            results.update(resumed_autoattack(state_path))
+            results.update(shared_folders(args.out))
     if job is None or job.is_primary:
         np.savez(args.out, **results)
 

@@ -1,9 +1,13 @@
-"""Data-parallel training and evaluation (torch.distributed under torchrun): 2 ranks equal 1 process.
+"""Data-parallel training and evaluation: 2 ranks x B/2 equal 1 process x B (torch.distributed
+under torchrun), 2 replicas x B/2 equal 1 device x B (tf.distribute on tensorflow).
 
 The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: training
 steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
-test process computes the one-process references. The smoke recipe killed and
-re-run (tests/distributed_cli.py) costs two jobs more: the dearest test here.
+test process computes the one-process references; so do the tensorflow jobs (2
+logical CPU devices must be set before TensorFlow initialises, hence a process of
+their own; 2 workers of a MultiWorkerMirroredStrategy on localhost). The smoke
+recipe killed and re-run (tests/distributed_cli.py) costs two jobs more: the
+dearest test here.
 """
 
 import json
@@ -38,6 +42,10 @@ else:
 # float32, 1e-7 in float64). The lowered model keeps float32 inputs, hence
 # the Keras path for float64.
 RUNS = ["pgd_at+rpat", "trades+rpat:float64:keras"]
+# tensorflow: the same two (the path is torch's); the multi-worker smoke runs the first.
+TF_RUNS = ["pgd_at+rpat", "trades+rpat:float64"]
+
+tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
 
 
 def _free_port():
@@ -62,51 +70,129 @@ def _start_torchrun(args, nproc=2, stdout=subprocess.DEVNULL):
     return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
-class _Job:
-    """The torchrun job, started once; its results are read when a test first needs them
-    (the one-process references are computed meanwhile)."""
+def _start_tf_worker(out, runs, *options, tf_config=None):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    command = [sys.executable, HERE / "distributed_worker.py", out, *runs, *options]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    def __init__(self, out):
+
+class _Job:
+    """A data-parallel job (its processes), started once; its results (the chief's file) are
+    read when a test first needs them (the one-process references are computed meanwhile)."""
+
+    def __init__(self, out, processes):
         self.out = out
-        self.process = _start_torchrun([HERE / "distributed_worker.py", out, *RUNS])
+        self.processes = processes
         self.results = None
 
     def wait(self):
         if self.results is None:
-            _, stderr = self.process.communicate(timeout=300)
-            assert self.process.returncode == 0, stderr[-4000:]
+            for process in self.processes:
+                _, stderr = process.communicate(timeout=300)
+                assert process.returncode == 0, stderr[-4000:]
             self.results = dict(np.load(self.out))
         return self.results
+
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    job = _Job(tmp_path_factory.mktemp("ddp") / "two.npz")
+    out = tmp_path_factory.mktemp("ddp") / "two.npz"
+    job = _Job(out, [_start_torchrun([HERE / "distributed_worker.py", out, *RUNS])])
     yield job
-    if job.process.poll() is None:
-        job.process.kill()
-        job.process.communicate()
+    job.stop()
 
 
-@torch_only
-@pytest.mark.parametrize("run", RUNS)
-def test_two_ranks_take_the_one_process_steps(two_ranks, run):
-    method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
-    one = distributed_worker.train(method, sync_batchnorm=False, fast_path=path == "fast", dtype=dtype)
-    import keras
+@pytest.fixture(scope="module")
+def two_replicas(tmp_path_factory):
+    """MirroredStrategy over 2 logical CPU devices, sync BatchNorm, both TF_RUNS."""
+    out = tmp_path_factory.mktemp("mirrored") / "two.npz"
+    job = _Job(out, [_start_tf_worker(out, TF_RUNS, "--strategy", "mirrored", "--cpus", "2")])
+    yield job
+    job.stop()
 
-    keras.config.set_dtype_policy("float32")
-    two_ranks = two_ranks.wait()
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """MultiWorkerMirroredStrategy: 2 worker processes (one CPU device each) on localhost ports."""
+    folder = tmp_path_factory.mktemp("multiworker")
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    processes = [
+        _start_tf_worker(
+            folder / f"worker{i}.npz",
+            TF_RUNS[:1],
+            "--strategy",
+            "multiworker",
+            tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}},
+        )
+        for i in range(2)
+    ]
+    job = _Job(folder / "worker0.npz", processes)
+    yield job
+    job.stop()
+
+
+_ONE_PROCESS = {}
+
+
+def _one_process(run):
+    """The one-process (one-device) run of `run`, computed once per module."""
+    if run not in _ONE_PROCESS:
+        import keras
+
+        method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
+        _ONE_PROCESS[run] = distributed_worker.train(
+            method, sync_batchnorm=False, fast_path=path == "fast", dtype=dtype
+        )
+        keras.config.set_dtype_policy("float32")
+    return _ONE_PROCESS[run]
+
+
+def _assert_same_steps(one, many, method):
+    """Every variable (BatchNorm statistics, teacher) and logged metric of `method` agree to 1e-5."""
     names = [k for k in one if k.startswith(f"{method}/")]
     assert any("/moving_variance" in k for k in names) and any("/log/loss" in k for k in names)
     for name in names:
-        want, got = np.asarray(one[name], np.float64), np.asarray(two_ranks[name], np.float64)
+        want, got = np.asarray(one[name], np.float64), np.asarray(many[name], np.float64)
         assert want.shape == got.shape, name
         scale = max(np.max(np.abs(want)), 1e-3)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg=name)
     # The steps did move the weights (a test that cannot fail is a defect).
     kernel = f"{method}/var/conv1/kernel"
     assert np.max(np.abs(one[kernel] - one[f"{method}/initial/conv1/kernel"])) > 1e-3
+
+
+@torch_only
+@pytest.mark.parametrize("run", RUNS)
+def test_two_ranks_take_the_one_process_steps(two_ranks, run):
+    _assert_same_steps(_one_process(run), two_ranks.wait(), run.split(":")[0])
+
+
+@tensorflow_only
+@pytest.mark.parametrize("run", TF_RUNS)
+def test_two_mirrored_replicas_take_the_one_device_steps(two_replicas, run):
+    _assert_same_steps(_one_process(run), two_replicas.wait(), run.split(":")[0])
+
+
+# Two more TensorFlow processes (~35 s of CPU): over make test's budget, so asked for by name.
+MULTIWORKER = os.environ.get("KERAS_RPAT_TEST_MULTIWORKER") == "1"
+
+
+@tensorflow_only
+@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, ~35 s CPU)")
+def test_two_workers_take_the_one_device_steps(two_workers):
+    """MultiWorkerMirroredStrategy (TF_CONFIG, 2 processes): the chief's file has the one-device
+    steps; the other worker writes none."""
+    _assert_same_steps(_one_process(TF_RUNS[0]), two_workers.wait(), TF_RUNS[0].split(":")[0])
+    assert not os.path.exists(str(two_workers.out).replace("worker0", "worker1"))
 
 
 @torch_only
@@ -293,24 +379,95 @@ def test_rank_folders():
     assert launch.rank_folder("runs/x/", 3) == os.path.join("runs", ".x.rank3")
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is the tensorflow backend's")
-def test_tf_distribute_strategy_is_refused_with_the_fix():
+@tensorflow_only
+def test_tf_replica_rows_tile_the_batch_and_keep_two_view_pairs():
+    from keras_rpat.backend import tensorflow_distributed
+
+    rows = [tensorflow_distributed.shard_rows(7, r, 2).numpy().tolist() for r in range(2)]
+    assert rows == [[0, 1, 2, 3], [4, 5, 6]]
+    pairs = [tensorflow_distributed.shard_rows(8, r, 2, groups=2).numpy().tolist() for r in range(2)]
+    assert pairs == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+@tensorflow_only
+def test_tf_each_replica_draws_its_rows_of_the_one_device_noise():
     import keras
     import tensorflow as tf
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:  # 2 logical CPU devices (possible only before TensorFlow initialises its devices)
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    except RuntimeError:
-        pass
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("TensorFlow initialised one CPU device before this test")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-    with strategy.scope():
-        model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
-        trainer = keras_rpat.RPATTrainer(model, attack=keras_rpat.attacks.PGD(num_steps=1))
-        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
-    x = np.zeros((4, 8, 8, 3), "float32")
-    with pytest.raises(NotImplementedError, match="torchrun --nproc_per_node"):
-        trainer.fit(x, np.zeros(4, "int64"), batch_size=4, epochs=1, verbose=0)
+    from keras_rpat.backend import tensorflow_distributed
+
+    draws = []
+    for rows in ([0, 1, 2], [3, 4, 5]):
+        seed = keras.random.SeedGenerator(5)
+        shard = tensorflow_distributed.Shard(tf.constant(rows), tf.constant(6), sync_batchnorm=False)
+        with tensorflow_distributed.shard_scope(shard):
+            draws.append(keras.ops.convert_to_numpy(keras_rpat.backend.random_uniform((3, 2), seed=seed)))
+    whole = keras.ops.convert_to_numpy(keras_rpat.backend.random_uniform((6, 2), seed=keras.random.SeedGenerator(5)))
+    np.testing.assert_array_equal(np.concatenate(draws), whole)
+    assert not np.array_equal(draws[0], draws[1])
+
+
+@tensorflow_only
+def test_tf_sync_batchnorm_without_a_strategy_names_the_fix():
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="sync_batchnorm=True.*tf.distribute strategy's scope"):
+        trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
+
+
+def test_a_batch_the_devices_cannot_split_names_a_batch_size(monkeypatch):
+    """The check in `fit` (both backends): a job of 2 devices and a global batch of 7."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class TwoDevices:
+        world_size: int = 2
+
+    monkeypatch.setattr(keras_rpat.backend, "initialize_distributed", lambda *args, **kwargs: TwoDevices())
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+    trainer = keras_rpat.RPATTrainer(model)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    x, y = np.zeros((7, 8, 8, 3), "float32"), np.zeros(7, "int64")
+    with pytest.raises(ValueError, match="batch of 7 images does not split over 2 devices.*multiple of 2 \\(e.g. 6\\)"):
+        trainer.fit(x, y, batch_size=7, epochs=1, verbose=0)
+
+
+_SMOKE_TRAIN = ["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke"]
+
+
+@torch_only
+def test_cli_strategy_on_torch_names_torchrun(tmp_path):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    result = invoke(main, [*_SMOKE_TRAIN, "--strategy", "mirrored", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "--strategy mirrored is tf.distribute's" in result.output and "torchrun" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@tensorflow_only
+@pytest.mark.parametrize(
+    "tf_config, options, message",
+    [
+        ("{not json", [], "TF_CONFIG is not JSON"),
+        ('{"cluster": {}}', ["--strategy", "multiworker"], "TF_CONFIG needs a cluster with workers"),
+        (None, ["--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG"),
+        (None, ["--sync-batchnorm"], "--sync-batchnorm needs a data-parallel job.*--strategy mirrored"),
+    ],
+)
+def test_cli_tf_distribute_mistakes_name_the_fix(tf_config, options, message, tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    result = invoke(main, [*_SMOKE_TRAIN, *options, "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output, re.S), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

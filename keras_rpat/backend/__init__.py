@@ -48,13 +48,15 @@ def train_step(trainer, data):
     return get_backend().train_step(trainer, data)
 
 
-def initialize_distributed():
-    """Joins the data-parallel job this process was launched in (`torchrun`).
+def initialize_distributed(owner=None, strategy=None):
+    """Joins the data-parallel job this process runs in: `torchrun`'s on torch; on
+    tensorflow the strategy `owner` (a model) was built under, the current one, or
+    a new one named by `strategy` (`"mirrored"`, `"multiworker"`; the CLI's `--strategy`).
 
-    Returns its context (`rank`, `world_size`, `local_rank`, `backend`,
-    `is_primary`), or `None` for a process that runs alone.
+    Returns its context (`rank`, `world_size`: ranks or replicas, `local_rank`,
+    `backend`, `is_primary`), or `None` for a process that runs alone.
     """
-    return get_backend().initialize_distributed()
+    return get_backend().initialize_distributed(owner, strategy)
 
 
 def distributed_context():
@@ -89,6 +91,13 @@ def from_primary(value):
 def share_folder(folder):
     """Makes `folder` (its files) on every rank of the job a copy of rank 0's; nothing for a process alone."""
     return get_backend().share_folder(folder)
+
+
+def replica_share(x):
+    """A context for a step on the batch `x` of one tf.distribute replica: yields the
+    replica's share of the global batch (`rows / batch`), and random draws inside
+    are its rows of the one-device draw. Yields `1.0` elsewhere."""
+    return get_backend().replica_share(x)
 
 
 def synchronized_moments(x, axes):

@@ -4,6 +4,8 @@ import contextlib
 
 import tensorflow as tf
 
+from keras_rpat.backend import tensorflow_distributed
+
 
 def input_gradient(loss_fn, x):
     x = tf.stop_gradient(x)
@@ -30,15 +32,9 @@ def assign_moving_average(targets, sources, decay):
 
 
 def train_step(trainer, data):
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-        # The hand-written loss terms would be summed over replicas unscaled, and
-        # every replica would draw the same random starts: refuse rather than train wrong.
-        raise NotImplementedError(
-            f"RPATTrainer does not support tf.distribute yet (a strategy with {replicas} replicas is active). "
-            "Train data-parallel on the torch backend (KERAS_BACKEND=torch, `torchrun --nproc_per_node=N ...`), "
-            "or build and fit the trainer outside the strategy's scope."
-        )
+    logs = tensorflow_distributed.train_step(trainer, data)  # several replicas: their rows of the batch
+    if logs is not None:
+        return logs
     x, y, sample_weight = trainer._unpack(data)
     # The attack and the teacher run before the tape opens, so the tape records
     # only the training forward passes.
@@ -53,16 +49,17 @@ def train_step(trainer, data):
     return trainer._update_metrics(y, total, terms, views, sample_weight)
 
 
-def initialize_distributed():
-    # tf.distribute strategies are not wired in yet: one replica.
-    return None
+def initialize_distributed(owner=None, strategy=None):
+    return tensorflow_distributed.initialize(strategy, owner)
 
 
 def distributed_context():
-    return None
+    return tensorflow_distributed.context()
 
 
 def evaluation_rows(size):
+    # Evaluations run eagerly in cross-replica context, on the first device, over
+    # the whole batch: the one-device numbers (every worker computes them).
     return contextlib.nullcontext()
 
 
@@ -71,6 +68,7 @@ def gather_rows(values, rows, size):
 
 
 def check_same_on_all_ranks(value, what, *fix):
+    # One command line starts every worker's copy (TF_CONFIG aside); nothing to compare.
     return None
 
 
@@ -82,8 +80,12 @@ def share_folder(folder):
     return None
 
 
+def replica_share(x):
+    return tensorflow_distributed.replica_share(x)
+
+
 def synchronized_moments(x, axes):
-    return None
+    return tensorflow_distributed.synchronized_moments(x, axes)
 
 
 def lowered_models(trainer):
@@ -98,13 +100,17 @@ def inference_model(model, enabled=True):
 def random_uniform(shape, minval, maxval, dtype, seed):
     import keras
 
-    return keras.random.uniform(shape, minval=minval, maxval=maxval, dtype=dtype, seed=seed)
+    return tensorflow_distributed.global_draw(
+        lambda s: keras.random.uniform(s, minval=minval, maxval=maxval, dtype=dtype, seed=seed), shape
+    )
 
 
 def random_normal(shape, mean, stddev, dtype, seed):
     import keras
 
-    return keras.random.normal(shape, mean=mean, stddev=stddev, dtype=dtype, seed=seed)
+    return tensorflow_distributed.global_draw(
+        lambda s: keras.random.normal(s, mean=mean, stddev=stddev, dtype=dtype, seed=seed), shape
+    )
 
 
 def random_beta(concentration1, concentration0, dtype, seed):

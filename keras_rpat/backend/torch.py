@@ -1,5 +1,7 @@
 """PyTorch implementations of the backend hooks (see `keras_rpat.backend`)."""
 
+import contextlib
+
 import torch
 from keras.src.backend.torch.core import get_device
 
@@ -72,7 +74,13 @@ def _backward_gradients(loss, variables):
     return [v.value.grad for v in variables]
 
 
-def initialize_distributed():
+def initialize_distributed(owner=None, strategy=None):
+    if strategy is not None:
+        raise torch_distributed.DistributedError(
+            f"strategy={strategy!r} names a tf.distribute strategy, which runs on the tensorflow backend only "
+            "(KERAS_BACKEND=tensorflow). On torch, launch one process per device with "
+            "`torchrun --nproc_per_node=N ...` instead."
+        )
     return torch_distributed.initialize()
 
 
@@ -98,6 +106,12 @@ def from_primary(value):
 
 def share_folder(folder):
     return torch_distributed.share_folder(folder)
+
+
+@contextlib.contextmanager
+def replica_share(x):
+    # torchrun ranks evaluate whole batches in `evaluate()`: the one-process step.
+    yield 1.0
 
 
 def synchronized_moments(x, axes):

@@ -1,10 +1,13 @@
-"""Joining a data-parallel job from the CLI (`torchrun ... -m keras_rpat.cli train|recipe`).
+"""Joining a data-parallel job from the CLI: `torchrun ... -m keras_rpat.cli train|recipe` on
+torch, `--strategy mirrored|multiworker` (or `TF_CONFIG`) on tensorflow.
 
-Every rank runs the whole command on the same data; the training steps are
-data-parallel (`keras_rpat.backend.torch_distributed`), so every rank computes
-the same weights, metrics and evaluations. Rank 0 writes into `--out` and
-prints; rank `r > 0` stays silent and keeps its copy of the files in the
-sibling folder `.<out>.rank<r>` (what it resumes from after an interruption).
+Every rank (torch process, or tf.distribute worker) runs the whole command on
+the same data; the training steps are data-parallel
+(`keras_rpat.backend.torch_distributed`, `keras_rpat.backend.tensorflow_distributed`),
+so every rank computes the same weights, metrics and evaluations. Rank 0 (the
+chief) writes into `--out` and prints; rank `r > 0` stays silent and keeps its
+copy of the files in the sibling folder `.<out>.rank<r>` (what it resumes
+from after an interruption).
 """
 
 import dataclasses
@@ -12,17 +15,37 @@ import os
 
 import click
 
+from keras_rpat import _names
 from keras_rpat.cli import options as opt
 
-__all__ = ["Launch", "join", "sync_batchnorm_option"]
+__all__ = ["Launch", "data_parallel_options", "join"]
+
+# The --strategy of the command being run (set by its callback on every invocation).
+_REQUESTED = {"strategy": None}
 
 
-def sync_batchnorm_option():
-    return click.option(
+def _remember_strategy(ctx, param, value):
+    _REQUESTED["strategy"] = value
+    return value
+
+
+def data_parallel_options():
+    """`--sync-batchnorm` and `--strategy` (read by `join`)."""
+    sync = click.option(
         "--sync-batchnorm",
         is_flag=True,
-        help="Under torchrun: BatchNorm statistics over the global batch (N devices x B/N = 1 device x B).",
+        help="In a data-parallel job: BatchNorm statistics over the global batch (N devices x B/N = 1 device x B).",
     )
+    strategy = click.option(
+        "--strategy",
+        type=click.Choice(_names.TF_STRATEGIES),
+        default=None,
+        expose_value=False,
+        callback=_remember_strategy,
+        help="tensorflow: train with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
+        "TF_CONFIG (the default when TF_CONFIG is set). On torch, launch with torchrun instead.",
+    )
+    return lambda f: sync(strategy(f))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +81,40 @@ def join(out, sync_batchnorm, config, batch_size):
     every rank, and the global `batch_size` must split evenly over them.
     Called when a run starts: it loads Keras and the backend.
     """
+    import keras
+
     from keras_rpat import backend as rpat_backend
     from keras_rpat import trainer as trainer_lib
 
+    strategy = _REQUESTED["strategy"]
+    tensorflow = keras.config.backend() == "tensorflow"
+    if strategy is not None and not tensorflow:
+        raise click.UsageError(
+            f"--strategy {strategy} is tf.distribute's, for the tensorflow backend (KERAS_BACKEND=tensorflow). "
+            f"On {keras.config.backend()}, launch one process per device with "
+            "`torchrun --nproc_per_node=N -m keras_rpat.cli ...` and drop --strategy."
+        )
+    if strategy is None and tensorflow and os.environ.get("TF_CONFIG", "").strip():
+        strategy = "multiworker"
     try:
-        job = rpat_backend.initialize_distributed()
+        job = rpat_backend.initialize_distributed(strategy=strategy)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if job is None:
         if sync_batchnorm:
+            how = (
+                "--strategy mirrored on a host with several GPUs, or several hosts with TF_CONFIG"
+                if tensorflow
+                else "`torchrun --nproc_per_node=N -m keras_rpat.cli ...`"
+            )
             raise click.UsageError(
-                "--sync-batchnorm needs a data-parallel job, but this command runs in one process. Launch it with "
-                "`torchrun --nproc_per_node=N -m keras_rpat.cli ...`, or drop --sync-batchnorm."
+                "--sync-batchnorm needs a data-parallel job, but this command runs on one device. "
+                f"Launch it with {how}, or drop --sync-batchnorm."
             )
         return Launch(out)
     if batch_size % job.world_size:
         raise click.UsageError(
-            f"--batch-size {batch_size} (the global batch) does not split over {job.world_size} ranks. Pick a "
+            f"--batch-size {batch_size} (the global batch) does not split over {job.world_size} devices. Pick a "
             f"multiple of {job.world_size}, e.g. --batch-size {max(job.world_size, batch_size - batch_size % job.world_size)}."
         )
     trainer_lib.set_sync_batchnorm_default(bool(sync_batchnorm))

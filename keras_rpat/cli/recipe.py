@@ -106,7 +106,7 @@ def recipe_run_options(f):
             click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
             opt.checkpoint_every_option(),
             opt.tensorboard_option(),
-            launch_lib.sync_batchnorm_option(),
+            launch_lib.data_parallel_options(),
             opt.verbose_level_option(),
         ],
         f,

@@ -119,7 +119,7 @@ def _method_options(f):
 @click.option(
     "--overwrite", is_flag=True, help="Replace a run folder of another configuration (and re-run from scratch)."
 )
-@launch_lib.sync_batchnorm_option()
+@launch_lib.data_parallel_options()
 @opt.checkpoint_every_option()
 @opt.tensorboard_option()
 @opt.verbose_level_option()

@@ -1,0 +1,340 @@
+"""Data-parallel training under `tf.distribute` (`MirroredStrategy`, `MultiWorkerMirroredStrategy`).
+
+Keras 3 already runs `train_step` once per replica inside `strategy.run` and
+sums the gradients over the replicas in the optimiser. What it leaves to the
+step (and what this module adds) is what makes N replicas x B/N take the step
+of one device x B, the same rules as `torch_distributed`:
+
+- Keras hands every replica a contiguous block of the global batch, in
+  replica order: its rows. Two-view batches are reassembled and re-split,
+  one part of each half per replica, so that pairs stay pairs.
+- Each replica's loss is its mean over its rows weighted by `rows / batch`, so
+  the optimiser's sum over replicas is the one-device batch mean (Keras' own
+  `scale_loss_for_distribution` divides by the replica count; ours are
+  hand-written `ops.mean`s).
+- Random starts: a per-sample draw is made for the global batch from the
+  shared seed state and each replica keeps its rows (replicas draw different
+  starts, reproducible per seed, and the run does not depend on N).
+- With `sync_batchnorm`, BatchNorm's batch mean and variance are taken over the
+  global batch (two passes, differentiable all-reduces in replica context).
+  Without it each replica normalises with its own rows, and the float
+  non-trainable variables (moving statistics, the WA teacher) are averaged
+  over the replicas after every step: Keras' variables have no aggregation, so
+  each replica would otherwise keep its own.
+- The step's metric sums are all-reduced before the trackers see them, so every
+  replica logs the one-device numbers.
+
+`MirroredStrategy` runs its replicas in threads: the shard is thread-local.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import threading
+
+import tensorflow as tf
+
+from keras_rpat import _names
+
+_STATE = {"context": None}
+_LOCAL = threading.local()
+
+
+class DistributedError(ValueError):
+    """A data-parallel job that cannot run as configured (the message says how to fix it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """A strategy with several replicas: this worker's `rank` (0 is the chief) and the replica count."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    strategy: object = dataclasses.field(compare=False, repr=False)
+
+    @property
+    def is_primary(self):
+        return self.rank == 0
+
+
+# ---------------------------------------------------------------------------- the strategy
+def tf_config():
+    """The parsed `TF_CONFIG` (`{}` when unset); a `DistributedError` naming the fix when malformed."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return {}
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DistributedError(f"TF_CONFIG is not JSON ({e}). Received: TF_CONFIG={raw!r}. {_TF_CONFIG_EXAMPLE}")
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    workers = cluster.get("worker") if isinstance(cluster, dict) else None
+    if not workers or not isinstance(task, dict) or task.get("type") not in cluster or "index" not in task:
+        raise DistributedError(
+            f"TF_CONFIG needs a cluster with workers and this process's task (type and index). "
+            f"Received: TF_CONFIG={raw!r}. {_TF_CONFIG_EXAMPLE}"
+        )
+    return config
+
+
+_TF_CONFIG_EXAMPLE = (
+    'Example for worker 0 of two: TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}\' (index 1 on the other host).'
+)
+
+
+def make_strategy(name):
+    """A new strategy: `"mirrored"` (this host's GPUs, else its logical CPU devices) or
+    `"multiworker"` (the cluster `TF_CONFIG` describes)."""
+    if name not in _names.TF_STRATEGIES:
+        raise DistributedError(f"Unknown strategy {name!r}. Expected one of {_names.TF_STRATEGIES}.")
+    if name == "multiworker":
+        if not tf_config():
+            raise DistributedError(
+                "--strategy multiworker needs TF_CONFIG (the cluster and this worker's task) in the environment. "
+                f"{_TF_CONFIG_EXAMPLE} For one host use --strategy mirrored."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def context_of(strategy):
+    """The `Context` of `strategy`, or `None` for one replica."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas <= 1:
+        return None
+    rank, kind = 0, "mirrored"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        kind = "multiworker"
+        resolver = strategy.cluster_resolver
+        if resolver.task_type == "chief":
+            rank = 0
+        else:
+            has_chief = "chief" in resolver.cluster_spec().as_dict()
+            rank = int(resolver.task_id) + int(has_chief)
+    return Context(rank, replicas, 0, kind, strategy)
+
+
+def initialize(strategy=None, owner=None):
+    """The data-parallel `Context` of this process, or `None` for one replica.
+
+    `strategy` (a name of `_names.TF_STRATEGIES`) makes that strategy and sets it as the
+    process's current one (the CLI). Otherwise the strategy is `owner`'s (a
+    Keras model built in a strategy's scope) or the current one.
+    """
+    if strategy is not None:
+        if _STATE["context"] is None or _STATE["context"].backend != strategy:
+            made = context_of(make_strategy(strategy))
+            if made is not None:  # one replica: nothing to distribute
+                tf.distribute.experimental_set_strategy(made.strategy)
+            _STATE["context"] = made
+        return _STATE["context"]
+    if _STATE["context"] is not None:
+        return _STATE["context"]
+    if owner is not None and getattr(owner, "distribute_strategy", None) is not None:
+        return context_of(owner.distribute_strategy)
+    return context_of(tf.distribute.get_strategy())
+
+
+def context():
+    """The `Context` of the strategy the CLI set, else of the current strategy (`None` for one replica)."""
+    return _STATE["context"] or context_of(tf.distribute.get_strategy())
+
+
+def shutdown():
+    """Drops the strategy `initialize(strategy=...)` set (end of a job, tests)."""
+    if _STATE["context"] is not None:
+        tf.distribute.experimental_set_strategy(None)
+    _STATE["context"] = None
+
+
+# ---------------------------------------------------------------------------- the batch
+@dataclasses.dataclass
+class Shard:
+    """This replica's `rows` (a tensor) of one global batch of `size` rows (a tensor)."""
+
+    rows: object
+    size: object
+    sync_batchnorm: bool
+
+
+def shard_rows(size, replica, replicas, groups=1):
+    """The rows of a `size`-row batch that `replica` trains on (int32 tensor).
+
+    The rule of `torch_distributed.shard_rows`, in TensorFlow ops (the batch
+    size may be known only when the step runs): `groups` equal blocks, each
+    split into `replicas` contiguous parts, the first `block % replicas` one
+    row longer; the replica takes its part of every block.
+    """
+    size = tf.cast(size, tf.int32)
+    block = size // groups
+    base, extra = block // replicas, block % replicas
+    start = replica * base + tf.minimum(replica, extra)
+    length = base + tf.cast(replica < extra, tf.int32)
+    part = start + tf.range(length)
+    return tf.concat([g * block + part for g in range(groups)], axis=0)
+
+
+@contextlib.contextmanager
+def shard_scope(shard):
+    previous = getattr(_LOCAL, "shard", None)
+    _LOCAL.shard = shard
+    try:
+        yield shard
+    finally:
+        _LOCAL.shard = previous
+
+
+def current_shard():
+    return getattr(_LOCAL, "shard", None)
+
+
+def global_draw(draw, shape):
+    """`draw(shape)` inside a shard: drawn for the global batch, this replica's rows kept."""
+    shard = current_shard()
+    if shard is None or len(shape) == 0:
+        return draw(shape)
+    return tf.gather(draw((shard.size, *shape[1:])), shard.rows)
+
+
+def _replica_rows(replica, x, y, sample_weight, groups):
+    """This replica's rows of the global batch: `(x, y, sample_weight, rows, size)`.
+
+    Keras hands replica `r` the `r`-th contiguous block of the global batch,
+    which is its `shard_rows` when `groups == 1`. Two-view batches are
+    reassembled first (a sum of zero-padded blocks: exact, and an all-reduce
+    rather than an all-gather, which MultiWorkerMirroredStrategy 2.21 refuses
+    in replica context) and re-sharded so that pairs stay on one replica.
+    """
+    replicas = replica.num_replicas_in_sync
+    index = replica.replica_id_in_sync_group
+    local = tf.shape(x)[0]
+    counts = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.one_hot(index, replicas) * tf.cast(local, tf.float32))
+    counts = tf.cast(tf.round(counts), tf.int32)
+    size = tf.reduce_sum(counts)
+    offset = tf.reduce_sum(counts[:index])
+    block = offset + tf.range(local)
+    if groups == 1:
+        return x, y, sample_weight, block, size
+
+    def whole(values):
+        if values is None:
+            return None
+        dtype = values.dtype
+        padded = tf.scatter_nd(
+            block[:, None], tf.cast(values, tf.float64), tf.concat([[size], tf.shape(values)[1:]], 0)
+        )
+        return tf.cast(replica.all_reduce(tf.distribute.ReduceOp.SUM, padded), dtype)
+
+    rows = shard_rows(size, index, replicas, groups)
+    x, y, sample_weight = (None if v is None else tf.gather(whole(v), rows) for v in (x, y, sample_weight))
+    return x, y, sample_weight, rows, size
+
+
+def train_step(trainer, data):
+    """One step of `trainer` on this replica's rows (inside `strategy.run`); `None` for one replica."""
+    replica = tf.distribute.get_replica_context()
+    replicas = replica.num_replicas_in_sync if replica is not None else 1
+    if replicas == 1:
+        return None
+    x, y, sample_weight = trainer._unpack(data)
+    x, y, sample_weight, rows, size = _replica_rows(replica, x, y, sample_weight, trainer.batch_groups())
+    share = _share_of_batch(tf.shape(rows)[0], size, replicas)
+    variables = trainer.trainable_weights
+    with shard_scope(Shard(rows, size, trainer.sync_batchnorm)):
+        # The attack and the teacher run before the tape opens.
+        x_adv, static_views = trainer._pre_gradient_views(x, y)
+        with tf.GradientTape() as tape:
+            total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight, share)
+            scaled = trainer.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables)
+        # `total` and `terms` are already this replica's shares: weight 1.
+        sums, layout = trainer.metric_sums(y, total, terms, views, 1.0)
+        sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        trainer.optimizer.apply(gradients, variables)  # sums the gradients over the replicas
+        trainer._after_update(x)
+    if not trainer.sync_batchnorm:
+        average_variables(replica, trainer.non_trainable_weights)
+    logs = trainer.update_metrics_from_sums(sums, layout)
+    if _multi_worker(tf.distribute.get_strategy()):
+        # Keras 3.15 averages the step's logs over workers with `strategy.reduce(..., axis=0)`,
+        # which needs an axis: give each log one (the average of equal values is the value).
+        logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
+def _multi_worker(strategy):
+    in_cluster = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and in_cluster()
+
+
+@contextlib.contextmanager
+def replica_share(x):
+    """This replica's share of the global batch `x` belongs to (`rows / batch`), with its
+    rows as the shard of random draws (`trainer.test_step`); `1.0` for one replica."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        yield 1.0
+        return
+    _, _, _, rows, size = _replica_rows(replica, x, None, None, groups=1)
+    with shard_scope(Shard(rows, size, sync_batchnorm=False)):
+        yield tf.cast(tf.shape(rows)[0], tf.float32) / tf.cast(size, tf.float32)
+
+
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
+def _share_of_batch(rows, size, replicas):
+    """`share(loss, value)`: a replica's loss value as its share of the one-device value.
+
+    The optimiser sums the replicas' gradients, so a batch mean enters as
+    `local mean * rows / size`. Keras' `Loss.__call__` already multiplies a
+    mean by `1 / replicas` under a strategy (`scale_loss_for_distribution`),
+    which is right only when every replica has `size / replicas` rows: undo it
+    and weight by the rows. A summed loss (`reduction="sum"`) is its own share.
+    """
+    factor = tf.cast(replicas, tf.float64) * tf.cast(rows, tf.float64) / tf.cast(size, tf.float64)
+
+    def share(loss, value):
+        if loss.reduction not in _MEAN_REDUCTIONS:
+            return value
+        return value * tf.cast(factor, value.dtype)
+
+    return share
+
+
+def average_variables(replica, variables):
+    """Replaces float `variables` (moving statistics, the teacher) by their mean over the replicas."""
+    floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+    if not floats:
+        return
+    means = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in floats])
+    for v, mean in zip(floats, means):
+        v.assign(mean)
+
+
+# ---------------------------------------------------------------------------- BatchNorm
+def synchronized_moments(x, axes):
+    """Batch mean and (biased) variance over the global batch, and the count, or `None`.
+
+    Two passes, as one device computes them; differentiable (the replica
+    context's all-reduce sums the gradients back).
+    """
+    shard = current_shard()
+    if shard is None or not shard.sync_batchnorm:
+        return None
+    replica = tf.distribute.get_replica_context()
+    axes = [a % len(x.shape) for a in axes]
+    count = tf.cast(shard.size, x.dtype)
+    for a in axes:
+        if a != 0:
+            count = count * tf.cast(tf.shape(x)[a], x.dtype)
+    mean = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x, axis=axes)) / count
+    keep = [1 if a in axes else -1 for a in range(len(x.shape))]
+    centered = x - tf.reshape(mean, keep)
+    variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(centered), axis=axes)) / count
+    return mean, variance, count
