@@ -476,29 +476,23 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             out["trainer"] = trainer_generator
         return out
 
-    @staticmethod
-    def _backend_hooks():
-        module = rpat_backend.get_backend()
-        get, put = getattr(module, "get_random_state", None), getattr(module, "set_random_state", None)
-        return (get, put) if get is not None and put is not None else (None, None)
-
     def _random_state(self):
-        get, _ = self._backend_hooks()
         state = {"variables": {}, "backend": {}}
         for name, generator in self._generators().items():
-            state["variables"][name] = keras.ops.convert_to_numpy(generator.state.value).tolist()
-            if get is not None:
-                state["backend"][name] = get(generator)
+            one = rpat_backend.get_generator_state(generator)
+            state["variables"][name] = one["variable"]
+            if "backend" in one:
+                state["backend"][name] = one["backend"]
         return state
 
     def _set_random_state(self, state):
-        _, put = self._backend_hooks()
         for name, generator in self._generators().items():
+            one = {}
             if name in state.get("variables", {}):
-                value = keras.ops.convert_to_tensor(state["variables"][name], dtype=generator.state.dtype)
-                generator.state.assign(value)
-            if put is not None and name in state.get("backend", {}):
-                put(generator, state["backend"][name])
+                one["variable"] = state["variables"][name]
+            if name in state.get("backend", {}):
+                one["backend"] = state["backend"][name]
+            rpat_backend.set_generator_state(generator, one)
 
     def _metric_states(self):
         return [
