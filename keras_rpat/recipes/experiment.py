@@ -460,7 +460,9 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
         initial_epoch, initial_batch = int(meta.get("epoch", 0)), int(meta.get("batch", 0))
         if initial_epoch or initial_batch:
             echo(f"resuming {spec.describe()} after epoch {initial_epoch}, batch {initial_batch}")
-        guard = callbacks_lib.DivergenceGuard(hint=_divergence_hint(run, settings))
+        guard = callbacks_lib.DivergenceGuard(
+            hint=_divergence_hint(run, settings), kept="The checkpoints and the backup keep the last good state."
+        )
         backup = callbacks_lib.RunBackup(str(backup_dir), save_freq=checkpoint_every or "epoch")
         fit_callbacks = [
             guard,
