@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -173,16 +174,20 @@ def _cli(*args):
     return [os.path.join(os.path.dirname(sys.executable), "keras-rpat"), *args]
 
 
-def _kill_at(args, file, **when):
+def _kill_at(args, file, kill=None, **when):
     """Runs `args` and SIGKILLs it right after it writes `file` with the values `when` (`tests/kill_hook`).
 
-    The run gets a session (process group) of its own, which the hook kills with everything it started (under
-    tensorflow the PyTorch subprocess of AutoAttack, where that file is written). Fails if the run ends by itself.
+    The run gets a session (process group) of its own, which the hook kills with everything it started; with
+    `kill` (a pid file) the process that writes `file` (AutoAttack's PyTorch subprocess under tensorflow) kills
+    only its parent, the run, and leaves its pid in that file. Fails if the run ends by itself.
     """
+    target = {"file": file, "when": {k.replace("__", "."): v for k, v in when.items()}}
+    if kill is not None:
+        target.update(kill="parent", pid_file=str(kill))
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(p for p in (KILL_HOOK, os.environ.get("PYTHONPATH")) if p),
-        KERAS_RPAT_KILL_AT=json.dumps({"file": file, "when": {k.replace("__", "."): v for k, v in when.items()}}),
+        KERAS_RPAT_KILL_AT=json.dumps(target),
         KERAS_RPAT_KILL_SPARE_PGRP=str(os.getpgrp()),
     )
     p = subprocess.run(
@@ -191,6 +196,20 @@ def _kill_at(args, file, **when):
     assert p.returncode == -signal.SIGKILL, (
         f"the run was not killed at {file} {when} (rc={p.returncode}): {p.stderr[-2000:]}"
     )
+
+
+def _wait_until_gone(pid, timeout=60):
+    """Waits for process `pid` to end (an orphan reaped by init, or a zombie, counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"AutoAttack's subprocess (pid {pid}) outlived its killed parent by {timeout} s")
 
 
 def _read(path):
@@ -249,9 +268,14 @@ def test_train_killed_mid_pgd_and_between_autoattack_batches_resumes_to_the_unin
     assert (out / "trained.json").exists() and not (out / "eval_final.json").exists()
     assert len(_read(out / "pgd_state_final.json")["correct"]) == 8 and not (out / "aa_state_final.json").exists()
     # Between two AutoAttack batches: the PGD evaluation is complete, APGD-CE has done the first of its batches of 2.
-    _kill_at(args, "aa_state_final.json", current__next_batch=1)
+    # Under tensorflow only the run is killed: its PyTorch subprocess, where AutoAttack runs, must not outlive it.
+    pid_file = None if TORCH else tmp_path / "autoattack.pid"
+    _kill_at(args, "aa_state_final.json", kill=pid_file, current__next_batch=1)
+    if pid_file is not None:
+        _wait_until_gone(int(pid_file.read_text()), timeout=30)  # the hook holds it for 60 s unless it exits
     aa = _read(out / "aa_state_final.json")
-    assert aa["current"]["attack"] == "apgd-ce" and len(aa["current"]["order"]) > 2, aa["current"]
+    assert aa["current"]["attack"] == "apgd-ce" and aa["current"]["next_batch"] == 1, aa["current"]
+    assert len(aa["current"]["order"]) > 2, "only one AutoAttack batch: the kill was not between two"
     assert _read(out / "pgd_state_final.json")["done"] == 16 and not (out / "eval_final.json").exists()
     with pytest.warns(UserWarning, match="stale lock"):
         resumed = recipes.run_single(spec, out, verbose=0)

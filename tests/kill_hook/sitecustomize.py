@@ -6,7 +6,8 @@ Python imports this module at start-up when its folder is on `PYTHONPATH`; it do
 whose JSON has those values (dotted keys reach into nested dicts: `"current.next_batch"`), the process group is
 killed with SIGKILL. The trigger is the file the run writes anyway, not a sleep, and it fires in the process that
 writes it: the run itself, or AutoAttack's PyTorch subprocess under tensorflow (which inherits the environment).
-The test starts the run in a session of its own, so the group is the run and its subprocesses.
+The test starts the run in a session of its own, so the group is the run and its subprocesses. With
+`"kill": "parent"` only the writer's parent (the run) is killed, and the writer's pid goes to `"pid_file"`.
 """
 
 import importlib.abc
@@ -15,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 _ENV = "KERAS_RPAT_KILL_AT"
 
@@ -32,7 +34,13 @@ def _wrap(module, target):
         result = write(path, obj, *args, **kwargs)
         when = target.get("when", {})
         if os.path.basename(os.fspath(path)) == target["file"] and all(_value(obj, k) == v for k, v in when.items()):
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+            if target.get("kill") == "parent":  # the OOM killer's choice: the run, not its AutoAttack subprocess
+                with open(target["pid_file"], "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getppid(), signal.SIGKILL)
+                time.sleep(60)  # the writer must end here, because its parent is gone, and write nothing more
+            else:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
         return result
 
     module.atomic_write_json = atomic_write_json
