@@ -164,7 +164,7 @@ def test_a_pgd_evaluation_stopped_after_a_batch_resumes_with_the_same_random_sta
 
 TORCH = keras.config.backend() == "torch"
 # 64 smoke images in batches of 8: 8 steps an epoch. Seed 3: the smoke model gets 5 of the 16 evaluation images
-# right on both backends, so AutoAttack (batches of 2 in smoke runs) has 3 batches; PGD has 2 (batches of 8).
+# right on both backends, so AutoAttack (batches of 4 in smoke runs) has 2 batches; PGD has 2 (batches of 8).
 KILL = dict(smoke=True, epochs=2, batch_size=8, seed=3)
 KILL_ARGS = ["--smoke", "--epochs", "2", "--batch-size", "8", "--seed", "3"]
 KILL_HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_hook")
@@ -267,7 +267,7 @@ def test_train_killed_mid_pgd_and_between_autoattack_batches_resumes_to_the_unin
     _kill_at(args, "pgd_state_final.json", done=8)
     assert (out / "trained.json").exists() and not (out / "eval_final.json").exists()
     assert len(_read(out / "pgd_state_final.json")["correct"]) == 8 and not (out / "aa_state_final.json").exists()
-    # Between two AutoAttack batches: the PGD evaluation is complete, APGD-CE has done the first of its batches of 2.
+    # Between two AutoAttack batches: the PGD evaluation is complete, APGD-CE has done the first of its batches of 4.
     # Under tensorflow only the run is killed: its PyTorch subprocess, where AutoAttack runs, must not outlive it.
     pid_file = None if TORCH else tmp_path / "autoattack.pid"
     _kill_at(args, "aa_state_final.json", kill=pid_file, current__next_batch=1)
@@ -275,7 +275,7 @@ def test_train_killed_mid_pgd_and_between_autoattack_batches_resumes_to_the_unin
         _wait_until_gone(int(pid_file.read_text()), timeout=30)  # the hook holds it for 60 s unless it exits
     aa = _read(out / "aa_state_final.json")
     assert aa["current"]["attack"] == "apgd-ce" and aa["current"]["next_batch"] == 1, aa["current"]
-    assert len(aa["current"]["order"]) > 2, "only one AutoAttack batch: the kill was not between two"
+    assert len(aa["current"]["order"]) > 4, "only one AutoAttack batch: the kill was not between two"
     assert _read(out / "pgd_state_final.json")["done"] == 16 and not (out / "eval_final.json").exists()
     with pytest.warns(UserWarning, match="stale lock"):
         resumed = recipes.run_single(spec, out, verbose=0)

@@ -166,7 +166,7 @@ SMOKE = {
     # Batches smaller than the evaluation, so a smoke run goes through several batches like a real one
     # (and a test can kill it between two).
     "eval_batch_size": 8,
-    "aa_batch_size": 2,
+    "aa_batch_size": 4,
     "aa_attacks": ["apgd-ce"],
     "aa_options": {"apgd": {"n_iter": 2}},
 }
