@@ -21,6 +21,8 @@ from keras_rpat import _tensorboard
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import evaluation
+from keras_rpat.divergence import DivergenceError
+from keras_rpat.divergence import DivergenceGuard
 
 __all__ = [
     "DivergenceError",
@@ -371,56 +373,6 @@ class TensorBoardScalars(keras.callbacks.Callback):
             self._writer = None
 
 
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss (see `DivergenceGuard`)."""
-
-    def __init__(self, message, epoch, step, loss):
-        super().__init__(message)
-        self.epoch, self.step, self.loss = epoch, step, loss
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite logged loss with a `DivergenceError`.
-
-    It reads `logs["loss"]` (the epoch's running mean, which stays non-finite
-    once one step's loss is) after each batch. Keras has already moved those
-    logs to the host for its callbacks, so the check adds no synchronisation
-    to the train step. Put it first among the callbacks: it raises before the
-    others save anything at that step or at the end of the epoch, so the
-    checkpoints and the backup keep the last good state.
-
-    Args:
-        hint: extra words for the error (e.g. the run's learning rate and epsilon).
-    """
-
-    def __init__(self, hint=""):
-        super().__init__()
-        self.hint = hint
-        self.batch_offset = 0  # batches of the epoch trained before this `fit` (a mid-epoch resume)
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.batch_offset = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or not isinstance(loss, (int, float)) or math.isfinite(loss):
-            return
-        self.model.stop_training = True
-        raise DivergenceError(
-            f"Training diverged: the loss is {loss} at epoch {self._epoch + 1}, step {self.batch_offset + batch + 1}. "
-            "Likely causes: a learning rate too high, or an attack epsilon / step size too large"
-            + (f" ({self.hint})" if self.hint else "")
-            + "; lower them and rerun. The checkpoints and the backup keep the last good state.",
-            epoch=self._epoch + 1,
-            step=self.batch_offset + batch + 1,
-            loss=loss,
-        )
-
-
 class RunBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` that is atomic, keeps the random state and can back up mid-epoch.
 
@@ -476,29 +428,23 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             out["trainer"] = trainer_generator
         return out
 
-    @staticmethod
-    def _backend_hooks():
-        module = rpat_backend.get_backend()
-        get, put = getattr(module, "get_random_state", None), getattr(module, "set_random_state", None)
-        return (get, put) if get is not None and put is not None else (None, None)
-
     def _random_state(self):
-        get, _ = self._backend_hooks()
         state = {"variables": {}, "backend": {}}
         for name, generator in self._generators().items():
-            state["variables"][name] = keras.ops.convert_to_numpy(generator.state.value).tolist()
-            if get is not None:
-                state["backend"][name] = get(generator)
+            one = rpat_backend.get_generator_state(generator)
+            state["variables"][name] = one["variable"]
+            if "backend" in one:
+                state["backend"][name] = one["backend"]
         return state
 
     def _set_random_state(self, state):
-        _, put = self._backend_hooks()
         for name, generator in self._generators().items():
+            one = {}
             if name in state.get("variables", {}):
-                value = keras.ops.convert_to_tensor(state["variables"][name], dtype=generator.state.dtype)
-                generator.state.assign(value)
-            if put is not None and name in state.get("backend", {}):
-                put(generator, state["backend"][name])
+                one["variable"] = state["variables"][name]
+            if name in state.get("backend", {}):
+                one["backend"] = state["backend"][name]
+            rpat_backend.set_generator_state(generator, one)
 
     def _metric_states(self):
         return [

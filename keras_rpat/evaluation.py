@@ -43,6 +43,7 @@ from keras_rpat import _io
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
+from keras_rpat import pgd_state
 from keras_rpat import trainer as trainer_lib
 from keras_rpat._checks import infer_data_format
 from keras_rpat._names import EVAL_BATCH_SIZE
@@ -154,16 +155,28 @@ def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
     )
 
 
-def attack_correct(model, attack, x, y, batch_size, progress=None):
-    """Per-sample correctness on `attack(model, x, y)`, batch by batch (`progress`: a `Progress`)."""
+def attack_correct(model, attack, x, y, batch_size, progress=None, state_path=None):
+    """Per-sample correctness on `attack(model, x, y)`, batch by batch (`progress`: a `Progress`).
+
+    With `state_path` the results so far and the attack's random state are saved after every batch
+    (`keras_rpat.pgd_state`), and a rerun with the same file resumes after the last finished batch.
+    """
     correct = np.zeros(len(x), dtype=bool)
+    state = None
+    if state_path is not None:
+        state = pgd_state.StateFile(state_path, pgd_state.evaluation_key(attack, batch_size, model, x, y))
+        state.restore(correct, attack.seed_generator)
     for sl in _batches(len(x), batch_size):
+        if state is not None and sl.stop <= state.done:
+            continue
         with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
             xb = ops.convert_to_tensor(_rows(x[sl], rows), dtype="float32")
             yb = ops.convert_to_tensor(_rows(y[sl], rows), dtype="int32")
             x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
             hits = np.argmax(_forward(model, x_adv), axis=-1) == _rows(y[sl], rows)
             correct[sl] = rpat_backend.gather_rows(hits, rows, sl.stop - sl.start)
+        if state is not None:
+            state.save(sl.stop, correct, attack.seed_generator)
         if progress is not None:
             progress.update(sl.stop, float(np.mean(correct[: sl.stop])))
     return correct
@@ -208,6 +221,7 @@ def pgd_accuracy(
     num_steps=PGD_EVAL_STEPS,
     batch_size=EVAL_BATCH_SIZE,
     seed=0,
+    state_path=None,
 ):
     """Robust accuracy (percent) under PGD with a random start (PGD-20).
 
@@ -227,6 +241,9 @@ def pgd_accuracy(
         num_steps: number of steps (20).
         batch_size: evaluation batch size.
         seed: seed of the random start.
+        state_path: JSON file recording the finished batches (and the random
+            state); an interrupted evaluation restarted with the same file
+            resumes after its last finished batch, with the same result.
 
     Returns:
         The robust accuracy in percent.
@@ -245,7 +262,7 @@ def pgd_accuracy(
     attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
     x, y, _, _ = _checks.check_data(model, x, y)
     _check_logits(_forward(model, x[: min(len(x), 64)]))
-    return percent(attack_correct(model, attack, x, y, batch_size), len(x))
+    return percent(attack_correct(model, attack, x, y, batch_size, state_path=state_path), len(x))
 
 
 def autoattack_accuracy(
@@ -535,6 +552,7 @@ def evaluate(
     aa_state_path=None,
     aa_options=None,
     verbose=False,
+    pgd_state_path=None,
 ):
     """Evaluates a model: clean, PGD-20 and/or AutoAttack, Mean and NRR.
 
@@ -561,6 +579,9 @@ def evaluate(
         verbose: print PGD's progress (elapsed, ETA, robust accuracy so
             far, one line per batch when not on a terminal) and forward
             AutoAttack's progress output.
+        pgd_state_path: JSON file recording PGD's finished batches (see
+            `pgd_accuracy`'s `state_path`): a killed evaluation rerun with it
+            (and `aa_state_path`) loses at most one batch of each.
 
     Returns:
         An `EvalResult`.
@@ -609,7 +630,8 @@ def evaluate(
         job = rpat_backend.distributed_context()
         shown = verbose and (job is None or job.is_primary)  # one progress line in a data-parallel job
         progress = Progress(f"PGD-{attack.num_steps}", len(x)) if shown else None
-        result["pgd20"] = percent(attack_correct(model, attack, x, y, batch_size, progress), len(x))
+        correct = attack_correct(model, attack, x, y, batch_size, progress, state_path=pgd_state_path)
+        result["pgd20"] = percent(correct, len(x))
     aa_attack_list = None
     if "autoattack" in names:
         aa_attack_list = autoattack.resolve_attacks(aa_version, aa_attacks)

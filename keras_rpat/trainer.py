@@ -17,6 +17,7 @@ from keras import ops
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
+from keras_rpat import divergence
 from keras_rpat import losses as losses_lib
 
 _INPUT_OF_VIEW = {
@@ -628,16 +629,34 @@ class RPATTrainer(keras.Model):
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validate_inputs=True, **kwargs
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validate_inputs=True,
+        stop_on_divergence=True,
+        **kwargs,
     ):
-        """`keras.Model.fit`, plus input validation and epoch tracking.
+        """`keras.Model.fit`, plus input validation, epoch tracking and a divergence stop.
 
         Args:
             validate_inputs: check the first batch (or the arrays) for pixels
                 outside [0, 1], integer images and out-of-range labels before
                 training. Checking happens on the host, outside the train step.
+            stop_on_divergence: stop at the first non-finite loss with a
+                `keras_rpat.callbacks.DivergenceError` naming the epoch, the
+                step and the likely cause (a `DivergenceGuard` first among the
+                callbacks, unless `callbacks` holds one). Adversarial training
+                that diverged (a learning rate or an epsilon too large) only
+                wastes the rest of its epochs, so this is on by default, unlike
+                Keras' opt-in `TerminateOnNaN`; the guard adds no host
+                synchronisation to the train step. `False`: Keras' behaviour.
             Others: as `keras.Model.fit`.
         """
+        _check_bool(stop_on_divergence, "stop_on_divergence")
         if getattr(self, "optimizer", None) is None:
             raise ValueError(
                 "Call `trainer.compile(optimizer=...)` before `fit`, e.g. "
@@ -649,6 +668,8 @@ class RPATTrainer(keras.Model):
         if job is not None:
             _check_global_batch(_first_batch_size(x, batch_size), job.world_size)
         callbacks = list(callbacks or [])
+        if stop_on_divergence and not any(isinstance(c, divergence.DivergenceGuard) for c in callbacks):
+            callbacks.insert(0, divergence.DivergenceGuard())
         callbacks.append(_EpochCallback(self))
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 

@@ -319,7 +319,7 @@ def test_cli_rank_started_by_hand_is_a_usage_error(tmp_path, monkeypatch):
 
 # The cheapest recipe run with AutoAttack; backed up after every step (2 steps).
 SMOKE_RECIPE = ["recipe", "table1", "--smoke", "--dataset", "cifar10", "--method", "pgd_at", "--checkpoint-every", "1"]
-SMOKE_RUN = pathlib.Path("pgd_at", "cifar10-resnet18_bottleneck-linf", "seed0")
+SMOKE_RUN = pathlib.Path("pgd_at", "smoke-small_cnn-synthetic-linf-for-cifar10-resnet18_bottleneck", "seed0")
 # What differs between any two runs, and the hash of the weights' bits (2 ranks x 16 rows round
 # differently from 32 rows: the weights are compared to 1e-5 through the logged losses).
 VOLATILE = {"provenance", "wall_time_s", "train_time_s", "time", "eval_time", "model_sha256"}

@@ -219,6 +219,19 @@ def test_narrowing_options():
     assert {r.epochs for r in t3.runs(epochs=10, batch_size=64)} == {10}
 
 
+def test_smoke_run_folders_name_what_ran_and_the_cell_they_stand_in_for():
+    table1 = recipes.load_recipe("table1")
+    real = table1.runs(method="pgd_at", seeds=[0])
+    assert [r.run_dir for r in real] == [f"pgd_at/{d}-resnet18_bottleneck-linf/seed0" for d in table1.datasets]
+    smoke = table1.runs(method="pgd_at", seeds=[0], smoke=True)
+    # CIFAR-10 and CIFAR-100 are the same smoke computation (Tiny-ImageNet's stem stride is 2); each cell keeps its
+    # own folder, which the report reads by cell, and says what ran first.
+    assert [r.run_dir for r in smoke] == [
+        f"pgd_at/smoke-small_cnn-synthetic-linf-for-{d}-resnet18_bottleneck/seed0" for d in table1.datasets
+    ]
+    assert recipes.run_cell("x.npz", "preact_resnet18", "l2", smoke=False) == "x.npz-preact_resnet18-l2"
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -1,21 +1,22 @@
 """Runs that survive: divergence stops a run cleanly; a killed run resumes to the same result.
 
 The kill tests run `keras-rpat train` and `keras-rpat recipe` in a subprocess
-on tiny data (`--smoke`, 4 steps an epoch, 2 epochs, `--checkpoint-every 1`)
-and SIGKILL them when a file the run writes says where it is: mid-epoch (a
-backup after some but not all steps of the second epoch is on disk) and, on
-torch, mid-AutoAttack (its state file appears); the recipe case runs on
-tensorflow. The rerun (in this process:
-one Keras start-up less) resumes and must end with the same weights (bitwise,
-on CPU) and the same result files as an uninterrupted run, made once per
-backend and module. The kill also leaves a stale lock that the rerun takes
-over.
+on tiny data (`--smoke`, 8 steps an epoch, 2 epochs, `--checkpoint-every`)
+and SIGKILL them right after the run writes a file that says where it is
+(`tests/kill_hook`), on both backends: the recipe at a backup after a random
+step of its second epoch; `train` after the PGD evaluation's first batch and
+after AutoAttack's first batch (under tensorflow in AutoAttack's PyTorch
+subprocess, killed with the run). The rerun (in this process: one Keras start-up less) resumes and
+must end with the same weights (bitwise, on CPU), the same per-image
+evaluation results and the same result files as an uninterrupted run, made
+once per backend and module. Each kill also leaves a stale lock that the
+next run takes over.
 """
 
 import dataclasses
 import json
-import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -25,7 +26,11 @@ import keras
 import numpy as np
 import pytest
 
+import keras_rpat
+from keras_rpat import evaluation
+from keras_rpat import pgd_state
 from keras_rpat import recipes
+from keras_rpat.callbacks import DivergenceError
 from keras_rpat.recipes import runner
 
 
@@ -95,32 +100,116 @@ def test_divergence_stops_at_once_keeps_the_last_good_state_and_the_recipe_moves
     assert not (run_dir / "trained.json").exists()
 
 
+def _tiny_model_and_data(n=24):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(n, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 10, size=n)
+    keras.utils.set_random_seed(0)
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3), widths=(4, 8, 8))
+    return model, x, y
+
+
+def test_a_bare_fit_stops_at_the_first_non_finite_loss_unless_told_not_to():
+    model, x, y = _tiny_model_and_data()
+    trainer = keras_rpat.RPATTrainer(model)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    # verbose=0 and no other batch-end callback: Keras runs the guard off the main thread, and its error still stops fit.
+    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, step 2\. .*reload the last checkpoint") as e:
+        trainer.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[PoisonWeights(epoch=2, step=2)])
+    assert (e.value.epoch, e.value.step) == (2, 2) and trainer.stop_training
+    history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, stop_on_divergence=False)  # Keras' behaviour
+    assert np.isnan(history.history["loss"][-1])
+    with pytest.raises(ValueError, match="stop_on_divergence"):
+        trainer.fit(x, y, stop_on_divergence="yes")
+
+
+def test_a_pgd_evaluation_stopped_after_a_batch_resumes_with_the_same_random_starts(tmp_path, monkeypatch):
+    model, x, y = _tiny_model_and_data()
+
+    def pgd(seed=5):
+        return evaluation.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, seed)
+
+    whole = evaluation.attack_correct(model, pgd(), x, y, 8, state_path=tmp_path / "whole.json")
+    path = tmp_path / "stopped.json"
+    save = pgd_state.StateFile.save
+
+    def save_then_stop(self, *args):
+        save(self, *args)
+        raise KeyboardInterrupt("after the first batch")
+
+    monkeypatch.setattr(pgd_state.StateFile, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.attack_correct(model, pgd(), x, y, 8, state_path=path)
+    monkeypatch.undo()
+    assert _read(path)["done"] == 8
+    attack = pgd()
+    perturbed = []
+    monkeypatch.setattr(
+        attack, "perturb", lambda m, xb, yb: perturbed.append(len(xb)) or type(attack).perturb(attack, m, xb, yb)
+    )
+    resumed = evaluation.attack_correct(model, attack, x, y, 8, state_path=path)
+    assert perturbed == [8, 8] and np.array_equal(resumed, whole)
+    # The same per-image results and the same random state after the last batch as the evaluation that ran through.
+    assert _read(path) == _read(tmp_path / "whole.json")
+    with pytest.raises(ValueError, match=r"stopped\.json belongs to another evaluation \(attack: .*Delete it"):
+        evaluation.attack_correct(model, pgd(seed=6), x, y, 8, state_path=path)
+    path.write_text("{truncated")
+    with pytest.raises(ValueError, match=r"Could not read the PGD evaluation state file .*stopped\.json.*Delete it"):
+        evaluation.pgd_accuracy(model, x, y, num_steps=2, batch_size=8, seed=5, state_path=path)
+
+
 # ---------------------------------------------------------------------------
 # Kill and resume
 # ---------------------------------------------------------------------------
 
 TORCH = keras.config.backend() == "torch"
-# AutoAttack runs in a PyTorch subprocess on the other backends: one more start-up for the same state-file code.
-EVAL_ATTACKS = ("clean", "pgd20", "autoattack") if TORCH else ("clean", "pgd20")
-KILL = dict(smoke=True, epochs=2, batch_size=16)  # 64 smoke images: 4 steps an epoch
+# 64 smoke images in batches of 8: 8 steps an epoch. Seed 3: the smoke model gets 5 of the 16 evaluation images
+# right on both backends, so AutoAttack (batches of 4 in smoke runs) has 2 batches; PGD has 2 (batches of 8).
+KILL = dict(smoke=True, epochs=2, batch_size=8, seed=3)
+KILL_ARGS = ["--smoke", "--epochs", "2", "--batch-size", "8", "--seed", "3"]
+KILL_HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_hook")
 
 
 def _cli(*args):
     return [os.path.join(os.path.dirname(sys.executable), "keras-rpat"), *args]
 
 
-def _kill_when(args, marker, timeout=300):
-    """Starts `args`, SIGKILLs it as soon as `marker()` is true; fails if the run ends first."""
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _kill_at(args, file, kill=None, **when):
+    """Runs `args` and SIGKILLs it right after it writes `file` with the values `when` (`tests/kill_hook`).
+
+    The run gets a session (process group) of its own, which the hook kills with everything it started; with
+    `kill` (a pid file) the process that writes `file` (AutoAttack's PyTorch subprocess under tensorflow) kills
+    only its parent, the run, and leaves its pid in that file. Fails if the run ends by itself.
+    """
+    target = {"file": file, "when": {k.replace("__", "."): v for k, v in when.items()}}
+    if kill is not None:
+        target.update(kill="parent", pid_file=str(kill))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in (KILL_HOOK, os.environ.get("PYTHONPATH")) if p),
+        KERAS_RPAT_KILL_AT=json.dumps(target),
+        KERAS_RPAT_KILL_SPARE_PGRP=str(os.getpgrp()),
+    )
+    p = subprocess.run(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, timeout=600
+    )
+    assert p.returncode == -signal.SIGKILL, (
+        f"the run was not killed at {file} {when} (rc={p.returncode}): {p.stderr[-2000:]}"
+    )
+
+
+def _wait_until_gone(pid, timeout=60):
+    """Waits for process `pid` to end (an orphan reaped by init, or a zombie, counts as ended)."""
     deadline = time.monotonic() + timeout
-    while p.poll() is None and time.monotonic() < deadline:
-        if marker():
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except FileNotFoundError:
             return
-        time.sleep(0.005)
-    _, err = p.communicate(timeout=60)
-    raise AssertionError(f"the run ended (rc={p.returncode}) before the marker appeared: {err[-2000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"AutoAttack's subprocess (pid {pid}) outlived its killed parent by {timeout} s")
 
 
 def _read(path):
@@ -128,12 +217,6 @@ def _read(path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _mid_epoch(backup_dir, epoch=1):
-    """True while the backup is after some but not all steps of epoch `epoch + 1`."""
-    meta = _read(backup_dir / "training_metadata.json") or {}
-    return meta.get("epoch") == epoch and meta.get("batch", 0) > 0
 
 
 def _comparable(obj):
@@ -162,58 +245,72 @@ def _assert_same_run(run_dir, reference_dir, names):
 @pytest.fixture(scope="module")
 def train_reference(tmp_path_factory):
     """One uninterrupted `train` run per backend, shared by the kill cases."""
-    spec = recipes.single_run("pgd_at", "synthetic", eval_attacks=EVAL_ATTACKS, **KILL)
+    spec = recipes.single_run(
+        "pgd_at", "synthetic", eval_attacks=("clean", "pgd20", "autoattack"), checkpoints=("final",), **KILL
+    )
     out = tmp_path_factory.mktemp("train_reference")
     recipes.run_single(spec, out, verbose=0)
     return spec, out
 
 
 @pytest.mark.slow
-def test_train_killed_mid_epoch_and_mid_autoattack_resumes_to_the_uninterrupted_result(train_reference, tmp_path):
+def test_train_killed_mid_pgd_and_between_autoattack_batches_resumes_to_the_uninterrupted_result(
+    train_reference, tmp_path
+):
     spec, reference_dir = train_reference
     out = tmp_path / "killed"
     args = _cli(
-        "train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke", "--epochs", "2", "--batch-size", "16",
-        "--eval-attacks", ",".join(EVAL_ATTACKS), "--checkpoint-every", "1", "--verbose", "0", "--out", str(out),
+        "train", "--method", "pgd_at", "--dataset", "synthetic", *KILL_ARGS, "--eval-attacks", "clean,pgd20,autoattack",
+        "--checkpoints", "final", "--verbose", "0", "--out", str(out),
     )  # fmt: skip
-    _kill_when(args, lambda: _mid_epoch(out / "backup"))
-    meta = _read(out / "backup" / "training_metadata.json")
-    assert meta["epoch"] == 1 and 1 <= meta["batch"] <= 3 and len(meta["metrics"]) == 4
-    assert not (out / "trained.json").exists()
-    if TORCH:
-        # Mid-AutoAttack: training and the PGD evaluations are done, the AutoAttack state file is on disk.
-        _kill_when(args, lambda: (out / "aa_state_best.json").exists())
-        assert (out / "trained.json").exists() and not (out / "results.json").exists()
+    # Mid-PGD evaluation: training is done, the first of the two PGD batches is recorded.
+    _kill_at(args, "pgd_state_final.json", done=8)
+    assert (out / "trained.json").exists() and not (out / "eval_final.json").exists()
+    assert len(_read(out / "pgd_state_final.json")["correct"]) == 8 and not (out / "aa_state_final.json").exists()
+    # Between two AutoAttack batches: the PGD evaluation is complete, APGD-CE has done the first of its batches of 4.
+    # Under tensorflow only the run is killed: its PyTorch subprocess, where AutoAttack runs, must not outlive it.
+    pid_file = None if TORCH else tmp_path / "autoattack.pid"
+    _kill_at(args, "aa_state_final.json", kill=pid_file, current__next_batch=1)
+    if pid_file is not None:
+        _wait_until_gone(int(pid_file.read_text()), timeout=30)  # the hook holds it for 60 s unless it exits
+    aa = _read(out / "aa_state_final.json")
+    assert aa["current"]["attack"] == "apgd-ce" and aa["current"]["next_batch"] == 1, aa["current"]
+    assert len(aa["current"]["order"]) > 4, "only one AutoAttack batch: the kill was not between two"
+    assert _read(out / "pgd_state_final.json")["done"] == 16 and not (out / "eval_final.json").exists()
     with pytest.warns(UserWarning, match="stale lock"):
-        resumed = recipes.run_single(spec, out, verbose=0, checkpoint_every=1)
+        resumed = recipes.run_single(spec, out, verbose=0)
     assert _comparable(resumed) == _comparable(_read(reference_dir / "results.json"))
-    _assert_same_run(out, reference_dir, ("eval_best.json", "eval_final.json", "history.json", "train_log.json"))
-    assert not (out / ".keras_rpat.lock").exists() and not (out / "backup").exists()
-    assert math.isfinite(resumed["summary"]["clean_final"])
+    _assert_same_run(out, reference_dir, ("eval_final.json", "history.json", "train_log.json"))
+    for name in ("pgd_state_final.json", "aa_state_final.json"):  # the same per-image results and random state
+        assert _comparable(_read(out / name)) == _comparable(_read(reference_dir / name)), name
+    assert not (out / ".keras_rpat.lock").exists()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    TORCH,
-    reason="one recipe case, on tensorflow: torch has the mid-AutoAttack kill instead (a minute of kills per backend)",
-)
-def test_recipe_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+def test_recipe_killed_at_a_random_step_mid_epoch_resumes_to_the_uninterrupted_result(train_reference, tmp_path):
+    # Figure 2's PGD-AT run trains what `train --method pgd_at` trains (same preset, seed and smoke settings): the
+    # `train` reference is this run's reference too, one uninterrupted run less. Figure 2 has no AutoAttack.
+    spec, reference_dir = train_reference
     recipe = recipes.load_recipe("figure2")
-    specs = recipe.runs(method="pgd_at", seeds=[0], **KILL)
-    reference_dir, out = tmp_path / "reference", tmp_path / "killed"
-    recipes.run_recipe(recipe, specs, reference_dir, verbose=0)
+    specs = recipe.runs(method="pgd_at", seeds=[3], **{k: v for k, v in KILL.items() if k != "seed"})
+    out = tmp_path / "killed"
     args = _cli(
-        "recipe", "figure2", "--smoke", "--method", "pgd_at", "--seeds", "0", "--epochs", "2", "--batch-size", "16",
-        "--checkpoint-every", "2", "--verbose", "0", "--out", str(out),
+        "recipe", "figure2", "--method", "pgd_at", "--seeds", "3", *KILL_ARGS[:-2], "--checkpoint-every", "1",
+        "--verbose", "0", "--out", str(out),
     )  # fmt: skip
     run_dir = out / specs[0].run_dir
-    _kill_when(args, lambda: _mid_epoch(run_dir / "backup", epoch=0))
-    assert _read(run_dir / "backup" / "training_metadata.json")["batch"] == 2
+    assert specs[0].run_dir == "pgd_at/smoke-small_cnn-synthetic-linf-for-cifar10-resnet18_bottleneck/seed3"
+    step = random.randint(1, 7)  # of the second epoch's 8
+    _kill_at(args, "training_metadata.json", epoch=1, batch=step)
+    meta = _read(run_dir / "backup" / "training_metadata.json")
+    assert (meta["epoch"], meta["batch"], len(meta["metrics"])) == (1, step, 4), step
+    assert not (run_dir / "trained.json").exists()
     with pytest.warns(UserWarning, match="stale lock"):
-        recipes.run_recipe(recipe, specs, out, verbose=0, checkpoint_every=2)
-    names = ["results.json", "history.json", "train_log.json"] + [f"eval_{c}.json" for c in specs[0].checkpoints]
-    _assert_same_run(run_dir, reference_dir / specs[0].run_dir, names)
-    assert _comparable(_read(out / "figure2.json")) == _comparable(_read(reference_dir / "figure2.json"))
+        recipes.run_recipe(recipe, specs, out, verbose=0, checkpoint_every=1)
+    _assert_same_run(run_dir, reference_dir, ("history.json", "train_log.json", "pgd_state_final.json"))
+    resumed, reference = _read(run_dir / "eval_final.json"), _read(reference_dir / "eval_final.json")
+    assert [resumed[k] for k in ("clean", "pgd20", "n")] == [reference[k] for k in ("clean", "pgd20", "n")]
+    assert _read(out / "figure2.json") is not None and not (run_dir / "backup").exists(), step
 
 
 def test_a_damaged_mid_epoch_backup_names_the_file_and_the_fix(tmp_path):

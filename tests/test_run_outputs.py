@@ -59,7 +59,8 @@ def test_each_run_of_a_recipe_writes_its_tensorboard_scalars_in_its_own_folder(s
 
 
 def _run_dir(out):
-    return out / "mse" / "cifar10-resnet18_bottleneck-linf" / "seed0"
+    # A smoke run's folder names what ran (small_cnn on synthetic data), then the recipe cell it stands in for.
+    return out / "mse" / "smoke-small_cnn-synthetic-linf-for-cifar10-resnet18_bottleneck" / "seed0"
 
 
 def test_a_console_that_is_not_a_terminal_gets_one_plain_line_per_epoch(smoke_run):

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 
 import keras
@@ -21,9 +22,12 @@ import numpy as np
 
 from keras_rpat.autoattack.config import AutoAttackWarning
 
-__all__ = ["run"]
+__all__ = ["exit_with_parent", "run"]
 
-_ENTRY = "import sys; from keras_rpat.autoattack.cascade import subprocess_main; sys.exit(subprocess_main(sys.argv[1]))"
+_ENTRY = (
+    "import sys; from keras_rpat.autoattack.subprocess import exit_with_parent; exit_with_parent(); "
+    "from keras_rpat.autoattack.cascade import subprocess_main; sys.exit(subprocess_main(sys.argv[1]))"
+)
 _ERRORS = {"ValueError": ValueError, "ImportError": ImportError}
 
 
@@ -39,6 +43,21 @@ def run(model, x, y, config):
         _write_inputs(tmp, model, x, y, config)
         returncode, tail = _launch(tmp, config.verbose)
         return _read_result(tmp, returncode, tail)
+
+
+def exit_with_parent():
+    """In the subprocess: exit at once when the parent dies, so a killed run leaves no orphan behind.
+
+    The parent holds the write end of the subprocess' stdin until it has waited for it; end of file means it is
+    gone (a SIGKILL, the OOM killer). An orphan would go on writing the AutoAttack state file that the rerun
+    resumes from.
+    """
+
+    def watch():
+        sys.stdin.buffer.read()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="keras_rpat-exit-with-parent", daemon=True).start()
 
 
 def _write_inputs(folder, model, x, y, config):
@@ -68,7 +87,12 @@ def _launch(folder, verbose):
     tail = collections.deque(maxlen=25)
     with open(os.path.join(folder, "stderr.txt"), "w+") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _ENTRY, folder], env=env, stdout=subprocess.PIPE, stderr=err, text=True
+            [sys.executable, "-c", _ENTRY, folder],
+            env=env,
+            stdin=subprocess.PIPE,  # kept open while this process lives (see `exit_with_parent`)
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
         )
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
@@ -76,6 +100,7 @@ def _launch(folder, verbose):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         proc.wait()
+        proc.stdin.close()
         err.seek(0)
         tail.extend(err.read().strip().splitlines()[-25:])
     return proc.returncode, tail

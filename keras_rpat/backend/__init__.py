@@ -149,6 +149,25 @@ def device_name():
     return get_backend().device_name()
 
 
+def get_generator_state(generator):
+    """The JSON-able state of a `keras.random.SeedGenerator`: its variable and, on torch,
+    the device generators behind it (`"backend"`), for resuming runs and evaluations."""
+    state = {"variable": keras.ops.convert_to_numpy(generator.state.value).tolist()}
+    get = getattr(get_backend(), "get_random_state", None)
+    if get is not None:
+        state["backend"] = get(generator)
+    return state
+
+
+def set_generator_state(generator, state):
+    """Restores what `get_generator_state` returned."""
+    if "variable" in state:
+        generator.state.assign(keras.ops.convert_to_tensor(state["variable"], dtype=generator.state.dtype))
+    put = getattr(get_backend(), "set_random_state", None)
+    if put is not None and "backend" in state:
+        put(generator, state["backend"])
+
+
 if keras.config.backend() == "torch":
     # Loaded with the package: keeps Keras from importing TensorFlow on torch.
     from keras_rpat.backend import torch_without_tensorflow  # noqa: E402, F401

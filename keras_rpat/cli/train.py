@@ -97,7 +97,8 @@ def _method_options(f):
     "--out",
     type=opt.OUT_DIR,
     default=None,
-    help="Run folder. Default: runs/train/<method>-<dataset>-<arch>-<norm>-seed<seed>.",
+    help="Run folder. Default: runs/train/<method>-<dataset>-<arch>-<norm>-seed<seed> "
+    "(with --smoke: <method>-smoke-small_cnn-synthetic-<norm>-for-<dataset>-<arch>-seed<seed>).",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the datasets are.")
 @click.option(
@@ -140,11 +141,8 @@ def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_
         spec = recipes.single_run(**run)
     except recipes.RecipeError as e:
         raise click.UsageError(str(e)) from None
-    out = out or os.path.join(
-        "runs",
-        "train",
-        f"{spec.method}-{spec.dataset}-{spec.arch}-{spec.norm}-seed{spec.seed}" + ("-smoke" if spec.smoke else ""),
-    )
+    cell = recipes.run_cell(os.path.basename(spec.dataset), spec.arch, spec.norm, spec.smoke)  # what runs
+    out = out or os.path.join("runs", "train", f"{spec.method}-{cell}-seed{spec.seed}")
     launch = launch_lib.join(
         out, sync_batchnorm, {"spec": spec.to_dict(), "out": out, "overwrite": overwrite}, spec.batch_size
     )

@@ -57,6 +57,7 @@ from keras_rpat.recipes.schema import list_recipes
 from keras_rpat.recipes.schema import load_recipe
 from keras_rpat.recipes.schema import parse_seeds
 from keras_rpat.recipes.schema import recipes_dir
+from keras_rpat.recipes.schema import run_cell
 from keras_rpat.recipes.schema import smoke_description
 
 # Reading, validating and planning recipes (`schema`) needs no framework; the
@@ -103,6 +104,7 @@ __all__ = [
     "load_recipe",
     "parse_seeds",
     "recipes_dir",
+    "run_cell",
     "smoke_description",
     "report_tables",
     "run_experiment",

@@ -32,6 +32,7 @@ import keras
 import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading checkpoints)
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
+from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
 from keras_rpat import _io
 from keras_rpat._progress import format_duration
@@ -194,7 +195,8 @@ def evaluation_settings(spec, preset):
         "step_size": step_size,
         "pgd_steps": SMOKE["eval_steps"] if smoke else evaluation.PGD_EVAL_STEPS,
         "n": SMOKE["eval_n"] if smoke else None,
-        "batch_size": evaluation.EVAL_BATCH_SIZE,
+        "batch_size": SMOKE["eval_batch_size"] if smoke else evaluation.EVAL_BATCH_SIZE,
+        "autoattack_batch_size": SMOKE["aa_batch_size"] if smoke else autoattack.AA_BATCH_SIZE,
         "autoattack_version": "custom" if smoke else spec.autoattack_version,
         "autoattack_attacks": SMOKE["aa_attacks"] if smoke else None,
         "autoattack_options": SMOKE["aa_options"] if smoke else None,
@@ -297,8 +299,10 @@ def run_experiment(
     `results.json`. Every file is written atomically.
 
     Calling it again after an interruption continues from the last completed
-    epoch, or mid-epoch from the last `checkpoint_every` backup (and an interrupted AutoAttack from its last batch); a finished run
-    (complete `results.json`) is skipped.
+    epoch, or mid-epoch from the last `checkpoint_every` backup; an
+    interrupted PGD or AutoAttack evaluation continues after its last finished
+    batch (`pgd_state_<checkpoint>.json`, `aa_state_<checkpoint>.json`). A
+    finished run (complete `results.json`) is skipped.
 
     Only `spec` and `out_dir` say what is run; the other arguments are
     independent switches of this one call (where the data is, how loud, what
@@ -461,7 +465,9 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
         initial_epoch, initial_batch = int(meta.get("epoch", 0)), int(meta.get("batch", 0))
         if initial_epoch or initial_batch:
             echo(f"resuming {spec.describe()} after epoch {initial_epoch}, batch {initial_batch}")
-        guard = callbacks_lib.DivergenceGuard(hint=_divergence_hint(run, settings))
+        guard = callbacks_lib.DivergenceGuard(
+            hint=_divergence_hint(run, settings), kept="The checkpoints and the backup keep the last good state."
+        )
         backup = callbacks_lib.RunBackup(str(backup_dir), save_freq=checkpoint_every or "epoch")
         fit_callbacks = [
             guard,
@@ -535,7 +541,9 @@ def _evaluate_checkpoints(spec, run_dir, settings, x_test, y_test):
                 aa_version=settings["autoattack_version"],
                 aa_attacks=settings["autoattack_attacks"],
                 aa_options=settings["autoattack_options"],
+                aa_batch_size=settings["autoattack_batch_size"],
                 aa_state_path=str(run_dir / f"aa_state_{ckpt}.json"),
+                pgd_state_path=run_dir / f"pgd_state_{ckpt}.json",
             ).to_dict()
             _io.atomic_write_json(eval_path, result)
         metrics[ckpt] = result
@@ -583,7 +591,7 @@ _RUN_FILES = (
     "best.keras",
     "final.keras",
 )
-_RUN_PATTERNS = ("eval_*.json", "perception_*.json", "aa_state_*.json", ".*.tmp", ".*.keras")
+_RUN_PATTERNS = ("eval_*.json", "perception_*.json", "aa_state_*.json", "pgd_state_*.json", ".*.tmp", ".*.keras")
 
 
 def _clear_run_dir(run_dir):

@@ -33,6 +33,7 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "recipes_dir",
+    "run_cell",
     "smoke_description",
 ]
 
@@ -162,6 +163,10 @@ SMOKE = {
     "select_steps": 1,
     "eval_steps": 2,
     "eval_n": 16,
+    # Batches smaller than the evaluation, so a smoke run goes through several batches like a real one
+    # (and a test can kill it between two).
+    "eval_batch_size": 8,
+    "aa_batch_size": 4,
     "aa_attacks": ["apgd-ce"],
     "aa_options": {"apgd": {"n_iter": 2}},
 }
@@ -175,6 +180,20 @@ def smoke_description():
         f"{SMOKE['eval_n']} images, AutoAttack replaced by {'+'.join(a.upper() for a in SMOKE['aa_attacks'])} "
         f"({SMOKE['aa_options']['apgd']['n_iter']} iterations)"
     )
+
+
+def run_cell(dataset, arch, norm, smoke):
+    """The middle part of a run's folder: what it trains on, named after what actually runs.
+
+    `cifar10-resnet18_bottleneck-linf`; a smoke run trains `small_cnn` on synthetic data, so its folder
+    says so first and then names the recipe cell it stands in for:
+    `smoke-small_cnn-synthetic-linf-for-cifar10-resnet18_bottleneck`. Cells that collapse into the same
+    smoke computation (two datasets of one table) keep folders of their own: the report, `keras-rpat report`
+    and the folder's configuration check key every result by its cell.
+    """
+    if smoke:
+        return f"smoke-small_cnn-synthetic-{norm}-for-{dataset}-{arch}"
+    return f"{dataset}-{arch}-{norm}"
 
 
 class RecipeError(ValueError):
@@ -893,7 +912,7 @@ class Recipe:
                             perturbation=m.perturbation,
                             smoke=bool(smoke),
                             fingerprint=dict(fingerprint),
-                            run_dir=f"{m.id}/{setup['dataset']}-{setup['arch']}-{n}/seed{seed}",
+                            run_dir=f"{m.id}/{run_cell(setup['dataset'], setup['arch'], n, smoke)}/seed{seed}",
                         )
                         planned[key] = spec
                         out.append(spec)
