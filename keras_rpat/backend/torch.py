@@ -7,7 +7,6 @@ from keras.src.backend.torch.core import get_device
 
 from keras_rpat.backend import torch_distributed
 from keras_rpat.backend import torch_fast
-from keras_rpat.backend import torch_lowering
 from keras_rpat.backend.torch_random import get_random_state  # noqa: F401  (backend hooks)
 from keras_rpat.backend.torch_random import random_beta  # noqa: F401
 from keras_rpat.backend.torch_random import random_normal  # noqa: F401
@@ -18,7 +17,7 @@ from keras_rpat.backend.torch_random import set_random_state  # noqa: F401
 def input_gradient(loss_fn, x):
     # Keras' torch test loop runs under `torch.no_grad()`; attacks always need
     # the input gradient, so enable it locally.
-    with torch.enable_grad(), torch_lowering.input_gradients_only():
+    with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         loss = loss_fn(x)
         (grad,) = torch.autograd.grad(loss, [x])

@@ -56,7 +56,7 @@ KERAS, NCHW = "keras", "nchw"
 _EXACT_POLICIES = ("float32", "float64")
 
 
-_SHARED = threading.local()  # .views (see shared_kernel_views), .constant (see input_gradients_only)
+_SHARED = threading.local()  # .views: {id(kernel variable): torch kernel} inside `shared_kernel_views`
 
 
 @contextlib.contextmanager
@@ -426,12 +426,11 @@ def _alias(ins, out, in_place):
     return fn
 
 
-def _conv_plan(planner, layer, node):
-    """Plans a `Conv2D`'s input; returns `(input_slot, layout, conv)`, `conv(h)` its
-    output before the activation. `conv(h, kernel, bias)` takes other weights."""
+def _lower_conv2d(planner, layer, node):
     groups = int(layer.groups)
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         raise Unsupported(f"Conv2D {layer.name!r} uses LoRA or quantization")
+    activation = _activation(layer)
     layout = planner.spatial(layer)
     kh, kw = layer.kernel_size
     dilation = tuple(layer.dilation_rate)
@@ -462,24 +461,12 @@ def _conv_plan(planner, layer, node):
     bias = layer.bias if layer.use_bias else None
     channels_last = planner.memory_format == "channels_last"
 
-    def conv(h, w=None, b=None):
-        if w is None:
-            w = _kernel_view(kernel, channels_last)
-            b = None if bias is None else bias._value
-        return F.conv2d(h, w, b, strides, padding, dilation, groups)
-
-    return x, layout, conv
-
-
-def _lower_conv2d(planner, layer, node):
-    activation = _activation(layer)
-    x, layout, conv = _conv_plan(planner, layer, node)
-
     def make(ins, out, in_place):
         (i,) = ins
 
         def fn(values, training):
-            y = conv(values[i])
+            w = _kernel_view(kernel, channels_last)
+            y = F.conv2d(values[i], w, None if bias is None else bias._value, strides, padding, dilation, groups)
             values[out] = y if activation is None else activation(y)
 
         return fn
@@ -511,21 +498,7 @@ def _lower_batch_norm(planner, layer, node):
         layout = KERAS
     else:
         raise Unsupported(f"BatchNorm {layer.name!r} on a rank-{rank} tensor along axis {layer.axis}")
-    conv_node = planner.producer.get(id(src))
-    conv = None
-    if (
-        rank == 4
-        and conv_node is not None
-        and type(conv_node.operation) is keras.layers.Conv2D
-        and _activation(conv_node.operation) is None
-        and planner.consumers.get(id(src)) == 1
-    ):
-        # The convolution feeding only this BatchNorm runs in the same step,
-        # so that inference can fold the normalisation into its weights.
-        x, _, conv = _conv_plan(planner, conv_node.operation, conv_node)
-        fold = _folding(conv_node.operation, layer, planner.memory_format == "channels_last")
-    else:
-        x = planner.value(src, layout)
+    x = planner.value(src, layout)
     gamma = layer.gamma if layer.scale else None
     beta = layer.beta if layer.center else None
     mean, variance = layer.moving_mean, layer.moving_variance
@@ -549,75 +522,15 @@ def _lower_batch_norm(planner, layer, node):
         (i,) = ins
 
         def fn(values, training):
-            h = values[i]
-            if conv is not None:
-                if not training and _weights_are_constant():  # one convolution, the normalisation folded in
-                    values[out] = conv(h, *fold())
-                    return
-                h = conv(h)
             train = training and layer.trainable
             if train and blocks[0] is not None:  # statistics per block, in block order
-                values[out] = torch.cat([normalize(b, True) for b in torch.split(h, blocks[0])])
+                values[out] = torch.cat([normalize(h, True) for h in torch.split(values[i], blocks[0])])
             else:
-                values[out] = normalize(h, train)
+                values[out] = normalize(values[i], train)
 
         return fn
 
     return planner.emit("bn", make, [x], layout, fresh=True)
-
-
-def _weights_are_constant():
-    """No gradient can reach the weights: under no_grad or `input_gradients_only`."""
-    return not torch.is_grad_enabled() or getattr(_SHARED, "constant", False)
-
-
-def _folding(conv_layer, bn_layer, channels_last):
-    """`fold() -> (kernel, bias)`: an inference-mode BatchNorm folded into the
-    convolution before it, `w * s` and `(b - mean) * s + beta` with
-    `s = gamma / sqrt(var + eps)`: the same function, rounded differently, one
-    pass over the activations instead of three (convolution, normalisation, and
-    the normalisation's backward in an attack). Used only while the weights are
-    constants (evaluation, attacks): a forward whose weight gradients are asked
-    for runs the convolution and the BatchNorm as they are. The folded weights
-    are cached until one of their sources changes (identity or version).
-    """
-    kernel = conv_layer.kernel
-    bias = conv_layer.bias if conv_layer.use_bias else None
-    gamma = bn_layer.gamma if bn_layer.scale else None
-    beta = bn_layer.beta if bn_layer.center else None
-    mean, variance, epsilon = bn_layer.moving_mean, bn_layer.moving_variance, bn_layer.epsilon
-    cache = [None]  # (sources, versions, kernel, bias)
-
-    def compute():
-        scale = torch.rsqrt(variance._value + epsilon)
-        if gamma is not None:
-            scale = scale * gamma._value
-        w = _kernel_view(kernel, channels_last) * scale.reshape(-1, 1, 1, 1)
-        shift = -mean._value if bias is None else bias._value - mean._value
-        b = shift * scale
-        return w, b if beta is None else b + beta._value
-
-    def fold():
-        sources = [v._value for v in (kernel, bias, gamma, beta, mean, variance) if v is not None]
-        versions = [t._version for t in sources]
-        entry = cache[0]
-        if entry is None or entry[1] != versions or any(a is not b for a, b in zip(entry[0], sources)):
-            with torch.no_grad():
-                entry = cache[0] = (sources, versions, *compute())
-        return entry[2], entry[3]
-
-    return fold
-
-
-@contextlib.contextmanager
-def input_gradients_only():
-    """Inside, no gradient reaches the weights: folded inference weights are constants."""
-    outer = getattr(_SHARED, "constant", False)
-    _SHARED.constant = True
-    try:
-        yield
-    finally:
-        _SHARED.constant = outer
 
 
 def _batch_norm_single(h, mean, variance, gamma, beta, momentum, epsilon):
