@@ -12,6 +12,13 @@ import keras
 SUPPORTED_BACKENDS = ("torch", "tensorflow")
 
 
+class DistributedError(ValueError):
+    """A data-parallel job that cannot run as configured (the message says how to fix it).
+
+    Raised by both backends' data-parallel modules (torchrun, tf.distribute).
+    """
+
+
 def get_backend():
     """Returns the backend module for the active Keras backend.
 

@@ -36,13 +36,10 @@ import threading
 import tensorflow as tf
 
 from keras_rpat import _names
+from keras_rpat.backend import DistributedError
 
 _STATE = {"context": None}
 _LOCAL = threading.local()
-
-
-class DistributedError(ValueError):
-    """A data-parallel job that cannot run as configured (the message says how to fix it)."""
 
 
 @dataclasses.dataclass(frozen=True)

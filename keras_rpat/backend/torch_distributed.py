@@ -39,13 +39,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from keras_rpat.backend import DistributedError
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 _STATE = {"context": None, "shard": None}
-
-
-class DistributedError(ValueError):
-    """A data-parallel job that cannot run as configured (the message says how to fix it)."""
 
 
 @dataclasses.dataclass(frozen=True)
