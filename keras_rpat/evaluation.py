@@ -125,19 +125,37 @@ def percent(correct, n):
 def clean_correct(model, x, y, batch_size, check=True):
     """Per-sample correctness on benign inputs, inference mode, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
+    logits_of = _logits_function(model)
     for i, sl in enumerate(_batches(len(x), batch_size)):
-        # In a data-parallel job each rank takes its rows of the batch.
-        with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
-            xb, yb = _rows(x[sl], rows), _rows(y[sl], rows)
-            logits = _forward(model, xb)
-            if i == 0 and check:
-                _check_logits(logits)
-            correct[sl] = rpat_backend.gather_rows(np.argmax(logits, axis=-1) == yb, rows, sl.stop - sl.start)
+        # In a data-parallel job each rank (replica) takes its rows of the batch.
+        (logits,) = rpat_backend.map_rows(logits_of, (x[sl],), owner=model)
+        if i == 0 and check:
+            _check_logits(logits)
+        correct[sl] = np.argmax(logits, axis=-1) == y[sl]
     return correct
 
 
-def _rows(values, rows):
-    return values if rows is None else values[rows]
+def _logits_function(model):
+    """`x -> (logits,)` in inference mode, for `rpat_backend.map_rows`."""
+
+    def logits_of(xb):
+        with rpat_backend.no_grad():
+            return (_fast(model)(ops.cast(xb, "float32"), training=False),)
+
+    return logits_of
+
+
+def _attack_function(model, attack, clean=False):
+    """`(x, y) -> (logits of attack(x),)` (with the clean logits first if `clean`), for `map_rows`."""
+
+    def attacked(xb, yb):
+        xb = ops.cast(xb, "float32")
+        x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, ops.cast(yb, "int32")))
+        with rpat_backend.no_grad():
+            logits = (_fast(model)(x_adv, training=False),)
+            return ((_fast(model)(xb, training=False),) + logits) if clean else logits
+
+    return attacked
 
 
 def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
@@ -166,15 +184,12 @@ def attack_correct(model, attack, x, y, batch_size, progress=None, state_path=No
     if state_path is not None:
         state = pgd_state.StateFile(state_path, pgd_state.evaluation_key(attack, batch_size, model, x, y))
         state.restore(correct, attack.seed_generator)
+    attacked = _attack_function(model, attack)
     for sl in _batches(len(x), batch_size):
         if state is not None and sl.stop <= state.done:
             continue
-        with rpat_backend.evaluation_rows(sl.stop - sl.start) as rows:
-            xb = ops.convert_to_tensor(_rows(x[sl], rows), dtype="float32")
-            yb = ops.convert_to_tensor(_rows(y[sl], rows), dtype="int32")
-            x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
-            hits = np.argmax(_forward(model, x_adv), axis=-1) == _rows(y[sl], rows)
-            correct[sl] = rpat_backend.gather_rows(hits, rows, sl.stop - sl.start)
+        (logits,) = rpat_backend.map_rows(attacked, (x[sl], y[sl]), model, (attack.seed_generator,))
+        correct[sl] = np.argmax(logits, axis=-1) == y[sl]
         if state is not None:
             state.save(sl.stop, correct, attack.seed_generator)
         if progress is not None:
@@ -791,21 +806,15 @@ def perception_analysis(
     pert_ok = np.zeros(n, dtype=bool)
     sq_err = np.zeros(n, dtype=np.float64)  # per-sample sum over classes
     batch_ids = np.zeros(n, dtype=np.int64)
+    attacked = _attack_function(model, attack, clean=True)
     for b, sl in enumerate(_batches(n, batch_size)):
-        size = sl.stop - sl.start
-        with rpat_backend.evaluation_rows(size) as rows:  # a data-parallel job splits the batch
-            y_rows = _rows(y[sl], rows)
-            xb = ops.convert_to_tensor(_rows(x[sl], rows), dtype="float32")
-            yb = ops.convert_to_tensor(y_rows, dtype="int32")
-            z = _forward(model, xb)
-            if b == 0:
-                _check_logits(z)
-            x_pert = ops.stop_gradient(attack.perturb(_fast(model), xb, yb))
-            z_pert = _forward(model, x_pert)
-            clean_ok[sl] = rpat_backend.gather_rows(np.argmax(z, -1) == y_rows, rows, size)
-            pert_ok[sl] = rpat_backend.gather_rows(np.argmax(z_pert, -1) == y_rows, rows, size)
-            errors = np.sum((z.astype(np.float64) - z_pert.astype(np.float64)) ** 2, axis=-1)
-            sq_err[sl] = rpat_backend.gather_rows(errors, rows, size)
+        # A data-parallel job splits the batch.
+        z, z_pert = rpat_backend.map_rows(attacked, (x[sl], y[sl]), model, (attack.seed_generator,))
+        if b == 0:
+            _check_logits(z)
+        clean_ok[sl] = np.argmax(z, -1) == y[sl]
+        pert_ok[sl] = np.argmax(z_pert, -1) == y[sl]
+        sq_err[sl] = np.sum((z.astype(np.float64) - z_pert.astype(np.float64)) ** 2, axis=-1)
         batch_ids[sl] = b
 
     def subset_mse(mask):

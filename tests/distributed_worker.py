@@ -106,14 +106,7 @@ def evaluate(state_path=None):
         accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
             model, x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, state_path, verbose=True, options=AA_OPTIONS
         )
-    result = keras_rpat.evaluation.evaluate(
-        model, x, y, ("clean", "pgd20"), epsilon=EVAL_EPSILON, num_steps=3, batch_size=8
-    )
-    perception = keras_rpat.evaluation.perception_analysis(model, x, y, "pgd20", EVAL_EPSILON, 1 / 255, 3, batch_size=8)
-    out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy)}
-    out |= {f"eval/{k}": np.float64(getattr(result, k)) for k in ("clean", "pgd20")}
-    for k in ("n_success", "n_failure", "mse_success", "mse_failure", "mse_all", "clean_accuracy"):
-        out[f"eval/perception_{k}"] = np.float64(getattr(perception, k))
+    out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy)} | evaluate_pgd()
     job = keras_rpat.backend.distributed_context()
     if job is not None:
         import torch.distributed as dist
@@ -122,6 +115,44 @@ def evaluate(state_path=None):
         dist.all_gather_object(views, printed.getvalue())
         out["printed"] = np.array(json.dumps(views))
     return out
+
+
+def evaluate_pgd(strategy=None):
+    """Clean and PGD accuracy (`evaluate`) and the perception analysis of the `evaluate` convnet
+    (built in `strategy`'s scope, if given)."""
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = _eval_model()
+    x, y = eval_images()
+    result = keras_rpat.evaluation.evaluate(
+        model, x, y, ("clean", "pgd20"), epsilon=EVAL_EPSILON, num_steps=3, batch_size=8
+    )
+    perception = keras_rpat.evaluation.perception_analysis(model, x, y, "pgd20", EVAL_EPSILON, 1 / 255, 3, batch_size=8)
+    out = {f"eval/{k}": np.float64(getattr(result, k)) for k in ("clean", "pgd20")}
+    for k in ("n_success", "n_failure", "mse_success", "mse_failure", "mse_all", "clean_accuracy"):
+        out[f"eval/perception_{k}"] = np.float64(getattr(perception, k))
+    return out
+
+
+@contextlib.contextmanager
+def counted_replica_rows():
+    """Records the rows each tf.distribute replica evaluates (`{replica: [rows per batch]}`)."""
+    import tensorflow as tf
+
+    from keras_rpat.backend import tensorflow_distributed
+
+    seen, shard_scope = {}, tensorflow_distributed.shard_scope
+
+    def counting(shard):
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            seen.setdefault(int(replica.replica_id_in_sync_group), []).append(int(tf.shape(shard.rows)[0]))
+        return shard_scope(shard)
+
+    tensorflow_distributed.shard_scope = counting
+    try:
+        yield seen
+    finally:
+        tensorflow_distributed.shard_scope = shard_scope
 
 
 def resumed_autoattack(state_path):
@@ -182,12 +213,19 @@ def main():
         results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype, strategy))
     keras.config.set_dtype_policy("float32")
     job = keras_rpat.backend.distributed_context()
-    if strategy is None:  # the evaluation checks are torchrun's
+    if strategy is None:  # torchrun (or one process)
         state_path = None if job is None else f"{args.out}.aa_state{job.rank}.json"  # a file per rank, as the CLI's
         results.update(evaluate(state_path))
         if job is not None:
             results.update(resumed_autoattack(state_path))
             results.update(shared_folders(args.out))
+    else:
+        with counted_replica_rows() as rows:
+            results.update(evaluate_pgd())  # under the process' strategy, as the CLI runs
+            # A model built in the strategy's scope, evaluated outside it (the attack's random state is not mirrored).
+            keras_rpat.backend.tensorflow_distributed.shutdown()
+            results.update({f"{k}/outside_the_scope": v for k, v in evaluate_pgd(strategy).items()})
+        results["eval/replica_rows"] = np.array(json.dumps(rows))
     if job is None or job.is_primary:
         np.savez(args.out, **results)
 

@@ -182,6 +182,26 @@ def test_two_mirrored_replicas_take_the_one_device_steps(two_replicas, run):
     _assert_same_steps(_one_process(run), two_replicas.wait(), run.split(":")[0])
 
 
+def _assert_same_evaluation(one, many, replicas=("0", "1")):
+    """Clean, PGD and perception figures of the one-device evaluation, and the `replicas` of this
+    process took part."""
+    names = [k for k in one if k.startswith("eval/")]
+    assert len(names) == 8
+    for name in names:  # under the strategy, and for a model built in its scope evaluated outside it
+        np.testing.assert_allclose(many[name], one[name], rtol=1e-5, atol=0, err_msg=name)
+        np.testing.assert_allclose(many[f"{name}/outside_the_scope"], one[name], rtol=1e-5, atol=0, err_msg=name)
+    # Every batch of 8 split 4 + 4 (the last, of 6: 3 + 3) over the 2 replicas, in the 3 evaluations, twice.
+    rows = json.loads(str(many["eval/replica_rows"]))
+    assert rows == {replica: [4, 4, 3] * 6 for replica in replicas}, rows
+    # The attack flipped images and changed logits (a test that cannot fail is a defect).
+    assert one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0
+
+
+@tensorflow_only
+def test_two_mirrored_replicas_evaluate_as_one_device(two_replicas):
+    _assert_same_evaluation(distributed_worker.evaluate_pgd(), two_replicas.wait())
+
+
 # Two more TensorFlow processes (~35 s of CPU): over make test's budget, so asked for by name.
 MULTIWORKER = os.environ.get("KERAS_RPAT_TEST_MULTIWORKER") == "1"
 
@@ -192,6 +212,7 @@ def test_two_workers_take_the_one_device_steps(two_workers):
     """MultiWorkerMirroredStrategy (TF_CONFIG, 2 processes): the chief's file has the one-device
     steps; the other worker writes none."""
     _assert_same_steps(_one_process(TF_RUNS[0]), two_workers.wait(), TF_RUNS[0].split(":")[0])
+    _assert_same_evaluation(distributed_worker.evaluate_pgd(), two_workers.wait(), replicas=("0",))
     assert not os.path.exists(str(two_workers.out).replace("worker0", "worker1"))
 
 

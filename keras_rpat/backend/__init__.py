@@ -71,16 +71,16 @@ def distributed_context():
     return get_backend().distributed_context()
 
 
-def evaluation_rows(size):
-    """A context giving this rank's rows of an evaluation batch of `size` rows
-    (`None` for a process that runs alone); random draws inside it are the
-    one-process ones."""
-    return get_backend().evaluation_rows(size)
+def map_rows(fn, arrays, owner=None, seed_generators=()):
+    """`fn(*tensors)` on one evaluation batch of `arrays` (NumPy arrays of equal length): a tuple of
+    per-row tensors, returned as NumPy arrays.
 
-
-def gather_rows(values, rows, size):
-    """Every rank's per-row `values` of an `evaluation_rows` batch, as one array."""
-    return get_backend().gather_rows(values, rows, size)
+    In a data-parallel job each rank (torchrun) or replica (tf.distribute: the current strategy,
+    else `owner`'s, a model built in a strategy's scope) computes its rows and every one returns
+    all of them, the one-process values: random draws inside, from `seed_generators` (the
+    `keras.random.SeedGenerator`s `fn` draws from), are the one-process rows.
+    """
+    return get_backend().map_rows(fn, arrays, owner, seed_generators)
 
 
 def check_same_on_all_ranks(value, what, *fix):

@@ -57,14 +57,8 @@ def distributed_context():
     return tensorflow_distributed.context()
 
 
-def evaluation_rows(size):
-    # Evaluations run eagerly in cross-replica context, on the first device, over
-    # the whole batch: the one-device numbers (every worker computes them).
-    return contextlib.nullcontext()
-
-
-def gather_rows(values, rows, size):
-    return values
+def map_rows(fn, arrays, owner=None, seed_generators=()):
+    return tensorflow_distributed.map_rows(fn, arrays, owner, seed_generators)
 
 
 def check_same_on_all_ranks(value, what, *fix):

@@ -32,7 +32,10 @@ import dataclasses
 import json
 import os
 import threading
+import weakref
 
+import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_rpat import _names
@@ -335,3 +338,82 @@ def synchronized_moments(x, axes):
     centered = x - tf.reshape(mean, keep)
     variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(centered), axis=axes)) / count
     return mean, variance, count
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluation_strategy(owner=None):
+    """The strategy an evaluation shards over: the CLI's or the current one, else the one
+    `owner` (a model) was built under; `None` for one replica."""
+    found = context()
+    if found is None and owner is not None and getattr(owner, "distribute_strategy", None) is not None:
+        found = context_of(owner.distribute_strategy)
+    return None if found is None else found.strategy
+
+
+def map_rows(fn, arrays, owner=None, seed_generators=()):
+    """`fn(*tensors)` on one evaluation batch of `arrays`, as NumPy arrays of every row.
+
+    Under a strategy each replica computes its rows (`shard_rows`) in a
+    `shard_scope` (random draws are its rows of the one-device draw) inside
+    `strategy.run`, and the rows are all-reduced (zero-padded, exact), so
+    every worker gets the one-device values. `seed_generators` (those `fn`
+    draws from) advance as on one device. A batch smaller than the replica
+    count is computed whole, on every worker.
+    """
+    strategy = evaluation_strategy(owner)
+    size = len(arrays[0])
+    if strategy is None or size < strategy.num_replicas_in_sync:
+        return tuple(np.asarray(o) for o in fn(*map(tf.convert_to_tensor, arrays)))
+    replicas = strategy.num_replicas_in_sync
+
+    def replica_inputs(ctx):
+        rows = shard_rows(size, ctx.replica_id_in_sync_group, replicas).numpy()
+        return tuple(tf.convert_to_tensor(a[rows]) for a in arrays)
+
+    def replica_fn(*inputs):
+        replica = tf.distribute.get_replica_context()
+        rows = shard_rows(size, replica.replica_id_in_sync_group, replicas)
+        with shard_scope(Shard(rows, tf.constant(size), sync_batchnorm=False)):
+            outputs = fn(*inputs)
+        return tuple(_gather_rows(replica, tf.convert_to_tensor(o), rows, size) for o in outputs)
+
+    inputs = strategy.experimental_distribute_values_from_function(replica_inputs)
+    with _mirrored_generators(strategy, seed_generators):
+        outputs = strategy.run(replica_fn, args=tuple(inputs))
+    return tuple(strategy.experimental_local_results(o)[0].numpy() for o in outputs)
+
+
+def _gather_rows(replica, values, rows, size):
+    """The `size`-row tensor whose `rows` are each replica's `values` (float64 sum of one value and zeros: exact)."""
+    shape = tf.concat([[size], tf.shape(values)[1:]], 0)
+    full = tf.scatter_nd(rows[:, None], tf.cast(values, tf.float64), shape)
+    return tf.cast(replica.all_reduce(tf.distribute.ReduceOp.SUM, full), values.dtype)
+
+
+# SeedGenerator -> a generator of the same dtype whose state is mirrored over the strategy's replicas.
+_MIRRORED_GENERATORS = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _mirrored_generators(strategy, generators):
+    """Lends each generator a mirrored state for `strategy.run`, then keeps the state it ends with.
+
+    A generator made outside the strategy's scope has one state variable that
+    every replica would advance; a mirrored one advances once, as on one device.
+    """
+    lent = []
+    for generator in generators:
+        twin = _MIRRORED_GENERATORS.get(generator)
+        if twin is None or twin[0] is not strategy:
+            with strategy.scope():
+                twin = _MIRRORED_GENERATORS[generator] = (strategy, keras.random.SeedGenerator(0))
+        mirrored = twin[1].state
+        mirrored.assign(generator.state.value)
+        lent.append((generator, generator.state))
+        generator.state = mirrored
+    try:
+        yield
+    finally:
+        for generator, own in lent:
+            own.assign(tf.convert_to_tensor(generator.state.value))
+            generator.state = own

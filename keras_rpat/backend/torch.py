@@ -87,12 +87,9 @@ def distributed_context():
     return torch_distributed.context()
 
 
-def evaluation_rows(size):
-    return torch_distributed.evaluation_rows(size)
-
-
-def gather_rows(values, rows, size):
-    return torch_distributed.gather_rows(values, rows, size)
+def map_rows(fn, arrays, owner=None, seed_generators=()):
+    # Random draws follow the rank's shard (torch_random): the generators need nothing.
+    return torch_distributed.map_rows(fn, arrays)
 
 
 def check_same_on_all_ranks(value, what, *fix):

@@ -38,6 +38,7 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
+from keras import ops
 
 from keras_rpat.backend import DistributedError
 
@@ -232,30 +233,31 @@ def train_step(trainer, x, y, sample_weight, gradients, autocast=contextlib.null
     return trainer.update_metrics_from_sums(sums, layout)
 
 
-@contextlib.contextmanager
-def evaluation_rows(size):
-    """This rank's rows of an evaluation batch of `size` rows, as a `shard_scope`
-    (so the attack's random starts are the one-process ones); `None` alone."""
+def map_rows(fn, arrays):
+    """`fn(*tensors)` (a tuple of per-row tensors) on one evaluation batch of `arrays` (NumPy, equal
+    length), as NumPy arrays of every row: each rank computes its rows, in a `shard_scope` (the
+    attack's random starts are the one-process ones), and the rows are all-reduced. Alone, or for
+    a batch too small to split, every rank computes the whole batch."""
+    size = len(arrays[0])
     found = _STATE["context"]
-    if found is None or size < found.world_size:  # too small to split: every rank takes it whole
-        yield None
-        return
+    if found is None or size < found.world_size:
+        return tuple(ops.convert_to_numpy(o) for o in fn(*map(ops.convert_to_tensor, arrays)))
     rows = shard_rows(size, found.rank, found.world_size)
     shard = Shard(rows, size, sync_batchnorm=False)
     shard.device_rows = torch.as_tensor(rows, device=_device())
     with shard_scope(shard):
-        yield rows
+        outputs = fn(*(ops.convert_to_tensor(a[rows]) for a in arrays))
+        return tuple(_gather_rows(ops.convert_to_numpy(o), rows, size) for o in outputs)
 
 
-def gather_rows(values, rows, size):
-    """The `size`-row NumPy array whose `rows` are each rank's `values` (numeric or bool)."""
-    if rows is None:
-        return values
-    full = torch.zeros(size, dtype=torch.float64, device=_device())  # float64: exact for flags and float32 values
-    full[torch.as_tensor(rows, device=full.device)] = torch.as_tensor(np.asarray(values, np.float64)).to(full)
+def _gather_rows(values, rows, size):
+    """The `size`-row array whose `rows` are each rank's `values` (its dtype kept)."""
+    values = np.asarray(values)
+    # float64 is exact for bool, float32 and int32 values; each row is one rank's plus zeros.
+    full = torch.zeros((size, *values.shape[1:]), dtype=torch.float64, device=_device())
+    full[torch.as_tensor(rows, device=full.device)] = torch.as_tensor(values.astype(np.float64)).to(full)
     dist.all_reduce(full)
-    out = full.cpu().numpy()
-    return out.astype(bool) if np.asarray(values).dtype == bool else out
+    return full.cpu().numpy().astype(values.dtype)
 
 
 def is_primary():
