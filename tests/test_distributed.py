@@ -475,7 +475,7 @@ def test_cli_strategy_on_torch_names_torchrun(tmp_path):
     [
         ("{not json", [], "TF_CONFIG is not JSON"),
         ('{"cluster": {}}', ["--strategy", "multiworker"], "TF_CONFIG needs a cluster with workers"),
-        (None, ["--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG"),
+        (None, ["--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG.*or a Slurm job step"),
         (None, ["--sync-batchnorm"], "--sync-batchnorm needs a data-parallel job.*--strategy mirrored"),
     ],
 )
@@ -484,6 +484,7 @@ def test_cli_tf_distribute_mistakes_name_the_fix(tf_config, options, message, tm
 
     from keras_rpat.cli import main
 
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
@@ -492,3 +493,31 @@ def test_cli_tf_distribute_mistakes_name_the_fix(tf_config, options, message, tm
     assert result.exit_code == 2, result.output
     assert re.search(message, result.output, re.S), result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@tensorflow_only
+def test_a_slurm_step_gives_each_task_its_worker(monkeypatch):
+    """--strategy multiworker under srun without TF_CONFIG: one worker per task, nodes in order,
+    ports counted up per node; a task the layout puts on another node is refused with the fix."""
+    from keras_rpat.backend import tensorflow_distributed
+
+    slurm = {
+        "SLURM_STEP_NUM_TASKS": "5",
+        "SLURM_STEP_NODELIST": "gpu[07-08],hx",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2),1",
+    }
+    for name, value in {**slurm, "SLURM_PROCID": "3", "SLURMD_NODENAME": "gpu08"}.items():
+        monkeypatch.setenv(name, value)
+    assert tensorflow_distributed.slurm_step()
+    assert tensorflow_distributed.slurm_tf_config(port=2000) == {
+        "cluster": {"worker": ["gpu07:2000", "gpu07:2001", "gpu08:2000", "gpu08:2001", "hx:2000"]},
+        "task": {"type": "worker", "index": 3},
+    }
+    monkeypatch.setenv("SLURMD_NODENAME", "hx")
+    with pytest.raises(ValueError, match=r"task 3 runs on hx.*puts it on gpu08.*--distribution=block"):
+        tensorflow_distributed.slurm_tf_config()
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "two")
+    with pytest.raises(ValueError, match=r"Could not read the Slurm job step.*'two'.*srun"):
+        tensorflow_distributed.slurm_tf_config()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert not tensorflow_distributed.slurm_step()

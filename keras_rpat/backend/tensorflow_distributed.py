@@ -42,6 +42,7 @@ from keras_rpat import _names
 from keras_rpat.backend import DistributedError
 
 _STATE = {"context": None}
+SLURM_PORT = 12345  # the first worker port on each node of a Slurm job (`SlurmClusterResolver(port_base=...)`)
 _LOCAL = threading.local()
 
 
@@ -86,6 +87,40 @@ _TF_CONFIG_EXAMPLE = (
 )
 
 
+def slurm_step():
+    """Whether this process is a task of a Slurm job step of several tasks (`srun`)."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in os.environ
+
+
+def slurm_tf_config(port=SLURM_PORT):
+    """The `TF_CONFIG` of this Slurm task: one worker per task (task `SLURM_PROCID`), on `port`
+    (`port + i` for the `i`-th task of a node), as `SlurmClusterResolver` lays them out.
+
+    The resolver only names the hosts here: its GPU allocation is left out (one task per
+    node sees the node's GPUs; several tasks per node get theirs from Slurm's `--gpus-per-task`).
+    """
+    try:
+        tasks = max(int(n.split("(")[0]) for n in os.environ["SLURM_STEP_TASKS_PER_NODE"].split(","))
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=port, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False
+        )
+        workers = resolver.cluster_spec().as_dict()["worker"]
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise DistributedError(
+            f"Could not read the Slurm job step for --strategy multiworker ({type(e).__name__}: {e}). Run the "
+            f"command under srun (one task per node), or set TF_CONFIG yourself. {_TF_CONFIG_EXAMPLE}"
+        ) from None
+    index = int(os.environ["SLURM_PROCID"])
+    host, node = workers[index].rsplit(":", 1)[0], os.environ.get("SLURMD_NODENAME", workers[index].rsplit(":", 1)[0])
+    if host != node:  # the resolver packs tasks on sorted host names: Slurm's block distribution
+        raise DistributedError(
+            f"Slurm task {index} runs on {node}, but the worker layout puts it on {host} (tasks are taken "
+            "block by block over the sorted node names). Launch with `srun --distribution=block`, or set "
+            f"TF_CONFIG yourself. {_TF_CONFIG_EXAMPLE}"
+        )
+    return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+
+
 def make_strategy(name):
     """A new strategy: `"mirrored"` (this host's GPUs, else its logical CPU devices) or
     `"multiworker"` (the cluster `TF_CONFIG` describes)."""
@@ -93,10 +128,12 @@ def make_strategy(name):
         raise DistributedError(f"Unknown strategy {name!r}. Expected one of {_names.TF_STRATEGIES}.")
     if name == "multiworker":
         if not tf_config():
-            raise DistributedError(
-                "--strategy multiworker needs TF_CONFIG (the cluster and this worker's task) in the environment. "
-                f"{_TF_CONFIG_EXAMPLE} For one host use --strategy mirrored."
-            )
+            if not slurm_step():
+                raise DistributedError(
+                    "--strategy multiworker needs TF_CONFIG (the cluster and this worker's task) in the environment, "
+                    f"or a Slurm job step (srun). {_TF_CONFIG_EXAMPLE} For one host use --strategy mirrored."
+                )
+            os.environ["TF_CONFIG"] = json.dumps(slurm_tf_config())
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
