@@ -43,7 +43,8 @@ def data_parallel_options():
         expose_value=False,
         callback=_remember_strategy,
         help="tensorflow: train with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
-        "TF_CONFIG (the default when TF_CONFIG is set). On torch, launch with torchrun instead.",
+        "TF_CONFIG (the default when TF_CONFIG is set), else of the Slurm job step (srun). On torch, launch with "
+        "torchrun instead.",
     )
     return lambda f: sync(strategy(f))
 
