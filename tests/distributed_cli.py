@@ -1,6 +1,7 @@
 """`python -m keras_rpat.cli ...` as one rank under torchrun, where rank 1 can be killed mid-training.
 
     torchrun --nproc_per_node=2 tests/distributed_cli.py [--kill-rank-1-at STEP RANK0_METADATA] recipe ...
+    torchrun --nproc_per_node=2 tests/distributed_cli.py eval ... +++ autoattack ...   # one command, then the next
 
 With `--kill-rank-1-at`, rank 1 SIGKILLs itself after it has backed up step
 STEP of training, once rank 0's backup (RANK0_METADATA, its
@@ -47,4 +48,10 @@ if __name__ == "__main__":
         if os.environ.get("RANK") == "1":
             kill_rank_1_at(int(args[1]), args[2])
         args = args[3:]
+    while "+++" in args:
+        first = args.index("+++")
+        code = main(args[:first], prog_name="keras-rpat", standalone_mode=False)
+        if code:
+            sys.exit(code)
+        args = args[first + 1 :]
     sys.exit(main(args, prog_name="keras-rpat"))

@@ -521,3 +521,44 @@ def test_a_slurm_step_gives_each_task_its_worker(monkeypatch):
         tensorflow_distributed.slurm_tf_config()
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     assert not tensorflow_distributed.slurm_step()
+
+
+@torch_only
+def test_two_rank_eval_and_autoattack_commands_write_the_one_process_results(tmp_path):
+    """`torchrun -m keras_rpat.cli eval` / `autoattack`: the ranks split the evaluation, rank 0 prints
+    and writes the one-process results; rank 1 keeps its own AutoAttack state file."""
+    import keras
+    from testing import invoke
+
+    from keras_rpat import _io
+    from keras_rpat.cli import main
+
+    keras.utils.set_random_seed(0)
+    distributed_worker._eval_model().save(tmp_path / "model.keras")
+    x, y = distributed_worker.eval_images()
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    common = [tmp_path / "model.keras", "--data", tmp_path / "data.npz", "--epsilon", "3/255"]
+    evaluation = ["eval", *common, "--attacks", "clean,pgd20", "--num-steps", "3", "--batch-size", "8"]
+    autoattack = ["autoattack", *common, "--attacks", "square,apgd-ce", "--batch-size", "4"]
+    autoattack += ["--option", "apgd.n_iter=3", "--option", "square.n_queries=8"]
+
+    def commands(folder):
+        return [*evaluation, "--out", folder / "eval.json"], [*autoattack, "--state", folder / "aa_state.json"]
+
+    (tmp_path / "two").mkdir()
+    first, second = commands(tmp_path / "two")
+    command = [HERE / "distributed_cli.py", *first, "+++", *second, "--out", tmp_path / "two/aa.json"]
+    job = _start_torchrun(command, stdout=subprocess.PIPE)
+    (tmp_path / "one").mkdir()
+    for command, out in zip(commands(tmp_path / "one"), ([], ["--out", tmp_path / "one/aa.json"])):
+        done = invoke(main, [*command, *out])  # meanwhile, one process
+        assert done.exit_code == 0, done.output
+    stdout, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr[-4000:]
+    assert stdout.count("Evaluating model.keras") == 2 and stdout.count("(2 ranks)") == 2, stdout  # rank 0 only
+    for name in ("eval.json", "aa.json"):
+        found = _differences(_io.read_json(tmp_path / "one" / name), _io.read_json(tmp_path / "two" / name))
+        assert not found, (name, found[:5])
+    aa = _io.read_json(tmp_path / "two" / "aa.json")
+    assert 0 < aa["autoattack"] < aa["clean"] == 100  # the attacks flipped some images (the test can fail)
+    assert _io.read_json(tmp_path / "two" / ".aa_state.json.rank1")["complete"]

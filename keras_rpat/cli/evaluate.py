@@ -7,6 +7,9 @@ keras-rpat autoattack MODEL.keras --dataset cifar10 --n 1000 \\
     --attacks apgd-ce,apgd-t --state aa_state.json --out aa.json
 ```
 
+Under `torchrun` (or `--strategy` on tensorflow) the ranks split the evaluation and
+rank 0 prints and writes `--out` (`keras_rpat.cli.launch.join_evaluation`).
+
 `MODEL.keras` is a classifier saved with `model.save()` or a saved
 `RPATTrainer` (its `evaluation_model` is evaluated: the weight-averaged model
 for ReBAT / RPAT++). The dataset is a name of `keras_rpat.datasets.load` or an
@@ -22,6 +25,7 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _names
+from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["autoattack_command", "eval_command", "threat_model_options"]
@@ -172,25 +176,33 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
                 _checks.check_budget(settings[key], key, settings["norm"])
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint=f"'--{key.replace('_', '-')}'") from None
-    click.echo(opt.backend_line())
+    # Under torchrun (or --strategy) the ranks split the evaluation; rank 0 prints and writes.
+    launch = launch_lib.join_evaluation(
+        {"model": os.path.basename(model_path), "dataset": str(dataset), "n": n, **settings}
+    )
+    echo = click.echo if launch.primary else (lambda message: None)
+    echo(opt.backend_line())
     model, note = _load_model(model_path)
     x, y, data = _load_test_data(dataset, model, n)
-    click.echo(
+    echo(
         f"Evaluating {os.path.basename(model_path)}"
         + (f" ({note})" if note else "")
         + f" on {data.name} test ({len(x)} images), {settings['norm']} eps={settings['epsilon'] * 255:.4g}/255: "
         + ", ".join(settings["attacks"])
+        + (f" ({launch.world_size} ranks)" if launch.world_size > 1 else "")
     )
+    settings["aa_state_path"] = launch_lib.rank_file(settings.get("aa_state_path"), launch.rank)  # one writer per file
+    settings["verbose"] = settings.get("verbose", False) and launch.primary
     try:
         result = evaluation.evaluate(model, x, y, **settings)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     result.provenance["model"] = os.path.abspath(model_path)
     result.provenance["data"] = dataset
-    click.echo(result.summary())
-    if out is not None:
+    echo(result.summary())
+    if out is not None and launch.primary:
         result.save(out)
-        click.echo(f"Wrote {out}")
+        echo(f"Wrote {out}")
     return result
 
 
@@ -218,6 +230,7 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
 @click.option(
     "--verbose", is_flag=True, help="Print the progress of PGD (elapsed, ETA, accuracy so far) and AutoAttack."
 )
+@launch_lib.strategy_option()
 def eval_command(
     model_path, dataset, n, seed, out, norm, epsilon, attacks, step_size, num_steps, batch_size, state, verbose
 ):
@@ -265,6 +278,7 @@ def eval_command(
     help="Attack setting COMPONENT.SETTING=VALUE (e.g. apgd.n_iter=10, square.n_queries=1000); repeatable.",
 )
 @click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
+@launch_lib.strategy_option()
 def autoattack_command(
     model_path, dataset, n, seed, out, norm, epsilon, attacks, version, batch_size, state, aa_options, verbose
 ):

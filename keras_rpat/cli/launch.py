@@ -18,7 +18,7 @@ import click
 from keras_rpat import _names
 from keras_rpat.cli import options as opt
 
-__all__ = ["Launch", "data_parallel_options", "join"]
+__all__ = ["Launch", "data_parallel_options", "join", "join_evaluation", "rank_file", "strategy_option"]
 
 # The --strategy of the command being run (set by its callback on every invocation).
 _REQUESTED = {"strategy": None}
@@ -29,6 +29,20 @@ def _remember_strategy(ctx, param, value):
     return value
 
 
+def strategy_option():
+    """`--strategy` (read by `join` and `join_evaluation`)."""
+    return click.option(
+        "--strategy",
+        type=click.Choice(_names.TF_STRATEGIES),
+        default=None,
+        expose_value=False,
+        callback=_remember_strategy,
+        help="tensorflow: run with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
+        "TF_CONFIG (the default when TF_CONFIG is set), else of the Slurm job step (srun). On torch, launch with "
+        "torchrun instead.",
+    )
+
+
 def data_parallel_options():
     """`--sync-batchnorm` and `--strategy` (read by `join`)."""
     sync = click.option(
@@ -36,17 +50,7 @@ def data_parallel_options():
         is_flag=True,
         help="In a data-parallel job: BatchNorm statistics over the global batch (N devices x B/N = 1 device x B).",
     )
-    strategy = click.option(
-        "--strategy",
-        type=click.Choice(_names.TF_STRATEGIES),
-        default=None,
-        expose_value=False,
-        callback=_remember_strategy,
-        help="tensorflow: train with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
-        "TF_CONFIG (the default when TF_CONFIG is set), else of the Slurm job step (srun). On torch, launch with "
-        "torchrun instead.",
-    )
-    return lambda f: sync(strategy(f))
+    return lambda f: sync(strategy_option()(f))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,25 +86,9 @@ def join(out, sync_batchnorm, config, batch_size):
     every rank, and the global `batch_size` must split evenly over them.
     Called when a run starts: it loads Keras and the backend.
     """
-    import keras
-
-    from keras_rpat import backend as rpat_backend
     from keras_rpat import trainer as trainer_lib
 
-    strategy = _REQUESTED["strategy"]
-    tensorflow = keras.config.backend() == "tensorflow"
-    if strategy is not None and not tensorflow:
-        raise click.UsageError(
-            f"--strategy {strategy} is tf.distribute's, for the tensorflow backend (KERAS_BACKEND=tensorflow). "
-            f"On {keras.config.backend()}, launch one process per device with "
-            "`torchrun --nproc_per_node=N -m keras_rpat.cli ...` and drop --strategy."
-        )
-    if strategy is None and tensorflow and os.environ.get("TF_CONFIG", "").strip():
-        strategy = "multiworker"
-    try:
-        job = rpat_backend.initialize_distributed(strategy=strategy)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
+    job, tensorflow = _join_job()
     if job is None:
         if sync_batchnorm:
             how = (
@@ -119,8 +107,51 @@ def join(out, sync_batchnorm, config, batch_size):
             f"multiple of {job.world_size}, e.g. --batch-size {max(job.world_size, batch_size - batch_size % job.world_size)}."
         )
     trainer_lib.set_sync_batchnorm_default(bool(sync_batchnorm))
+    _check_same_configuration({"config": config, "sync_batchnorm": sync_batchnorm})
+    return Launch(rank_folder(out, job.rank), job.rank, job.world_size)
+
+
+def join_evaluation(config):
+    """`join` for the evaluation commands: the ranks (replicas) split every batch, whatever its
+    size, and `config` must be equal on every rank. `Launch.out` is unused."""
+    job, _ = _join_job()
+    if job is None:
+        return Launch(None)
+    _check_same_configuration(config)
+    return Launch(None, job.rank, job.world_size)
+
+
+def rank_file(path, rank):
+    """`path` for rank 0, the sibling `.<name>.rank<r>` for the others (`None` stays `None`)."""
+    return path if path is None else rank_folder(path, rank)
+
+
+def _join_job():
+    """Joins torchrun's job or the requested tf.distribute strategy: `(context or None, tensorflow?)`."""
+    import keras
+
+    from keras_rpat import backend as rpat_backend
+
+    strategy = _REQUESTED["strategy"]
+    tensorflow = keras.config.backend() == "tensorflow"
+    if strategy is not None and not tensorflow:
+        raise click.UsageError(
+            f"--strategy {strategy} is tf.distribute's, for the tensorflow backend (KERAS_BACKEND=tensorflow). "
+            f"On {keras.config.backend()}, launch one process per device with "
+            "`torchrun --nproc_per_node=N -m keras_rpat.cli ...` and drop --strategy."
+        )
+    if strategy is None and tensorflow and os.environ.get("TF_CONFIG", "").strip():
+        strategy = "multiworker"
     try:
-        rpat_backend.check_same_on_all_ranks({"config": config, "sync_batchnorm": sync_batchnorm}, "configuration")
+        return rpat_backend.initialize_distributed(strategy=strategy), tensorflow
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    return Launch(rank_folder(out, job.rank), job.rank, job.world_size)
+
+
+def _check_same_configuration(config):
+    from keras_rpat import backend as rpat_backend
+
+    try:
+        rpat_backend.check_same_on_all_ranks(config, "configuration")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
