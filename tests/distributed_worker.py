@@ -172,9 +172,8 @@ def resumed_autoattack(state_path):
 
 
 def shared_folders(out):
-    """Each rank's view of its folder after `share_folder` (rank 0's files: a resumed job's backup)."""
-    import torch.distributed as dist
-
+    """Each rank's view of its folder after `share_folder` (rank 0's files: a resumed job's backup),
+    and of rank 0's decisions (`from_primary`) and a configuration that differs (`check_same_on_all_ranks`)."""
     job = keras_rpat.backend.distributed_context()
     folder = f"{out}.folder{job.rank}"
     os.makedirs(folder)
@@ -186,8 +185,13 @@ def shared_folders(out):
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name)) as f:
             seen[name] = f.read()
-    views = [None] * job.world_size
-    dist.all_gather_object(views, seen)
+    seen["from_primary"] = keras_rpat.backend.from_primary(f"decided on rank {job.rank}")
+    try:
+        keras_rpat.backend.check_same_on_all_ranks({"epochs": 10 + job.rank, "same": 1}, "configuration")
+        seen["check_same"] = "passed"
+    except ValueError as e:
+        seen["check_same"] = str(e)
+    views = keras_rpat.backend.all_gather_object(seen)
     return {"folders": np.array(json.dumps(views))}
 
 
@@ -220,6 +224,8 @@ def main():
             results.update(resumed_autoattack(state_path))
             results.update(shared_folders(args.out))
     else:
+        if job.backend == "multiworker":
+            results.update(shared_folders(args.out))
         with counted_replica_rows() as rows:
             results.update(evaluate_pgd())  # under the process' strategy, as the CLI runs
             # A model built in the strategy's scope, evaluated outside it (the attack's random state is not mirrored).

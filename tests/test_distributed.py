@@ -213,6 +213,7 @@ def test_two_workers_take_the_one_device_steps(two_workers):
     steps; the other worker writes none."""
     _assert_same_steps(_one_process(TF_RUNS[0]), two_workers.wait(), TF_RUNS[0].split(":")[0])
     _assert_same_evaluation(distributed_worker.evaluate_pgd(), two_workers.wait(), replicas=("0",))
+    _assert_rank_0s_view(two_workers.wait())
     assert not os.path.exists(str(two_workers.out).replace("worker0", "worker1"))
 
 
@@ -249,8 +250,17 @@ def test_a_rank_without_its_autoattack_state_takes_the_furthest_one(two_ranks):
 
 @torch_only
 def test_share_folder_gives_every_rank_rank_0s_files(two_ranks):
-    views = json.loads(str(two_ranks.wait()["folders"]))
-    assert views == [{"only_on_0": "", "weights": "rank 0"}] * 2
+    _assert_rank_0s_view(two_ranks.wait())
+
+
+def _assert_rank_0s_view(results):
+    """Every rank (worker) holds rank 0's files and decision, and a configuration that differs
+    is refused on every one of them."""
+    views = json.loads(str(results["folders"]))
+    refused = "Ranks [1] have a different configuration than rank 0: epochs is 11 on rank 1, 10 on rank 0."
+    messages = [v.pop("check_same") for v in views]
+    assert messages[0] == messages[1] and refused in messages[0], messages
+    assert views == [{"only_on_0": "", "weights": "rank 0", "from_primary": "decided on rank 0"}] * 2
 
 
 @torch_only

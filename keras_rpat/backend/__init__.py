@@ -6,6 +6,8 @@ body of `RPATTrainer.train_step`. Everything else in keras_rpat uses `keras.ops`
 """
 
 import importlib
+import json
+import os
 
 import keras
 
@@ -83,21 +85,77 @@ def map_rows(fn, arrays, owner=None, seed_generators=()):
     return get_backend().map_rows(fn, arrays, owner, seed_generators)
 
 
-def check_same_on_all_ranks(value, what, *fix):
-    """Raises `ValueError` unless every rank of the job passes an equal JSON-able `value`
-    (the message names `what` and, if given, `fix`); nothing for a process that runs alone."""
-    return get_backend().check_same_on_all_ranks(value, what, *fix)
+_SAME_COMMAND = (
+    "Launch every rank with the same command line and files (torchrun, or each tf.distribute worker, runs one "
+    "command per host: check the other hosts' copies)."
+)
+
+
+def check_same_on_all_ranks(value, what, fix=_SAME_COMMAND):
+    """Raises `DistributedError` (naming `what`, the differences and `fix`) unless every rank
+    (process) of the job passes an equal JSON-able `value`; nothing for a process that runs alone."""
+    mine = json.loads(json.dumps(value, sort_keys=True, default=str))
+    gathered = all_gather_object(mine)
+    if gathered is None:
+        return
+    differ = [r for r, other in enumerate(gathered) if other != gathered[0]]
+    if differ:
+        first = _flat(gathered[0])
+        lines = []
+        for r in differ:
+            other = _flat(gathered[r])
+            keys = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            lines += [f"{k or what} is {other.get(k)!r} on rank {r}, {first.get(k)!r} on rank 0" for k in keys[:5]]
+        raise DistributedError(f"Ranks {differ} have a different {what} than rank 0: {'; '.join(lines)}. {fix}")
+
+
+def _flat(value, prefix=""):
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def all_gather_object(value):
+    """Every rank's (process') `value` (picklable), in rank order; `None` for a process alone
+    (MirroredStrategy's replicas are one process)."""
+    return get_backend().all_gather_object(value)
 
 
 def from_primary(value):
-    """Rank 0's `value` (any picklable object) on every rank of the job, so that all take
-    rank 0's decision (e.g. what a resumed run still has to do); `value` for a process alone."""
+    """Rank 0's `value` (any picklable object) on every rank (process) of the job, so that all
+    take rank 0's decision (e.g. what a resumed run still has to do); `value` for a process alone."""
     return get_backend().from_primary(value)
 
 
 def share_folder(folder):
-    """Makes `folder` (its files) on every rank of the job a copy of rank 0's; nothing for a process alone."""
-    return get_backend().share_folder(folder)
+    """Makes `folder` (its files, not subfolders) on every rank of the job a copy of rank 0's;
+    nothing for a process alone."""
+    job = distributed_context()
+    if job is None:
+        return
+    files = None
+    if job.is_primary and os.path.isdir(folder):
+        files = {}
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    files[name] = f.read()
+    files = from_primary(files)
+    if job.is_primary:
+        return
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+    if files is not None:
+        os.makedirs(folder, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
 
 
 def replica_share(x):

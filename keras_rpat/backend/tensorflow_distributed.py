@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import threading
 import weakref
 
@@ -454,3 +455,52 @@ def _mirrored_generators(strategy, generators):
         for generator, own in lent:
             own.assign(tf.convert_to_tensor(generator.state.value))
             generator.state = own
+
+
+# ---------------------------------------------------------------------------- what the workers agree on
+def all_gather_object(value):
+    """Every worker's `value` (picklable), in rank order: a list under MultiWorkerMirroredStrategy
+    with several workers, `None` for one process (one worker, or MirroredStrategy's replicas)."""
+    found = context()
+    if found is None or not _multi_worker(found.strategy):
+        return None
+    workers = _worker_count(found.strategy)
+    data = pickle.dumps(value)
+    lengths = np.zeros(workers, np.int64)
+    lengths[found.rank] = len(data)
+    lengths = _sum_over_workers(found.strategy, lengths)
+    # Every worker's bytes in its own slot of 4-byte words: a sum with zeros, exact.
+    words = (lengths + 3) // 4
+    offsets = np.concatenate([[0], np.cumsum(words)])
+    payload = np.zeros(int(offsets[-1]), np.int32)
+    mine = np.frombuffer(data + b"\0" * (4 * int(words[found.rank]) - len(data)), np.int32)
+    payload[offsets[found.rank] : offsets[found.rank + 1]] = mine
+    payload = _sum_over_workers(found.strategy, payload).tobytes()
+    return [pickle.loads(payload[4 * offsets[r] : 4 * offsets[r] + lengths[r]]) for r in range(workers)]
+
+
+def from_primary(value):
+    """The chief's `value` on every worker (`value` itself for one process)."""
+    gathered = all_gather_object(value if context() is None or context().is_primary else None)
+    return value if gathered is None else gathered[0]
+
+
+def _worker_count(strategy):
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(spec.get("worker", [])) + len(spec.get("chief", []))
+
+
+def _sum_over_workers(strategy, array):
+    """The sum over the workers of each worker's NumPy `array` (its first replica's; the others add zeros)."""
+    contributed = []
+
+    def value(ctx):
+        first = not contributed
+        contributed.append(ctx.replica_id_in_sync_group)
+        return tf.constant(array if first else np.zeros_like(array))
+
+    per_replica = strategy.experimental_distribute_values_from_function(value)
+    summed = strategy.run(
+        lambda v: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v), args=(per_replica,)
+    )
+    return strategy.experimental_local_results(summed)[0].numpy()

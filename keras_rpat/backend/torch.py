@@ -92,16 +92,12 @@ def map_rows(fn, arrays, owner=None, seed_generators=()):
     return torch_distributed.map_rows(fn, arrays)
 
 
-def check_same_on_all_ranks(value, what, *fix):
-    return torch_distributed.check_same(value, what, *fix)
+def all_gather_object(value):
+    return torch_distributed.all_gather_object(value)
 
 
 def from_primary(value):
     return torch_distributed.from_primary(value)
-
-
-def share_folder(folder):
-    return torch_distributed.share_folder(folder)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ Backend `gloo` on CPU, `nccl` on CUDA (each rank on `cuda:LOCAL_RANK`).
 import atexit
 import contextlib
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -313,33 +312,6 @@ def from_primary(value):
     return box[0]
 
 
-def share_folder(folder):
-    """Makes `folder` on every rank a copy of rank 0's (its files, not subfolders); nothing alone."""
-    found = _STATE["context"]
-    if found is None:
-        return
-    files = None
-    if found.is_primary and os.path.isdir(folder):
-        files = {}
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    files[name] = f.read()
-    files = from_primary(files)
-    if found.is_primary:
-        return
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if os.path.isfile(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
-    if files is not None:
-        os.makedirs(folder, exist_ok=True)
-        for name, data in files.items():
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(data)
-
-
 def most_advanced(progress, state):
     """The `state` of the rank whose `progress` (a comparable tuple) is the largest, on every rank.
 
@@ -470,39 +442,14 @@ def average_variables(variables):
             _unflatten_into(flat, group)
 
 
-_SAME_COMMAND = (
-    "Launch every rank with the same command line and files (torchrun starts one command on each node: "
-    "check the other nodes' copies)."
-)
-
-
-def check_same(value, what, fix=_SAME_COMMAND):
-    """Raises `DistributedError` (naming `what`, the differences and `fix`) unless every
-    rank passes an equal JSON-able `value`."""
+def all_gather_object(value):
+    """Every rank's `value` (picklable), in rank order; `None` alone."""
     found = _STATE["context"]
     if found is None:
-        return
-    mine = json.loads(json.dumps(value, sort_keys=True, default=str))
+        return None
     gathered = [None] * found.world_size
-    dist.all_gather_object(gathered, mine)
-    differ = [r for r, other in enumerate(gathered) if other != gathered[0]]
-    if differ:
-        first = _flat(gathered[0])
-        lines = []
-        for r in differ:
-            other = _flat(gathered[r])
-            keys = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
-            lines += [f"{k or what} is {other.get(k)!r} on rank {r}, {first.get(k)!r} on rank 0" for k in keys[:5]]
-        raise DistributedError(f"Ranks {differ} have a different {what} than rank 0: {'; '.join(lines)}. {fix}")
-
-
-def _flat(value, prefix=""):
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out = {}
-    for k, v in value.items():
-        out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def _by_dtype(tensors):
