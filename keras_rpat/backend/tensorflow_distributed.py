@@ -30,6 +30,7 @@ of one device x B, the same rules as `torch_distributed`:
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import threading
@@ -416,7 +417,7 @@ def map_rows(fn, arrays, owner=None, seed_generators=()):
         return tuple(_gather_rows(replica, tf.convert_to_tensor(o), rows, size) for o in outputs)
 
     inputs = strategy.experimental_distribute_values_from_function(replica_inputs)
-    with _mirrored_generators(strategy, seed_generators):
+    with _mirrored_generators(strategy, seed_generators), _without_eager_warning():
         outputs = strategy.run(replica_fn, args=tuple(inputs))
     return tuple(strategy.experimental_local_results(o)[0].numpy() for o in outputs)
 
@@ -426,6 +427,23 @@ def _gather_rows(replica, values, rows, size):
     shape = tf.concat([[size], tf.shape(values)[1:]], 0)
     full = tf.scatter_nd(rows[:, None], tf.cast(values, tf.float64), shape)
     return tf.cast(replica.all_reduce(tf.distribute.ReduceOp.SUM, full), values.dtype)
+
+
+class _EagerRunWarning(logging.Filter):
+    def filter(self, record):
+        return "eagerly has significant overhead" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_eager_warning():
+    """Drops TensorFlow's warning that `strategy.run` outside a `tf.function` is slow: an evaluation
+    batch runs eagerly on purpose (its attack is Python, traced anew for every model and attack)."""
+    logger, quiet = tf.get_logger(), _EagerRunWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 # SeedGenerator -> a generator of the same dtype whose state is mirrored over the strategy's replicas.
@@ -469,14 +487,14 @@ def all_gather_object(value):
     lengths = np.zeros(workers, np.int64)
     lengths[found.rank] = len(data)
     lengths = _sum_over_workers(found.strategy, lengths)
-    # Every worker's bytes in its own slot of 4-byte words: a sum with zeros, exact.
-    words = (lengths + 3) // 4
+    # Every worker's bytes in its own slot of 8-byte words: a sum with zeros, exact.
+    words = (lengths + 7) // 8
     offsets = np.concatenate([[0], np.cumsum(words)])
-    payload = np.zeros(int(offsets[-1]), np.int32)
-    mine = np.frombuffer(data + b"\0" * (4 * int(words[found.rank]) - len(data)), np.int32)
+    payload = np.zeros(int(offsets[-1]), np.int64)
+    mine = np.frombuffer(data + b"\0" * (8 * int(words[found.rank]) - len(data)), np.int64)
     payload[offsets[found.rank] : offsets[found.rank + 1]] = mine
     payload = _sum_over_workers(found.strategy, payload).tobytes()
-    return [pickle.loads(payload[4 * offsets[r] : 4 * offsets[r] + lengths[r]]) for r in range(workers)]
+    return [pickle.loads(payload[8 * offsets[r] : 8 * offsets[r] + lengths[r]]) for r in range(workers)]
 
 
 def from_primary(value):
@@ -490,17 +508,23 @@ def _worker_count(strategy):
     return len(spec.get("worker", [])) + len(spec.get("chief", []))
 
 
+_SUMS = weakref.WeakKeyDictionary()  # strategy -> its traced `_sum_over_workers`
+
+
 def _sum_over_workers(strategy, array):
-    """The sum over the workers of each worker's NumPy `array` (its first replica's; the others add zeros)."""
-    contributed = []
+    """The sum over the workers of each worker's int64 NumPy `array` (its first replica's; the others add zeros)."""
+    if strategy not in _SUMS:
+        local = strategy.num_replicas_in_sync // _worker_count(strategy)
 
-    def value(ctx):
-        first = not contributed
-        contributed.append(ctx.replica_id_in_sync_group)
-        return tf.constant(array if first else np.zeros_like(array))
+        def contribution(values):
+            replica = tf.distribute.get_replica_context()
+            first = tf.equal(replica.replica_id_in_sync_group % local, 0)
+            return replica.all_reduce(tf.distribute.ReduceOp.SUM, values * tf.cast(first, tf.int64))
 
-    per_replica = strategy.experimental_distribute_values_from_function(value)
-    summed = strategy.run(
-        lambda v: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v), args=(per_replica,)
-    )
-    return strategy.experimental_local_results(summed)[0].numpy()
+        # Traced once (any length): eager collectives are slow, and TensorFlow warns on each.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+        def summed(values):
+            return strategy.experimental_local_results(strategy.run(contribution, args=(values,)))[0]
+
+        _SUMS[strategy] = summed
+    return _SUMS[strategy](tf.constant(array, tf.int64)).numpy()
