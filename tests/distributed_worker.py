@@ -124,6 +124,28 @@ def evaluate(state_path=None):
     return out
 
 
+def tf_autoattack(state_path):
+    """AutoAttack of the `evaluate` convnet under tf.distribute (a PyTorch subprocess per replica), then again
+    from its finished state file: `{name: array}` with the adversarial images, the accuracy, what was printed,
+    the second call's `(accuracy, x_adv is None)` and the state files in the folder (one writer)."""
+    x, y = eval_images()
+    settings = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, batch_size=4)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
+            _eval_model(), x, y, **settings, state_path=state_path, verbose=True, options=AA_OPTIONS
+        )
+    out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy), "eval/printed": np.array(printed.getvalue())}
+    if state_path is not None:
+        again = keras_rpat.autoattack.run_autoattack(
+            _eval_model(), x, y, **settings, state_path=state_path, options=AA_OPTIONS
+        )
+        out["eval/resumed"] = np.array(json.dumps([again[0], again[1] is None]))
+        folder = os.path.dirname(state_path)
+        out["eval/state_files"] = np.array(json.dumps(sorted(n for n in os.listdir(folder) if "aa_state" in n)))
+    return out
+
+
 def resumed_autoattack(state_path):
     """AutoAttack again after rank 1 lost its state file: every rank's `(accuracy, x_adv is None)`."""
     import torch.distributed as dist
@@ -188,6 +210,8 @@ def main():
         if job is not None:
             results.update(resumed_autoattack(state_path))
             results.update(shared_folders(args.out))
+    if strategy is not None:  # AutoAttack: a PyTorch subprocess per replica, the batches dealt to them
+        results.update(tf_autoattack(f"{args.out}.aa_state{0 if job is None else job.rank}.json"))
     if job is None or job.is_primary:
         np.savez(args.out, **results)
 

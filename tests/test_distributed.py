@@ -204,12 +204,33 @@ def test_two_ranks_evaluate_as_one_process(two_ranks):
     np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=0, err_msg=name)
-    # Every attack flipped images (a test that cannot fail is a defect), in both ranks' batches:
-    # the first attack runs batches 0, 2, 4 on rank 0 and 1, 3, 5 on rank 1.
     assert 100 > one["eval/autoattack"] > 0 and one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0
-    fooled = np.any(one["eval/x_adv"] != distributed_worker.eval_images()[0], axis=(1, 2, 3))
+    _assert_both_ranks_batches_flipped(one["eval/x_adv"])
+
+
+def _assert_both_ranks_batches_flipped(x_adv):
+    """Images were flipped (a test that cannot fail is a defect) in both ranks' AutoAttack batches:
+    the first attack runs batches 0, 2, 4 on rank 0 and 1, 3, 5 on rank 1."""
+    fooled = np.any(x_adv != distributed_worker.eval_images()[0], axis=(1, 2, 3))
     per_batch = fooled[: 4 * (len(fooled) // 4)].reshape(-1, 4).any(axis=1)
     assert per_batch[0::2].any() and per_batch[1::2].any(), fooled
+
+
+@tensorflow_only
+def test_two_mirrored_replicas_autoattack_as_one_device(two_replicas):
+    """AutoAttack under MirroredStrategy: a PyTorch subprocess per replica, one torch.distributed job of
+    2 ranks dealt the batches, gives the one-device adversarial images bit for bit; rank 0 alone prints;
+    the caller's state file is the only one written, and a second call returns its finished result."""
+    one = distributed_worker.tf_autoattack(None)
+    two = two_replicas.wait()
+    np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
+    assert two["eval/autoattack"] == one["eval/autoattack"] and 100 > one["eval/autoattack"] > 0
+    _assert_both_ranks_batches_flipped(one["eval/x_adv"])
+    printed = str(two["eval/printed"])  # rounds of two batches, printed once
+    assert "square - 1-2/6 -" in printed and printed.count("initial accuracy") == 1, printed
+    assert "square - 1/6 -" in str(one["eval/printed"])
+    assert json.loads(str(two["eval/resumed"])) == [float(one["eval/autoattack"]), True]
+    assert json.loads(str(two["eval/state_files"])) == ["two.npz.aa_state0.json"]
 
 
 @torch_only

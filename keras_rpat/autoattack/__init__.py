@@ -36,6 +36,7 @@ import os
 import keras
 
 from keras_rpat import _checks
+from keras_rpat import backend as rpat_backend
 from keras_rpat.autoattack import subprocess as aa_subprocess
 from keras_rpat.autoattack.config import AA_ATTACKS
 from keras_rpat.autoattack.config import AA_BATCH_SIZE
@@ -161,7 +162,8 @@ def run_autoattack(
         return cascade.run(model, x, y, config)
     if importlib.util.find_spec("pyautoattack") is None:
         import_autoattack()  # raises the ImportError that names the package
-    return aa_subprocess.run(model, x, y, config)
+    # In a tf.distribute job of several replicas: a subprocess per local replica, one torch.distributed job.
+    return aa_subprocess.run(model, x, y, config, rpat_backend.replica_processes(model))
 
 
 def _check_batch_size(batch_size):

@@ -57,6 +57,10 @@ def distributed_context():
     return tensorflow_distributed.context()
 
 
+def replica_processes(owner):
+    return tensorflow_distributed.replica_processes(tensorflow_distributed.initialize(owner=owner))
+
+
 def evaluation_rows(size):
     # Evaluations run eagerly in cross-replica context, on the first device, over
     # the whole batch: the one-device numbers (every worker computes them).
