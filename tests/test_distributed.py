@@ -233,6 +233,62 @@ def test_two_mirrored_replicas_autoattack_as_one_device(two_replicas):
     assert json.loads(str(two["eval/state_files"])) == ["two.npz.aa_state0.json"]
 
 
+# Stand-ins for the PyTorch subprocesses of 2 replicas: rank 1 fails once rank 0 (which, like a rank in a
+# collective, would wait for it forever) has left its pid; `error` fails with a ValueError result, not a crash.
+_FAILING_REPLICAS = """
+import json, os, sys, time
+pids, rank = os.environ["KERAS_RPAT_TEST_PIDS"], os.environ["RANK"]
+with open(os.path.join(pids, rank + ".tmp"), "w") as f:
+    f.write(str(os.getpid()))
+os.replace(os.path.join(pids, rank + ".tmp"), os.path.join(pids, rank))
+if rank == "0":
+    sys.stdin.read()  # until the parent closes it or dies (as `exit_with_parent` does)
+while not os.path.exists(os.path.join(pids, "0")):
+    time.sleep(0.01)
+if os.environ["KERAS_RPAT_TEST_FAILURE"] == "error":
+    with open(os.path.join(sys.argv[1], "result.json"), "w") as f:
+        json.dump({"error": "bad state file", "error_type": "ValueError", "warnings": []}, f)
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize(
+    "failure, error, message",
+    [
+        (
+            "crash",
+            RuntimeError,
+            r"failed in the PyTorch subprocess of rank 1 \(of 2 replicas\) \(exit code 3; the other",
+        ),
+        ("error", ValueError, r"^bad state file \(in the PyTorch subprocess of rank 1 \(of 2 replicas\); the other"),
+    ],
+    ids=["crash", "error"],
+)
+def test_a_failing_replica_subprocess_raises_and_stops_the_others(failure, error, message, tmp_path, monkeypatch):
+    """AutoAttack under tf.distribute (a subprocess per replica): the first one that fails raises its error,
+    naming its rank, and its siblings are killed (here rank 0, which would otherwise wait for the parent)."""
+    import types
+
+    import keras
+
+    from keras_rpat.autoattack import AutoAttackConfig
+    from keras_rpat.autoattack import subprocess as aa_subprocess
+
+    monkeypatch.setattr(aa_subprocess, "_ENTRY", _FAILING_REPLICAS)
+    monkeypatch.setenv("KERAS_RPAT_TEST_PIDS", str(tmp_path))
+    monkeypatch.setenv("KERAS_RPAT_TEST_FAILURE", failure)
+    replicas = types.SimpleNamespace(world_size=2, ranks=(0, 1), gpus=(None, None), master_addr="-", master_port=0)
+    model = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    config = AutoAttackConfig("linf", 0.03, "custom", ("apgd-ce",), batch_size=4)
+    x, y = np.zeros((4, 2, 2, 1), "float32"), np.zeros(4, "int64")
+    with pytest.raises(error, match=message):
+        aa_subprocess.run(model, x, y, config, replicas)
+    pid = int((tmp_path / "0").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
+
+
 @torch_only
 def test_only_rank_0_prints_autoattack_progress(two_ranks):
     rank0, rank1 = json.loads(str(two_ranks.wait()["printed"]))
