@@ -195,6 +195,20 @@ def test_two_workers_take_the_one_device_steps(two_workers):
     assert not os.path.exists(str(two_workers.out).replace("worker0", "worker1"))
 
 
+@tensorflow_only
+@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, ~35 s CPU)")
+def test_two_workers_autoattack_as_one_device(two_workers):
+    """MultiWorkerMirroredStrategy: a PyTorch subprocess per worker, one torch.distributed job (the chief's
+    port sent by an all-reduce): the one-device adversarial images; the chief's rank 0 alone prints."""
+    one = distributed_worker.tf_autoattack(None)
+    two = two_workers.wait()
+    np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
+    assert two["eval/autoattack"] == one["eval/autoattack"]
+    assert json.loads(str(two["eval/resumed"])) == [float(one["eval/autoattack"]), True]
+    printed = str(two["eval/printed"])
+    assert "square - 1-2/6 -" in printed and printed.count("initial accuracy") == 1, printed
+
+
 @torch_only
 def test_two_ranks_evaluate_as_one_process(two_ranks):
     """AutoAttack's batches dealt to the ranks: the one-process adversarial images, bit for bit;
