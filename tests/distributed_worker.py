@@ -17,7 +17,8 @@ on `EVAL_N` images labelled with its own predictions (all clean-correct, so
 the attacks have something to flip), in batches small enough that every rank
 gets several: the adversarial images and accuracies go to OUT.npz too, with
 what each rank printed and (`shared_folders`) each rank's view of a folder
-after `share_folder`.
+after `share_folder`. Under a strategy (`tf_autoattack`): AutoAttack on the same
+images, a PyTorch subprocess per replica, then again from its finished state file.
 """
 
 import argparse

@@ -5,7 +5,9 @@ The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: traini
 steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
 test process computes the one-process references; so do the tensorflow jobs (2
 logical CPU devices must be set before TensorFlow initialises, hence a process of
-their own; 2 workers of a MultiWorkerMirroredStrategy on localhost). The smoke
+their own; 2 workers of a MultiWorkerMirroredStrategy on localhost), AutoAttack's
+PyTorch subprocess per replica (2 under MirroredStrategy, twice: the run and its
+resume) included. The smoke
 recipe killed and re-run (tests/distributed_cli.py) costs two jobs more: the
 dearest test here.
 """

@@ -130,6 +130,12 @@ def run_autoattack(
     Under TensorFlow on a GPU, let TensorFlow grow its memory
     (`TF_FORCE_GPU_ALLOW_GROWTH=true`) so the PyTorch subprocess has room.
 
+    Under a tf.distribute strategy of several replicas (the CLI's `--strategy`,
+    the current one, or the one `model` was built in) every worker calls it
+    alike: it starts a PyTorch subprocess per local replica, which together deal
+    the batches among themselves (see `keras_rpat.autoattack.subprocess`), and
+    returns the one-device result on every worker.
+
     References:
         - Croce & Hein, Reliable evaluation of adversarial robustness with an
           ensemble of diverse parameter-free attacks, ICML 2020.

@@ -71,11 +71,11 @@ def run(model, x, y, config, replicas=None):
                     what = f"the PyTorch subprocess of rank {rank} (of {replicas.world_size} replicas)"
                     env = _environment(replicas, local)
                     jobs.append(_Subprocess(folder, tmp, env, config.verbose and rank == 0, what, replica=True))
-            _wait(jobs)
+            reported, stopped = _wait(jobs)
         finally:
             for job in jobs:
                 job.stop()
-        return _read_result(jobs[0])
+        return _read_result(reported, stopped)
 
 
 def exit_with_parent():
@@ -120,17 +120,19 @@ def _environment(replicas=None, local=0):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     if replicas is None:
         return env
-    gpu = replicas.gpus[local]
+    # One backend for the job: nccl (each subprocess on cuda:LOCAL_RANK, its replica's GPU) when every
+    # replica has a GPU, else gloo on the CPU.
+    on_cpu = None in replicas.gpus
     env.update(
         RANK=str(replicas.ranks[local]),
         WORLD_SIZE=str(replicas.world_size),
-        LOCAL_RANK=str(local if gpu is None else gpu),  # nccl: the subprocess computes on cuda:LOCAL_RANK
+        LOCAL_RANK=str(local if on_cpu else replicas.gpus[local]),
         LOCAL_WORLD_SIZE=str(len(replicas.ranks)),
         MASTER_ADDR=replicas.master_addr,
         MASTER_PORT=str(replicas.master_port),
     )
-    if gpu is None:
-        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU replica: its subprocess on the CPU too (gloo)
+    if on_cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
         # The local subprocesses share the cores (torchrun sets one thread per rank).
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(replicas.ranks))))
     return env
@@ -198,7 +200,11 @@ class _Subprocess:
 
 
 def _wait(jobs):
-    """Waits for every subprocess; the first one that fails raises its error (the caller stops the others)."""
+    """Waits for the subprocesses until one fails or all have succeeded.
+
+    Returns `(job, stopped)`: the first one that failed and whether others still ran
+    (the caller stops them), else `(jobs[0], False)` (the local subprocess 0 reports).
+    """
     finished = queue.Queue()
     for job in jobs:
         job.drain(finished)
@@ -206,7 +212,8 @@ def _wait(jobs):
         job = finished.get()
         job.close()
         if job.failed():
-            _read_result(job, stopped=count < len(jobs))  # raises
+            return job, count < len(jobs)
+    return jobs[0], False
 
 
 def _load_result(folder):
@@ -218,8 +225,8 @@ def _load_result(folder):
 
 
 def _read_result(job, stopped=False):
-    """The accuracy and `x_adv` of a finished subprocess, or its error raised (`stopped`: after stopping its
-    siblings)."""
+    """The accuracy and `x_adv` of a finished subprocess, or its error raised (`stopped`: its siblings were
+    stopped)."""
     result = _load_result(job.folder)
     siblings = "; the other subprocesses were stopped" if stopped else ""
     if result is None:
