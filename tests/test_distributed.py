@@ -6,10 +6,9 @@ steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while 
 test process computes the one-process references; so do the tensorflow jobs (2
 logical CPU devices must be set before TensorFlow initialises, hence a process of
 their own; 2 workers of a MultiWorkerMirroredStrategy on localhost), AutoAttack's
-PyTorch subprocess per replica (2 under MirroredStrategy, twice: the run and its
-resume) included. The smoke
-recipe killed and re-run (tests/distributed_cli.py) costs two jobs more: the
-dearest test here.
+PyTorch subprocess per replica included (2 under MirroredStrategy, twice: the run and
+its resume). The smoke recipe killed and re-run (tests/distributed_cli.py) costs two
+jobs more: the dearest test here.
 """
 
 import json
