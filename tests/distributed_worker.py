@@ -18,7 +18,7 @@ the attacks have something to flip), in batches small enough that every rank
 gets several: the adversarial images and accuracies go to OUT.npz too, with
 what each rank printed and (`shared_folders`) each rank's view of a folder
 after `share_folder`. Under a strategy (`tf_autoattack`): AutoAttack on the same
-images, a PyTorch subprocess per replica, then again from its finished state file.
+images, a PyTorch subprocess per replica, then resumed from its state file.
 """
 
 import argparse
@@ -127,8 +127,9 @@ def evaluate(state_path=None):
 
 def tf_autoattack(state_path):
     """AutoAttack of the `evaluate` convnet under tf.distribute (a PyTorch subprocess per replica), then again
-    from its finished state file: `{name: array}` with the adversarial images, the accuracy, what was printed,
-    the second call's `(accuracy, x_adv is None)` and the state files in the folder (one writer)."""
+    from its state file rewound to the end of the clean pass (an interruption there): `{name: array}` with
+    the adversarial images, the accuracy, what was printed, the resumed call's `(accuracy, x_adv is None)`
+    and the state files in the folder (one writer)."""
     x, y = eval_images()
     settings = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, batch_size=4)
     printed = io.StringIO()
@@ -138,6 +139,13 @@ def tf_autoattack(state_path):
         )
     out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy), "eval/printed": np.array(printed.getvalue())}
     if state_path is not None:
+        with open(state_path) as f:
+            state = json.load(f)
+        if state["clean_accuracy"] != 1.0:
+            raise AssertionError(f"the images are labelled with the model's predictions: {state['clean_accuracy']}")
+        state.update(robust=[True] * len(x), done=[], accuracy={"clean": 1.0}, current=None, complete=False)
+        with open(state_path, "w") as f:
+            json.dump(state, f)
         again = keras_rpat.autoattack.run_autoattack(
             _eval_model(), x, y, **settings, state_path=state_path, options=AA_OPTIONS
         )

@@ -7,7 +7,7 @@ test process computes the one-process references; so do the tensorflow jobs (2
 logical CPU devices must be set before TensorFlow initialises, hence a process of
 their own; 2 workers of a MultiWorkerMirroredStrategy on localhost), AutoAttack's
 PyTorch subprocess per replica included (2 under MirroredStrategy, twice: the run and
-its resume). The smoke recipe killed and re-run (tests/distributed_cli.py) costs two
+a resumed run). The smoke recipe killed and re-run (tests/distributed_cli.py) costs two
 jobs more: the dearest test here.
 """
 
@@ -235,7 +235,8 @@ def _assert_both_ranks_batches_flipped(x_adv):
 def test_two_mirrored_replicas_autoattack_as_one_device(two_replicas):
     """AutoAttack under MirroredStrategy: a PyTorch subprocess per replica, one torch.distributed job of
     2 ranks dealt the batches, gives the one-device adversarial images bit for bit; rank 0 alone prints;
-    the caller's state file is the only one written, and a second call returns its finished result."""
+    the caller's state file is the only one written, and resuming from it after the clean pass (the
+    replica without a file takes its state) ends with the same accuracy."""
     one = distributed_worker.tf_autoattack(None)
     two = two_replicas.wait()
     np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
