@@ -18,7 +18,7 @@ the attacks have something to flip), in batches small enough that every rank
 gets several: the adversarial images and accuracies go to OUT.npz too, with
 what each rank printed and (`shared_folders`) each rank's view of a folder
 after `share_folder`. Under a strategy (`tf_autoattack`): AutoAttack on the same
-images, a PyTorch subprocess per replica, then resumed from its state file.
+images, a PyTorch subprocess per replica (`--aa-resume`: then resumed from its state file).
 """
 
 import argparse
@@ -125,11 +125,11 @@ def evaluate(state_path=None):
     return out
 
 
-def tf_autoattack(state_path):
-    """AutoAttack of the `evaluate` convnet under tf.distribute (a PyTorch subprocess per replica), then again
-    from its state file rewound to the end of the clean pass (an interruption there): `{name: array}` with
-    the adversarial images, the accuracy, what was printed, the resumed call's `(accuracy, x_adv is None)`
-    and the state files in the folder (one writer)."""
+def tf_autoattack(state_path, resume=False):
+    """AutoAttack of the `evaluate` convnet under tf.distribute (a PyTorch subprocess per replica):
+    `{name: array}` with the adversarial images, the accuracy, what was printed and the state files in
+    the folder (one writer); with `resume`, then again from its state file rewound to the end of the
+    clean pass (an interruption there): that call's `(accuracy, x_adv is None)`."""
     x, y = eval_images()
     settings = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, batch_size=4)
     printed = io.StringIO()
@@ -139,6 +139,9 @@ def tf_autoattack(state_path):
         )
     out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy), "eval/printed": np.array(printed.getvalue())}
     if state_path is not None:
+        folder = os.path.dirname(state_path)
+        out["eval/state_files"] = np.array(json.dumps(sorted(n for n in os.listdir(folder) if "aa_state" in n)))
+    if resume:
         with open(state_path) as f:
             state = json.load(f)
         if state["clean_accuracy"] != 1.0:
@@ -150,8 +153,6 @@ def tf_autoattack(state_path):
             _eval_model(), x, y, **settings, state_path=state_path, options=AA_OPTIONS
         )
         out["eval/resumed"] = np.array(json.dumps([again[0], again[1] is None]))
-        folder = os.path.dirname(state_path)
-        out["eval/state_files"] = np.array(json.dumps(sorted(n for n in os.listdir(folder) if "aa_state" in n)))
     return out
 
 
@@ -198,6 +199,7 @@ def main():
     parser.add_argument("--no-sync-batchnorm", action="store_true")
     parser.add_argument("--strategy", choices=["mirrored", "multiworker"], help="tensorflow: a tf.distribute strategy")
     parser.add_argument("--cpus", type=int, default=1, help="tensorflow: logical CPU devices (for mirrored)")
+    parser.add_argument("--aa-resume", action="store_true", help="tensorflow: AutoAttack resumed too")
     args = parser.parse_args()
     strategy = None
     if args.strategy is not None:
@@ -220,7 +222,8 @@ def main():
             results.update(resumed_autoattack(state_path))
             results.update(shared_folders(args.out))
     if strategy is not None:  # AutoAttack: a PyTorch subprocess per replica, the batches dealt to them
-        results.update(tf_autoattack(f"{args.out}.aa_state{0 if job is None else job.rank}.json"))
+        state_path = f"{args.out}.aa_state{0 if job is None else job.rank}.json"
+        results.update(tf_autoattack(state_path, resume=args.aa_resume))
     if job is None or job.is_primary:
         np.savez(args.out, **results)
 
