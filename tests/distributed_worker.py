@@ -145,7 +145,8 @@ def tf_autoattack(state_path, resume=False):
         with open(state_path) as f:
             state = json.load(f)
         if state["clean_accuracy"] != 1.0:
-            raise AssertionError(f"the images are labelled with the model's predictions: {state['clean_accuracy']}")
+            # The rewound state says every image is clean-correct, as the model's own labels make them.
+            raise AssertionError(f"expected a clean accuracy of 1.0. Received: {state['clean_accuracy']}")
         state.update(robust=[True] * len(x), done=[], accuracy={"clean": 1.0}, current=None, complete=False)
         with open(state_path, "w") as f:
             json.dump(state, f)
