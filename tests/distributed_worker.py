@@ -17,7 +17,8 @@ on `EVAL_N` images labelled with its own predictions (all clean-correct, so
 the attacks have something to flip), in batches small enough that every rank
 gets several: the adversarial images and accuracies go to OUT.npz too, with
 what each rank printed and (`shared_folders`) each rank's view of a folder
-after `share_folder`.
+after `share_folder`. Under a strategy (`tf_autoattack`): AutoAttack on the same
+images, a PyTorch subprocess per replica (`--aa-resume`: then resumed from its state file).
 """
 
 import argparse
@@ -155,6 +156,38 @@ def counted_replica_rows():
         tensorflow_distributed.shard_scope = shard_scope
 
 
+def tf_autoattack(state_path, resume=False):
+    """AutoAttack of the `evaluate` convnet under tf.distribute (a PyTorch subprocess per replica):
+    `{name: array}` with the adversarial images, the accuracy, what was printed and the state files in
+    the folder (one writer); with `resume`, then again from its state file rewound to the end of the
+    clean pass (an interruption there): that call's `(accuracy, x_adv is None)`."""
+    x, y = eval_images()
+    settings = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, batch_size=4)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
+            _eval_model(), x, y, **settings, state_path=state_path, verbose=True, options=AA_OPTIONS
+        )
+    out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy), "eval/printed": np.array(printed.getvalue())}
+    if state_path is not None:
+        folder = os.path.dirname(state_path)
+        out["eval/state_files"] = np.array(json.dumps(sorted(n for n in os.listdir(folder) if "aa_state" in n)))
+    if resume:
+        with open(state_path) as f:
+            state = json.load(f)
+        if state["clean_accuracy"] != 1.0:
+            # The rewound state says every image is clean-correct, as the model's own labels make them.
+            raise AssertionError(f"expected a clean accuracy of 1.0. Received: {state['clean_accuracy']}")
+        state.update(robust=[True] * len(x), done=[], accuracy={"clean": 1.0}, current=None, complete=False)
+        with open(state_path, "w") as f:
+            json.dump(state, f)
+        again = keras_rpat.autoattack.run_autoattack(
+            _eval_model(), x, y, **settings, state_path=state_path, options=AA_OPTIONS
+        )
+        out["eval/resumed"] = np.array(json.dumps([again[0], again[1] is None]))
+    return out
+
+
 def resumed_autoattack(state_path):
     """AutoAttack again after rank 1 lost its state file: every rank's `(accuracy, x_adv is None)`."""
     import torch.distributed as dist
@@ -202,6 +235,7 @@ def main():
     parser.add_argument("--no-sync-batchnorm", action="store_true")
     parser.add_argument("--strategy", choices=["mirrored", "multiworker"], help="tensorflow: a tf.distribute strategy")
     parser.add_argument("--cpus", type=int, default=1, help="tensorflow: logical CPU devices (for mirrored)")
+    parser.add_argument("--aa-resume", action="store_true", help="tensorflow: AutoAttack resumed too")
     args = parser.parse_args()
     strategy = None
     if args.strategy is not None:
@@ -226,6 +260,8 @@ def main():
     else:
         if job.backend == "multiworker":
             results.update(shared_folders(args.out))
+        # AutoAttack: a PyTorch subprocess per replica, the batches dealt to them.
+        results.update(tf_autoattack(f"{args.out}.aa_state{job.rank}.json", resume=args.aa_resume))
         with counted_replica_rows() as rows:
             results.update(evaluate_pgd())  # under the process' strategy, as the CLI runs
             # A model built in the strategy's scope, evaluated outside it (the attack's random state is not mirrored).

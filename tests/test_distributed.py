@@ -5,9 +5,10 @@ The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: traini
 steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
 test process computes the one-process references; so do the tensorflow jobs (2
 logical CPU devices must be set before TensorFlow initialises, hence a process of
-their own; 2 workers of a MultiWorkerMirroredStrategy on localhost). The smoke
-recipe killed and re-run (tests/distributed_cli.py) costs two jobs more: the
-dearest test here.
+their own; 2 workers of a MultiWorkerMirroredStrategy on localhost), AutoAttack's
+PyTorch subprocess per replica included (2 under MirroredStrategy, and one for the
+one-device reference). The smoke recipe killed and re-run (tests/distributed_cli.py) costs two
+jobs more: the dearest test here.
 """
 
 import json
@@ -113,9 +114,11 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_replicas(tmp_path_factory):
-    """MirroredStrategy over 2 logical CPU devices, sync BatchNorm, both TF_RUNS."""
+    """MirroredStrategy over 2 logical CPU devices, sync BatchNorm, both TF_RUNS, then AutoAttack."""
     out = tmp_path_factory.mktemp("mirrored") / "two.npz"
     job = _Job(out, [_start_tf_worker(out, TF_RUNS, "--strategy", "mirrored", "--cpus", "2")])
+    # The one-device AutoAttack while the job trains (its own PyTorch subprocess: an interpreter start).
+    job.one_device_autoattack = distributed_worker.tf_autoattack(None)
     yield job
     job.stop()
 
@@ -131,6 +134,7 @@ def two_workers(tmp_path_factory):
             TF_RUNS[:1],
             "--strategy",
             "multiworker",
+            "--aa-resume",
             tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}},
         )
         for i in range(2)
@@ -217,6 +221,21 @@ def test_two_workers_take_the_one_device_steps(two_workers):
     assert not os.path.exists(str(two_workers.out).replace("worker0", "worker1"))
 
 
+@tensorflow_only
+@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, ~35 s CPU)")
+def test_two_workers_autoattack_as_one_device(two_workers):
+    """MultiWorkerMirroredStrategy: a PyTorch subprocess per worker, one torch.distributed job (the chief's
+    port sent by an all-reduce): the one-device adversarial images; the chief's rank 0 alone prints; both
+    workers' state files rewound to the end of the clean pass resume to the same accuracy."""
+    one = distributed_worker.tf_autoattack(None)
+    two = two_workers.wait()
+    np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
+    assert two["eval/autoattack"] == one["eval/autoattack"]
+    assert json.loads(str(two["eval/resumed"])) == [float(one["eval/autoattack"]), True]
+    printed = str(two["eval/printed"])
+    assert "square - 1-2/6 -" in printed and printed.count("initial accuracy") == 1, printed
+
+
 @torch_only
 def test_two_ranks_evaluate_as_one_process(two_ranks):
     """AutoAttack's batches dealt to the ranks: the one-process adversarial images, bit for bit;
@@ -226,12 +245,87 @@ def test_two_ranks_evaluate_as_one_process(two_ranks):
     np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=0, err_msg=name)
-    # Every attack flipped images (a test that cannot fail is a defect), in both ranks' batches:
-    # the first attack runs batches 0, 2, 4 on rank 0 and 1, 3, 5 on rank 1.
     assert 100 > one["eval/autoattack"] > 0 and one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0
-    fooled = np.any(one["eval/x_adv"] != distributed_worker.eval_images()[0], axis=(1, 2, 3))
+    _assert_both_ranks_batches_flipped(one["eval/x_adv"])
+
+
+def _assert_both_ranks_batches_flipped(x_adv):
+    """Images were flipped (a test that cannot fail is a defect) in both ranks' AutoAttack batches:
+    the first attack runs batches 0, 2, 4 on rank 0 and 1, 3, 5 on rank 1."""
+    fooled = np.any(x_adv != distributed_worker.eval_images()[0], axis=(1, 2, 3))
     per_batch = fooled[: 4 * (len(fooled) // 4)].reshape(-1, 4).any(axis=1)
     assert per_batch[0::2].any() and per_batch[1::2].any(), fooled
+
+
+@tensorflow_only
+def test_two_mirrored_replicas_autoattack_as_one_device(two_replicas):
+    """AutoAttack under MirroredStrategy: a PyTorch subprocess per replica, one torch.distributed job of
+    2 ranks dealt the batches, gives the one-device adversarial images bit for bit; rank 0 alone prints;
+    the caller's state file is the only one written. (Resuming: `test_two_workers_autoattack_as_one_device`.)"""
+    one, two = two_replicas.one_device_autoattack, two_replicas.wait()
+    np.testing.assert_array_equal(two["eval/x_adv"], one["eval/x_adv"])
+    assert two["eval/autoattack"] == one["eval/autoattack"] and 100 > one["eval/autoattack"] > 0
+    _assert_both_ranks_batches_flipped(one["eval/x_adv"])
+    printed = str(two["eval/printed"])  # rounds of two batches, printed once
+    assert "square - 1-2/6 -" in printed and printed.count("initial accuracy") == 1, printed
+    assert "square - 1/6 -" in str(one["eval/printed"])
+    assert json.loads(str(two["eval/state_files"])) == ["two.npz.aa_state0.json"]
+
+
+# Stand-ins for the PyTorch subprocesses of 2 replicas: rank 1 fails once rank 0 (which, like a rank in a
+# collective, would wait for it forever) has left its pid; `error` fails with a ValueError result, not a crash.
+_FAILING_REPLICAS = """
+import json, os, sys, time
+pids, rank = os.environ["KERAS_RPAT_TEST_PIDS"], os.environ["RANK"]
+with open(os.path.join(pids, rank + ".tmp"), "w") as f:
+    f.write(str(os.getpid()))
+os.replace(os.path.join(pids, rank + ".tmp"), os.path.join(pids, rank))
+if rank == "0":
+    sys.stdin.read()  # until the parent closes it or dies (as `exit_with_parent` does)
+while not os.path.exists(os.path.join(pids, "0")):
+    time.sleep(0.01)
+if os.environ["KERAS_RPAT_TEST_FAILURE"] == "error":
+    with open(os.path.join(sys.argv[1], "result.json"), "w") as f:
+        json.dump({"error": "bad state file", "error_type": "ValueError", "warnings": []}, f)
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize(
+    "failure, error, message",
+    [
+        (
+            "crash",
+            RuntimeError,
+            r"failed in the PyTorch subprocess of rank 1 \(of 2 replicas\) \(exit code 3; the other",
+        ),
+        ("error", ValueError, r"^bad state file \(in the PyTorch subprocess of rank 1 \(of 2 replicas\); the other"),
+    ],
+    ids=["crash", "error"],
+)
+def test_a_failing_replica_subprocess_raises_and_stops_the_others(failure, error, message, tmp_path, monkeypatch):
+    """AutoAttack under tf.distribute (a subprocess per replica): the first one that fails raises its error,
+    naming its rank, and its siblings are killed (here rank 0, which would otherwise wait for the parent)."""
+    import types
+
+    import keras
+
+    from keras_rpat.autoattack import AutoAttackConfig
+    from keras_rpat.autoattack import subprocess as aa_subprocess
+
+    monkeypatch.setattr(aa_subprocess, "_ENTRY", _FAILING_REPLICAS)
+    monkeypatch.setenv("KERAS_RPAT_TEST_PIDS", str(tmp_path))
+    monkeypatch.setenv("KERAS_RPAT_TEST_FAILURE", failure)
+    replicas = types.SimpleNamespace(world_size=2, ranks=(0, 1), gpus=(None, None), master_addr="-", master_port=0)
+    model = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    config = AutoAttackConfig("linf", 0.03, "custom", ("apgd-ce",), batch_size=4)
+    x, y = np.zeros((4, 2, 2, 1), "float32"), np.zeros(4, "int64")
+    with pytest.raises(error, match=message):
+        aa_subprocess.run(model, x, y, config, replicas)
+    pid = int((tmp_path / "0").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
 
 
 @torch_only

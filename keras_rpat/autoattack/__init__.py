@@ -36,6 +36,7 @@ import os
 import keras
 
 from keras_rpat import _checks
+from keras_rpat import backend as rpat_backend
 from keras_rpat.autoattack import subprocess as aa_subprocess
 from keras_rpat.autoattack.config import AA_ATTACKS
 from keras_rpat.autoattack.config import AA_BATCH_SIZE
@@ -129,6 +130,12 @@ def run_autoattack(
     Under TensorFlow on a GPU, let TensorFlow grow its memory
     (`TF_FORCE_GPU_ALLOW_GROWTH=true`) so the PyTorch subprocess has room.
 
+    Under a tf.distribute strategy of several replicas (the CLI's `--strategy`,
+    the current one, or the one `model` was built in) every worker calls it
+    alike: it starts a PyTorch subprocess per local replica, which together deal
+    the batches among themselves (see `keras_rpat.autoattack.subprocess`), and
+    returns the one-device result on every worker.
+
     References:
         - Croce & Hein, Reliable evaluation of adversarial robustness with an
           ensemble of diverse parameter-free attacks, ICML 2020.
@@ -161,7 +168,8 @@ def run_autoattack(
         return cascade.run(model, x, y, config)
     if importlib.util.find_spec("pyautoattack") is None:
         import_autoattack()  # raises the ImportError that names the package
-    return aa_subprocess.run(model, x, y, config)
+    # In a tf.distribute job of several replicas: a subprocess per local replica, one torch.distributed job.
+    return aa_subprocess.run(model, x, y, config, rpat_backend.replica_processes(model))
 
 
 def _check_batch_size(batch_size):

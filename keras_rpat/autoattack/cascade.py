@@ -359,21 +359,25 @@ def _run(model, x, y, config, primary):
 # ---------------------------------------------------------------------------
 
 
-def subprocess_main(folder):
+def subprocess_main(folder, inputs=None):
     """Entry point of the PyTorch subprocess: evaluates the files in `folder`.
 
-    Reads `model.keras`, `data.npz` and `config.json` (an `AutoAttackConfig`),
-    writes `result.json` (accuracy, AutoAttack's warnings, an error if any)
-    and `x_adv.npy`.
+    Reads `config.json` (an `AutoAttackConfig`) in `folder`, `model.keras` and
+    `data.npz` in `inputs` (default `folder`), writes `result.json` (accuracy,
+    AutoAttack's warnings, an error if any) and `x_adv.npy` in `folder`. With
+    torchrun's variables set (one subprocess per replica of a tf.distribute
+    job) it first joins their `torch.distributed` job.
     """
+    inputs = folder if inputs is None else inputs
     with open(os.path.join(folder, "config.json")) as f:
         config = AutoAttackConfig.from_dict(json.load(f))
-    data = np.load(os.path.join(folder, "data.npz"))
+    data = np.load(os.path.join(inputs, "data.npz"))
     result = {"warnings": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AutoAttackWarning)
         try:
-            model = keras.saving.load_model(os.path.join(folder, "model.keras"), compile=False, safe_mode=False)
+            torch_distributed.initialize()  # before the model is loaded: nccl picks the GPU
+            model = keras.saving.load_model(os.path.join(inputs, "model.keras"), compile=False, safe_mode=False)
             import_autoattack()
             accuracy, x_adv = run(model, data["x"], data["y"], config)
             result["accuracy"] = accuracy
@@ -394,7 +398,7 @@ def subprocess_main(folder):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: python -m keras_rpat.autoattack.cascade FOLDER\n")
+    if len(sys.argv) not in (2, 3):
+        sys.stderr.write("usage: python -m keras_rpat.autoattack.cascade FOLDER [INPUTS]\n")
         sys.exit(2)
-    sys.exit(subprocess_main(sys.argv[1]))
+    sys.exit(subprocess_main(*sys.argv[1:]))

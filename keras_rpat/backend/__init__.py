@@ -12,6 +12,8 @@ import os
 import keras
 
 SUPPORTED_BACKENDS = ("torch", "tensorflow")
+# The environment `torchrun` gives each process of a job (read by `torch_distributed.initialize`).
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 class DistributedError(ValueError):
@@ -71,6 +73,16 @@ def initialize_distributed(owner=None, strategy=None):
 def distributed_context():
     """The data-parallel job's context once joined, else `None`."""
     return get_backend().distributed_context()
+
+
+def replica_processes(owner=None):
+    """On tensorflow, in a tf.distribute job of several replicas: how a process per local replica joins
+    one `torch.distributed` job (`tensorflow_distributed.ReplicaProcesses`: the replicas' global ranks,
+    GPUs and the rendezvous), for work done in PyTorch subprocesses (AutoAttack). `None` for one
+    replica, and on torch (each rank is already a process). Collective under MultiWorkerMirroredStrategy.
+    """
+    get = getattr(get_backend(), "replica_processes", None)
+    return None if get is None else get(owner)
 
 
 def map_rows(fn, arrays, owner=None, seed_generators=()):

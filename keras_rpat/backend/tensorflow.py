@@ -61,6 +61,10 @@ def map_rows(fn, arrays, owner=None, seed_generators=()):
     return tensorflow_distributed.map_rows(fn, arrays, owner, seed_generators)
 
 
+def replica_processes(owner):
+    return tensorflow_distributed.replica_processes(tensorflow_distributed.initialize(owner=owner))
+
+
 def all_gather_object(value):
     return tensorflow_distributed.all_gather_object(value)
 

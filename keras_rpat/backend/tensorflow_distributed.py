@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import threading
 import weakref
 
@@ -528,3 +529,59 @@ def _sum_over_workers(strategy, array):
 
         _SUMS[strategy] = summed
     return _SUMS[strategy](tf.constant(array, tf.int64)).numpy()
+
+
+# ---------------------------------------------------------------------------- a process per replica
+@dataclasses.dataclass(frozen=True)
+class ReplicaProcesses:
+    """A job of one process per replica, as `torchrun` describes one: what this worker's replicas need to join it.
+
+    Attributes:
+        world_size: the replicas in sync (every worker's).
+        ranks: each local replica's global index (`replica_id_in_sync_group`: the chief's replicas first).
+        gpus: each local replica's GPU index, `None` for a CPU device.
+        master_addr, master_port: the rendezvous, on the chief.
+    """
+
+    world_size: int
+    ranks: tuple
+    gpus: tuple
+    master_addr: str
+    master_port: int
+
+
+def replica_processes(context):
+    """The `ReplicaProcesses` of `context`'s strategy, or `None` for one replica.
+
+    Under `MirroredStrategy` (one process) the rendezvous is a free port on
+    127.0.0.1. Under `MultiWorkerMirroredStrategy` it is the chief's host in
+    the cluster spec and a port the chief picks, sent to the other workers by an
+    all-reduce: a collective, so every worker must call this, as every worker runs
+    the same evaluation.
+    """
+    if context is None:
+        return None
+    strategy = context.strategy
+    devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
+    first = context.rank * len(devices)  # MultiWorkerMirroredStrategy's replica_id_in_sync_group
+    if _multi_worker(strategy):
+        cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+        address = (cluster.get("chief") or cluster["worker"])[0]
+        host = address.rsplit(":", 1)[0].strip("[]")
+        port = from_primary(_free_port("") if context.is_primary else None)
+    else:
+        host = "127.0.0.1"
+        port = _free_port(host)
+    return ReplicaProcesses(
+        world_size=context.world_size,
+        ranks=tuple(range(first, first + len(devices))),
+        gpus=tuple(d.device_index if d.device_type == "GPU" else None for d in devices),
+        master_addr=host,
+        master_port=port,
+    )
+
+
+def _free_port(host):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

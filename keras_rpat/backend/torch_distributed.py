@@ -39,9 +39,8 @@ import torch
 import torch.distributed as dist
 from keras import ops
 
+from keras_rpat.backend import TORCHRUN_VARIABLES
 from keras_rpat.backend import DistributedError
-
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 _STATE = {"context": None, "shard": None}
 
