@@ -309,7 +309,9 @@ def average_variables(replica, variables):
     floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
     if not floats:
         return
-    means = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in floats])
+    # Tensors, not the variables: MultiWorkerMirroredStrategy takes a value's device as the all-reduce's
+    # destination, and a variable's is empty there ("destinations can not be empty").
+    means = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in floats])
     for v, mean in zip(floats, means):
         v.assign(mean)
 
