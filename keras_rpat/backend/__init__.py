@@ -100,6 +100,12 @@ def share_folder(folder):
     return get_backend().share_folder(folder)
 
 
+def worker_failure(error):
+    """The `DistributedError` (what happened, and "re-run the same command on every worker") for
+    `error` when it is how the engine reports that another process of the job died; else `None`."""
+    return get_backend().worker_failure(error)
+
+
 def replica_share(x):
     """A context for a step on the batch `x` of one tf.distribute replica: yields the
     replica's share of the global batch (`rows / batch`), and random draws inside

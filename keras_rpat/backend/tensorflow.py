@@ -80,6 +80,10 @@ def share_folder(folder):
     return None
 
 
+def worker_failure(error):
+    return tensorflow_distributed.worker_failure(error)
+
+
 def replica_share(x):
     return tensorflow_distributed.replica_share(x)
 

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import threading
 
 import tensorflow as tf
@@ -337,3 +338,35 @@ def synchronized_moments(x, axes):
     centered = x - tf.reshape(mean, keep)
     variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(centered), axis=axes)) / count
     return mean, variance, count
+
+
+# ---------------------------------------------------------------------------- a worker that died
+# How TensorFlow 2.21 reports a dead peer of MultiWorkerMirroredStrategy: the coordination service
+# stops getting its heartbeats (about 10 s) and aborts the collectives, or its connection is reset.
+_PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+
+
+def worker_failure(error):
+    """The `DistributedError` to raise for `error` when it is TensorFlow aborting this multi-worker
+    job because another worker stopped (killed, crashed, preempted); `None` for any other error."""
+    found = context()
+    if found is None or found.backend != "multiworker" or not isinstance(error, _PEER_FAILURES):
+        return None
+    message = str(getattr(error, "message", error))
+    resolver = found.strategy.cluster_resolver
+    me = (resolver.task_type, str(resolver.task_id))
+    others = sorted({f"{job} {task}" for job, task in _TASK.findall(message) if (job, task) != me})
+    if "heartbeat" in message or "unhealthy" in message:
+        how = "stopped sending heartbeats"
+    elif "Connection reset" in message or "Socket closed" in message or "failed to connect" in message:
+        how = "closed its connection"
+    else:
+        how = f"stopped answering (TensorFlow: {type(error).__name__})"
+    who = " and ".join(others) if others else "another worker"
+    return DistributedError(
+        f"{who.capitalize()} of this MultiWorkerMirroredStrategy job {how}: it was killed or crashed, and "
+        f"{resolver.task_type} {resolver.task_id} cannot go on without it, so it stops too. Re-run the same "
+        "command on every worker (the same TF_CONFIG) to resume from the last backup (keras-rpat: every "
+        "--checkpoint-every N steps, else the last finished epoch)."
+    )

@@ -107,6 +107,11 @@ def share_folder(folder):
     return torch_distributed.share_folder(folder)
 
 
+def worker_failure(error):
+    # torchrun stops every rank of a job one of whose ranks died, and names it.
+    return None
+
+
 @contextlib.contextmanager
 def replica_share(x):
     # torchrun ranks evaluate whole batches in `evaluate()`: the one-process step.
