@@ -31,12 +31,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import re
 import threading
 
+import numpy as np
 import tensorflow as tf
 
-from keras_rpat import _names
+from keras_rpat import _io, _names
 from keras_rpat.backend import DistributedError
 
 _STATE = {"context": None}
@@ -370,3 +372,49 @@ def worker_failure(error):
         "command on every worker (the same TF_CONFIG) to resume from the last backup (keras-rpat: every "
         "--checkpoint-every N steps, else the last finished epoch)."
     )
+
+
+# ---------------------------------------------------------------------------- the chief's view
+def from_primary(value):
+    """The chief's `value` (picklable) on every worker of a multi-worker job; `value` itself elsewhere
+    (one process, whose MirroredStrategy replicas share it)."""
+    found = context()
+    if found is None or found.backend != "multiworker":
+        return value
+    data = pickle.dumps(value) if found.is_primary else b""
+    (size,) = _sum_from_primary(np.array([len(data)], np.int64), found.strategy)
+    padded = np.zeros(-(-int(size) // 8) * 8, np.uint8)
+    padded[: len(data)] = np.frombuffer(data, np.uint8)
+    received = _sum_from_primary(padded.view(np.int64), found.strategy)
+    return pickle.loads(received.view(np.uint8)[: int(size)].tobytes())
+
+
+_SUMS = {}  # id(strategy) -> (strategy, its traced sum)
+
+
+def _sum_from_primary(values, strategy):
+    """The all-reduced sum of `values` (int64) where only the chief's first replica contributes."""
+    if id(strategy) not in _SUMS:
+
+        def contribution(values):
+            replica = tf.distribute.get_replica_context()
+            mine = values * tf.cast(tf.equal(replica.replica_id_in_sync_group, 0), tf.int64)
+            return replica.all_reduce(tf.distribute.ReduceOp.SUM, mine)
+
+        # Traced once: MultiWorkerMirroredStrategy warns about (slow) eager collectives on every call.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+        def summed(values):
+            return strategy.experimental_local_results(strategy.run(contribution, args=(values,)))[0]
+
+        _SUMS[id(strategy)] = (strategy, summed)
+    return _SUMS[id(strategy)][1](tf.constant(values)).numpy()
+
+
+def share_folder(folder):
+    """Makes `folder` on every worker a copy of the chief's (its files, not subfolders); nothing elsewhere."""
+    found = context()
+    if found is None or found.backend != "multiworker":
+        return
+    files = from_primary(_io.read_folder(folder) if found.is_primary else None)
+    if not found.is_primary:
+        _io.replace_folder(folder, files)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from keras_rpat import _io
 from keras_rpat.backend import DistributedError
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -316,26 +317,9 @@ def share_folder(folder):
     found = _STATE["context"]
     if found is None:
         return
-    files = None
-    if found.is_primary and os.path.isdir(folder):
-        files = {}
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    files[name] = f.read()
-    files = from_primary(files)
-    if found.is_primary:
-        return
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if os.path.isfile(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
-    if files is not None:
-        os.makedirs(folder, exist_ok=True)
-        for name, data in files.items():
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(data)
+    files = from_primary(_io.read_folder(folder) if found.is_primary else None)
+    if not found.is_primary:
+        _io.replace_folder(folder, files)
 
 
 def most_advanced(progress, state):
