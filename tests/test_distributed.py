@@ -527,16 +527,21 @@ def test_two_worker_smoke_recipe_writes_the_one_device_results(tmp_path, one_dev
 
 @tensorflow_only
 @pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, twice, ~90 s)")
-def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results(tmp_path, one_device_smoke_recipe):
-    """SIGKILL of worker 1 after its step-1 backup: worker 0 stops with an error that names worker 1 and
-    the fix (TensorFlow's coordination service misses worker 1's heartbeats); the same command again on
-    both workers resumes from the backup and writes the files of the uninterrupted one-device run."""
+@pytest.mark.parametrize("kill", ["--kill-rank-1-at", "--kill-rank-1-before-backup-at"])
+def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results(
+    kill, tmp_path, one_device_smoke_recipe
+):
+    """SIGKILL of worker 1 after its step-1 backup, or just before it (the workers' backups one step
+    apart): worker 0 stops with an error that names worker 1 and the fix (TensorFlow's coordination
+    service misses worker 1's heartbeats); the same command again on both workers resumes from the
+    chief's backup and writes the files of the uninterrupted one-device run."""
     from keras_rpat import _io
 
     out = tmp_path / "two"
     rank0_backup = out / SMOKE_RUN / "backup" / "training_metadata.json"
+    rank1_backup = tmp_path / ".two.rank1" / SMOKE_RUN / "backup" / "training_metadata.json"
     command = [*SMOKE_RECIPE, "--sync-batchnorm", "--out", out]
-    killed = _finish(_start_tf_workers([HERE / "distributed_cli.py", "--kill-rank-1-at", 1, rank0_backup, *command]))
+    killed = _finish(_start_tf_workers([HERE / "distributed_cli.py", kill, 1, rank0_backup, *command]))
     (chief_code, _, chief_err), (worker_code, _, _) = killed
     assert worker_code == -9 and chief_code == 1, chief_err[-3000:]
     assert re.search(
@@ -546,6 +551,7 @@ def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results
     ), chief_err[-3000:]
     assert "Traceback" not in chief_err
     assert _io.read_json(rank0_backup)["batch"] == 1 and not (out / SMOKE_RUN / "trained.json").exists()
+    assert rank1_backup.exists() == (kill == "--kill-rank-1-at")
 
     rerun = _finish(_start_tf_workers(["-m", "keras_rpat.cli", *command], stdout=subprocess.PIPE))
     for returncode, _, stderr in rerun:
