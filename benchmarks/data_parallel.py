@@ -22,8 +22,9 @@ tensorflow: ReductionToOneDevice between CPU devices, NCCL between GPUs).
     python benchmarks/data_parallel.py --cpu                      # CPU, ResNet-18 on 32x32, batch 32 per rank
     python benchmarks/data_parallel.py --ranks 1,2,4,8 --arch resnet18 --batch 128 --steps 10   # GPUs
     python benchmarks/data_parallel.py --backend tensorflow --smoke   # the same on tensorflow
-    KERAS_BACKEND=tensorflow python benchmarks/data_parallel.py --backend tensorflow --ranks 1,2,4,8 \
-        --arch resnet18 --batch 128 --steps 10                        # GPUs, MirroredStrategy
+    python benchmarks/data_parallel.py --backend tensorflow --cpu     # 2 logical CPU devices
+    python benchmarks/data_parallel.py --backend tensorflow --ranks 1,2,4,8 --arch resnet18 --batch 128 \
+        --pgd-steps 10 --steps 20                                     # GPUs, MirroredStrategy
 
 `--scaling weak` (default) keeps the per-rank batch (the global batch grows
 with N, as multi-GPU runs usually do); `--scaling strong` keeps the global

@@ -515,7 +515,9 @@ def _finish(processes, timeout=300):
 
 
 @tensorflow_only
-@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, ~60 s)")
+@pytest.mark.skipif(
+    not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes and the one-device run, ~60 s)"
+)
 def test_two_worker_smoke_recipe_writes_the_one_device_results(tmp_path, one_device_smoke_recipe):
     out = tmp_path / "two"
     workers = _start_tf_workers(["-m", "keras_rpat.cli", *SMOKE_RECIPE, "--sync-batchnorm", "--out", out])
@@ -526,7 +528,9 @@ def test_two_worker_smoke_recipe_writes_the_one_device_results(tmp_path, one_dev
 
 
 @tensorflow_only
-@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, twice, ~90 s)")
+@pytest.mark.skipif(
+    not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, twice: 45 to 100 s)"
+)
 @pytest.mark.parametrize("kill", ["--kill-rank-1-at", "--kill-rank-1-before-backup-at"])
 def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results(
     kill, tmp_path, one_device_smoke_recipe

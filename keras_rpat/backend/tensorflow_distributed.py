@@ -407,7 +407,10 @@ def _sum_from_primary(values, strategy):
             return strategy.experimental_local_results(strategy.run(contribution, args=(values,)))[0]
 
         _SUMS[id(strategy)] = (strategy, summed)
-    return _SUMS[id(strategy)][1](tf.constant(values)).numpy()
+    try:
+        return _SUMS[id(strategy)][1](tf.constant(values)).numpy()
+    except _PEER_FAILURES as e:  # a worker died outside `fit` (between runs, in an evaluation)
+        raise worker_failure(e) or e from e
 
 
 def share_folder(folder):
