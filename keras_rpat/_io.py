@@ -27,7 +27,9 @@ __all__ = [
     "atomic_write_npz",
     "atomic_write_text",
     "jsonable",
+    "read_folder",
     "read_json",
+    "replace_folder",
 ]
 
 
@@ -138,6 +140,32 @@ def read_json(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def read_folder(folder):
+    """`{name: bytes}` of the files in `folder` (not its subfolders); `None` when there is no such folder."""
+    if not os.path.isdir(folder):
+        return None
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                files[name] = f.read()
+    return files
+
+
+def replace_folder(folder, files):
+    """Makes the files of `folder` exactly `files` (`read_folder`'s, or `None`: none); subfolders stay."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+    if files is not None:
+        os.makedirs(folder, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
 
 
 def jsonable(obj):

@@ -448,7 +448,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     def _metric_states(self):
         return [
-            [keras.ops.convert_to_numpy(v.value).tolist() for v in metric.variables]
+            [keras.ops.convert_to_numpy(v).tolist() for v in metric.variables]
             for metric in getattr(self.model, "metrics", [])
         ]
 

@@ -671,7 +671,15 @@ class RPATTrainer(keras.Model):
         if stop_on_divergence and not any(isinstance(c, divergence.DivergenceGuard) for c in callbacks):
             callbacks.insert(0, divergence.DivergenceGuard())
         callbacks.append(_EpochCallback(self))
-        return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
+        try:
+            return super().fit(
+                x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs
+            )
+        except Exception as e:
+            failure = None if job is None else rpat_backend.worker_failure(e)
+            if failure is None:
+                raise
+            raise failure from e
 
     def join_distributed(self):
         """Joins the data-parallel job this process runs in (torchrun, or the

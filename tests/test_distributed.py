@@ -80,6 +80,12 @@ def _start_tf_worker(out, runs, *options, tf_config=None):
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _tf_configs(workers=2):
+    """The `TF_CONFIG` of each of `workers` workers on localhost ports."""
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(workers)]}
+    return [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(workers)]
+
+
 class _Job:
     """A data-parallel job (its processes), started once; its results (the chief's file) are
     read when a test first needs them (the one-process references are computed meanwhile)."""
@@ -127,17 +133,11 @@ def two_replicas(tmp_path_factory):
 def two_workers(tmp_path_factory):
     """MultiWorkerMirroredStrategy: 2 worker processes (one CPU device each) on localhost ports."""
     folder = tmp_path_factory.mktemp("multiworker")
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
     processes = [
         _start_tf_worker(
-            folder / f"worker{i}.npz",
-            TF_RUNS[:1],
-            "--strategy",
-            "multiworker",
-            "--aa-resume",
-            tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}},
+            folder / f"worker{i}.npz", TF_RUNS[:1], "--strategy", "multiworker", "--aa-resume", tf_config=config
         )
-        for i in range(2)
+        for i, config in enumerate(_tf_configs())
     ]
     job = _Job(folder / "worker0.npz", processes)
     yield job
@@ -461,6 +461,19 @@ def _differences(want, got, where=""):
     return [] if want == got else [f"{where}: {got!r} != {want!r}"]
 
 
+def _assert_same_recipe_files(want, got):
+    """`got` (rank 0's --out) holds every JSON file of `want` with the same numbers, and its Markdown table."""
+    from keras_rpat import _io
+
+    want_files = sorted(p.relative_to(want) for p in want.rglob("*.json"))
+    got_files = sorted(p.relative_to(got) for p in got.rglob("*.json"))
+    assert got_files == want_files and len(want_files) > 8
+    for name in want_files:
+        found = _differences(_io.read_json(want / name), _io.read_json(got / name))
+        assert not found, (name, found[:5])
+    assert (got / "table1.md").read_text() == (want / "table1.md").read_text()
+
+
 @torch_only
 def test_two_rank_smoke_recipe_killed_then_rerun_writes_the_one_process_results(tmp_path):
     """SIGKILL of rank 1 after its step-1 backup: torchrun names the rank; the same command
@@ -487,13 +500,7 @@ def test_two_rank_smoke_recipe_killed_then_rerun_writes_the_one_process_results(
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr[-4000:]
     assert "after epoch 0, batch 1" in stdout, stdout
-    want_files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.json"))
-    got_files = sorted(p.relative_to(out) for p in out.rglob("*.json"))
-    assert got_files == want_files and len(want_files) > 8
-    for name in want_files:
-        found = _differences(_io.read_json(tmp_path / "one" / name), _io.read_json(out / name))
-        assert not found, (name, found[:5])
-    assert (out / "table1.md").read_text() == (tmp_path / "one" / "table1.md").read_text()
+    _assert_same_recipe_files(tmp_path / "one", out)
     assert (out / SMOKE_RUN / "training_curves.png").exists() and (tmp_path / ".two.rank1" / SMOKE_RUN).is_dir()
 
 
@@ -666,3 +673,121 @@ def test_two_rank_eval_and_autoattack_commands_write_the_one_process_results(tmp
     aa = _io.read_json(tmp_path / "two" / "aa.json")
     assert 0 < aa["autoattack"] < aa["clean"] == 100  # the attacks flipped some images (the test can fail)
     assert _io.read_json(tmp_path / "two" / ".aa_state.json.rank1")["complete"]
+
+
+# ---------------------------------------------------------------------------- MultiWorkerMirroredStrategy recipes
+def _start_tf_workers(args, stdout=subprocess.DEVNULL):
+    """2 MultiWorkerMirroredStrategy workers on localhost, each running `python ARGS` (TF_CONFIG set)."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    processes = []
+    for config in _tf_configs():
+        env["TF_CONFIG"] = json.dumps(config)
+        command = [sys.executable, *map(str, args)]
+        processes.append(subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+@pytest.fixture(scope="module")
+def one_device_smoke_recipe(tmp_path_factory):
+    """The one-device smoke recipe, run in the test process (tensorflow)."""
+    import keras
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    keras.config.set_dtype_policy("float32")
+    out = tmp_path_factory.mktemp("one_device") / "one"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TF_CONFIG", raising=False)
+        result = invoke(main, [*SMOKE_RECIPE, "--out", out, "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _finish(processes, timeout=300):
+    """`(returncode, stdout, stderr)` of each process, once all ended (a hang fails the test)."""
+    outputs = [p.communicate(timeout=timeout) for p in processes]
+    return [(p.returncode, *output) for p, output in zip(processes, outputs)]
+
+
+@tensorflow_only
+@pytest.mark.skipif(
+    not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes and the one-device run, ~60 s)"
+)
+def test_two_worker_smoke_recipe_writes_the_one_device_results(tmp_path, one_device_smoke_recipe):
+    out = tmp_path / "two"
+    workers = _start_tf_workers(["-m", "keras_rpat.cli", *SMOKE_RECIPE, "--sync-batchnorm", "--out", out])
+    for returncode, _, stderr in _finish(workers):
+        assert returncode == 0, stderr[-4000:]
+    _assert_same_recipe_files(one_device_smoke_recipe, out)
+    assert (tmp_path / ".two.rank1" / SMOKE_RUN).is_dir()  # worker 1 writes its copy there
+
+
+@tensorflow_only
+@pytest.mark.skipif(
+    not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 worker processes, twice: 45 to 100 s)"
+)
+@pytest.mark.parametrize("kill", ["--kill-rank-1-at", "--kill-rank-1-before-backup-at"])
+def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results(
+    kill, tmp_path, one_device_smoke_recipe
+):
+    """SIGKILL of worker 1 after its step-1 backup, or just before it (the workers' backups one step
+    apart): worker 0 stops with an error that names worker 1 and the fix (TensorFlow's coordination
+    service misses worker 1's heartbeats); the same command again on both workers resumes from the
+    chief's backup and writes the files of the uninterrupted one-device run."""
+    from keras_rpat import _io
+
+    out = tmp_path / "two"
+    rank0_backup = out / SMOKE_RUN / "backup" / "training_metadata.json"
+    rank1_backup = tmp_path / ".two.rank1" / SMOKE_RUN / "backup" / "training_metadata.json"
+    command = [*SMOKE_RECIPE, "--sync-batchnorm", "--out", out]
+    killed = _finish(_start_tf_workers([HERE / "distributed_cli.py", kill, 1, rank0_backup, *command]))
+    (chief_code, _, chief_err), (worker_code, _, _) = killed
+    assert worker_code == -9 and chief_code == 1, chief_err[-3000:]
+    assert re.search(
+        r"Error: Worker 1 of this MultiWorkerMirroredStrategy job stopped sending heartbeats: .* worker 0 "
+        r"cannot go on without it, so it stops too\. Re-run the same command on every worker",
+        chief_err,
+    ), chief_err[-3000:]
+    assert "Traceback" not in chief_err
+    assert _io.read_json(rank0_backup)["batch"] == 1 and not (out / SMOKE_RUN / "trained.json").exists()
+    assert rank1_backup.exists() == (kill == "--kill-rank-1-at")
+
+    rerun = _finish(_start_tf_workers(["-m", "keras_rpat.cli", *command], stdout=subprocess.PIPE))
+    for returncode, _, stderr in rerun:
+        assert returncode == 0, stderr[-4000:]
+    assert "after epoch 0, batch 1" in rerun[0][1], rerun[0][1]
+    _assert_same_recipe_files(one_device_smoke_recipe, out)
+
+
+@tensorflow_only
+def test_tf_dead_worker_error_names_the_worker_and_the_fix(monkeypatch):
+    """What TensorFlow 2.21 raised on worker 0 when worker 1 was killed (measured), as the error users see;
+    other errors, and errors outside a multi-worker job, are left alone."""
+    import types
+
+    import tensorflow as tf
+
+    from keras_rpat.backend import tensorflow_distributed
+
+    resolver = types.SimpleNamespace(task_type="worker", task_id=0)
+    strategy = types.SimpleNamespace(cluster_resolver=resolver)
+    job = tensorflow_distributed.Context(0, 2, 0, "multiworker", strategy)
+    reported = (
+        "Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are unhealthy "
+        "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed."
+    )
+    error = tf.errors.UnavailableError(None, None, reported)
+    assert tensorflow_distributed.worker_failure(error) is None  # no multi-worker job here
+    monkeypatch.setattr(tensorflow_distributed, "context", lambda: job)
+    failure = keras_rpat.backend.worker_failure(error)
+    assert isinstance(failure, keras_rpat.backend.DistributedError)
+    assert str(failure).startswith("Worker 1 of this MultiWorkerMirroredStrategy job stopped sending heartbeats")
+    assert "Re-run the same command on every worker (the same TF_CONFIG)" in str(failure)
+    reset = tf.errors.UnavailableError(None, None, "recvmsg:Connection reset by peer ... /job:worker/replica:0/task:0")
+    resolver.task_id = 1
+    assert str(keras_rpat.backend.worker_failure(reset)).startswith(
+        "Worker 0 of this MultiWorkerMirroredStrategy job closed its connection"
+    )
+    assert keras_rpat.backend.worker_failure(tf.errors.InvalidArgumentError(None, None, "bad shape")) is None
+    assert keras_rpat.backend.worker_failure(ValueError("task:1")) is None

@@ -111,3 +111,20 @@ def test_a_run_refuses_a_folder_another_process_writes(tmp_path, lock_holder):
     with pytest.raises(_io.RunLockedError, match="one writer per run folder"):
         recipes.run_single(spec, tmp_path / "run", verbose=0)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [_io.LOCK_FILE]  # nothing else written
+
+
+def test_replace_folder_makes_a_copy_of_the_files_read_and_keeps_subfolders(tmp_path):
+    source, target = tmp_path / "rank0", tmp_path / "rank1"
+    (source / "sub").mkdir(parents=True)
+    (source / "weights.h5").write_bytes(b"\x00\x01rank 0")
+    (source / "sub" / "nested").write_text("not copied")
+    (target / "keep").mkdir(parents=True)
+    (target / "stale.json").write_text("{}")
+    files = _io.read_folder(source)
+    assert files == {"weights.h5": b"\x00\x01rank 0"}
+    _io.replace_folder(target, files)
+    assert sorted(p.name for p in target.iterdir()) == ["keep", "weights.h5"]
+    assert (target / "weights.h5").read_bytes() == b"\x00\x01rank 0"
+    assert _io.read_folder(tmp_path / "missing") is None
+    _io.replace_folder(target, None)  # rank 0 has no such folder: none of its files either
+    assert sorted(p.name for p in target.iterdir()) == ["keep"]

@@ -7,9 +7,10 @@ body of `RPATTrainer.train_step`. Everything else in keras_rpat uses `keras.ops`
 
 import importlib
 import json
-import os
 
 import keras
+
+from keras_rpat import _io
 
 SUPPORTED_BACKENDS = ("torch", "tensorflow")
 # The environment `torchrun` gives each process of a job (read by `torch_distributed.initialize`).
@@ -148,26 +149,15 @@ def share_folder(folder):
     job = distributed_context()
     if job is None:
         return
-    files = None
-    if job.is_primary and os.path.isdir(folder):
-        files = {}
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    files[name] = f.read()
-    files = from_primary(files)
-    if job.is_primary:
-        return
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if os.path.isfile(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
-    if files is not None:
-        os.makedirs(folder, exist_ok=True)
-        for name, data in files.items():
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(data)
+    files = from_primary(_io.read_folder(folder) if job.is_primary else None)
+    if not job.is_primary:
+        _io.replace_folder(folder, files)
+
+
+def worker_failure(error):
+    """The `DistributedError` (what happened, and "re-run the same command on every worker") for
+    `error` when it is how the engine reports that another process of the job died; else `None`."""
+    return get_backend().worker_failure(error)
 
 
 def replica_share(x):

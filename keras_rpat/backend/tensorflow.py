@@ -73,6 +73,10 @@ def from_primary(value):
     return tensorflow_distributed.from_primary(value)
 
 
+def worker_failure(error):
+    return tensorflow_distributed.worker_failure(error)
+
+
 def replica_share(x):
     return tensorflow_distributed.replica_share(x)
 

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import threading
 import weakref
@@ -352,7 +353,9 @@ def average_variables(replica, variables):
     floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
     if not floats:
         return
-    means = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in floats])
+    # Tensors, not the variables: MultiWorkerMirroredStrategy takes a value's device as the all-reduce's
+    # destination, and a variable's is empty there ("destinations can not be empty").
+    means = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in floats])
     for v, mean in zip(floats, means):
         v.assign(mean)
 
@@ -378,6 +381,38 @@ def synchronized_moments(x, axes):
     centered = x - tf.reshape(mean, keep)
     variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(centered), axis=axes)) / count
     return mean, variance, count
+
+
+# ---------------------------------------------------------------------------- a worker that died
+# How TensorFlow 2.21 reports a dead peer of MultiWorkerMirroredStrategy: the coordination service
+# stops getting its heartbeats (about 10 s) and aborts the collectives, or its connection is reset.
+_PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+
+
+def worker_failure(error):
+    """The `DistributedError` to raise for `error` when it is TensorFlow aborting this multi-worker
+    job because another worker stopped (killed, crashed, preempted); `None` for any other error."""
+    found = context()
+    if found is None or found.backend != "multiworker" or not isinstance(error, _PEER_FAILURES):
+        return None
+    message = str(getattr(error, "message", error))
+    resolver = found.strategy.cluster_resolver
+    me = (resolver.task_type, str(resolver.task_id))
+    others = sorted({f"{job} {task}" for job, task in _TASK.findall(message) if (job, task) != me})
+    if "heartbeat" in message or "unhealthy" in message:
+        how = "stopped sending heartbeats"
+    elif "Connection reset" in message or "Socket closed" in message or "failed to connect" in message:
+        how = "closed its connection"
+    else:
+        how = f"stopped answering (TensorFlow: {type(error).__name__})"
+    who = " and ".join(others) if others else "another worker"
+    return DistributedError(
+        f"{who.capitalize()} of this MultiWorkerMirroredStrategy job {how}: it was killed or crashed, and "
+        f"{resolver.task_type} {resolver.task_id} cannot go on without it, so it stops too. Re-run the same "
+        "command on every worker (the same TF_CONFIG) to resume from the last backup (keras-rpat: every "
+        "--checkpoint-every N steps, else the last finished epoch)."
+    )
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -528,7 +563,10 @@ def _sum_over_workers(strategy, array):
             return strategy.experimental_local_results(strategy.run(contribution, args=(values,)))[0]
 
         _SUMS[strategy] = summed
-    return _SUMS[strategy](tf.constant(array, tf.int64)).numpy()
+    try:
+        return _SUMS[strategy](tf.constant(array, tf.int64)).numpy()
+    except _PEER_FAILURES as e:  # a worker died outside `fit` (between runs, in an evaluation)
+        raise worker_failure(e) or e from e
 
 
 # ---------------------------------------------------------------------------- a process per replica

@@ -100,6 +100,11 @@ def from_primary(value):
     return torch_distributed.from_primary(value)
 
 
+def worker_failure(error):
+    # torchrun stops every rank of a job one of whose ranks died, and names it.
+    return None
+
+
 @contextlib.contextmanager
 def replica_share(x):
     # torchrun ranks evaluate whole batches in `evaluate()`: the one-process step.
