@@ -5,6 +5,7 @@ own module, the input gradient used by the attacks, a no-gradient context and th
 body of `RPATTrainer.train_step`. Everything else in keras_rpat uses `keras.ops`.
 """
 
+import dataclasses
 import importlib
 import json
 
@@ -22,6 +23,29 @@ class DistributedError(ValueError):
 
     Raised by both backends' data-parallel modules (torchrun, tf.distribute).
     """
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """A data-parallel job, as `initialize_distributed` returns it.
+
+    Attributes:
+        rank: this process's rank (torchrun) or worker index (tf.distribute; 0 is the chief).
+        world_size: the ranks, or the replicas in sync.
+        local_rank: the rank on this host (torchrun's `LOCAL_RANK`; 0 on tensorflow).
+        backend: `"gloo"` / `"nccl"` on torch, `"mirrored"` / `"multiworker"` on tensorflow.
+        strategy: the `tf.distribute` strategy (tensorflow), else `None`.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    strategy: object = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def is_primary(self):
+        return self.rank == 0
 
 
 def get_backend():

@@ -43,26 +43,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rpat import _names
+from keras_rpat.backend import Context
 from keras_rpat.backend import DistributedError
 
 _STATE = {"context": None}
 SLURM_PORT = 12345  # the first worker port on each node of a Slurm job (`SlurmClusterResolver(port_base=...)`)
 _LOCAL = threading.local()
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """A strategy with several replicas: this worker's `rank` (0 is the chief) and the replica count."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    backend: str
-    strategy: object = dataclasses.field(compare=False, repr=False)
-
-    @property
-    def is_primary(self):
-        return self.rank == 0
 
 
 # ---------------------------------------------------------------------------- the strategy

@@ -40,23 +40,10 @@ import torch.distributed as dist
 from keras import ops
 
 from keras_rpat.backend import TORCHRUN_VARIABLES
+from keras_rpat.backend import Context
 from keras_rpat.backend import DistributedError
 
 _STATE = {"context": None, "shard": None}
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """The process group of this job: this process's rank among `world_size`."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    backend: str
-
-    @property
-    def is_primary(self):
-        return self.rank == 0
 
 
 def launched_by_torchrun():
