@@ -2,8 +2,24 @@
 
 Import as `from testing import BACKEND, np_ce, to_np` (pytest puts `tests/`
 on the path through its rootdir-relative imports).
+
+The rule for a test that compares two implementations (the fast path vs the
+Keras path, torch vs tensorflow, keras_rpat vs the plain-PyTorch reference,
+lowered vs unlowered attacks, one device vs data-parallel):
+
+- PGD's `sign()` turns a last-bit rounding difference into a whole-step flip,
+  and deep conv -> train-mode BatchNorm gradients are mostly cancellation, so
+  such a chain is chaotic in float32: a float32 tolerance is whatever one CPU
+  happened to give (AVX2 and AVX-512 kernels round differently), too loose to
+  catch a bug and still flaky elsewhere.
+- So run the comparison in float64 (`with float64_precision():`) and hold it
+  to float64 rounding (1e-9 to 1e-7 relative after a few steps); or compare
+  only a quantity that is not chaotic in float32 (one step from the same start,
+  before any sign step), at a float32 tolerance (1e-5).
+- A tolerance above 1e-4 says on its line why it is needed.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +33,46 @@ from click.testing import CliRunner
 BACKEND = keras.config.backend()
 
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="runs on the torch backend only")
+
+
+@contextlib.contextmanager
+def float64_precision():
+    """Everything Keras builds or computes inside is float64; restored on exit.
+
+    Sets `floatx` and the global dtype policy to float64 (so `keras.Input`,
+    the layers' variables and `keras.random` are float64) and, on the torch
+    backend, torch's default dtype (plain-PyTorch reference modules) and a
+    test-only patch of Keras' type promotion: Keras 3's `result_type` maps
+    float64 to float32 on torch (`BIT64_TO_BIT32_DTYPE`, "aligned with JAX's
+    default"), so `ops.matmul` (Dense), `ops.mean` and `ops.var` would compute
+    float64 inputs in float32 (a float64 ResNet then matches torch float64 to
+    1e-8, not 1e-16). The package itself uses public Keras only.
+
+    Build models and trainers inside the block. Use as `with float64_precision():`
+    or as a decorator `@float64_precision()`.
+    """
+    from keras.src.backend.common import dtypes as keras_dtypes  # test-only: see the docstring
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    promoted = keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"]
+    torch_dtype = None
+    if BACKEND == "torch":
+        import torch
+
+        torch_dtype = torch.get_default_dtype()
+    try:
+        keras.config.set_floatx("float64")
+        keras.config.set_dtype_policy("float64")
+        keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+        if torch_dtype is not None:
+            torch.set_default_dtype(torch.float64)
+        yield
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+        keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"] = promoted
+        if torch_dtype is not None:
+            torch.set_default_dtype(torch_dtype)
 
 
 def to_np(x):
