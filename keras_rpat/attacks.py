@@ -89,15 +89,19 @@ class Attack:
             epoch on, `RPATTrainer` uses the attack with those parameters
             replaced (Table 6's stronger adversary:
             `{100: {"epsilon": 10/255, "num_steps": 12}}`).
-        seed: seed of the attack's random start.
+        seed: seed of the attack's random starts. The attack's random
+            stream (a `keras.random.SeedGenerator`) is made here, from `seed`,
+            or with `None` from a seed drawn once now from Keras' global seed
+            state (`keras.utils.set_random_seed`): what runs between making
+            the attack and using it does not change its draws.
     """
 
     def __init__(self, training=False, schedule=None, seed=None):
         self.training = bool(training)
         self.seed = seed
         self.schedule = None
-        self._seed_generator = None
         self.schedule = self._check_schedule(schedule)
+        self._seed_generator = keras.random.SeedGenerator(seed)
 
     # -- schedule -----------------------------------------------------------
     def _check_schedule(self, schedule):
@@ -123,9 +127,7 @@ class Attack:
                     f"Valid: {sorted(valid - {'schedule', 'seed'})}"
                 )
             out[epoch] = dict(overrides)
-            # Build the scheduled attack once now, so a bad value fails here.
-            config = {**self.get_config(), **overrides, "schedule": None}
-            self.__class__.from_config(config)
+            self._on_this_stream(overrides)  # built once now, so that a bad value fails here
         return out
 
     def at_epoch(self, epoch):
@@ -138,23 +140,34 @@ class Attack:
                 overrides.update(self.schedule[start])
         if not overrides:
             return self
-        config = self.get_config()
-        config.update(overrides)
-        config["schedule"] = None
-        attack = self.__class__.from_config(config)
-        attack._seed_generator = self._seed_generator
+        return self._on_this_stream(overrides)
+
+    def _on_this_stream(self, overrides):
+        """This attack with `overrides` and no schedule, drawing from this attack's random stream."""
+        # `seed=0`: the new attack's own generator (replaced) draws nothing from the global seed state.
+        attack = self.__class__.from_config({**self.get_config(), **overrides, "schedule": None, "seed": 0})
+        attack.seed = self.seed
+        attack._seed_generator = getattr(self, "_seed_generator", None)
         return attack
+
+    def __deepcopy__(self, memo):
+        """A copy with its own random stream, at the position of this attack's (no global draw)."""
+        copied = self.__class__.from_config({**self.get_config(), "seed": 0})
+        copied.seed = self.seed
+        rpat_backend.set_generator_state(copied.seed_generator, rpat_backend.get_generator_state(self.seed_generator))
+        return copied
 
     # -- randomness ---------------------------------------------------------
     @property
     def seed_generator(self):
-        if self._seed_generator is None:
-            self._seed_generator = keras.random.SeedGenerator(self.seed)
+        """The `keras.random.SeedGenerator` of the attack's random starts (made with the attack)."""
         return self._seed_generator
 
     def build_state(self):
-        """Creates the random-state variable (outside any traced function)."""
-        return self.seed_generator
+        """Places the random state where a trainer built now runs its steps (the replicas of a
+        tf.distribute strategy whose scope is open); outside any traced function."""
+        rpat_backend.place_generator(self._seed_generator)
+        return self._seed_generator
 
     # -- call ---------------------------------------------------------------
     def __call__(self, model, x, y):

@@ -8,7 +8,9 @@ BatchNorm state, loss increase) use a tiny Conv-BatchNorm-ReLU-GAP-Dense network
 
 import keras_rpat  # noqa: F401  (selects the default backend before keras)
 
+import copy
 import json
+import random
 
 import keras
 import numpy as np
@@ -491,6 +493,54 @@ def test_seeded_random_start_is_reproducible():
     one = to_np(attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=1, seed=5)(model, x, y))
     two = to_np(attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=1, seed=5)(model, x, y))
     np.testing.assert_array_equal(one, two)
+
+
+def _unrelated_random_ops(model, x, y):
+    """Draws from every global random state, and from another attack's stream."""
+    random.random()
+    np.random.rand()
+    keras.random.uniform((3,))
+    attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=0)(model, x, y)
+
+
+def test_a_seeded_attack_draws_the_same_first_start_whatever_ran_before():
+    x, y = image_batch(seed=13)
+    model, _ = conv_bn_model(seed=0)
+    keras.utils.set_random_seed(0)
+    first = to_np(attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=0, seed=5)(model, x, y))
+    keras.utils.set_random_seed(1)
+    _unrelated_random_ops(model, x, y)
+    attack = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=0, seed=5)
+    _unrelated_random_ops(model, x, y)
+    np.testing.assert_array_equal(to_np(attack(model, x, y)), first)
+    assert np.abs(first - x).max() > 0.9 * 8 / 255  # a random start, not x
+
+
+def test_an_attack_without_a_seed_draws_one_from_the_global_seed_when_made():
+    x, y = image_batch(seed=14)
+    model, _ = conv_bn_model(seed=0)
+    starts = []
+    for global_seed, between in ((0, False), (0, True), (1, False)):
+        keras.utils.set_random_seed(global_seed)
+        attack = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=0)
+        if between:  # what runs between making the attack and using it changes nothing
+            _unrelated_random_ops(model, x, y)
+        starts.append(to_np(attack(model, x, y)))
+    np.testing.assert_array_equal(starts[1], starts[0])
+    assert np.abs(starts[2] - starts[0]).max() > 1e-3  # another global seed, another drawn seed
+    assert attack.get_config()["seed"] is None  # the config keeps "draw one"
+
+
+def test_schedule_and_copies_keep_the_random_stream():
+    x, y = image_batch(seed=15)
+    model, _ = conv_bn_model(seed=0)
+    attack = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=0, schedule={1: {"epsilon": 4 / 255}})
+    later = attack.at_epoch(1)
+    assert later.epsilon == 4 / 255 and later.seed_generator is attack.seed_generator
+    attack(model, x, y)
+    copied = copy.deepcopy(attack)  # its own stream, from where the original's is
+    assert copied.seed_generator is not attack.seed_generator
+    np.testing.assert_array_equal(to_np(copied(model, x, y)), to_np(attack(model, x, y)))
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import random
 
 import keras_rpat  # noqa: F401  (sets the default backend)
 
@@ -9,8 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_rpat import attacks, layers, models, optimizers, presets
+from keras_rpat import attacks, layers, losses, models, optimizers, presets
 from keras_rpat.trainer import RPATTrainer
+from testing import float64_precision  # noqa: E402
 
 BACKEND = keras.config.backend()
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -321,6 +323,49 @@ def test_fast_step_with_the_full_attack_equals_keras_step(name):
     _compare(slow, fast)
 
 
+def _seeded_run(fast_path, seeds, random_ops_before_fit=False):
+    """3 steps of PGD-2 (random start) + RPAT with Beta-sampled alphas, float64; the weights.
+
+    `seeds="given"`: the attack and the trainer get seeds; `"global"`: they get
+    none and draw one each, when made, from the global seed.
+    """
+    with float64_precision():
+        classifier = build("small_cnn", size=8)
+        keras.utils.set_random_seed(3)
+        seed = {"given": 1, "global": None, "other": 2}[seeds]
+        trainer = RPATTrainer(
+            classifier,
+            attack=attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=2, seed=seed),
+            losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(alpha_sampling="beta-")],
+            seed=seed,
+            fast_path=fast_path,
+        )
+        trainer.compile(optimizer=optimizers.SGD(0.01, momentum=0.9, weight_decay=5e-4))
+        if random_ops_before_fit:
+            random.random()
+            np.random.rand()
+            keras.random.uniform((3,))
+        for x, y in batches(3, size=8):
+            trainer.train_on_batch(x.astype("float64"), y)
+        assert bool(trainer._fast_runtime) == fast_path and trainer.weights[0].dtype == "float64"
+        return [np_(v) for v in trainer.weights]
+
+
+@torch_only
+@pytest.mark.parametrize("seeds", ["given", "global"])
+def test_fast_path_off_reproduces_a_fast_path_run(seeds):
+    """With the same seeds both paths draw the same random starts and alphas
+    (one device generator per seed), so `fast_path=False` reproduces the fast
+    path's weights to float64 rounding; random ops run between making the
+    trainer and training change nothing."""
+    fast = _seeded_run(True, seeds, random_ops_before_fit=True)
+    keras_path = _seeded_run(False, seeds)
+    assert max(rel(a, b) for a, b in zip(fast, keras_path)) < 1e-9
+    if seeds == "given":  # another seed trains otherwise (the draws matter)
+        other = _seeded_run(False, "other")
+        assert max(rel(a, b) for a, b in zip(other, keras_path)) > 1e-6
+
+
 @torch_only
 @pytest.mark.parametrize(
     "attack",
@@ -347,8 +392,8 @@ def test_attacks_through_the_lowered_model(attack):
     for fn in (model, lowered):
         for v, s in zip(model.non_trainable_weights, stats):
             v.assign(s)
-        attack._seed_generator = None  # a new generator from seed 0: the same random start
-        results.append((np_(attack(fn, x, y)), [np_(v) for v in model.non_trainable_weights]))
+        fresh = attack.__class__.from_config(attack.get_config())  # a new stream from seed 0: the same random start
+        results.append((np_(fresh(fn, x, y)), [np_(v) for v in model.non_trainable_weights]))
     (a, sa), (b, sb) = results
     if attack.norm == "l2":
         # The KL gradient at x + 0.001 N(0, I) and input gradients through

@@ -235,6 +235,15 @@ def random_beta(concentration1, concentration0, dtype="float32", seed=None):
     return get_backend().random_beta(concentration1, concentration0, dtype, seed)
 
 
+def place_generator(generator):
+    """Gives a `keras.random.SeedGenerator` made outside the open tf.distribute strategy scope a
+    state made in it (mirrored, so that a replicated step advances it once, as on one device),
+    keeping its value; nothing on torch or outside a strategy's scope."""
+    place = getattr(get_backend(), "place_generator", None)
+    if place is not None:
+        place(generator)
+
+
 def device_name():
     """A short description of the device Keras computes on (`"cpu"`, `"cuda:0"`...)."""
     return get_backend().device_name()

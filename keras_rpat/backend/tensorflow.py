@@ -94,6 +94,10 @@ def inference_model(model, enabled=True):
     return model
 
 
+def place_generator(generator):
+    tensorflow_distributed.place_generator(generator)
+
+
 def random_uniform(shape, minval, maxval, dtype, seed):
     import keras
 

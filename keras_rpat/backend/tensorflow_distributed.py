@@ -468,6 +468,18 @@ def _without_eager_warning():
         logger.removeFilter(quiet)
 
 
+def place_generator(generator):
+    """Gives `generator` (a SeedGenerator made outside the open strategy scope, e.g. an attack's made
+    before the trainer) a state mirrored over the strategy's replicas, with the same value."""
+    if not tf.distribute.has_strategy():
+        return
+    if tf.distribute.get_strategy().extended.variable_created_in_scope(generator.state.value):
+        return
+    mirrored = keras.random.SeedGenerator(0).state
+    mirrored.assign(generator.state.value)
+    generator.state = mirrored
+
+
 # SeedGenerator -> a generator of the same dtype whose state is mirrored over the strategy's replicas.
 _MIRRORED_GENERATORS = weakref.WeakKeyDictionary()
 

@@ -1,13 +1,14 @@
 """Device-side random numbers for the torch backend, without host synchronisation.
 
-One `torch.Generator` per (`keras.random.SeedGenerator`, device), seeded once
-from the seed generator's initial seed. Keras' own torch random ops re-seed
+One `torch.Generator` per (`keras.random.SeedGenerator`, device), seeded from
+the seed the SeedGenerator was made with (its own, or the one it drew from
+Keras' global seed state when made), whichever step (the fast path or the
+Keras path) draws first. Keras' own torch random ops re-seed
 from a host integer on every call: a device-to-host sync that also breaks
 CUDA-graph capture. The state is saved and restored for resumed runs.
 """
 
 import base64
-import random as _py_random
 import weakref
 
 import numpy as np
@@ -22,17 +23,15 @@ _GENERATORS = weakref.WeakKeyDictionary()
 
 
 def device_generator(seed, device):
-    """The generator of `seed` on `device`, made and seeded on first use."""
+    """The generator of `seed` on `device`, made on first use and seeded from `seed`'s seed."""
     if seed is None:
         return None
     per_device = _GENERATORS.setdefault(seed, {})
     key = str(device)
     if key not in per_device:
-        initial = getattr(seed, "_initial_seed", None)
-        if initial is None:
-            initial = _py_random.randrange(2**31)
         made = torch.Generator(device=device)
-        made.manual_seed(int(initial))
+        # A SeedGenerator's state is `[seed, draws]`; Keras' random ops advance `draws` only.
+        made.manual_seed(int(seed.state.value[0]))
         per_device[key] = made
     return per_device[key]
 
