@@ -99,9 +99,9 @@ class Attack:
     def __init__(self, training=False, schedule=None, seed=None):
         self.training = bool(training)
         self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
         self.schedule = None
         self.schedule = self._check_schedule(schedule)
-        self._seed_generator = keras.random.SeedGenerator(seed)
 
     # -- schedule -----------------------------------------------------------
     def _check_schedule(self, schedule):
@@ -147,7 +147,7 @@ class Attack:
         # `seed=0`: the new attack's own generator (replaced) draws nothing from the global seed state.
         attack = self.__class__.from_config({**self.get_config(), **overrides, "schedule": None, "seed": 0})
         attack.seed = self.seed
-        attack._seed_generator = getattr(self, "_seed_generator", None)
+        attack._seed_generator = self._seed_generator
         return attack
 
     def __deepcopy__(self, memo):

@@ -194,7 +194,8 @@ class RPATTrainer(keras.Model):
             needs the clean view it costs one inference-mode forward.
         eval_attack: optional attack used by `evaluate()` (and
             `validation_data`) to report `adv_acc` next to `clean_acc`.
-        seed: seed of the trainer's own randomness (Beta-sampled `alpha`).
+        seed: seed of the trainer's own randomness (Beta-sampled `alpha`);
+            `None` draws one from the global seed when the trainer is made.
         fast_path: on the torch backend, run the step on the classifier
             lowered into torch kernels over the same variables (exact: the
             same arithmetic, fewer kernels; see README "Performance"). A

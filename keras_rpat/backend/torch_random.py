@@ -2,10 +2,10 @@
 
 One `torch.Generator` per (`keras.random.SeedGenerator`, device), seeded from
 the seed the SeedGenerator was made with (its own, or the one it drew from
-Keras' global seed state when made), whichever step (the fast path or the
-Keras path) draws first. Keras' own torch random ops re-seed
-from a host integer on every call: a device-to-host sync that also breaks
-CUDA-graph capture. The state is saved and restored for resumed runs.
+Keras' global seed state when made); the fast path and the Keras path draw from
+the same generators. Keras' own torch random ops re-seed from a host integer on
+every call: a device-to-host sync that also breaks CUDA-graph capture. The
+state is saved and restored for resumed runs.
 """
 
 import base64
