@@ -98,6 +98,58 @@ def test_second_writer_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path, lo
     assert not (folder / _io.LOCK_FILE).exists()
 
 
+# Processes that start together and race for one lock: each prints what it got.
+_RACE_FOR_LOCK = (
+    "import importlib.util, sys, time\n"
+    "spec = importlib.util.spec_from_file_location('_io', {path!r})\n"
+    "io = importlib.util.module_from_spec(spec); spec.loader.exec_module(io)\n"
+    "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+    "try:\n"
+    "    with io.RunLock(sys.argv[1]):\n"
+    "        print('won', flush=True); time.sleep(1.0)\n"
+    "except io.RunLockedError as e:\n"
+    "    print('refused', e, flush=True)\n"
+)
+
+
+def test_processes_that_race_for_a_lock_leave_one_winner(tmp_path):
+    """Six processes call `RunLock` at the same instant: one takes it, five are refused naming it."""
+    code = _RACE_FOR_LOCK.format(path=_io.__file__)
+    start = str(time.time() + 1.0)
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), start], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    said = {p.pid: p.communicate(timeout=60)[0].strip() for p in racers}
+    winners = [pid for pid, line in said.items() if line == "won"]
+    assert len(winners) == 1, said
+    for pid, line in said.items():
+        if pid != winners[0]:
+            assert line.startswith("refused") and f"in use by process {winners[0]} on" in line, said
+    assert not (tmp_path / "run" / _io.LOCK_FILE).exists()
+
+
+def test_a_lock_no_process_holds_is_taken_over_even_if_its_pid_was_reused(tmp_path):
+    """The OS lock decides, not the pid: a lock file naming a live process that does not hold it is stale."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    owner = {"pid": os.getppid(), "host": socket.gethostname(), "since": "then"}
+    (folder / _io.LOCK_FILE).write_text(json.dumps(owner))
+    with pytest.warns(UserWarning, match=rf"stale lock .*process {os.getppid()}"):
+        with _io.RunLock(folder):
+            assert json.loads((folder / _io.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match=r"Could not write .*\.keras_rpat\.lock: No space left on device.*free some"):
+        _io.RunLock(tmp_path / "run").__enter__()
+    assert list((tmp_path / "run").iterdir()) == []  # no empty lock file
+
+
 def test_lock_of_another_host_is_refused_with_the_fix(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
