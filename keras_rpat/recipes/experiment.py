@@ -379,7 +379,9 @@ def run_experiment(
         "run": _io.jsonable(spec.to_dict()),
         "fingerprint": _io.jsonable(spec.run_fingerprint()),
         "config": _resolved_config(spec, run.preset, run.model, run.dataset, run.train_seq, settings),
-        "provenance": evaluation.provenance(run.model, elapsed=elapsed),
+        "provenance": evaluation.provenance(
+            run.model, elapsed=elapsed, batch_size=spec.batch_size, sync_batchnorm=run.trainer.sync_batchnorm
+        ),
         "wall_time_s": round(elapsed, 3),
         "train_time_s": round(sum((r.get("time") or 0) + (r.get("eval_time") or 0) for r in history), 3),
         "history": _merged_history(run_dir, history),
