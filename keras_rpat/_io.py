@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -20,6 +21,8 @@ import warnings
 
 __all__ = [
     "LOCK_FILE",
+    "DiskSpaceError",
+    "WriteError",
     "RunLock",
     "RunLockedError",
     "atomic_path",
@@ -27,10 +30,12 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_npz",
     "atomic_write_text",
+    "check_free_space",
     "jsonable",
     "read_folder",
     "read_json",
     "replace_folder",
+    "write_error",
 ]
 
 
@@ -71,7 +76,7 @@ def atomic_path(path, suffix=".tmp"):
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        raise _write_error(path, e) from e
+        raise write_error(path, e) from e
     except BaseException:
         _remove(tmp)
         raise
@@ -83,9 +88,16 @@ def _remove(tmp):
             os.unlink(tmp)
 
 
-def _write_error(path, e):
-    """An `OSError` (same errno) that names the file and what to do."""
-    if getattr(e, "filename", None) == path and "Could not write" in str(e):
+class WriteError(OSError):
+    """A file could not be written: the message names it and the fix (the `errno` of the cause is kept)."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def write_error(path, e):
+    """An `OSError` (same errno) that names the file `path` being written when `e` happened, and what to do."""
+    if isinstance(e, WriteError):
         return e
     reason = e.strerror or str(e)
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
@@ -94,9 +106,29 @@ def _write_error(path, e):
         fix = "choose an output folder you can write to"
     else:
         fix = "check the folder and rerun; the previous version is intact"
-    error = OSError(e.errno, f"Could not write {path}: {reason}. To fix: {fix}.")
+    error = WriteError(e.errno, f"Could not write {path}: {reason}. To fix: {fix}.")
     error.filename = path
     return error
+
+
+class DiskSpaceError(WriteError):
+    """A folder's disk has less free space than what is about to be written there (errno `ENOSPC`)."""
+
+
+def check_free_space(folder, needed, what):
+    """Raises `DiskSpaceError` (naming `folder`, the bytes free and needed, and the fix) when the disk
+    of `folder` has less than `needed` bytes free for `what` (e.g. "this run's checkpoints and backups")."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskSpaceError(
+            errno.ENOSPC,
+            f"{folder} has {_megabytes(free)} free, but {what} need about {_megabytes(needed)}. To fix: free some "
+            "disk space, or use an --out on another disk.",
+        )
+
+
+def _megabytes(size):
+    return f"{size / 2**20:.1f} MiB ({size:,} bytes)"
 
 
 def atomic_write_text(path, text):
@@ -297,7 +329,7 @@ class RunLock:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)  # no empty lock left behind
-            raise _write_error(self.path, e) from e
+            raise write_error(self.path, e) from e
 
     def __exit__(self, *exc):
         if self._fd is not None:

@@ -3,6 +3,8 @@
 import errno
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,3 +182,81 @@ def test_replace_folder_makes_a_copy_of_the_files_read_and_keeps_subfolders(tmp_
     assert _io.read_folder(tmp_path / "missing") is None
     _io.replace_folder(target, None)  # rank 0 has no such folder: none of its files either
     assert sorted(p.name for p in target.iterdir()) == ["keep"]
+
+
+def test_two_train_commands_on_one_folder_end_with_one_winner(tmp_path):
+    """Two `keras-rpat train` processes started together on one --out (seeds 0 and 1, so the files
+    tell whose they are): one finishes, the other is refused in one line naming the folder and the
+    winner, and every file is the winner's."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "keras_rpat.cli", "train", "--method", "pgd_at", "--dataset", "synthetic"]
+    command += ["--smoke", "--eval-attacks", "clean", "--checkpoints", "best", "-q", "--out", str(out)]
+    racers = [
+        subprocess.Popen(
+            [*command, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for seed in (0, 1)
+    ]
+    outcomes = [(p.pid, seed, *p.communicate(timeout=300), p.returncode) for seed, p in enumerate(racers)]
+    [(pid, seed, _, _, _)] = [o for o in outcomes if o[-1] == 0]
+    [(_, _, _, refusal, code)] = [o for o in outcomes if o[-1] != 0]
+    assert code == 1 and refusal.count("\n") == 1 and "Traceback" not in refusal, refusal
+    assert refusal.startswith(f"Error: {out} is in use by process {pid} on {socket.gethostname()} (since "), refusal
+    assert refusal.rstrip().endswith("one writer per run folder. Wait for it to finish, or use another --out."), refusal
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        [
+            "best.keras",
+            "config.json",
+            "eval_best.json",
+            "final.keras",
+            "history.json",
+            "pgd_state_best.json",
+            "results.json",
+        ]
+        + ["run.json", "train_log.csv", "train_log.json", "trained.json", "training_curves.png"]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["run"]["seed"] == seed
+    assert json.loads((out / "run.json").read_text())["spec"]["seed"] == seed
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_before_training(tmp_path, monkeypatch):
+    """The free space is checked against the run's checkpoints and backups before the first step:
+    one line naming the folder, the bytes free and needed, and the fix; nothing trained, no lock left."""
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=65536))
+    out = tmp_path / "run"
+    result = invoke(main, ["train", "--method", "pgd_at", "--dataset", "synthetic", "--smoke", "-q", "--out", out])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert re.fullmatch(
+        rf"Error: {out} has 0\.1 MiB \(65,536 bytes\) free, but its checkpoints and backups need about "
+        r"\d+\.\d MiB \([\d,]+ bytes\)\. To fix: free some disk space, or use an --out on another disk\.",
+        line,
+    ), line
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "run.json"]
+
+
+def test_a_full_disk_while_logging_names_the_file(tmp_path):
+    """`train_log.csv` is appended to (not replaced): its write errors name it too."""
+    from keras_rpat import callbacks
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    log = callbacks.CSVLog(str(tmp_path / "train_log.csv"))
+    log.on_train_begin()
+    log.csv_file.close()
+    log.csv_file = FullDisk()
+    with pytest.raises(_io.WriteError, match=r"Could not write .*train_log\.csv: No space left on device\. To fix"):
+        log.on_epoch_end(0, {"loss": 1.0})

@@ -218,7 +218,7 @@ def _run_recipe_command(
             checkpoint_every=checkpoint_every,
             tensorboard_dir=tensorboard if launch.primary else None,  # rank 0 writes
         )
-    except (recipes.RecipeError, FileNotFoundError, ImportError, _io.RunLockedError) as e:
+    except (recipes.RecipeError, FileNotFoundError, ImportError, _io.RunLockedError, _io.WriteError) as e:
         raise click.ClickException(str(e)) from None
     launch.finish()
     report = outcome["report"]

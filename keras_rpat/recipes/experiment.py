@@ -21,6 +21,7 @@ and options, validated like a recipe's method.
 
 import copy
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 
 import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading checkpoints)
 from keras_rpat import _checks
@@ -348,6 +350,7 @@ def run_experiment(
     start = time.time()
     run = build_run(spec, data_dir, dataset_cache)
     settings = evaluation_settings(spec, run.preset)
+    _check_disk_space(run, run_dir)
     try:
         trained, history = _train(
             spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every, tensorboard_run_dir
@@ -436,6 +439,39 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
     return None
 
 
+# What a run writes besides its checkpoints and backups (logs, evaluations, curves), and the
+# container overhead of each `.keras` / `.weights.h5` file (measured: 58 KB for a 4.5 KB model).
+_RUN_FILES_BYTES = 2**19
+_FILE_OVERHEAD_BYTES = 2**16
+
+
+def _check_disk_space(run, run_dir):
+    """Refuses (`_io.DiskSpaceError`) to train a run whose checkpoints and backups would not fit on the
+    disk of its folder, before the first step (on every rank when one's disk is short).
+
+    The peak: `best.keras`, `final.keras` and the new one being written (the model's weights), and
+    two training backups (weights, teacher and optimizer state: the new one before the old is
+    removed), plus the other files.
+    """
+    error = None
+    if not (run_dir / "trained.json").exists():
+        model = _weight_bytes(run.model.weights) + _FILE_OVERHEAD_BYTES
+        # The optimizer's slots are built at the first step: one per trainable weight (SGD momentum).
+        optimizer = max(_weight_bytes(run.trainer.optimizer.variables), _weight_bytes(run.trainer.trainable_weights))
+        backup = _weight_bytes(run.trainer.weights) + optimizer + _FILE_OVERHEAD_BYTES
+        try:
+            _io.check_free_space(run_dir, 3 * model + 2 * backup + _RUN_FILES_BYTES, "its checkpoints and backups")
+        except _io.DiskSpaceError as e:
+            error = e
+    errors = [e for e in rpat_backend.all_gather_object(error) or [error] if e is not None]
+    if errors:
+        raise errors[0]
+
+
+def _weight_bytes(variables):
+    return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+
+
 def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every, tensorboard_run_dir):
     """Trains unless `trained.json` says it is done; returns `(trained, history)`.
 
@@ -476,7 +512,7 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             robust,
             callbacks_lib.EpochLog(str(run_dir / "train_log.json")),
             # After `robust`, which adds val_clean_acc, val_robust_acc and learning_rate to the logs.
-            keras.callbacks.CSVLogger(str(run_dir / "train_log.csv"), append=True),
+            callbacks_lib.CSVLog(str(run_dir / "train_log.csv"), append=True),
             backup,
         ]
         if tensorboard_run_dir is not None:
