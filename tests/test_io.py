@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 
 import pytest
+from testing import torch_only
 
 from keras_rpat import _io
 from keras_rpat import recipes
@@ -184,6 +186,7 @@ def test_replace_folder_makes_a_copy_of_the_files_read_and_keeps_subfolders(tmp_
     assert sorted(p.name for p in target.iterdir()) == ["keep"]
 
 
+@torch_only  # the lock does not depend on the backend; torch starts faster
 def test_two_train_commands_on_one_folder_end_with_one_winner(tmp_path):
     """Two `keras-rpat train` processes started together on one --out (seeds 0 and 1, so the files
     tell whose they are): one finishes, the other is refused in one line naming the folder and the
@@ -206,16 +209,8 @@ def test_two_train_commands_on_one_folder_end_with_one_winner(tmp_path):
     assert refusal.rstrip().endswith("one writer per run folder. Wait for it to finish, or use another --out."), refusal
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(
-        [
-            "best.keras",
-            "config.json",
-            "eval_best.json",
-            "final.keras",
-            "history.json",
-            "pgd_state_best.json",
-            "results.json",
-        ]
-        + ["run.json", "train_log.csv", "train_log.json", "trained.json", "training_curves.png"]
+        ["best.keras", "config.json", "eval_best.json", "final.keras", "history.json", "results.json", "run.json"]
+        + ["train_log.csv", "train_log.json", "trained.json", "training_curves.png"]
     )
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and results["run"]["seed"] == seed
@@ -260,3 +255,78 @@ def test_a_full_disk_while_logging_names_the_file(tmp_path):
     log.csv_file = FullDisk()
     with pytest.raises(_io.WriteError, match=r"Could not write .*train_log\.csv: No space left on device\. To fix"):
         log.on_epoch_end(0, {"loss": 1.0})
+
+
+# ---------------------------------------------------------------------------- corrupt files of a run
+def _smoke_spec():
+    return recipes.single_run("pgd_at", "synthetic", smoke=True, eval_attacks=("clean",), checkpoints=("best",))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    recipes.run_single(_smoke_spec(), folder, verbose=0)
+    return folder
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the finished smoke run, to break."""
+    return pathlib.Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def _rerun(folder):
+    return recipes.run_single(_smoke_spec(), folder, verbose=0)
+
+
+def test_corrupt_files_of_a_finished_run_are_named_in_one_warning_each(run_copy, finished_run):
+    (run_copy / "best.keras").write_bytes((run_copy / "best.keras").read_bytes()[:-100])
+    (run_copy / "history.json").write_text('[{"epoch": 1, "cl')
+    with pytest.warns(UserWarning) as caught:
+        assert _rerun(run_copy)["skipped"]
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(f"{run_copy / 'best.keras'} is corrupt or truncated") and "--overwrite" in messages[0]
+    assert messages[1].startswith(f"{run_copy / 'history.json'} is corrupt or truncated"), messages
+    for name in ("best.keras", "history.json"):
+        shutil.copy(finished_run / name, run_copy / name)
+    (run_copy / "run.json").write_text("{")
+    with pytest.warns(UserWarning, match=r"run\.json is corrupt or truncated \(not valid JSON\); rewriting it"):
+        assert _rerun(run_copy)["skipped"]
+    assert json.loads((run_copy / "run.json").read_text())["spec"]["method"] == "pgd_at"
+
+
+def test_corrupt_files_of_an_unfinished_run_stop_it_naming_the_file_and_the_fix(run_copy):
+    (run_copy / "results.json").unlink()
+    (run_copy / "run.json").write_text("")
+    with pytest.raises(recipes.RecipeError, match=r"run\.json is corrupt or truncated .*Delete it .*--overwrite"):
+        _rerun(run_copy)
+    (run_copy / "run.json").unlink()
+    (run_copy / "history.json").write_text("[")
+    with pytest.raises(recipes.RecipeError, match=r"history\.json is corrupt .*trained\.json says .*Delete both"):
+        _rerun(run_copy)
+
+
+def test_a_corrupt_results_file_is_rebuilt_from_the_run_with_a_warning(run_copy):
+    want = json.loads((run_copy / "results.json").read_text())
+    (run_copy / "results.json").write_text('{"format"')
+    with pytest.warns(UserWarning, match=r"results\.json is corrupt or truncated .*writes it again"):
+        got = _rerun(run_copy)
+    assert got["complete"] and got["metrics"] == want["metrics"] and got["history"] == want["history"]
+    assert not (run_copy / "backup").exists()  # not retrained
+
+
+def test_the_report_names_a_corrupt_results_file_it_leaves_out(tmp_path):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    recipe = recipes.load_recipe("table1")
+    run = tmp_path / "pgd_at" / "cell" / "seed0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text("{")
+    with pytest.warns(UserWarning, match=rf"Leaving out {run / 'results.json'}: it is corrupt .*run the recipe"):
+        assert recipes.collect_results(recipe, tmp_path, fingerprint={}) == {}
+    (tmp_path / "config.json").write_text("{")
+    result = invoke(main, ["report", tmp_path])
+    assert result.exit_code == 1 and "config.json is corrupt or truncated (not valid JSON). Delete it" in result.output

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -421,6 +422,8 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
     if overwrite and run_dir.is_dir():
         _clear_run_dir(run_dir)
     existing = _io.read_json(run_json)
+    if run_json.exists() and not isinstance(existing, dict):
+        existing = _corrupt_run_json(spec, run_dir, replace_stale)
     if existing is not None and existing.get("fingerprint") != fingerprint:
         if not replace_stale:
             raise RecipeError(
@@ -432,11 +435,70 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
         _clear_run_dir(run_dir)
     previous = _io.read_json(run_dir / "results.json")
     if _is_complete(previous, spec):
+        _warn_of_corrupt_files(run_dir)
         previous["skipped"] = True
         return previous
+    if previous is None and (run_dir / "results.json").exists():
+        warnings.warn(
+            f"{run_dir / 'results.json'} is corrupt or truncated (not valid JSON): the run goes on from its other "
+            "files and writes it again.",
+            stacklevel=3,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     _io.atomic_write_json(run_json, {"spec": _io.jsonable(spec.to_dict()), "fingerprint": fingerprint})
     return None
+
+
+def _corrupt_run_json(spec, run_dir, replace_stale):
+    """What to do with a `run.json` that is not valid JSON: nothing (it is rewritten) when the run's
+    `results.json` says it is complete, the run replaced when `replace_stale`, else a `RecipeError`."""
+    run_json = run_dir / "run.json"
+    if _is_complete(_io.read_json(run_dir / "results.json"), spec):
+        warnings.warn(f"{run_json} is corrupt or truncated (not valid JSON); rewriting it.", stacklevel=4)
+        fingerprint = _io.jsonable(spec.run_fingerprint())
+        _io.atomic_write_json(run_json, {"spec": _io.jsonable(spec.to_dict()), "fingerprint": fingerprint})
+        return None
+    if not replace_stale:
+        raise RecipeError(
+            f"{run_json} is corrupt or truncated (not valid JSON), so the files in {run_dir} cannot be told to be "
+            "of this configuration. Delete it to go on with the run as this command configures it, or rerun with "
+            "--overwrite to start it again."
+        )
+    warnings.warn(
+        f"Replacing the run in {run_dir}: its run.json is corrupt or truncated, so its configuration is unknown.",
+        stacklevel=4,
+    )
+    _clear_run_dir(run_dir)
+    return None
+
+
+def _warn_of_corrupt_files(run_dir):
+    """One warning per corrupt `history.json` or checkpoint of a finished run (which is skipped:
+    its `results.json` keeps the history and the evaluations)."""
+    history = run_dir / "history.json"
+    if history.exists() and not isinstance(_io.read_json(history), list):
+        warnings.warn(
+            f"{history} is corrupt or truncated (not valid JSON); the run is complete and its results.json keeps "
+            "the history, so the run is skipped. Delete the file to silence this.",
+            stacklevel=4,
+        )
+    for checkpoint in ("best.keras", "final.keras"):
+        path = run_dir / checkpoint
+        if path.exists() and not _is_intact_zip(path):
+            warnings.warn(
+                f"{path} is corrupt or truncated; the run is complete and its results.json keeps the evaluations, "
+                "so the run is skipped. To get the checkpoint back, rerun with --overwrite (this retrains the run).",
+                stacklevel=4,
+            )
+
+
+def _is_intact_zip(path):
+    """Whether `path` is a zip file (a `.keras` model) whose members all pass their CRC check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 # What a run writes besides its checkpoints and backups (logs, evaluations, curves), and the
@@ -496,6 +558,13 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             "backup (or from scratch), or rerun with --overwrite."
         )
     trained = rpat_backend.from_primary(_io.read_json(trained_path))
+    # Rank 0's history decides (a rank r > 0 killed at the end of training may lack its copy).
+    if trained is not None and not rpat_backend.from_primary(isinstance(_io.read_json(history_path), list)):
+        state = "corrupt or truncated (not valid JSON)" if history_path.exists() else "missing"
+        raise RecipeError(
+            f"{history_path} is {state}, but {trained_path} says the run is trained. Delete both files to "
+            "retrain the run, or rerun with --overwrite."
+        )
     if trained is None:
         backup_dir = run_dir / "backup"
         rpat_backend.share_folder(backup_dir)  # every rank resumes from rank 0's backup
@@ -553,7 +622,13 @@ def _divergence_hint(run, settings):
 
 def _merged_history(run_dir, history):
     """The robust-evaluation history with Keras' per-epoch logs merged in."""
-    train_log = {r["epoch"]: r for r in (_io.read_json(run_dir / "train_log.json") or [])}
+    path = run_dir / "train_log.json"
+    records = _io.read_json(path)
+    if path.exists() and not isinstance(records, list):
+        warnings.warn(
+            f"{path} is corrupt or truncated (not valid JSON): results.json leaves out its logs.", stacklevel=3
+        )
+    train_log = {r["epoch"]: r for r in (records if isinstance(records, list) else [])}
     return [dict(train_log.get(r["epoch"], {}), **r) for r in history]
 
 
