@@ -10,8 +10,10 @@ This module imports nothing from `keras_rpat`.
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -19,6 +21,8 @@ import warnings
 
 __all__ = [
     "LOCK_FILE",
+    "DiskSpaceError",
+    "WriteError",
     "RunLock",
     "RunLockedError",
     "atomic_path",
@@ -26,10 +30,12 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_npz",
     "atomic_write_text",
+    "check_free_space",
     "jsonable",
     "read_folder",
     "read_json",
     "replace_folder",
+    "write_error",
 ]
 
 
@@ -70,7 +76,7 @@ def atomic_path(path, suffix=".tmp"):
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        raise _write_error(path, e) from e
+        raise write_error(path, e) from e
     except BaseException:
         _remove(tmp)
         raise
@@ -82,9 +88,16 @@ def _remove(tmp):
             os.unlink(tmp)
 
 
-def _write_error(path, e):
-    """An `OSError` (same errno) that names the file and what to do."""
-    if getattr(e, "filename", None) == path and "Could not write" in str(e):
+class WriteError(OSError):
+    """A file could not be written: the message names it and the fix (the `errno` of the cause is kept)."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def write_error(path, e):
+    """An `OSError` (same errno) that names the file `path` being written when `e` happened, and what to do."""
+    if isinstance(e, WriteError):
         return e
     reason = e.strerror or str(e)
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
@@ -93,9 +106,29 @@ def _write_error(path, e):
         fix = "choose an output folder you can write to"
     else:
         fix = "check the folder and rerun; the previous version is intact"
-    error = OSError(e.errno, f"Could not write {path}: {reason}. To fix: {fix}.")
+    error = WriteError(e.errno, f"Could not write {path}: {reason}. To fix: {fix}.")
     error.filename = path
     return error
+
+
+class DiskSpaceError(WriteError):
+    """A folder's disk has less free space than what is about to be written there (errno `ENOSPC`)."""
+
+
+def check_free_space(folder, needed, what):
+    """Raises `DiskSpaceError` (naming `folder`, the bytes free and needed, and the fix) when the disk
+    of `folder` has less than `needed` bytes free for `what` (e.g. "this run's checkpoints and backups")."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskSpaceError(
+            errno.ENOSPC,
+            f"{folder} has {_megabytes(free)} free, but {what} need about {_megabytes(needed)}. To fix: free some "
+            "disk space, or use an --out on another disk.",
+        )
+
+
+def _megabytes(size):
+    return f"{size / 2**20:.1f} MiB ({size:,} bytes)"
 
 
 def atomic_write_text(path, text):
@@ -185,6 +218,8 @@ class RunLockedError(RuntimeError):
 
 
 def _pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -195,13 +230,17 @@ def _pid_alive(pid):
 
 
 class RunLock:
-    """An exclusive lock on a run folder: `<folder>/.keras_rpat.lock` holding the owner's pid and host.
+    """An exclusive lock on a run folder: `<folder>/.keras_rpat.lock`, an OS file lock
+    (`fcntl.flock`) on a file that holds the owner's pid and host.
 
     A second process that tries to take it fails at once with
-    `RunLockedError`, naming the owner. A lock left by a process that is gone
-    (same host, pid no longer running) is taken over with a warning. The lock
-    is re-entrant within one process (a recipe and its runs), and released
-    (the file removed) on exit.
+    `RunLockedError`, naming the owner. The operating system releases the lock
+    of a process that dies, so a lock file left by a killed process is taken
+    over with a warning (a reused pid cannot keep it); a lock file written on
+    another host is refused (its process may be alive there). The lock file is
+    never left empty: when its owner cannot be written (a full disk) it is
+    removed and the error names it. The lock is re-entrant within one process
+    (a recipe and its runs), and released (the file removed) on exit.
 
     Example:
 
@@ -214,21 +253,29 @@ class RunLock:
     def __init__(self, folder):
         self.folder = os.fspath(folder)
         self.path = os.path.join(self.folder, LOCK_FILE)
-        self._owned = False
+        self._fd = None
 
     def __enter__(self):
         os.makedirs(self.folder, exist_ok=True)
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(3):
+        if self._is_ours():
+            return self
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _default_mode())
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _default_mode())
-            except FileExistsError:
-                if self._is_ours() or not self._take_over_if_stale():
-                    return self
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._in_use(self._live_owner()) from None
+            if not _same_file(fd, self.path):  # its owner released it between our open and flock: again
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(owner, f)
-            self._owned = True
+            try:
+                self._check_left_by_this_host(_read_owner(fd))
+                self._write_owner(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
             return self
         raise RunLockedError(f"Could not take the lock {self.path}; delete it if no other process uses the folder.")
 
@@ -236,37 +283,77 @@ class RunLock:
         held = read_json(self.path) or {}
         return held.get("pid") == os.getpid() and held.get("host") == socket.gethostname()
 
-    def _take_over_if_stale(self):
-        """Removes a lock whose owner is gone (returns True); raises while the owner may be alive."""
-        held = read_json(self.path)
-        if held is None:
-            # Being written this instant, or corrupt: look once more.
-            time.sleep(0.2)
+    def _live_owner(self):
+        """The lock file's owner record, once its owner has written it (the lock may be a moment old)."""
+        for _ in range(20):
             held = read_json(self.path)
-        host = socket.gethostname()
-        if isinstance(held, dict) and held.get("host") == host and isinstance(held.get("pid"), int):
-            if _pid_alive(held["pid"]):
-                raise RunLockedError(
-                    f"{self.folder} is in use by process {held['pid']} on {host} (since {held.get('since')}): "
-                    "one writer per run folder. Wait for it to finish, or use another --out."
-                )
-        elif isinstance(held, dict) and held.get("host"):
+            if isinstance(held, dict) and (held.get("host") != socket.gethostname() or _pid_alive(held.get("pid"))):
+                return held
+            time.sleep(0.05)
+        return held if isinstance(held, dict) else {}
+
+    def _in_use(self, held):
+        host = held.get("host")
+        if host == socket.gethostname():
+            where = f"process {held.get('pid')} on {host}"
+        elif host:
+            where = f"process {held.get('pid')} on host {host}"
+        else:
+            where = "another process"
+        return RunLockedError(
+            f"{self.folder} is in use by {where} (since {held.get('since')}): one writer per run folder. "
+            "Wait for it to finish, or use another --out."
+        )
+
+    def _check_left_by_this_host(self, held):
+        """Warns that a lock left by a process that is gone is taken over; refuses one written on another host."""
+        if not held:
+            return
+        if held.get("host") not in (None, socket.gethostname()):
             raise RunLockedError(
                 f"{self.folder} is in use by process {held.get('pid')} on host {held.get('host')} "
                 f"(since {held.get('since')}): one writer per run folder. Wait for it, use another --out, or "
                 f"delete {self.path} if that process is gone."
             )
         warnings.warn(
-            f"Taking over the stale lock {self.path} (left by process {(held or {}).get('pid')}, which is gone).",
+            f"Taking over the stale lock {self.path} (left by process {held.get('pid')}, which is gone).",
             stacklevel=3,
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        return True
+
+    def _write_owner(self, fd):
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(owner).encode(), 0)
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # no empty lock left behind
+            raise write_error(self.path, e) from e
 
     def __exit__(self, *exc):
-        if self._owned:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            self._owned = False
+                os.unlink(self.path)  # before the close, which releases the lock
+            os.close(self._fd)
+            self._fd = None
         return False
+
+
+def _same_file(fd, path):
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _read_owner(fd):
+    """The owner record in the lock file `fd` (`{}` when empty or unreadable)."""
+    try:
+        data = os.pread(fd, 4096, 0)
+        held = json.loads(data) if data else {}
+    except (OSError, ValueError):
+        return {}
+    return held if isinstance(held, dict) else {}

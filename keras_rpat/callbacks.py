@@ -25,6 +25,7 @@ from keras_rpat.divergence import DivergenceError
 from keras_rpat.divergence import DivergenceGuard
 
 __all__ = [
+    "CSVLog",
     "DivergenceError",
     "DivergenceGuard",
     "EpochLog",
@@ -320,6 +321,16 @@ class EpochLog(keras.callbacks.Callback):
             record[k] = v if math.isfinite(v) else None
         self.records = [r for r in self.records if r["epoch"] != epoch + 1] + [record]
         _io.atomic_write_json(self.path, self.records)
+
+
+class CSVLog(keras.callbacks.CSVLogger):
+    """Keras' `CSVLogger`, whose write errors (a full disk) name its file and the fix."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError as e:
+            raise _io.write_error(self.filename, e) from e
 
 
 def tensorboard_tag(key):

@@ -425,15 +425,23 @@ def _device_of(model=None):
         return None
 
 
-def provenance(model=None, elapsed=None):
-    """Versions, backend, device, UTC time and git SHA, for results files.
+def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
+    """Versions, backend, device, data-parallel engine, UTC time and git SHA, for results files.
 
     Args:
         model: optional model, to report the device its weights live on.
         elapsed: optional wall time in seconds.
+        batch_size: optional global training batch, recorded with its
+            per-replica share (`per_replica_batch`).
+        sync_batchnorm: optional, whether BatchNorm took the global batch's
+            statistics (recorded in a data-parallel job).
 
     Returns:
-        A JSON-serialisable dict.
+        A JSON-serialisable dict. `engine` is `"single-process"`, or the
+        data-parallel job's: `"torch.distributed"` (with `process_group`,
+        `"gloo"` or `"nccl"`), `"tf.distribute.MirroredStrategy"` or
+        `"tf.distribute.MultiWorkerMirroredStrategy"`; `world_size` counts its
+        ranks (torch) or replicas in sync (tensorflow).
     """
     info = {
         "keras_rpat": __version__,
@@ -444,11 +452,33 @@ def provenance(model=None, elapsed=None):
         "numpy": np.__version__,
         "backend": keras.config.backend(),
         "device": _device_of(model),
+        **_data_parallel(model, batch_size, sync_batchnorm),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": _git_sha(),
     }
     if elapsed is not None:
         info["elapsed_s"] = round(float(elapsed), 3)
+    return info
+
+
+_ENGINES = {
+    "mirrored": "tf.distribute.MirroredStrategy",
+    "multiworker": "tf.distribute.MultiWorkerMirroredStrategy",
+}
+
+
+def _data_parallel(model, batch_size, sync_batchnorm):
+    """The `engine`, `world_size` (and `per_replica_batch`, `sync_batchnorm`) of `provenance`."""
+    job = rpat_backend.distributed_context(model)
+    info = {"engine": "single-process", "world_size": 1}
+    if job is not None:
+        info = {"engine": _ENGINES.get(job.backend, "torch.distributed"), "world_size": int(job.world_size)}
+        if info["engine"] == "torch.distributed":
+            info["process_group"] = job.backend
+    if batch_size is not None:
+        info["per_replica_batch"] = int(batch_size) // info["world_size"]
+    if sync_batchnorm is not None and job is not None:
+        info["sync_batchnorm"] = bool(sync_batchnorm)
     return info
 
 

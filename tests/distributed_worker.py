@@ -17,7 +17,7 @@ on `EVAL_N` images labelled with its own predictions (all clean-correct, so
 the attacks have something to flip), in batches small enough that every rank
 gets several: the adversarial images and accuracies go to OUT.npz too, with
 what each rank printed and (`shared_folders`) each rank's view of a folder
-after `share_folder`. Under a strategy (`tf_autoattack`): AutoAttack on the same
+after `share_folder`, and the job's `provenance`. Under a strategy (`tf_autoattack`): AutoAttack on the same
 images, a PyTorch subprocess per replica (`--aa-resume`: then resumed from its state file).
 """
 
@@ -251,6 +251,9 @@ def main():
         results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype, strategy))
     keras.config.set_dtype_policy("float32")
     job = keras_rpat.backend.distributed_context()
+    # What a run's results.json records of the job.
+    provenance = keras_rpat.evaluation.provenance(batch_size=BATCH, sync_batchnorm=not args.no_sync_batchnorm)
+    results["provenance"] = np.array(json.dumps(provenance))
     if strategy is None:  # torchrun (or one process)
         state_path = None if job is None else f"{args.out}.aa_state{job.rank}.json"  # a file per rank, as the CLI's
         results.update(evaluate(state_path))

@@ -328,6 +328,28 @@ def test_a_failing_replica_subprocess_raises_and_stops_the_others(failure, error
         os.kill(pid, 0)
 
 
+def _assert_provenance(provenance, engine, world_size, per_replica_batch, **more):
+    assert provenance["engine"] == engine and provenance["world_size"] == world_size, provenance
+    assert provenance["per_replica_batch"] == per_replica_batch, provenance
+    assert {k: provenance.get(k) for k in more} == more, provenance
+
+
+@torch_only
+def test_two_ranks_record_their_engine_in_the_provenance(two_ranks):
+    provenance = json.loads(str(two_ranks.wait()["provenance"]))
+    kept = {"process_group": "gloo", "sync_batchnorm": True}
+    _assert_provenance(provenance, "torch.distributed", 2, distributed_worker.BATCH // 2, **kept)
+    alone = keras_rpat.evaluation.provenance(batch_size=distributed_worker.BATCH)
+    _assert_provenance(alone, "single-process", 1, distributed_worker.BATCH, sync_batchnorm=None)
+
+
+@tensorflow_only
+def test_two_mirrored_replicas_record_their_engine_in_the_provenance(two_replicas):
+    provenance = json.loads(str(two_replicas.wait()["provenance"]))
+    engine = "tf.distribute.MirroredStrategy"
+    _assert_provenance(provenance, engine, 2, distributed_worker.BATCH // 2, sync_batchnorm=True, process_group=None)
+
+
 @torch_only
 def test_only_rank_0_prints_autoattack_progress(two_ranks):
     rank0, rank1 = json.loads(str(two_ranks.wait()["printed"]))
@@ -495,20 +517,36 @@ def test_two_rank_smoke_recipe_killed_then_rerun_writes_the_one_process_results(
     assert killed.returncode != 0
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", stderr), stderr[-3000:]
     assert _io.read_json(rank0_backup)["batch"] == 1 and not (out / SMOKE_RUN / "trained.json").exists()
+    assert (out / ".rank1" / SMOKE_RUN / "backup").is_dir()  # rank 1's state, kept for the rerun
 
     rerun = _start_torchrun(["-m", "keras_rpat.cli", *command], stdout=subprocess.PIPE)
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr[-4000:]
     assert "after epoch 0, batch 1" in stdout, stdout
     _assert_same_recipe_files(tmp_path / "one", out)
-    assert (out / SMOKE_RUN / "training_curves.png").exists() and (tmp_path / ".two.rank1" / SMOKE_RUN).is_dir()
+    assert (out / SMOKE_RUN / "training_curves.png").exists()
+    _assert_no_rank_folders(tmp_path, out, "torch.distributed")
 
 
 def test_rank_folders():
     from keras_rpat.cli import launch
 
     assert launch.rank_folder("runs/x", 0) == "runs/x"
-    assert launch.rank_folder("runs/x/", 3) == os.path.join("runs", ".x.rank3")
+    assert launch.rank_folder("runs/x", 3) == os.path.join("runs", "x", ".rank3")  # inside the folder named
+    assert launch.rank_file("runs/aa.json", 1) == os.path.join("runs", ".aa.json.rank1")
+
+
+def _assert_no_rank_folders(tmp_path, out, engine, world_size=2):
+    """The command completed: no rank's private folder is left, in --out or beside it, and each run's
+    results.json records the engine, its world size and the per-replica batch."""
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert list(out.rglob(".rank*")) == []
+    results = list(out.glob("*/*/seed*/results.json"))
+    assert results
+    for path in results:
+        spec = json.loads(path.read_text())["run"]
+        provenance = json.loads(path.read_text())["provenance"]
+        _assert_provenance(provenance, engine, world_size, spec["batch_size"] // world_size, sync_batchnorm=True)
 
 
 @tensorflow_only
@@ -720,7 +758,7 @@ def test_two_worker_smoke_recipe_writes_the_one_device_results(tmp_path, one_dev
     for returncode, _, stderr in _finish(workers):
         assert returncode == 0, stderr[-4000:]
     _assert_same_recipe_files(one_device_smoke_recipe, out)
-    assert (tmp_path / ".two.rank1" / SMOKE_RUN).is_dir()  # worker 1 writes its copy there
+    _assert_no_rank_folders(tmp_path, out, "tf.distribute.MultiWorkerMirroredStrategy")
 
 
 @tensorflow_only
@@ -739,7 +777,7 @@ def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results
 
     out = tmp_path / "two"
     rank0_backup = out / SMOKE_RUN / "backup" / "training_metadata.json"
-    rank1_backup = tmp_path / ".two.rank1" / SMOKE_RUN / "backup" / "training_metadata.json"
+    rank1_backup = out / ".rank1" / SMOKE_RUN / "backup" / "training_metadata.json"
     command = [*SMOKE_RECIPE, "--sync-batchnorm", "--out", out]
     killed = _finish(_start_tf_workers([HERE / "distributed_cli.py", kill, 1, rank0_backup, *command]))
     (chief_code, _, chief_err), (worker_code, _, _) = killed
@@ -758,6 +796,7 @@ def test_two_worker_smoke_recipe_killed_then_rerun_writes_the_one_device_results
         assert returncode == 0, stderr[-4000:]
     assert "after epoch 0, batch 1" in rerun[0][1], rerun[0][1]
     _assert_same_recipe_files(one_device_smoke_recipe, out)
+    _assert_no_rank_folders(tmp_path, out, "tf.distribute.MultiWorkerMirroredStrategy")
 
 
 @tensorflow_only

@@ -369,6 +369,7 @@ def test_results_json_contents(tmp_path):
     prov = on_disk["provenance"]
     assert prov["backend"] == BACKEND and prov["keras"] == keras.__version__
     assert {"git_sha", "device", "torch", "numpy", "elapsed_s"} <= set(prov)
+    assert (prov["engine"], prov["world_size"], prov["per_replica_batch"]) == ("single-process", 1, spec.batch_size)
     cfg = on_disk["config"]
     assert cfg["preset"]["name"] == "pgd_at+rpat"
     rp = [l for l in cfg["preset"]["losses"] if l["class"] == "RobustPerception"][0]

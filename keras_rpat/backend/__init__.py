@@ -95,9 +95,10 @@ def initialize_distributed(owner=None, strategy=None):
     return get_backend().initialize_distributed(owner, strategy)
 
 
-def distributed_context():
-    """The data-parallel job's context once joined, else `None`."""
-    return get_backend().distributed_context()
+def distributed_context(owner=None):
+    """The data-parallel job's context once joined (on tensorflow also the strategy `owner`, a model,
+    was built under), else `None`. Joins nothing."""
+    return get_backend().distributed_context(owner)
 
 
 def replica_processes(owner=None):

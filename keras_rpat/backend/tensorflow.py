@@ -53,8 +53,8 @@ def initialize_distributed(owner=None, strategy=None):
     return tensorflow_distributed.initialize(strategy, owner)
 
 
-def distributed_context():
-    return tensorflow_distributed.context()
+def distributed_context(owner=None):
+    return tensorflow_distributed.context(owner)
 
 
 def map_rows(fn, arrays, owner=None, seed_generators=()):

@@ -167,9 +167,13 @@ def initialize(strategy=None, owner=None):
     return context_of(tf.distribute.get_strategy())
 
 
-def context():
-    """The `Context` of the strategy the CLI set, else of the current strategy (`None` for one replica)."""
-    return _STATE["context"] or context_of(tf.distribute.get_strategy())
+def context(owner=None):
+    """The `Context` of the strategy the CLI set, else of the current strategy, else of the one `owner`
+    (a Keras model) was built under (`None` for one replica)."""
+    found = _STATE["context"] or context_of(tf.distribute.get_strategy())
+    if found is None and getattr(owner, "distribute_strategy", None) is not None:
+        found = context_of(owner.distribute_strategy)
+    return found
 
 
 def shutdown():

@@ -83,7 +83,7 @@ def initialize_distributed(owner=None, strategy=None):
     return torch_distributed.initialize()
 
 
-def distributed_context():
+def distributed_context(owner=None):
     return torch_distributed.context()
 
 

@@ -6,12 +6,14 @@ the same data; the training steps are data-parallel
 (`keras_rpat.backend.torch_distributed`, `keras_rpat.backend.tensorflow_distributed`),
 so every rank computes the same weights, metrics and evaluations. Rank 0 (the
 chief) writes into `--out` and prints; rank `r > 0` stays silent and keeps its
-copy of the files in the sibling folder `.<out>.rank<r>` (what it resumes
-from after an interruption).
+copy of the files in `<out>/.rank<r>` (what it resumes from after an
+interruption), removed once the command has completed.
 """
 
+import contextlib
 import dataclasses
 import os
+import shutil
 
 import click
 
@@ -70,13 +72,25 @@ class Launch:
         if self.primary:
             opt.echo()(message)
 
+    def finish(self):
+        """Called by every rank once the command has completed: when all have, rank `r > 0` removes its
+        private folder (and `--out` itself when that holds nothing else: a host that does not share
+        rank 0's file system). A rank that failed keeps its folder, and so do the others (the rerun's state)."""
+        if self.world_size == 1:
+            return
+        from keras_rpat import backend as rpat_backend
+
+        rpat_backend.all_gather_object(None)  # every rank has completed
+        if self.primary or self.out is None:
+            return
+        shutil.rmtree(self.out, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.out))
+
 
 def rank_folder(out, rank):
-    """`out` for rank 0, the sibling `.<name>.rank<r>` for the others."""
-    if rank == 0:
-        return out
-    parent, name = os.path.split(os.path.normpath(out))
-    return os.path.join(parent, f".{name}.rank{rank}")
+    """`out` for rank 0; for rank `r > 0` its private folder `<out>/.rank<r>` (see `Launch.finish`)."""
+    return out if rank == 0 else os.path.join(out, f".rank{rank}")
 
 
 def join(out, sync_batchnorm, config, batch_size):
@@ -123,7 +137,10 @@ def join_evaluation(config):
 
 def rank_file(path, rank):
     """`path` for rank 0, the sibling `.<name>.rank<r>` for the others (`None` stays `None`)."""
-    return path if path is None else rank_folder(path, rank)
+    if path is None or rank == 0:
+        return path
+    parent, name = os.path.split(os.path.normpath(path))
+    return os.path.join(parent, f".{name}.rank{rank}")
 
 
 def _join_job():

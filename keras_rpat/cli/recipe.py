@@ -18,6 +18,7 @@ import os
 
 import click
 
+from keras_rpat import _io
 from keras_rpat import recipes
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
@@ -217,8 +218,9 @@ def _run_recipe_command(
             checkpoint_every=checkpoint_every,
             tensorboard_dir=tensorboard if launch.primary else None,  # rank 0 writes
         )
-    except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
+    except (recipes.RecipeError, FileNotFoundError, ImportError, _io.RunLockedError, _io.WriteError) as e:
         raise click.ClickException(str(e)) from None
+    launch.finish()
     report = outcome["report"]
     skipped = sum(1 for r in outcome["results"] if r.get("skipped"))
     launch.echo(

@@ -25,7 +25,13 @@ def report_command(out_dir):
     table lists the runs still missing, so a partial report can be read while
     the other runs go on.
     """
-    fingerprint = _io.read_json(Path(out_dir) / "config.json")
+    config = Path(out_dir) / "config.json"
+    fingerprint = _io.read_json(config)
+    if config.exists() and not isinstance(fingerprint, dict):
+        raise click.ClickException(
+            f"{config} is corrupt or truncated (not valid JSON). Delete it and run the `keras-rpat recipe ... --out "
+            f"{out_dir}` command of this folder again: it rewrites the file (finished runs are skipped)."
+        )
     if not isinstance(fingerprint, dict) or "recipe" not in fingerprint:
         raise click.ClickException(
             f"{out_dir} has no config.json of a recipe run. Give the --out folder of `keras-rpat recipe <name>`."

@@ -14,6 +14,7 @@ import os
 
 import click
 
+from keras_rpat import _io
 from keras_rpat import _names
 from keras_rpat import recipes
 from keras_rpat.cli import launch as launch_lib
@@ -159,6 +160,7 @@ def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_
             checkpoint_every=checkpoint_every,
             tensorboard_dir=tensorboard if launch.primary else None,  # rank 0 writes
         )
-    except (recipes.RecipeError, FileNotFoundError, ImportError) as e:
+    except (recipes.RecipeError, FileNotFoundError, ImportError, _io.RunLockedError, _io.WriteError) as e:
         raise click.ClickException(str(e)) from None
+    launch.finish()
     launch.echo(f"Wrote {os.path.join(out, 'results.json')}" + (" (already complete)" if result.get("skipped") else ""))

@@ -21,13 +21,16 @@ and options, validated like a recipe's method.
 
 import copy
 import dataclasses
+import math
 import os
 import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 
 import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading checkpoints)
 from keras_rpat import _checks
@@ -348,6 +351,7 @@ def run_experiment(
     start = time.time()
     run = build_run(spec, data_dir, dataset_cache)
     settings = evaluation_settings(spec, run.preset)
+    _check_disk_space(run, run_dir)
     try:
         trained, history = _train(
             spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every, tensorboard_run_dir
@@ -379,7 +383,9 @@ def run_experiment(
         "run": _io.jsonable(spec.to_dict()),
         "fingerprint": _io.jsonable(spec.run_fingerprint()),
         "config": _resolved_config(spec, run.preset, run.model, run.dataset, run.train_seq, settings),
-        "provenance": evaluation.provenance(run.model, elapsed=elapsed),
+        "provenance": evaluation.provenance(
+            run.model, elapsed=elapsed, batch_size=spec.batch_size, sync_batchnorm=run.trainer.sync_batchnorm
+        ),
         "wall_time_s": round(elapsed, 3),
         "train_time_s": round(sum((r.get("time") or 0) + (r.get("eval_time") or 0) for r in history), 3),
         "history": _merged_history(run_dir, history),
@@ -416,6 +422,8 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
     if overwrite and run_dir.is_dir():
         _clear_run_dir(run_dir)
     existing = _io.read_json(run_json)
+    if run_json.exists() and not isinstance(existing, dict):
+        existing = _corrupt_run_json(spec, run_dir, replace_stale)
     if existing is not None and existing.get("fingerprint") != fingerprint:
         if not replace_stale:
             raise RecipeError(
@@ -427,11 +435,103 @@ def _prepare_run_dir(spec, run_dir, overwrite, replace_stale):
         _clear_run_dir(run_dir)
     previous = _io.read_json(run_dir / "results.json")
     if _is_complete(previous, spec):
+        _warn_of_corrupt_files(run_dir)
         previous["skipped"] = True
         return previous
+    if previous is None and (run_dir / "results.json").exists():
+        warnings.warn(
+            f"{run_dir / 'results.json'} is corrupt or truncated (not valid JSON): the run goes on from its other "
+            "files and writes it again.",
+            stacklevel=3,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     _io.atomic_write_json(run_json, {"spec": _io.jsonable(spec.to_dict()), "fingerprint": fingerprint})
     return None
+
+
+def _corrupt_run_json(spec, run_dir, replace_stale):
+    """What to do with a `run.json` that is not valid JSON: nothing (it is rewritten) when the run's
+    `results.json` says it is complete, the run replaced when `replace_stale`, else a `RecipeError`."""
+    run_json = run_dir / "run.json"
+    if _is_complete(_io.read_json(run_dir / "results.json"), spec):
+        warnings.warn(f"{run_json} is corrupt or truncated (not valid JSON); rewriting it.", stacklevel=4)
+        fingerprint = _io.jsonable(spec.run_fingerprint())
+        _io.atomic_write_json(run_json, {"spec": _io.jsonable(spec.to_dict()), "fingerprint": fingerprint})
+        return None
+    if not replace_stale:
+        raise RecipeError(
+            f"{run_json} is corrupt or truncated (not valid JSON), so the files in {run_dir} cannot be told to be "
+            "of this configuration. Delete it to go on with the run as this command configures it, or rerun with "
+            "--overwrite to start it again."
+        )
+    warnings.warn(
+        f"Replacing the run in {run_dir}: its run.json is corrupt or truncated, so its configuration is unknown.",
+        stacklevel=4,
+    )
+    _clear_run_dir(run_dir)
+    return None
+
+
+def _warn_of_corrupt_files(run_dir):
+    """One warning per corrupt `history.json` or checkpoint of a finished run (which is skipped:
+    its `results.json` keeps the history and the evaluations)."""
+    history = run_dir / "history.json"
+    if history.exists() and not isinstance(_io.read_json(history), list):
+        warnings.warn(
+            f"{history} is corrupt or truncated (not valid JSON); the run is complete and its results.json keeps "
+            "the history, so the run is skipped. Delete the file to silence this.",
+            stacklevel=4,
+        )
+    for checkpoint in ("best.keras", "final.keras"):
+        path = run_dir / checkpoint
+        if path.exists() and not _is_intact_zip(path):
+            warnings.warn(
+                f"{path} is corrupt or truncated; the run is complete and its results.json keeps the evaluations, "
+                "so the run is skipped. To get the checkpoint back, rerun with --overwrite (this retrains the run).",
+                stacklevel=4,
+            )
+
+
+def _is_intact_zip(path):
+    """Whether `path` is a zip file (a `.keras` model) whose members all pass their CRC check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+# What a run writes besides its checkpoints and backups (logs, evaluations, curves), and the
+# container overhead of each `.keras` / `.weights.h5` file (measured: 58 KB for a 4.5 KB model).
+_RUN_FILES_BYTES = 2**19
+_FILE_OVERHEAD_BYTES = 2**16
+
+
+def _check_disk_space(run, run_dir):
+    """Refuses (`_io.DiskSpaceError`) to train a run whose checkpoints and backups would not fit on the
+    disk of its folder, before the first step (on every rank when one's disk is short).
+
+    The peak: `best.keras`, `final.keras` and the new one being written (the model's weights), and
+    two training backups (weights, teacher and optimizer state: the new one before the old is
+    removed), plus the other files.
+    """
+    error = None
+    if not (run_dir / "trained.json").exists():
+        model = _weight_bytes(run.model.weights) + _FILE_OVERHEAD_BYTES
+        # The optimizer's slots are built at the first step: one per trainable weight (SGD momentum).
+        optimizer = max(_weight_bytes(run.trainer.optimizer.variables), _weight_bytes(run.trainer.trainable_weights))
+        backup = _weight_bytes(run.trainer.weights) + optimizer + _FILE_OVERHEAD_BYTES
+        try:
+            _io.check_free_space(run_dir, 3 * model + 2 * backup + _RUN_FILES_BYTES, "its checkpoints and backups")
+        except _io.DiskSpaceError as e:
+            error = e
+    errors = [e for e in rpat_backend.all_gather_object(error) or [error] if e is not None]
+    if errors:
+        raise errors[0]
+
+
+def _weight_bytes(variables):
+    return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
 
 
 def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_every, tensorboard_run_dir):
@@ -458,6 +558,13 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             "backup (or from scratch), or rerun with --overwrite."
         )
     trained = rpat_backend.from_primary(_io.read_json(trained_path))
+    # Rank 0's history decides (a rank r > 0 killed at the end of training may lack its copy).
+    if trained is not None and not rpat_backend.from_primary(isinstance(_io.read_json(history_path), list)):
+        state = "corrupt or truncated (not valid JSON)" if history_path.exists() else "missing"
+        raise RecipeError(
+            f"{history_path} is {state}, but {trained_path} says the run is trained. Delete both files to "
+            "retrain the run, or rerun with --overwrite."
+        )
     if trained is None:
         backup_dir = run_dir / "backup"
         rpat_backend.share_folder(backup_dir)  # every rank resumes from rank 0's backup
@@ -474,7 +581,7 @@ def _train(spec, run, run_dir, settings, verbose, echo, callbacks, checkpoint_ev
             robust,
             callbacks_lib.EpochLog(str(run_dir / "train_log.json")),
             # After `robust`, which adds val_clean_acc, val_robust_acc and learning_rate to the logs.
-            keras.callbacks.CSVLogger(str(run_dir / "train_log.csv"), append=True),
+            callbacks_lib.CSVLog(str(run_dir / "train_log.csv"), append=True),
             backup,
         ]
         if tensorboard_run_dir is not None:
@@ -515,7 +622,13 @@ def _divergence_hint(run, settings):
 
 def _merged_history(run_dir, history):
     """The robust-evaluation history with Keras' per-epoch logs merged in."""
-    train_log = {r["epoch"]: r for r in (_io.read_json(run_dir / "train_log.json") or [])}
+    path = run_dir / "train_log.json"
+    records = _io.read_json(path)
+    if path.exists() and not isinstance(records, list):
+        warnings.warn(
+            f"{path} is corrupt or truncated (not valid JSON): results.json leaves out its logs.", stacklevel=3
+        )
+    train_log = {r["epoch"]: r for r in (records if isinstance(records, list) else [])}
     return [dict(train_log.get(r["epoch"], {}), **r) for r in history]
 
 

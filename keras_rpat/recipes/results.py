@@ -1,5 +1,6 @@
 """Reading the results of a recipe's output folder and aggregating them over seeds."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,13 @@ def collect_results(recipe, out_dir, fingerprint=None):
     found = {}
     for path in sorted(out_dir.glob("*/*/seed*/results.json")):
         r = _io.read_json(path)
+        if r is None:
+            warnings.warn(
+                f"Leaving out {path}: it is corrupt or truncated (not valid JSON). To fix: run the recipe command "
+                "on this folder again (the run evaluates its checkpoints again and rewrites it).",
+                stacklevel=2,
+            )
+            continue
         if not isinstance(r, dict) or r.get("format") != RESULTS_FORMAT or not r.get("complete"):
             continue
         run = r.get("run", {})

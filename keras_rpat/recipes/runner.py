@@ -37,7 +37,10 @@ def check_out_dir(out_dir, fingerprint, overwrite=False):
     existing = _io.read_json(path)
     if path.exists() and existing is None:
         if not overwrite:
-            raise RecipeError(f"{path} is not valid JSON. Pass --overwrite to replace it, or use another --out.")
+            raise RecipeError(
+                f"{path} is corrupt or truncated (not valid JSON). Delete it (the command rewrites it, and skips the "
+                "finished runs of its configuration), pass --overwrite to start every run again, or use another --out."
+            )
     elif existing is not None and existing != fingerprint:
         if not overwrite:
             raise RecipeError(
