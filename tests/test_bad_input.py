@@ -451,6 +451,11 @@ API_CENSUS_ERRORS = [
         lambda: autoattack.run_autoattack(_tiny(), _x(), _y(), norm="l2", epsilon=128),
         r"epsilon=128. Did you mean 128/255\?.*allow_large_l2_budgets",
     ),
+    (
+        "single-run-l2-step-32",
+        lambda: recipes.single_run("pgd_at", "synthetic", norm="l2", smoke=True, l2_step_size=32),
+        r"l2_step_size=32. Did you mean 32/255\?",
+    ),
     # integer images at every entry
     ("trainer-evaluate-uint8", lambda: _trainer().evaluate(_x_uint8(), _y(), verbose=0), UINT8),
     (
@@ -491,6 +496,11 @@ API_CENSUS_ERRORS = [
         "fit-batch-size-0",
         lambda: _fit(batch_size=0),
         r"`batch_size` must be a positive integer. Received: batch_size=0",
+    ),
+    (
+        "fit-batch-size-negative",
+        lambda: _fit(batch_size=-4),
+        r"`batch_size` must be a positive integer. Received: batch_size=-4",
     ),
     ("fit-epochs-0", lambda: _fit(epochs=0), r"`epochs` must be a positive integer. Received: epochs=0"),
     (

@@ -147,6 +147,13 @@ def presets_l2_step_32():
     presets.get("pgd_at", norm="l2", l2_step_size=32)
 
 
+@case(words=["l2_step_size=32", "32/255"])
+def single_run_l2_step_32():
+    from keras_rpat import recipes
+
+    recipes.single_run("pgd_at", "synthetic", norm="l2", smoke=True, l2_step_size=32)
+
+
 @case(words=["epsilon=128", "128/255"])
 def evaluate_l2_epsilon_128():
     from keras_rpat import evaluation
