@@ -649,9 +649,11 @@ class RPATTrainer(keras.Model):
         """`keras.Model.fit`, plus input validation, epoch tracking and a divergence stop.
 
         Args:
-            validate_inputs: check the first batch (or the arrays) for pixels
-                outside [0, 1], integer images and out-of-range labels before
-                training. Checking happens on the host, outside the train step.
+            validate_inputs: check the first batch (or the arrays), and those
+                of `validation_data`, for pixels outside [0, 1], integer images,
+                images of another size and out-of-range labels before training
+                (and warn about one-class labels). Checking happens on the host,
+                outside the train step.
             stop_on_divergence: stop at the first non-finite loss with a
                 `keras_rpat.callbacks.DivergenceError` naming the epoch, the
                 step and the likely cause (a `DivergenceGuard` first among the
