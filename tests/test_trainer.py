@@ -256,6 +256,85 @@ def test_weight_average_is_copy_before_start_and_ema_after():
     assert trainer.evaluation_model is trainer.teacher
 
 
+class _TeacherGap(losses.ViewLoss):
+    """`sum_c (z(x) - z_wa(x))^2` per sample: its value shows the teacher's logits."""
+
+    views = ("clean", "teacher_clean")
+
+    def call(self, y_true, views):
+        return keras.ops.sum(keras.ops.square(views["clean"] - views["teacher_clean"]), axis=-1)
+
+
+def _np_tiny_forward(weights, x, training):
+    """`tiny_classifier` in float64 NumPy; returns the logits and the BN input's
+    batch mean and unbiased variance (`training`: batch statistics, else moving)."""
+    w = {v.path: np.asarray(np_(v), np.float64) for v in weights}
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    kernel = w["conv/kernel"]
+    h = sum(np.einsum("bhwc,co->bhwo", xp[:, i : i + 8, j : j + 8], kernel[i, j]) for i in range(3) for j in range(3))
+    mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+    n = h.size // h.shape[-1]
+    if not training:
+        mean_used, var_used = w["bn/moving_mean"], w["bn/moving_variance"]
+    else:
+        mean_used, var_used = mean, var
+    h = (h - mean_used) / np.sqrt(var_used + 1e-5) * w["bn/gamma"] + w["bn/beta"]
+    logits = np.maximum(h, 0).mean((1, 2)) @ w["logits/kernel"] + w["logits/bias"]
+    return logits, mean, var * n / (n - 1)
+
+
+@pytest.mark.parametrize("fast_path", [True, False] if BACKEND == "torch" else [False])
+@pytest.mark.parametrize("teacher_training", [True, False, "first_epoch"])
+def test_teacher_training_uses_and_moves_batch_statistics_before_the_average(fast_path, teacher_training):
+    """One step against NumPy: the teacher's logits (batch or moving statistics), then
+    `teacher <- d * teacher' + (1 - d) * online` where `teacher'` has the moving statistics
+    its training-mode forward left (the reference's order, REFERENCE §1.3-1.5)."""
+    classifier = tiny_classifier()
+    decay = 0.75
+    trainer = RPATTrainer(
+        classifier,
+        losses=[_TeacherGap(name="gap")],
+        weight_averaging=WeightAveraging(decay=decay, start_epoch=0, teacher_training=teacher_training),
+        post_step_clean_forward=True,  # the online statistics move again: the average's source differs
+        track_clean_accuracy=False,
+        fast_path=fast_path,
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    rng = np.random.default_rng(1)
+    # A teacher unlike the online model, with moving statistics unlike the batch's.
+    for v in trainer.teacher.weights:
+        value = np_(v)
+        scale = rng.uniform(0.5, 1.5, size=value.shape) if "variance" in v.path else 1.0
+        v.assign((value * scale + rng.normal(0.0, 0.3, size=value.shape)).astype(value.dtype))
+    teacher_before = [np_(v) for v in trainer.teacher.weights]
+    x, y = batch(16)
+    clean, _, _ = _np_tiny_forward(classifier.weights, x, training=True)
+    train_mode = teacher_training in (True, "first_epoch")
+    teacher, mean, unbiased = _np_tiny_forward(trainer.teacher.weights, x, training=train_mode)
+
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    if BACKEND == "torch":
+        assert bool(trainer._fast_runtime) == fast_path
+    expected = np.mean(np.sum((clean - teacher) ** 2, axis=-1))
+    assert float(logs["gap"]) == pytest.approx(expected, rel=1e-5)
+    for v, t0, s in zip(trainer.teacher.weights, teacher_before, classifier.weights):
+        name = v.path
+        moved = t0
+        if train_mode and name == "bn/moving_mean":
+            moved = 0.9 * t0 + 0.1 * mean
+        if train_mode and name == "bn/moving_variance":
+            moved = 0.9 * t0 + 0.1 * unbiased
+        np.testing.assert_allclose(np_(v), decay * moved + (1 - decay) * np_(s), rtol=1e-5, atol=1e-6, err_msg=name)
+
+    # "first_epoch": inference mode from the next epoch on.
+    trainer.set_epoch(1)
+    clean, _, _ = _np_tiny_forward(classifier.weights, x, training=True)
+    teacher, _, _ = _np_tiny_forward(trainer.teacher.weights, x, training=teacher_training is True)
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    expected = np.mean(np.sum((clean - teacher) ** 2, axis=-1))
+    assert float(logs["gap"]) == pytest.approx(expected, rel=1e-5)
+
+
 def test_post_step_clean_forward_moves_bn_statistics_only():
     def run(flag):
         classifier = tiny_classifier()
