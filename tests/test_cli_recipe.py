@@ -173,6 +173,11 @@ def test_dry_run_of_the_users_example(tmp_path, monkeypatch):
             2,
             "applies to the ReBAT / RPAT++ presets only",
         ),
+        (
+            ["train", "--method", "pgd_at", "--dataset", "cifar10", "--teacher-training", "first_epoch"],
+            2,
+            "sets the weight-averaged teacher's mode: it applies to the presets",
+        ),
     ],
 )
 def test_errors_are_clean_and_list_valid_values(args, code, message):

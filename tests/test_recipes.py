@@ -290,6 +290,20 @@ def test_build_preset_applies_recipe_options():
     )
 
 
+def test_teacher_training_option_reaches_the_weight_averaging():
+    spec = recipes.single_run("rpat_plus_plus", "cifar10", teacher_training="first_epoch")
+    assert spec.options == {"teacher_training": "first_epoch"}
+    assert recipes.build_preset(spec).weight_averaging.teacher_training == "first_epoch"
+    spec = recipes.single_run("rebat", "cifar10", teacher_training="always")
+    assert recipes.build_preset(spec).weight_averaging.teacher_training is True
+    spec = recipes.single_run("wa", "cifar10", teacher_training="inference")
+    assert spec.options == {} and recipes.build_preset(spec).weight_averaging.teacher_training is False
+    with pytest.raises(recipes.RecipeError, match="applies to the presets"):
+        recipes.single_run("pgd_at", "cifar10", teacher_training="first_epoch")
+    with pytest.raises(recipes.RecipeError, match="teacher_training"):
+        recipes.single_run("rebat", "cifar10", teacher_training="sometimes")
+
+
 def test_shorter_epochs_scale_the_schedule():
     [spec] = recipes.load_recipe("table3").runs(method="rebat", dataset="cifar10", norm="linf", seeds=[0], epochs=20)
     preset = recipes.build_preset(spec)

@@ -335,6 +335,20 @@ def test_teacher_training_uses_and_moves_batch_statistics_before_the_average(fas
     assert float(logs["gap"]) == pytest.approx(expected, rel=1e-5)
 
 
+def test_presets_teacher_training_option_reaches_the_trainer():
+    preset = presets.get("rpat_plus_plus", teacher_training="first_epoch").with_epochs(4)
+    trainer = preset.build_trainer(tiny_classifier())
+    start = trainer.weight_averaging.start_epoch
+    assert trainer.weight_averaging.teacher_training == "first_epoch" and start == 2
+    assert [trainer.weight_averaging.teacher_training_at(e) for e in range(4)] == [False, False, True, False]
+    assert presets.get("rebat").weight_averaging.teacher_training is False
+    assert presets.get("wa", teacher_training=True).weight_averaging.teacher_training is True
+    with pytest.raises(ValueError, match="applies to the presets"):
+        presets.get("pgd_at", teacher_training=True)
+    with pytest.raises(ValueError, match="Received: teacher_training='last_epoch'"):
+        WeightAveraging(teacher_training="last_epoch")
+
+
 def test_post_step_clean_forward_moves_bn_statistics_only():
     def run(flag):
         classifier = tiny_classifier()
