@@ -13,6 +13,8 @@ import pytest
 from keras_rpat import attacks, layers, losses, models, optimizers, presets
 from keras_rpat.trainer import RPATTrainer, WeightAveraging
 
+from testing import np_ce  # noqa: E402
+
 BACKEND = keras.config.backend()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -365,6 +367,78 @@ def test_post_step_clean_forward_moves_bn_statistics_only():
             assert not np.allclose(a[path], b[path])
         else:
             np.testing.assert_allclose(a[path], b[path], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Options no other test would notice if ignored
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("weights", [[1.0, 3.0], {"rpat": 3.0}])
+def test_loss_weights_multiply_their_terms_in_the_total(weights):
+    trainer = RPATTrainer(
+        tiny_classifier(),
+        attack=attacks.PGD(num_steps=1),
+        losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception()],
+        loss_weights=weights,
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    logs = trainer.train_on_batch(*batch(8), return_dict=True)
+    assert logs["rpat"] > 0
+    assert logs["loss"] == pytest.approx(logs["adv_ce"] + 3.0 * logs["rpat"], rel=1e-6)
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_track_clean_accuracy_reports_the_inference_accuracy_before_the_step(track):
+    classifier = tiny_classifier()
+    x, y = batch(16)
+    before = np.mean(np.argmax(np_(classifier(x, training=False)), axis=-1) == y)
+    trainer = RPATTrainer(classifier, attack=attacks.PGD(num_steps=1), track_clean_accuracy=track)
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    # Not tracked: the tracker is never updated (no extra forward), so it reads 0.
+    assert logs["clean_acc"] == pytest.approx(before if track else 0.0)
+
+
+def test_trainer_seed_fixes_the_sampled_interpolation_weight():
+    def rpat_value(seed):
+        trainer = RPATTrainer(
+            tiny_classifier(),
+            attack=attacks.PGD(num_steps=1, seed=0),
+            losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(alpha_sampling="beta-")],
+            seed=seed,
+        )
+        trainer.compile(optimizer=optimizers.SGD(0.1))
+        return trainer.train_on_batch(*batch(8), return_dict=True)["rpat"]
+
+    assert rpat_value(7) == rpat_value(7)
+    assert rpat_value(7) != rpat_value(8)
+
+
+def test_validate_inputs_false_skips_the_pixel_check():
+    x, y = batch(8)
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1))
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        trainer.fit(x * 255, y, batch_size=8, verbose=0)
+    trainer.fit(x * 255, y, batch_size=8, verbose=0, validate_inputs=False)
+
+
+@pytest.mark.parametrize("evaluate_average", [True, False])
+def test_evaluate_average_chooses_the_model_evaluate_reports(evaluate_average):
+    classifier = tiny_classifier()
+    trainer = RPATTrainer(
+        classifier,
+        attack=attacks.PGD(num_steps=1),
+        weight_averaging=WeightAveraging(decay=0.5, start_epoch=0, evaluate_average=evaluate_average),
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.5))
+    x, y = batch(8)
+    trainer.train_on_batch(x, y)
+    model = trainer.teacher if evaluate_average else classifier
+    assert trainer.evaluation_model is model
+    expected = np.mean(np_ce(y, np_(model(x, training=False))))
+    other = np.mean(np_ce(y, np_((classifier if evaluate_average else trainer.teacher)(x, training=False))))
+    assert abs(expected - other) > 1e-4
+    assert trainer.evaluate(x, y, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 # --------------------------------------------------------------------------
