@@ -304,6 +304,17 @@ def test_teacher_training_option_reaches_the_weight_averaging():
         recipes.single_run("rebat", "cifar10", teacher_training="sometimes")
 
 
+def test_l2_step_size_reaches_the_training_attack():
+    from keras_rpat import presets
+
+    assert presets.get("pgd_at", norm="l2", l2_step_size="15/255").attack.step_size == pytest.approx(15 / 255)
+    spec = recipes.single_run("trades", "cifar10", norm="l2", l2_step_size=15 / 255)
+    assert recipes.build_preset(spec).attack.step_size == pytest.approx(15 / 255)
+    assert recipes.build_preset(recipes.single_run("trades", "cifar10", norm="l2")).attack.step_size == pytest.approx(
+        32 / 255
+    )
+
+
 def test_preset_fields_reach_the_optimizer_and_the_run():
     from keras_rpat import optimizers, presets
     from keras_rpat.recipes import experiment
