@@ -24,6 +24,7 @@ __all__ = [
     "PROXIES",
     "SOTA_BETA",
     "SOTA_METHODS",
+    "TEACHER_TRAINING",
     "WA_START_EPOCH",
     "WEIGHT_AVERAGED",
     "base_method",
@@ -118,6 +119,9 @@ ALPHA_SAMPLING = ("fixed", "beta-", "beta+")
 PROXIES = ("logits", "penultimate", "third_to_last")
 # The epoch the ReBAT / RPAT++ weight averaging and BoAT / RPAT++ terms start (0-based).
 WA_START_EPOCH = 105
+# BatchNorm mode of the weight-averaged teacher's forwards: a recipe / command-line value ->
+# `WeightAveraging(teacher_training=...)`. "first_epoch" is the reference code's (REFERENCE §8 #12).
+TEACHER_TRAINING = {"inference": False, "first_epoch": "first_epoch", "always": True}
 
 # ---------------------------------------------------------------------------
 # Presets: names and the plain fields of each (`presets.get` adds the objects)

@@ -225,7 +225,7 @@ def _attack(kind, norm, l2_step_size):
     return attacks_lib.PGD(norm, style="advertorch", training=False, **b)
 
 
-def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
+def get(name, norm="linf", l2_step_size=None, stronger_attack=False, teacher_training=False):
     """Returns the `Preset` for a method (a new one at every call).
 
     Args:
@@ -236,6 +236,10 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
             convention).
         stronger_attack: Table 6's "$": from epoch 100 on, epsilon 10/255 and
             12 steps (L-inf, SOTAs methods).
+        teacher_training: the weight-averaged presets' (`rebat`,
+            `rpat_plus_plus`, `wa`) `WeightAveraging(teacher_training=...)`:
+            `False` (inference mode), `True`, or `"first_epoch"`, the
+            reference code's training mode in the first averaging epoch only.
 
     Example:
 
@@ -261,6 +265,11 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
         raise ValueError("`stronger_attack` applies to the ReBAT and RPAT++ presets (Table 6).")
     if stronger_attack and norm != "linf":
         raise ValueError("`stronger_attack` is defined for the L-inf threat model only (Table 6).")
+    if teacher_training is not False and method not in WEIGHT_AVERAGED:
+        raise ValueError(
+            f"`teacher_training` sets the weight-averaged teacher's mode: it applies to the presets "
+            f"{list(WEIGHT_AVERAGED)}, not {full!r}. Received: teacher_training={teacher_training!r}"
+        )
     attack = _attack(kind, norm, l2_step_size)
     if stronger_attack:
         attack.schedule = copy.deepcopy(STRONGER_ATTACK)
@@ -268,5 +277,7 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
     if full.endswith("+rpat"):
         losses.append(losses_lib.RobustPerception(alpha=0.5, weight=1.0))
     if method in WEIGHT_AVERAGED:
-        fields["weight_averaging"] = WeightAveraging(decay=0.999, start_epoch=WA_START_EPOCH)
+        fields["weight_averaging"] = WeightAveraging(
+            decay=0.999, start_epoch=WA_START_EPOCH, teacher_training=teacher_training
+        )
     return Preset(full, attack, losses, norm=norm, **fields)

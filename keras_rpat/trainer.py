@@ -85,9 +85,14 @@ class WeightAveraging:
     Args:
         decay: EMA decay (0.999).
         start_epoch: first (0-based) epoch with a non-zero decay (105).
-        teacher_training: run the teacher's forward passes in training mode.
-            `False` (default) is inference mode; the reference code uses
-            training mode during epoch 105 only (a quirk, REFERENCE §8 #12).
+        teacher_training: the BatchNorm mode of the teacher's forward
+            passes. `False` (default): inference mode (moving statistics).
+            `True`: training mode, as `model.train()` in PyTorch: each
+            forward normalises with its batch statistics and moves the
+            teacher's moving statistics, which are then averaged after the
+            step. `"first_epoch"`: training mode in epoch `start_epoch` only,
+            inference mode after, as the reference ReBAT / RPAT++ code
+            (REFERENCE §1.5, §8 #12).
         evaluate_average: evaluate (and report) the averaged model in
             `evaluate()`, as the paper does for ReBAT and RPAT++.
     """
@@ -98,13 +103,24 @@ class WeightAveraging:
             raise ValueError(f"`decay` must be in [0, 1). Received: decay={decay}")
         if int(start_epoch) != start_epoch or start_epoch < 0:
             raise ValueError(f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}")
+        if teacher_training not in (False, True, "first_epoch"):
+            raise ValueError(
+                "`teacher_training` must be False (inference mode), True (training mode) or "
+                f"'first_epoch' (training mode in epoch start_epoch only). Received: teacher_training={teacher_training!r}"
+            )
         self.decay = decay
         self.start_epoch = int(start_epoch)
-        self.teacher_training = bool(teacher_training)
+        self.teacher_training = teacher_training if teacher_training == "first_epoch" else bool(teacher_training)
         self.evaluate_average = bool(evaluate_average)
 
     def decay_at(self, epoch):
         return self.decay if epoch >= self.start_epoch else 0.0
+
+    def teacher_training_at(self, epoch):
+        """Whether the teacher's forwards run in training mode in a (0-based) epoch."""
+        if self.teacher_training == "first_epoch":
+            return epoch == self.start_epoch
+        return self.teacher_training
 
     def get_config(self):
         return {
@@ -311,7 +327,10 @@ class RPATTrainer(keras.Model):
         if self.weight_averaging is not None:
             self.teacher = keras.models.clone_model(classifier)
             self.teacher.set_weights(classifier.get_weights())
-            self.teacher.trainable = False
+            # Its variables are not trained, but its layers stay trainable: a non-trainable
+            # BatchNorm runs in inference mode even when called with training=True.
+            for variable in self.teacher.weights:
+                variable.trainable = False
             if [tuple(v.shape) for v in self.teacher.weights] != [tuple(v.shape) for v in classifier.weights]:
                 raise ValueError("Could not clone the classifier for weight averaging: variable shapes differ.")
         self._seed_generator = keras.random.SeedGenerator(seed)
@@ -420,14 +439,17 @@ class RPATTrainer(keras.Model):
     def _apply_phase(self, epoch):
         attack = self.attack.at_epoch(epoch) if self.attack is not None else None
         active = tuple(i for i, l in enumerate(self.loss_terms) if epoch >= l.start_epoch)
-        decay = self.weight_averaging.decay_at(epoch) if self.weight_averaging else None
-        phase = (repr(attack), active, decay)
+        wa = self.weight_averaging
+        decay = wa.decay_at(epoch) if wa else None
+        teacher_training = wa.teacher_training_at(epoch) if wa else None
+        phase = (repr(attack), active, decay, teacher_training)
         if phase == self._phase:
             return False
         self._phase = phase
         self._active_attack = attack
         self._active = active
         self._wa_decay = decay
+        self._teacher_training = teacher_training
         order, proxies = [], {}
         for i in active:
             loss = self.loss_terms[i]
@@ -484,7 +506,7 @@ class RPATTrainer(keras.Model):
         static["_alphas"] = alphas
         teacher_views = [v for v in self._view_order if v.startswith("teacher_")]
         if teacher_views:
-            training = self.weight_averaging.teacher_training
+            training = self._teacher_training
             teacher = self._teacher_forward()
             with rpat_backend.no_grad():
                 for view in teacher_views:

@@ -133,9 +133,10 @@ def test_default_attack_follows_training_attack():
     cb.set_model(RPATTrainer(tiny_classifier(), attack=None))
     attack = cb.evaluation_attack()
     assert (attack.norm, attack.epsilon, attack.step_size) == ("linf", 8 / 255, 2 / 255)
-    cb20 = callbacks.RobustEvaluation(x, y, num_steps=20)
+    cb20 = callbacks.RobustEvaluation(x, y, num_steps=20, seed=5)
     cb20.set_model(trainer)
-    assert cb20.evaluation_attack().num_steps == 20
+    assert (cb20.evaluation_attack().num_steps, cb20.evaluation_attack().seed) == (20, 5)
+    assert cb.evaluation_attack().seed == 0
 
 
 def test_argument_errors():
@@ -187,3 +188,43 @@ def test_fit_with_weight_averaging_evaluates_teacher(tmp_path):
     history = json.loads((tmp_path / "h.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert resumed.best == max(r["robust"] for r in history)
+
+
+@pytest.mark.parametrize("verbose", [1, 0])
+def test_attack_n_batch_size_and_verbose_reach_the_evaluation(monkeypatch, capsys, verbose):
+    x, y = data(10)
+    attack = attacks.PGD(num_steps=1, seed=3)
+    seen = []
+    for name in ("clean_correct", "attack_correct"):
+        real = getattr(evaluation, name)
+
+        def spy(model, *args, _real=real, **kwargs):
+            seen.append((args[0] if len(args) > 3 else None, len(args[-3]), args[-1]))  # attack, rows, batch size
+            return _real(model, *args, **kwargs)
+
+        monkeypatch.setattr(evaluation, name, spy)
+    cb = callbacks.RobustEvaluation(x, y, attack=attack, n=4, batch_size=3, verbose=verbose)
+    np.testing.assert_array_equal(cb.x_test, x[[0, 2, 5, 7]])  # n evenly strided examples
+    run_epochs(cb, RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=2)), 1)
+    assert seen == [(None, 4, 3), (attack, 4, 3)]
+    printed = capsys.readouterr().out
+    assert ("Epoch 1: clean" in printed) == bool(verbose)
+
+
+@pytest.mark.parametrize("save_freq, delete_checkpoint", [(1, False), ("epoch", True)])
+def test_run_backup_save_freq_and_delete_checkpoint(tmp_path, save_freq, delete_checkpoint):
+    folder = tmp_path / "backup"
+    metadata = folder / "training_metadata.json"
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(json.loads(metadata.read_text())["batch"] if metadata.exists() else None)
+
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1))
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    backup = callbacks.RunBackup(str(folder), save_freq=save_freq, delete_checkpoint=delete_checkpoint)
+    trainer.fit(*data(24), batch_size=8, epochs=1, verbose=0, callbacks=[backup, Probe()])
+    # save_freq=1: a backup after each batch (the last one's is the epoch's); "epoch": none inside it.
+    assert seen[:2] == ([1, 2] if save_freq == 1 else [None, None])
+    assert folder.exists() != delete_checkpoint

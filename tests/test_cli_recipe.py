@@ -173,6 +173,11 @@ def test_dry_run_of_the_users_example(tmp_path, monkeypatch):
             2,
             "applies to the ReBAT / RPAT++ presets only",
         ),
+        (
+            ["train", "--method", "pgd_at", "--dataset", "cifar10", "--teacher-training", "first_epoch"],
+            2,
+            "sets the weight-averaged teacher's mode: it applies to the presets",
+        ),
     ],
 )
 def test_errors_are_clean_and_list_valid_values(args, code, message):
@@ -289,3 +294,30 @@ def test_train_command(tmp_path):
     assert again.exit_code == 0 and "already complete" in again.output
     other = invoke([a if a != "linf" else "l2" for a in args])
     assert other.exit_code == 1 and "different configuration" in other.output and "norm: 'linf' -> 'l2'" in other.output
+
+
+@pytest.mark.parametrize(
+    "method, flags, options",
+    [
+        (
+            "rpat_plus_plus",
+            ["--cutmix", "--stronger-attack", "--lr-factor", "1.7", "--beta", "2", "--teacher-training", "first_epoch"],
+            {"cutmix": True, "stronger_attack": True, "lr_factor": 1.7, "beta": 2.0, "teacher_training": "first_epoch"},
+        ),
+        (
+            "pgd_at+rpat",
+            ["--proxy", "penultimate", "--distance", "kl", "--alpha", "0.3", "--alpha-sampling", "beta-"],
+            {"proxy": "penultimate", "distance": "kl", "alpha": 0.3, "alpha_sampling": "beta-"},
+        ),
+        ("trades", ["--norm", "l2", "--l2-step-size", "15/255"], {"l2_step_size": pytest.approx(15 / 255)}),
+    ],
+)
+def test_train_command_passes_every_method_option_to_the_run(tmp_path, monkeypatch, method, flags, options):
+    from keras_rpat.cli import train as train_cli
+
+    ran = []
+    monkeypatch.setattr(train_cli.recipes, "run_single", lambda spec, *a, **k: ran.append(spec) or {})
+    result = invoke(["train", "--method", method, "--dataset", "cifar10", "--out", str(tmp_path / "x"), *flags])
+    assert result.exit_code == 0, result.output
+    [spec] = ran
+    assert spec.options == options

@@ -497,10 +497,12 @@ def test_channels_last_and_bf16_options():
     ref_logs = reference.train_on_batch(x, y, return_dict=True)
     channels_last = _small_trainer(memory_format="channels_last")
     assert channels_last.train_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(ref_logs["loss"], rel=1e-4)
+    assert channels_last._fast_runtime.classifier.memory_format == "channels_last"  # what it changes: the storage
     bf16 = _small_trainer(precision="bf16")
     assert bf16.precision == "bfloat16"
     logs = bf16.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"]) and logs["loss"] == pytest.approx(ref_logs["loss"], rel=0.05)  # not exact
+    assert logs["loss"] != ref_logs["loss"]  # bf16 arithmetic did run
 
 
 def test_fast_path_options_are_checked_and_saved(tmp_path):

@@ -449,13 +449,13 @@ def test_trades_kl_target_is_the_second_clean_forward():
 # ---------------------------------------------------------------------------
 
 
-def test_mart_highest_wrong_class_top1_is_label_and_not():
+@pytest.mark.parametrize("beta", [6.0, 2.0])
+def test_mart_highest_wrong_class_top1_is_label_and_not(beta):
     # sample 0: adversarial top class == label -> y^ is the second most probable class
     # sample 1: adversarial top class != label -> y^ is the top class
     z_adv = f32([[3.0, 1.0, 2.0, -1.0], [0.5, 2.5, 1.5, 0.0]])
     z_clean = f32([[2.0, 0.0, 0.0, 0.0], [0.2, -0.3, 1.0, 0.4]])
     y = np.array([0, 2])
-    beta = 6.0
     p_adv = np_softmax(z_adv)
     p_nat = np_softmax(z_clean)
     y_hat = np.array([2, 1])  # by inspection of z_adv

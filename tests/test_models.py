@@ -336,6 +336,31 @@ def test_batchnorm_matches_torch_formulas(axis):
     assert _rel_err(out, np.moveaxis(bn(x_t).detach().numpy(), 1, axis)) < 1e-5
 
 
+@pytest.mark.parametrize("lowered", [False, True] if keras.config.backend() == "torch" else [False])
+def test_batchnorm_momentum_and_epsilon_are_used(lowered):
+    """Non-default values against torch.nn.BatchNorm2d (Keras momentum 0.6 is torch's 0.4), on the
+    layer and in the fast path's lowering."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.5, 0.2, size=(4, 5, 6, 3)).astype("float32")  # a small variance: epsilon matters
+    inputs = keras.Input((5, 6, 3))
+    model = keras.Model(inputs, rpat_layers.BatchNorm(momentum=0.6, epsilon=0.05)(inputs))
+    forward = model
+    if lowered:
+        from keras_rpat.backend import torch_lowering
+
+        forward = torch_lowering.lower(model)
+    out = _np(forward(keras.ops.convert_to_tensor(x), training=True))
+    bn = torch.nn.BatchNorm2d(3, momentum=0.4, eps=0.05)
+    x_t = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+    assert _rel_err(out, np.moveaxis(bn(x_t).detach().numpy(), 1, -1)) < 1e-5
+    moving_mean, moving_var = [_np(w) for w in model.non_trainable_weights]
+    assert _rel_err(moving_mean, bn.running_mean.numpy()) < 1e-5
+    assert _rel_err(moving_var, bn.running_var.numpy()) < 1e-5
+    bn.eval()
+    out = _np(forward(keras.ops.convert_to_tensor(x), training=False))
+    assert _rel_err(out, np.moveaxis(bn(x_t).detach().numpy(), 1, -1)) < 1e-5
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_computes_float64_inputs_in_float64(training):
     # keras.layers.BatchNormalization computes float64 inputs in float32 (1e-7).

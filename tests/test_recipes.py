@@ -290,6 +290,57 @@ def test_build_preset_applies_recipe_options():
     )
 
 
+def test_teacher_training_option_reaches_the_weight_averaging():
+    spec = recipes.single_run("rpat_plus_plus", "cifar10", teacher_training="first_epoch")
+    assert spec.options == {"teacher_training": "first_epoch"}
+    assert recipes.build_preset(spec).weight_averaging.teacher_training == "first_epoch"
+    spec = recipes.single_run("rebat", "cifar10", teacher_training="always")
+    assert recipes.build_preset(spec).weight_averaging.teacher_training is True
+    spec = recipes.single_run("wa", "cifar10", teacher_training="inference")
+    assert spec.options == {} and recipes.build_preset(spec).weight_averaging.teacher_training is False
+    with pytest.raises(recipes.RecipeError, match="applies to the presets"):
+        recipes.single_run("pgd_at", "cifar10", teacher_training="first_epoch")
+    with pytest.raises(recipes.RecipeError, match="teacher_training"):
+        recipes.single_run("rebat", "cifar10", teacher_training="sometimes")
+
+
+def test_l2_step_size_reaches_the_training_attack():
+    from keras_rpat import presets
+
+    assert presets.get("pgd_at", norm="l2", l2_step_size="15/255").attack.step_size == pytest.approx(15 / 255)
+    spec = recipes.single_run("trades", "cifar10", norm="l2", l2_step_size=15 / 255)
+    assert recipes.build_preset(spec).attack.step_size == pytest.approx(15 / 255)
+    assert recipes.build_preset(recipes.single_run("trades", "cifar10", norm="l2")).attack.step_size == pytest.approx(
+        32 / 255
+    )
+
+
+def test_preset_fields_reach_the_optimizer_and_the_run():
+    from keras_rpat import optimizers, presets
+    from keras_rpat.recipes import experiment
+
+    preset = presets.get("rebat").with_options(learning_rate=0.2, momentum=0.5, weight_decay=1e-3, lr_factor=2.0)
+    sgd = preset.optimizer(steps_per_epoch=10)
+    assert (sgd.momentum, sgd.weight_decay, float(sgd.learning_rate)) == (0.5, 1e-3, pytest.approx(0.2))
+    lr = preset.learning_rate_schedule(10)  # 0.2, / 2 from iteration 100 * 10 - 1 on, / 4 from 150 * 10 - 1 on
+    assert isinstance(lr, optimizers.PiecewiseDecay)
+    assert [float(lr(s)) for s in (0, 998, 999, 1499)] == pytest.approx([0.2, 0.2, 0.1, 0.05])
+    lr = presets.get("pgd_at").with_options(milestones=(1, 2)).learning_rate_schedule(10)
+    assert [float(lr(s)) for s in (9, 10, 20)] == pytest.approx([0.1, 0.01, 0.001])
+
+    [sotas] = recipes.load_recipe("table4").runs(method="RPAT++*", smoke=True)
+    run = experiment.build_run(sotas)
+    assert run.train_seq.cutmix and run.train_seq.pad_mode == "reflect"
+    assert run.train_seq[0][1].ndim == 2  # soft CutMix targets
+    assert run.trainer.post_step_clean_forward and run.trainer.teacher is not None
+    assert any(type(layer).__name__ == "InputNormalization" for layer in run.model.layers)
+    [bench] = recipes.load_recipe("table1").runs(method="pgd_at", dataset="cifar10", seeds=[0], smoke=True)
+    run = experiment.build_run(bench)
+    assert not run.train_seq.cutmix and run.train_seq.pad_mode == "zero" and run.train_seq[0][1].ndim == 1
+    assert not run.trainer.post_step_clean_forward and run.trainer.teacher is None
+    assert not any(type(layer).__name__ == "InputNormalization" for layer in run.model.layers)
+
+
 def test_shorter_epochs_scale_the_schedule():
     [spec] = recipes.load_recipe("table3").runs(method="rebat", dataset="cifar10", norm="linf", seeds=[0], epochs=20)
     preset = recipes.build_preset(spec)

@@ -123,6 +123,15 @@ def test_a_bare_fit_stops_at_the_first_non_finite_loss_unless_told_not_to():
         trainer.fit(x, y, stop_on_divergence="yes")
 
 
+def test_divergence_guard_hint_and_kept_are_in_the_error():
+    model, x, y = _tiny_model_and_data(n=8)
+    trainer = keras_rpat.RPATTrainer(model)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    guard = keras_rpat.callbacks.DivergenceGuard(hint="lr 9", kept="Nothing was saved.")
+    with pytest.raises(DivergenceError, match=r"too large \(lr 9\); lower them and rerun\. Nothing was saved\.$"):
+        trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[guard, PoisonWeights(epoch=1, step=1)])
+
+
 def test_a_pgd_evaluation_stopped_after_a_batch_resumes_with_the_same_random_starts(tmp_path, monkeypatch):
     model, x, y = _tiny_model_and_data()
 

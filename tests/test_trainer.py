@@ -13,6 +13,8 @@ import pytest
 from keras_rpat import attacks, layers, losses, models, optimizers, presets
 from keras_rpat.trainer import RPATTrainer, WeightAveraging
 
+from testing import np_ce  # noqa: E402
+
 BACKEND = keras.config.backend()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -256,6 +258,99 @@ def test_weight_average_is_copy_before_start_and_ema_after():
     assert trainer.evaluation_model is trainer.teacher
 
 
+class _TeacherGap(losses.ViewLoss):
+    """`sum_c (z(x) - z_wa(x))^2` per sample: its value shows the teacher's logits."""
+
+    views = ("clean", "teacher_clean")
+
+    def call(self, y_true, views):
+        return keras.ops.sum(keras.ops.square(views["clean"] - views["teacher_clean"]), axis=-1)
+
+
+def _np_tiny_forward(weights, x, training):
+    """`tiny_classifier` in float64 NumPy; returns the logits and the BN input's
+    batch mean and unbiased variance (`training`: batch statistics, else moving)."""
+    w = {v.path: np.asarray(np_(v), np.float64) for v in weights}
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    kernel = w["conv/kernel"]
+    h = sum(np.einsum("bhwc,co->bhwo", xp[:, i : i + 8, j : j + 8], kernel[i, j]) for i in range(3) for j in range(3))
+    mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+    n = h.size // h.shape[-1]
+    if not training:
+        mean_used, var_used = w["bn/moving_mean"], w["bn/moving_variance"]
+    else:
+        mean_used, var_used = mean, var
+    h = (h - mean_used) / np.sqrt(var_used + 1e-5) * w["bn/gamma"] + w["bn/beta"]
+    logits = np.maximum(h, 0).mean((1, 2)) @ w["logits/kernel"] + w["logits/bias"]
+    return logits, mean, var * n / (n - 1)
+
+
+@pytest.mark.parametrize("fast_path", [True, False] if BACKEND == "torch" else [False])
+@pytest.mark.parametrize("teacher_training", [True, False, "first_epoch"])
+def test_teacher_training_uses_and_moves_batch_statistics_before_the_average(fast_path, teacher_training):
+    """One step against NumPy: the teacher's logits (batch or moving statistics), then
+    `teacher <- d * teacher' + (1 - d) * online` where `teacher'` has the moving statistics
+    its training-mode forward left (the reference's order, REFERENCE §1.3-1.5)."""
+    classifier = tiny_classifier()
+    decay = 0.75
+    trainer = RPATTrainer(
+        classifier,
+        losses=[_TeacherGap(name="gap")],
+        weight_averaging=WeightAveraging(decay=decay, start_epoch=0, teacher_training=teacher_training),
+        post_step_clean_forward=True,  # the online statistics move again: the average's source differs
+        track_clean_accuracy=False,
+        fast_path=fast_path,
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    rng = np.random.default_rng(1)
+    # A teacher unlike the online model, with moving statistics unlike the batch's.
+    for v in trainer.teacher.weights:
+        value = np_(v)
+        scale = rng.uniform(0.5, 1.5, size=value.shape) if "variance" in v.path else 1.0
+        v.assign((value * scale + rng.normal(0.0, 0.3, size=value.shape)).astype(value.dtype))
+    teacher_before = [np_(v) for v in trainer.teacher.weights]
+    x, y = batch(16)
+    clean, _, _ = _np_tiny_forward(classifier.weights, x, training=True)
+    train_mode = teacher_training in (True, "first_epoch")
+    teacher, mean, unbiased = _np_tiny_forward(trainer.teacher.weights, x, training=train_mode)
+
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    if BACKEND == "torch":
+        assert bool(trainer._fast_runtime) == fast_path
+    expected = np.mean(np.sum((clean - teacher) ** 2, axis=-1))
+    assert float(logs["gap"]) == pytest.approx(expected, rel=1e-5)
+    for v, t0, s in zip(trainer.teacher.weights, teacher_before, classifier.weights):
+        name = v.path
+        moved = t0
+        if train_mode and name == "bn/moving_mean":
+            moved = 0.9 * t0 + 0.1 * mean
+        if train_mode and name == "bn/moving_variance":
+            moved = 0.9 * t0 + 0.1 * unbiased
+        np.testing.assert_allclose(np_(v), decay * moved + (1 - decay) * np_(s), rtol=1e-5, atol=1e-6, err_msg=name)
+
+    # "first_epoch": inference mode from the next epoch on.
+    trainer.set_epoch(1)
+    clean, _, _ = _np_tiny_forward(classifier.weights, x, training=True)
+    teacher, _, _ = _np_tiny_forward(trainer.teacher.weights, x, training=teacher_training is True)
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    expected = np.mean(np.sum((clean - teacher) ** 2, axis=-1))
+    assert float(logs["gap"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_presets_teacher_training_option_reaches_the_trainer():
+    preset = presets.get("rpat_plus_plus", teacher_training="first_epoch").with_epochs(4)
+    trainer = preset.build_trainer(tiny_classifier())
+    start = trainer.weight_averaging.start_epoch
+    assert trainer.weight_averaging.teacher_training == "first_epoch" and start == 2
+    assert [trainer.weight_averaging.teacher_training_at(e) for e in range(4)] == [False, False, True, False]
+    assert presets.get("rebat").weight_averaging.teacher_training is False
+    assert presets.get("wa", teacher_training=True).weight_averaging.teacher_training is True
+    with pytest.raises(ValueError, match="applies to the presets"):
+        presets.get("pgd_at", teacher_training=True)
+    with pytest.raises(ValueError, match="Received: teacher_training='last_epoch'"):
+        WeightAveraging(teacher_training="last_epoch")
+
+
 def test_post_step_clean_forward_moves_bn_statistics_only():
     def run(flag):
         classifier = tiny_classifier()
@@ -272,6 +367,77 @@ def test_post_step_clean_forward_moves_bn_statistics_only():
             assert not np.allclose(a[path], b[path])
         else:
             np.testing.assert_allclose(a[path], b[path], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Options no other test would notice if ignored
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("weights", [[3.0, 1.0], {"adv_ce": 3.0}])
+def test_loss_weights_multiply_their_terms_in_the_total(weights):
+    trainer = RPATTrainer(
+        tiny_classifier(),
+        attack=attacks.PGD(num_steps=1),
+        losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception()],
+        loss_weights=weights,
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    logs = trainer.train_on_batch(*batch(8), return_dict=True)
+    assert logs["loss"] == pytest.approx(3.0 * logs["adv_ce"] + logs["rpat"], rel=1e-6)
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_track_clean_accuracy_reports_the_inference_accuracy_before_the_step(track):
+    classifier = tiny_classifier()
+    x, y = batch(16)
+    before = np.mean(np.argmax(np_(classifier(x, training=False)), axis=-1) == y)
+    trainer = RPATTrainer(classifier, attack=attacks.PGD(num_steps=1), track_clean_accuracy=track)
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    # Not tracked: the tracker is never updated (no extra forward), so it reads 0.
+    assert logs["clean_acc"] == pytest.approx(before if track else 0.0)
+
+
+def test_trainer_seed_fixes_the_sampled_interpolation_weight():
+    def rpat_value(seed):
+        trainer = RPATTrainer(
+            tiny_classifier(),
+            attack=attacks.PGD(num_steps=1, seed=0),
+            losses=[losses.AdversarialCrossEntropy(), losses.RobustPerception(alpha_sampling="beta-")],
+            seed=seed,
+        )
+        trainer.compile(optimizer=optimizers.SGD(0.1))
+        return trainer.train_on_batch(*batch(8), return_dict=True)["rpat"]
+
+    assert rpat_value(7) == rpat_value(7)
+    assert rpat_value(7) != rpat_value(8)
+
+
+def test_validate_inputs_false_skips_the_pixel_check():
+    x, y = batch(8)
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1))
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        trainer.fit(x * 255, y, batch_size=8, verbose=0)
+    trainer.fit(x * 255, y, batch_size=8, verbose=0, validate_inputs=False)
+
+
+@pytest.mark.parametrize("evaluate_average", [True, False])
+def test_evaluate_average_chooses_the_model_evaluate_reports(evaluate_average):
+    classifier = tiny_classifier()
+    trainer = RPATTrainer(
+        classifier,
+        attack=attacks.PGD(num_steps=1),
+        weight_averaging=WeightAveraging(decay=0.5, start_epoch=0, evaluate_average=evaluate_average),
+    )
+    trainer.compile(optimizer=optimizers.SGD(0.5))
+    x, y = batch(8)
+    trainer.train_on_batch(x, y)
+    model = trainer.teacher if evaluate_average else classifier
+    assert trainer.evaluation_model is model
+    expected = np.mean(np_ce(y, np_(model(x, training=False))))
+    other = np.mean(np_ce(y, np_((classifier if evaluate_average else trainer.teacher)(x, training=False))))
+    assert abs(expected - other) > 1e-4
+    assert trainer.evaluate(x, y, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 # --------------------------------------------------------------------------

@@ -59,6 +59,13 @@ _METHOD_OPTIONS = [
         help="Figure 4b's Beta-/Beta+.",
     ),
     click.option(
+        "--teacher-training",
+        type=click.Choice(list(_names.TEACHER_TRAINING)),
+        default=None,
+        help="BatchNorm mode of the WA teacher (ReBAT/RPAT++/WA): inference (default), always training mode, "
+        "or first_epoch: training mode in the first averaging epoch only, as the reference code.",
+    ),
+    click.option(
         "--l2-step-size",
         type=opt.FRACTION,
         default=None,

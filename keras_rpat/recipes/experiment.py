@@ -38,6 +38,7 @@ from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
 from keras_rpat import _io
+from keras_rpat import _names
 from keras_rpat._progress import format_duration
 from keras_rpat import callbacks as callbacks_lib
 from keras_rpat import datasets
@@ -71,6 +72,7 @@ def build_preset(spec):
         norm=spec.norm,
         l2_step_size=spec.l2_step_size if spec.norm == "l2" else None,
         stronger_attack=bool(opts.get("stronger_attack", False)),
+        teacher_training=_names.TEACHER_TRAINING[opts.get("teacher_training", "inference")],
     )
     changes = {"losses": [_with_loss_options(loss, opts) for loss in preset.losses]}
     if "lr_factor" in opts:
@@ -806,7 +808,7 @@ def single_run(
     Training-schedule arguments are named; `run_options` are the method
     options of a recipe (`cutmix`, `stronger_attack`, `lr_factor`, `beta`,
     `proxy`, `distance`, `alpha`, `alpha_sampling`, `rp_weight`,
-    `l2_step_size`) plus `eval_attacks` and `checkpoints`. The arguments are
+    `l2_step_size`, `teacher_training`) plus `eval_attacks` and `checkpoints`. The arguments are
     the ones of the command; a reader sees each one once, here.
 
     Args:

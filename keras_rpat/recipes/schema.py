@@ -104,6 +104,7 @@ _OPTION_TYPES = {
     "alpha_sampling": str,
     "rp_weight": float,
     "l2_step_size": "fraction",
+    "teacher_training": str,
 }
 RP_OPTIONS = {
     "proxy": "proxy",
@@ -376,7 +377,7 @@ class Method:
         group: column group or panel (e.g. `"+RPAT"`, `"(a) regulariser"`).
         options: run options (`cutmix`, `lr_factor`, `beta`,
             `stronger_attack`, `proxy`, `distance`, `alpha`, `alpha_sampling`,
-            `rp_weight`, `l2_step_size`).
+            `rp_weight`, `l2_step_size`, `teacher_training`).
         perturbation: perception-analysis perturbation (`"random"` or
             `"pgd20"`) for Figures 2 and 5.
         expect: the expected pattern (`"failure > success"` or
@@ -1076,6 +1077,7 @@ def _validate_options(mw, m, preset_name, config):
         ("proxy", _names.PROXIES),
         ("distance", _names.DISTANCES),
         ("alpha_sampling", _names.ALPHA_SAMPLING),
+        ("teacher_training", tuple(_names.TEACHER_TRAINING)),
     ):
         if key in options and options[key] not in valid:
             _err(mw, f"option `{key}` must be one of {list(valid)}. Received: {options[key]!r}")
@@ -1102,6 +1104,12 @@ def _check_options_apply(mw, options, preset_name):
             )
         if key in ("cutmix", "stronger_attack", "beta") and not sota:
             _err(mw, f"option `{key}` applies to the ReBAT / RPAT++ presets only. Received preset {preset_name!r}.")
+        if key == "teacher_training" and _names.base_method(preset_name) not in _names.WEIGHT_AVERAGED:
+            _err(
+                mw,
+                f"option `teacher_training` sets the weight-averaged teacher's mode: it applies to the presets "
+                f"{list(_names.WEIGHT_AVERAGED)} only. Received preset {preset_name!r}.",
+            )
         if key == "lr_factor" and not sota:
             _err(
                 mw,
@@ -1163,6 +1171,7 @@ def canonical_options(method, norm):
         "alpha": 0.5,
         "alpha_sampling": "fixed",
         "rp_weight": 1.0,
+        "teacher_training": "inference",
     }
     preset = _names.preset_settings(method.preset)
     if preset["schedule"] == "piecewise":
