@@ -257,7 +257,7 @@ def test_trades_kl_attack_sums_kl_to_fixed_clean_prediction(norm, monkeypatch):
     x64 = x.astype(np.float64)
     start = rec.inputs[0]
     # start: x + 0.001 N(0, I)
-    assert 0 < np.abs(start - x64).max() < 0.01
+    assert 0 < np.abs(start - x64).max() < 0.01  # a bound on 0.001 N(0, I) (10 sigma), not a tolerance
     for xi, loss, grad in zip(rec.inputs, rec.losses, rec.grads):
         # SUM over the batch of KL(p(x) || p(x')): clean prediction from the clean x
         np.testing.assert_allclose(loss, kl_sum(x64, xi, w, b), rtol=1e-9, atol=1e-15)
@@ -284,7 +284,7 @@ def test_mart_attack_is_ce_from_gaussian_start(monkeypatch):
     for xi, loss in zip(rec.inputs, rec.losses):
         np.testing.assert_allclose(loss, np_ce(y, linear_logits(xi, w, b)).mean(), rtol=1e-5)
     d0 = rec.inputs[0] - x
-    assert 0 < np.abs(d0).max() < 0.01
+    assert 0 < np.abs(d0).max() < 0.01  # a bound on 0.001 N(0, I) (10 sigma), not a tolerance
     assert np.any(rec.inputs[0] < 0)  # the Gaussian start is not clipped (REFERENCE §8 #27)
 
 
@@ -432,8 +432,8 @@ def test_advertorch_linf_random_start_is_uniform_in_the_ball():
     delta = to_np(attacks.PGD("linf", eps, 2 / 255, num_steps=0, seed=0)(_identity_like_model(), x, y)) - 0.5
     assert np.abs(delta).max() <= eps + 1e-6
     assert np.abs(delta).max() > 0.95 * eps
-    assert abs(delta.mean()) < 0.05 * eps
-    np.testing.assert_allclose(delta.std(), eps / np.sqrt(3), rtol=0.05)
+    assert abs(delta.mean()) < 0.05 * eps  # sampling: 6144 uniform draws, sd of the mean 0.007 eps
+    np.testing.assert_allclose(delta.std(), eps / np.sqrt(3), rtol=0.05)  # sampling: sd of the std ~1%
     # clipped to the box at the boundary
     x_edge = np.zeros((8,) + SHAPE, np.float32)
     out = to_np(attacks.PGD("linf", eps, 2 / 255, num_steps=0, seed=1)(_identity_like_model(), x_edge, y[:8]))
@@ -445,9 +445,9 @@ def test_trades_random_start_is_small_gaussian():
     y = np.zeros(64, int)
     for attack in (attacks.TRADESAttack(num_steps=0, seed=0), attacks.MARTAttack(num_steps=0, seed=0)):
         delta = to_np(attack(_identity_like_model(), x, y)) - 0.5
-        np.testing.assert_allclose(delta.std(), 0.001, rtol=0.1)
+        np.testing.assert_allclose(delta.std(), 0.001, rtol=0.1)  # sampling: sd of the std ~1%
         assert abs(delta.mean()) < 1e-4
-        assert np.abs(delta).max() < 0.006
+        assert np.abs(delta).max() < 0.006  # a 6 sigma bound on 0.001 N(0, I), not a tolerance
 
 
 def test_sotas_l2_random_start_has_uniform_radius():

@@ -376,7 +376,7 @@ def test_initializers():
     kernel = _np(rpat_layers.torch_kernel_initializer(seed=1)((3, 3, 64, 128)))
     bound = 1.0 / np.sqrt(3 * 3 * 64)
     assert np.abs(kernel).max() <= bound
-    assert abs(kernel.std() - bound / np.sqrt(3)) < 0.02 * bound
+    assert abs(kernel.std() - bound / np.sqrt(3)) < 0.02 * bound  # sampling: 73728 draws, sd of the std 0.1%
 
     bias_init = rpat_layers.TorchBiasUniform(512, seed=2)
     bias = _np(bias_init((1000,)))
@@ -391,8 +391,8 @@ def test_initializers():
         rpat_layers.TorchBiasUniform(0)
 
     wrn = _np(rpat_layers.kaiming_normal_fan_out(seed=3)((3, 3, 64, 128)))
-    assert abs(wrn.std() - np.sqrt(2.0 / (9 * 128))) < 0.02 * np.sqrt(2.0 / (9 * 128))
-    assert abs(wrn.mean()) < 0.01
+    assert abs(wrn.std() - np.sqrt(2.0 / (9 * 128))) < 0.02 * np.sqrt(2.0 / (9 * 128))  # sampling: sd of the std 0.3%
+    assert abs(wrn.mean()) < 0.01  # sampling: the mean of 73728 N(0, 0.04^2) draws, sd 1.5e-4
 
 
 def test_model_initialisation():
