@@ -328,6 +328,12 @@ def to_float01(x):
     return x.astype(np.float32, copy=False)
 
 
+def pixel_dtype(model):
+    """The dtype images are fed to `model` in: float64 for a model under a
+    float64 dtype policy (a lowered one too), else float32."""
+    return "float64" if getattr(model, "dtype", None) == "float64" else "float32"
+
+
 def channel_axis(data_format):
     """-1 for `"channels_last"`, 1 for `"channels_first"`."""
     if data_format == "channels_last":

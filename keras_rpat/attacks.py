@@ -194,7 +194,7 @@ class Attack:
     # -- call ---------------------------------------------------------------
     def __call__(self, model, x, y):
         _check_call(model, x, y)
-        x = ops.convert_to_tensor(x, dtype="float32")
+        x = ops.convert_to_tensor(x, dtype=_checks.pixel_dtype(model))
         y = ops.convert_to_tensor(y)
         x_adv = self.perturb(model, x, y)
         return ops.stop_gradient(x_adv)

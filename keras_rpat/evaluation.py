@@ -107,7 +107,7 @@ def _fast(model):
 
 def _forward(model, xb):
     with rpat_backend.no_grad():
-        logits = _fast(model)(ops.convert_to_tensor(xb, dtype="float32"), training=False)
+        logits = _fast(model)(ops.convert_to_tensor(xb, dtype=_checks.pixel_dtype(model)), training=False)
     return ops.convert_to_numpy(logits)
 
 
@@ -140,7 +140,7 @@ def _logits_function(model):
 
     def logits_of(xb):
         with rpat_backend.no_grad():
-            return (_fast(model)(ops.cast(xb, "float32"), training=False),)
+            return (_fast(model)(ops.cast(xb, _checks.pixel_dtype(model)), training=False),)
 
     return logits_of
 
@@ -149,7 +149,7 @@ def _attack_function(model, attack, clean=False):
     """`(x, y) -> (logits of attack(x),)` (with the clean logits first if `clean`), for `map_rows`."""
 
     def attacked(xb, yb):
-        xb = ops.cast(xb, "float32")
+        xb = ops.cast(xb, _checks.pixel_dtype(model))
         x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, ops.cast(yb, "int32")))
         with rpat_backend.no_grad():
             logits = (_fast(model)(x_adv, training=False),)

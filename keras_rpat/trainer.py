@@ -605,13 +605,15 @@ class RPATTrainer(keras.Model):
         Returns the vector and its layout for `update_metrics_from_sums`.
         """
         values = [total * weight] + [terms[i] * weight for i in self._active]
+        # float32 sums (bf16 losses upcast), float64 for a float64 model's losses.
+        dtype = "float64" if keras.backend.standardize_dtype(total.dtype) == "float64" else "float32"
         layout = []
         for name, key in (("adv", "adv"), ("clean", "clean"), ("clean", "_clean_eval")):
             if key in views and name not in layout:
                 correct = _correct(y, views[key])
-                values += [ops.sum(correct), ops.cast(ops.shape(correct)[0], "float32")]
+                values += [ops.sum(correct), ops.cast(ops.shape(correct)[0], dtype)]
                 layout.append(name)
-        return ops.stack([ops.cast(v, "float32") for v in values]), layout
+        return ops.stack([ops.cast(v, dtype) for v in values]), layout
 
     def update_metrics_from_sums(self, sums, layout):
         """Updates the trackers from `metric_sums` summed over devices; returns the logs."""

@@ -3,7 +3,9 @@
 Usage: KERAS_BACKEND=... python tests/cross_backend_step.py OUT.npz
 
 Weights and data come from NumPy with fixed seeds, every attack starts at `x`
-(random_start=False), so the torch and tensorflow runs must agree.
+(random_start=False), and everything runs in float64 (`testing.float64_precision`:
+the PGD sign steps of two float32 backends differ wherever a gradient component is
+at rounding level), so the torch and tensorflow runs must agree to float64 rounding.
 """
 
 import sys
@@ -14,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_rpat import attacks, models, optimizers, presets
+from testing import float64_precision
 
 METHODS = ("pgd_at+rpat", "trades+rpat", "mart+rpat", "consistency_at+rpat", "rebat", "rpat_plus_plus")
 
@@ -24,16 +27,16 @@ def make_classifier():
     weights = []
     for w in model.get_weights():
         if w.ndim == 1 and np.all(w == 1.0):  # BN gamma / moving variance
-            weights.append((1.0 + 0.1 * rng.standard_normal(w.shape)).astype("float32"))
+            weights.append(1.0 + 0.1 * rng.standard_normal(w.shape))
         else:
-            weights.append((0.3 * rng.standard_normal(w.shape)).astype("float32"))
+            weights.append(0.3 * rng.standard_normal(w.shape))
     model.set_weights(weights)
     return model
 
 
 def make_batch():
     rng = np.random.default_rng(7)
-    x = rng.uniform(size=(12, 8, 8, 3)).astype("float32")
+    x = rng.uniform(size=(12, 8, 8, 3))
     y = rng.integers(0, 5, size=(12,)).astype("int64")
     return x, y
 
@@ -67,9 +70,10 @@ def run(method):
 
 def main(path):
     result = {}
-    for method in METHODS:
-        for key, value in run(method).items():
-            result[f"{method}/{key}"] = value
+    with float64_precision():
+        for method in METHODS:
+            for key, value in run(method).items():
+                result[f"{method}/{key}"] = value
     np.savez(path, backend=keras.config.backend(), **result)
 
 

@@ -1,13 +1,15 @@
 """A few training steps of a preset, in one process, as one rank under torchrun, or under tf.distribute.
 
-    torchrun --nproc_per_node=2 tests/distributed_worker.py OUT.npz pgd_at+rpat trades+rpat:float64:keras
+    torchrun --nproc_per_node=2 tests/distributed_worker.py OUT.npz pgd_at+rpat trades+rpat:keras
     python tests/distributed_worker.py OUT.npz pgd_at+rpat          # one process
     KERAS_BACKEND=tensorflow python tests/distributed_worker.py OUT.npz pgd_at+rpat --strategy mirrored --cpus 2
     TF_CONFIG=... KERAS_BACKEND=tensorflow python tests/distributed_worker.py OUT.npz pgd_at+rpat --strategy multiworker
 
-A run is `method[:dtype[:path]]`, path `fast` (default) or `keras`.
+A run is `method[:path]`, path `fast` (default) or `keras`.
 
-For each method: a small CNN on fixed 8x8 synthetic batches, `STEPS` steps of
+For each method, in float64 (`testing.float64_precision`: a batch split over
+2 ranks rounds differently from the whole batch, and PGD's sign steps make that
+a whole-step difference in float32): a small CNN on fixed 8x8 synthetic batches, `STEPS` steps of
 the global batch `BATCH` through `trainer.fit`; rank 0 (or the lone process)
 writes every variable of the trainer (classifier, teacher) and the logged
 metrics to OUT.npz. `tests/test_distributed.py` compares the runs.
@@ -31,6 +33,7 @@ import keras
 import numpy as np
 
 import keras_rpat
+from testing import float64_precision
 
 BATCH = 8
 STEPS = 3
@@ -57,11 +60,11 @@ class Batches(keras.utils.PyDataset):
         return self.x[index], self.y[index]
 
 
-def train(method, sync_batchnorm, fast_path, dtype="float32", strategy=None):
-    """Trains `method` for `STEPS` steps (built in `strategy`'s scope, if given);
+@float64_precision()
+def train(method, sync_batchnorm, fast_path, strategy=None):
+    """Trains `method` for `STEPS` steps in float64 (built in `strategy`'s scope, if given);
     returns `{name: array}` of variables and logs."""
     keras.utils.set_random_seed(0)
-    keras.config.set_dtype_policy(dtype)
     preset = keras_rpat.presets.get(method)
     attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": ATTACK_STEPS, "seed": 1})
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -118,9 +121,10 @@ def evaluate(state_path=None):
     return out
 
 
+@float64_precision()
 def evaluate_pgd(strategy=None):
     """Clean and PGD accuracy (`evaluate`) and the perception analysis of the `evaluate` convnet
-    (built in `strategy`'s scope, if given)."""
+    (built in `strategy`'s scope, if given), in float64."""
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = _eval_model()
     x, y = eval_images()
@@ -231,7 +235,7 @@ def shared_folders(out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("runs", nargs="+", help="method[:dtype[:path]]")
+    parser.add_argument("runs", nargs="+", help="method[:path]")
     parser.add_argument("--no-sync-batchnorm", action="store_true")
     parser.add_argument("--strategy", choices=["mirrored", "multiworker"], help="tensorflow: a tf.distribute strategy")
     parser.add_argument("--cpus", type=int, default=1, help="tensorflow: logical CPU devices (for mirrored)")
@@ -247,9 +251,8 @@ def main():
         strategy = keras_rpat.backend.initialize_distributed(strategy=args.strategy).strategy
     results = {}
     for run in args.runs:
-        method, dtype, path = (run.split(":") + ["float32", "fast"])[:3]
-        results.update(train(method, not args.no_sync_batchnorm, path == "fast", dtype, strategy))
-    keras.config.set_dtype_policy("float32")
+        method, path = (run.split(":") + ["fast"])[:2]
+        results.update(train(method, not args.no_sync_batchnorm, path == "fast", strategy))
     job = keras_rpat.backend.distributed_context()
     # What a run's results.json records of the job.
     provenance = keras_rpat.evaluation.provenance(batch_size=BATCH, sync_batchnorm=not args.no_sync_batchnorm)

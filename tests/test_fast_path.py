@@ -1,4 +1,10 @@
-"""The torch fast path: lowered models and the fast train step equal the Keras path."""
+"""The torch fast path: lowered models and the fast train step equal the Keras path.
+
+Every comparison of the two paths runs in float64 (`testing.float64_precision`)
+and is held to float64 rounding: in float32, PGD's sign steps and the
+cancellation in conv -> train-mode BatchNorm gradients turn last-bit rounding
+(which differs between CPUs) into differences of 1e-3 and more.
+"""
 
 import logging
 import os
@@ -12,7 +18,7 @@ import pytest
 
 from keras_rpat import attacks, layers, losses, models, optimizers, presets
 from keras_rpat.trainer import RPATTrainer
-from testing import float64_precision  # noqa: E402
+from testing import float64_precision
 
 BACKEND = keras.config.backend()
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,8 +34,7 @@ def build(name, size=16, data_format="channels_last", seed=0):
 
     Default BatchNorm values (gamma 1, beta 0, mean 0, variance 1) would hide
     a swapped or ignored parameter, and betas starting at 0 are updated by
-    gradients that are mostly cancellation noise, which no two float32
-    implementations reproduce to 1e-5 relative.
+    gradients that are mostly cancellation noise.
     """
     keras.utils.set_random_seed(seed)
     shape = (size, size, 3) if data_format == "channels_last" else (3, size, size)
@@ -51,7 +56,7 @@ def build(name, size=16, data_format="channels_last", seed=0):
 def batches(n_batches, batch=8, size=16, seed=1):
     rng = np.random.default_rng(seed)
     return [
-        (rng.uniform(size=(batch, size, size, 3)).astype("float32"), rng.integers(0, 10, size=(batch,)))
+        (rng.uniform(size=(batch, size, size, 3)).astype(keras.config.floatx()), rng.integers(0, 10, size=(batch,)))
         for _ in range(n_batches)
     ]
 
@@ -71,12 +76,13 @@ def np_(t):
 @torch_only
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("name", MODELS)
+@float64_precision()
 def test_lowered_model_matches_keras(name, data_format):
     import torch
 
     from keras_rpat.backend import torch_lowering
 
-    model = build(name, data_format=data_format)
+    model = build(name, size=8, data_format=data_format)
     features = models.feature_model(model)
     lowered = torch_lowering.lower(features)
     torch_lowering.relayout_kernels(model)
@@ -87,7 +93,7 @@ def test_lowered_model_matches_keras(name, data_format):
         for v, s in zip(model.non_trainable_weights, stats):
             v.assign(s)
         outputs = fn(x, training=training)
-        total = sum((o.double() ** 2).sum() * (i + 1) for i, o in enumerate(outputs))
+        total = sum((o**2).sum() * (i + 1) for i, o in enumerate(outputs))
         grads = torch.autograd.grad(total, [v.value for v in model.trainable_weights])
         after = [np_(v) for v in model.non_trainable_weights]
         return [o.detach().numpy() for o in outputs], [g.numpy() for g in grads], after
@@ -96,28 +102,25 @@ def test_lowered_model_matches_keras(name, data_format):
         ours, ours_grads, ours_stats = run(lowered, training)
         theirs, theirs_grads, theirs_stats = run(features, training)
         assert [o.shape for o in ours] == [o.shape for o in theirs]  # logits, penultimate, third_to_last
+        assert all(o.dtype == np.float64 for o in ours)
         for a, b in zip(theirs + theirs_stats, ours + ours_stats):
-            assert rel(a, b) < 2e-5
+            assert rel(a, b) < 1e-12
+        # Every weight gradient, those of a conv followed by train-mode BN
+        # (mostly cancellation: torch's fused BN backward and Keras' op-by-op
+        # one round it differently) included.
+        for a, b in zip(theirs_grads, ours_grads):
+            assert rel(a, b) < 1e-10
         if training:
-            # A conv followed by train-mode BN has a weight gradient that is
-            # mostly cancellation; torch's fused BN backward (the authors'
-            # numerics, checked per variable in
-            # test_lowered_gradients_match_plain_pytorch) and Keras' op-by-op
-            # one round it differently, so here they agree as a whole.
-            flat = lambda gs: np.concatenate([g.ravel() for g in gs]).astype("float64")  # noqa: E731
-            a, b = flat(theirs_grads), flat(ours_grads)
-            assert np.linalg.norm(a - b) / np.linalg.norm(a) < 2e-2
             assert any(rel(s, t) > 1e-3 for s, t in zip(stats, ours_stats))  # the statistics moved
         else:
-            for a, b in zip(theirs_grads, ours_grads):
-                assert rel(a, b) < 2e-5
             assert all(rel(s, t) == 0 for s, t in zip(stats, ours_stats))
 
 
 @torch_only
 @pytest.mark.parametrize("name", MODELS)
+@float64_precision()
 def test_lowered_gradients_match_plain_pytorch(name):
-    """Training-mode logits and every weight gradient vs the plain-PyTorch module."""
+    """Training-mode logits and every weight gradient vs the plain-PyTorch module (float64)."""
     import sys
 
     import torch
@@ -134,20 +137,21 @@ def test_lowered_gradients_match_plain_pytorch(name):
         "preact_resnet18": lambda: TorchResNet(TorchPreActBlock, 10, preact=True),
         "wide_resnet10_2": lambda: TorchWideResNet(10, 2, 10),
     }[name]()
-    model = build(name)
+    model = build(name, size=8)
     modules = _copy_keras_to_torch(model, reference)
     lowered = torch_lowering.lower(model)
     torch_lowering.relayout_kernels(model)
-    x = torch.rand((8, 16, 16, 3), generator=torch.Generator().manual_seed(0))
+    x = torch.rand((8, 8, 8, 3), generator=torch.Generator().manual_seed(0))
     reference.train()
     theirs = reference(x.permute(0, 3, 1, 2).contiguous())
     ours = lowered(x, training=True)
-    assert rel(theirs.detach(), ours.detach()) < 1e-5
-    ours_grads = torch.autograd.grad((ours.double() ** 2).sum(), [v.value for v in model.trainable_weights])
+    assert ours.dtype == theirs.dtype == torch.float64
+    assert rel(theirs.detach(), ours.detach()) < 1e-12
+    ours_grads = torch.autograd.grad((ours**2).sum(), [v.value for v in model.trainable_weights])
     theirs_grads = dict(
         zip(
             [n for n, _ in reference.named_parameters()],
-            torch.autograd.grad((theirs.double() ** 2).sum(), list(reference.parameters())),
+            torch.autograd.grad((theirs**2).sum(), list(reference.parameters())),
         )
     )
     for variable, grad in zip(model.trainable_weights, ours_grads):
@@ -161,12 +165,12 @@ def test_lowered_gradients_match_plain_pytorch(name):
             expected = expected.permute(2, 3, 1, 0)
         elif kind == "kernel":
             expected = expected.T
-        assert rel(expected, grad) < 1e-4, variable.path
+        assert rel(expected, grad) < 1e-10, variable.path
     for layer in model.layers:
         if isinstance(layer, layers.BatchNorm):
             bn = dict(reference.named_modules())[layer.name.replace("_", ".")] if "." not in layer.name else None
             if bn is not None:
-                assert rel(bn.running_var.detach(), np_(layer.moving_variance)) < 1e-5
+                assert rel(bn.running_var.detach(), np_(layer.moving_variance)) < 1e-12
 
 
 @torch_only
@@ -187,6 +191,7 @@ def test_relayout_keeps_values_shapes_and_saving(tmp_path):
 
 
 @torch_only
+@float64_precision()
 def test_forward_many_equals_one_forward_per_block():
     """Views in one forward: per-block BatchNorm statistics, the same outputs,
     moving statistics and weight gradients as one forward per view."""
@@ -199,7 +204,7 @@ def test_forward_many_equals_one_forward_per_block():
     lowered = torch_lowering.lower(model)
     rng = np.random.default_rng(3)
     # Blocks of different scales: statistics over the whole batch would differ a lot.
-    xs = [torch.tensor(rng.uniform(size=(4, 8, 8, 3)) * s, dtype=torch.float32) for s in (1.0, 0.3, 3.0)]
+    xs = [torch.tensor(rng.uniform(size=(4, 8, 8, 3)) * s) for s in (1.0, 0.3, 3.0)]
     start = [np_(v) for v in model.non_trainable_weights]
     kernels = [v.value for v in model.trainable_weights]
 
@@ -215,10 +220,10 @@ def test_forward_many_equals_one_forward_per_block():
     separate = run(lambda: [lowered(x, training=True) for x in xs])
     many = run(lambda: lowered.forward_many(xs, training=True))
     for a, b in zip(separate[0], many[0]):
-        assert a.shape == b.shape == (4, 10) and rel(a, b) < 1e-5
+        assert a.shape == b.shape == (4, 10) and a.dtype == np.float64 and rel(a, b) < 1e-12
     for a, b in zip(separate[1], many[1]):
-        assert rel(a, b) < 1e-6  # moving statistics updated block after block
-    assert max(rel(np_(a), np_(b)) for a, b in zip(separate[2], many[2])) < 1e-4
+        assert rel(a, b) < 1e-12  # moving statistics updated block after block
+    assert max(rel(np_(a), np_(b)) for a, b in zip(separate[2], many[2])) < 1e-10
     whole = run(lambda: torch.split(lowered(torch.cat(xs), training=True), 4))
     assert rel(separate[0][1], whole[0][1]) > 1e-2  # whole-batch statistics are not what forward_many does
 
@@ -235,38 +240,30 @@ def _trainer(name, classifier, fast_path, attack=None, **options):
         for loss in preset.losses:
             loss.start_epoch = 0
     trainer = preset.build_trainer(classifier, fast_path=fast_path, **options)
-    # A small learning rate keeps the one ill-conditioned gradient family (a
-    # conv feeding train-mode BN, see test_lowered_model_matches_keras) from
-    # dominating the comparison of the updated weights.
     trainer.compile(optimizer=optimizers.SGD(1e-3, momentum=0.9, weight_decay=5e-4))
     return trainer
 
 
-def _train(name, model_name, fast_path, attack_fn, steps=3, **options):
-    classifier = build(model_name)
+def _train(name, model_name, fast_path, attack_fn, steps=3, size=16, **options):
+    classifier = build(model_name, size=size)
     preset_attack = presets.get(name).attack
     trainer = _trainer(name, classifier, fast_path, attack=attack_fn(preset_attack), **options)
     if trainer.teacher is not None:
         trainer.teacher.set_weights(classifier.get_weights())
-    logs = [trainer.train_on_batch(x, y, return_dict=True) for x, y in batches(steps)]
+    logs = [trainer.train_on_batch(x, y, return_dict=True) for x, y in batches(steps, size=size)]
     return trainer, logs, [np_(v) for v in trainer.weights]
 
 
-def _compare(slow, fast, tol=1e-5):
-    """Every logged value and every variable agree to `tol` relative.
-
-    Deep conv -> train-mode BN chains make some weight gradients mostly
-    cancellation, which torch's fused BN backward (the fast path, and the
-    authors' plain-PyTorch step: test_lowered_gradients_match_plain_pytorch)
-    and Keras' op-by-op BN round differently; the difference grows over steps.
-    """
+def _compare(slow, fast, tol=1e-9):
+    """Every logged value and every variable (float64) agree to `tol` relative."""
     (t0, logs0, w0), (t1, logs1, w1) = slow, fast
     assert t0._fast_runtime is False and t1._fast_runtime
     assert [v.path for v in t0.weights] == [v.path for v in t1.weights]
+    assert all(w.dtype == np.float64 for w in w0 + w1)
     for step, (a, b) in enumerate(zip(logs0, logs1)):
         assert a.keys() == b.keys()
         for key in a:
-            assert abs(a[key] - b[key]) <= tol * max(abs(a[key]), 1e-6) + 1e-6, (step, key, a[key], b[key])
+            assert abs(a[key] - b[key]) <= tol * max(abs(a[key]), 1e-6), (step, key, a[key], b[key])
     for a, b, v in zip(w0, w1, t1.weights):
         assert rel(a, b) <= tol, (v.path, rel(a, b))
 
@@ -277,47 +274,35 @@ def _with_steps(num_steps):
 
 
 # Every preset on the wide ResNet (the presets' code paths); each model of the
-# ResNet-18 family once, with an RPAT preset of each pipeline (the lowering's
-# code paths; each case trains 3 steps twice: make test's budget).
+# ResNet-18 family once (8x8 images), with an RPAT preset of each pipeline (the
+# lowering's code paths; each case trains 3 steps twice: make test's budget).
 STEP_CASES = [(name, "wide_resnet10_2") for name in PRESETS] + [
     ("trades+rpat", "resnet18"),
     ("pgd_at+rpat", "resnet18_bottleneck"),
     ("rebat", "preact_resnet18"),
 ]
-# The ResNet-18 family's float32 floor: scaling one kernel of the Keras path
-# by 1 + 1e-7 moves its weights by 1e-3 (preact) to 1.5e-2 (bottleneck) after
-# these 3 steps (the RPAT term, a small difference, moves alike); the fast
-# path stays within that floor.
-STEP_TOLERANCE = {"wide_resnet10_2": 1e-5, "resnet18": 5e-3, "resnet18_bottleneck": 2e-2, "preact_resnet18": 5e-3}
 
 
 @torch_only
 @pytest.mark.parametrize("name, model_name", STEP_CASES)
+@float64_precision()
 def test_fast_step_equals_keras_step(name, model_name):
-    """3 steps: loss terms, metrics, weights, BN statistics, WA teacher.
-
-    Relative 1e-5 on the wide ResNet; on the ResNet-18 family within its
-    float32 floor (`STEP_TOLERANCE`; see `_compare`). The attack keeps the
-    preset's random start (same device generator) but takes no sign step: a
-    sign of a gradient component at rounding level flips between any two
-    float32 implementations and then dominates the comparison. The attack
-    loop itself is compared below.
-    """
-    slow = _train(name, model_name, False, _with_steps(0))
-    fast = _train(name, model_name, True, _with_steps(0))
-    _compare(slow, fast, tol=STEP_TOLERANCE[model_name])
+    """3 steps in float64: loss terms, metrics, weights, BN statistics, WA
+    teacher, to 1e-9 relative. The attack is the preset's (random start from
+    the same device generator, style, loss) with one sign step."""
+    size = 16 if model_name == "wide_resnet10_2" else 8
+    slow = _train(name, model_name, False, _with_steps(1), size=size)
+    fast = _train(name, model_name, True, _with_steps(1), size=size)
+    _compare(slow, fast)
 
 
 @torch_only
-@pytest.mark.parametrize("name", ["pgd_at+rpat", "mart+rpat", "consistency_at+rpat", "rebat", "rpat_plus_plus"])
+@pytest.mark.parametrize(
+    "name", ["pgd_at+rpat", "trades+rpat", "mart+rpat", "consistency_at+rpat", "rebat", "rpat_plus_plus"]
+)
+@float64_precision()
 def test_fast_step_with_the_full_attack_equals_keras_step(name):
-    """The presets' own PGD (sign steps, each style) on a small wide ResNet.
-
-    TRADES is left out here: its KL attack starts at x + 0.001 N(0, I),
-    where the KL gradient is at rounding level, so its first sign step is
-    noise for any two implementations (it is covered above and in
-    test_attacks_through_the_lowered_model).
-    """
+    """The presets' own PGD (several sign steps, each style) on a small wide ResNet, in float64."""
     slow = _train(name, "wide_resnet10_2", False, _with_steps(2))
     fast = _train(name, "wide_resnet10_2", True, _with_steps(2))
     _compare(slow, fast)
@@ -377,15 +362,18 @@ def test_fast_path_off_reproduces_a_fast_path_run(seeds):
     ],
     ids=["l2_advertorch", "l2_trades_kl", "l2_sotas_training", "linf_one_step"],
 )
+@float64_precision()
 def test_attacks_through_the_lowered_model(attack):
+    """The attack of the Keras model and of the lowered one, in float64: the same
+    adversarial images and (training-mode attacks) BatchNorm statistics."""
     import torch
 
     from keras_rpat.backend import torch_lowering
 
-    model = build("resnet18")
+    model = build("resnet18", size=8)
     lowered = torch_lowering.lower(model)
     torch_lowering.relayout_kernels(model)
-    ((x, y),) = batches(1)
+    ((x, y),) = batches(1, size=8)
     x, y = torch.tensor(x), torch.tensor(y)
     stats = [np_(v) for v in model.non_trainable_weights]
     results = []
@@ -395,13 +383,11 @@ def test_attacks_through_the_lowered_model(attack):
         fresh = attack.__class__.from_config(attack.get_config())  # a new stream from seed 0: the same random start
         results.append((np_(fresh(fn, x, y)), [np_(v) for v in model.non_trainable_weights]))
     (a, sa), (b, sb) = results
-    if attack.norm == "l2":
-        # The KL gradient at x + 0.001 N(0, I) and input gradients through
-        # train-mode BN are cancellation-dominated: float32 agreement is looser.
-        assert rel(a, b) < (1e-5 if attack.style == "advertorch" else 5e-3)
-    else:  # one sign step: equal wherever the gradient is not at rounding level
-        assert np.mean(np.abs(a - b) < 1e-6) > 0.99
-    assert all(rel(s, t) < 5e-3 for s, t in zip(sa, sb))  # training-mode attacks move BN stats alike
+    assert a.dtype == b.dtype == np.float64
+    assert rel(a, b) < 1e-9
+    assert all(rel(s, t) < 1e-9 for s, t in zip(sa, sb))
+    if attack.training:
+        assert any(rel(s, t) > 1e-3 for s, t in zip(stats, sa))  # the statistics moved
 
 
 # --------------------------------------------------------------------------
@@ -493,15 +479,20 @@ def test_capture_on_cpu_runs_the_same_step_uncaptured():
 @torch_only
 def test_channels_last_and_bf16_options():
     ((x, y),) = batches(1, size=8)
+    with float64_precision():  # channels_last is exact: the same step to float64 rounding
+        contiguous = _small_trainer().train_on_batch(x, y, return_dict=True)
+        channels_last = _small_trainer(memory_format="channels_last")
+        assert channels_last.train_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(
+            contiguous["loss"], rel=1e-12
+        )
+        assert channels_last._fast_runtime.classifier.memory_format == "channels_last"  # what it changes: the storage
     reference = _small_trainer()
     ref_logs = reference.train_on_batch(x, y, return_dict=True)
-    channels_last = _small_trainer(memory_format="channels_last")
-    assert channels_last.train_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(ref_logs["loss"], rel=1e-4)
-    assert channels_last._fast_runtime.classifier.memory_format == "channels_last"  # what it changes: the storage
     bf16 = _small_trainer(precision="bf16")
     assert bf16.precision == "bfloat16"
     logs = bf16.train_on_batch(x, y, return_dict=True)
-    assert np.isfinite(logs["loss"]) and logs["loss"] == pytest.approx(ref_logs["loss"], rel=0.05)  # not exact
+    # bf16 autocast is not exact (8-bit mantissas, 4e-3 rounding per op): a sanity bound, not a comparison.
+    assert np.isfinite(logs["loss"]) and logs["loss"] == pytest.approx(ref_logs["loss"], rel=0.05)
     assert logs["loss"] != ref_logs["loss"]  # bf16 arithmetic did run
 
 
@@ -530,6 +521,7 @@ def test_fast_path_options_are_checked_and_saved(tmp_path):
 
 
 @torch_only
+@float64_precision()
 def test_fit_evaluate_and_keras_file_round_trip_on_the_fast_path(tmp_path):
     trainer = _small_trainer(eval_attack=attacks.PGD("linf", 8 / 255, 2 / 255, 2, seed=0))
     slow = _small_trainer(eval_attack=attacks.PGD("linf", 8 / 255, 2 / 255, 2, seed=0), fast_path=False)
@@ -540,7 +532,7 @@ def test_fit_evaluate_and_keras_file_round_trip_on_the_fast_path(tmp_path):
     assert trainer._fast_runtime
     slow.classifier.set_weights(trainer.classifier.get_weights())
     ours, theirs = trainer.evaluate(x, y, verbose=0, return_dict=True), slow.evaluate(x, y, verbose=0, return_dict=True)
-    assert ours["clean_acc"] == theirs["clean_acc"] and ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    assert ours["clean_acc"] == theirs["clean_acc"] and ours["loss"] == pytest.approx(theirs["loss"], rel=1e-10)
     trainer.save(tmp_path / "t.keras")
     loaded = keras.saving.load_model(tmp_path / "t.keras")
     assert loaded.fast_path is True
@@ -549,6 +541,7 @@ def test_fit_evaluate_and_keras_file_round_trip_on_the_fast_path(tmp_path):
 
 
 @torch_only
+@float64_precision()
 def test_evaluation_runs_the_lowered_model_with_the_same_results():
     from keras_rpat import evaluation
     from keras_rpat import trainer as trainer_lib

@@ -12,6 +12,7 @@ import pytest
 
 from keras_rpat import attacks, layers, losses, models, optimizers, presets
 from keras_rpat.trainer import RPATTrainer, WeightAveraging
+from testing import float64_precision
 
 from testing import np_ce  # noqa: E402
 
@@ -79,7 +80,10 @@ def test_teacher_views_only_from_start_epoch():
     "fast_path, alpha, alpha_sampling",
     [(False, 0.5, "fixed"), (True, 0.5, "fixed"), (True, 0.2, "fixed"), (False, 0.2, "fixed"), (True, 0.5, "beta-")],
 )
+@float64_precision()
 def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_sampling):
+    """Two steps (3-step PGD, RP term) of the Keras and fast paths vs the authors' step in plain
+    PyTorch, all in float64 (sign steps make a float32 comparison CPU-dependent)."""
     import torch
     import torch.nn.functional as F
 
@@ -99,7 +103,7 @@ def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_samplin
             h = F.relu(self.bn(self.conv(x)))
             return self.fc(h.mean((2, 3)))
 
-    net = Net().double()
+    net = Net()
     kw = {w.path.split("/")[-2] + "/" + w.path.split("/")[-1]: np_(w) for w in classifier.weights}
     with torch.no_grad():
         net.conv.weight.copy_(torch.tensor(kw["conv/kernel"]).permute(3, 2, 0, 1))
@@ -109,7 +113,6 @@ def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_samplin
         net.bn.running_var.copy_(torch.tensor(kw["bn/moving_variance"]))
         net.fc.weight.copy_(torch.tensor(kw["logits/kernel"]).T)
         net.fc.bias.copy_(torch.tensor(kw["logits/bias"]))
-    net = net.float()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 
     def reference_step(x, y, r):
@@ -153,13 +156,18 @@ def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_samplin
         if alpha_sampling == "beta-":  # the draw the trainer makes, from a copy of its generator
             generator = torch.Generator().manual_seed(0)
             generator.set_state(torch_random.device_generator(trainer._seed_generator, "cpu").get_state())
-            ga, gb = (torch._standard_gamma(torch.full((1,), 0.75), generator=generator) for _ in range(2))
-            b = float(ga / (ga + gb))
-            a = max(b, 1.0 - b)
+            ga, gb = (
+                torch._standard_gamma(torch.full((1,), 0.75, dtype=torch.float32), generator=generator)
+                for _ in range(2)
+            )
+            b = ga / (ga + gb)
+            a = float(torch.maximum(b, 1.0 - b))  # the draw and 1 - b in float32, as the trainer's
             assert a != 0.5
-        ref = reference_step(torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y), 1.0 - a)
+        ref = reference_step(
+            torch.tensor(x, dtype=torch.float64).permute(0, 3, 1, 2).contiguous(), torch.tensor(y), 1.0 - a
+        )
         logs = trainer.train_on_batch(x, y, return_dict=True)
-        assert float(logs["loss"]) == pytest.approx(ref, rel=1e-5)
+        assert float(logs["loss"]) == pytest.approx(ref, rel=1e-10)
     assert bool(trainer._fast_runtime) == fast_path
     kw = {w.path.split("/")[-2] + "/" + w.path.split("/")[-1]: np_(w) for w in classifier.weights}
     pairs = [
@@ -172,7 +180,8 @@ def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_samplin
         (kw["logits/bias"], net.fc.bias),
     ]
     for ours, theirs in pairs:
-        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert ours.dtype == np.float64
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-13)
 
 
 # --------------------------------------------------------------------------
@@ -197,7 +206,8 @@ def test_torch_and_tensorflow_agree_on_one_step(tmp_path):
     keys = [k for k in a.files if k != "backend"]
     assert {k.split("/")[0] for k in keys} == set(cross_backend_step.METHODS)
     for key in keys:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        assert a[key].dtype == np.float64, key
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 # --------------------------------------------------------------------------

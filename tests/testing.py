@@ -40,9 +40,9 @@ def float64_precision():
     """Everything Keras builds or computes inside is float64; restored on exit.
 
     Sets `floatx` and the global dtype policy to float64 (so `keras.Input`,
-    the layers' variables and `keras.random` are float64) and, on the torch
-    backend, torch's default dtype (plain-PyTorch reference modules) and a
-    test-only patch of Keras' type promotion: Keras 3's `result_type` maps
+    the layers' variables and `keras.random` are float64), torch's default
+    dtype (plain-PyTorch reference modules; on tensorflow when the test has
+    imported torch) and, on the torch backend, a test-only patch of Keras' type promotion: Keras 3's `result_type` maps
     float64 to float32 on torch (`BIT64_TO_BIT32_DTYPE`, "aligned with JAX's
     default"), so `ops.matmul` (Dense), `ops.mean` and `ops.var` would compute
     float64 inputs in float32 (a float64 ResNet then matches torch float64 to
@@ -55,11 +55,11 @@ def float64_precision():
 
     floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     promoted = keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"]
-    torch_dtype = None
+    # torch: the backend's, or the plain-PyTorch references' imported by a tensorflow test.
+    torch = sys.modules.get("torch")
     if BACKEND == "torch":
         import torch
-
-        torch_dtype = torch.get_default_dtype()
+    torch_dtype = None if torch is None else torch.get_default_dtype()
     try:
         keras.config.set_floatx("float64")
         keras.config.set_dtype_policy("float64")

@@ -401,7 +401,9 @@ def all_reduce_step(grads, variables, metric_sums):
     summed gradients and metric sums.
     """
     present = [i for i, g in enumerate(grads) if g is not None]
-    dtype = metric_sums.dtype
+    dtype = metric_sums.dtype  # float32, or float64 for float64 gradients (not rounded to float32)
+    for i in present:
+        dtype = torch.promote_types(dtype, grads[i].dtype)
     pieces = [grads[i].reshape(-1).to(dtype) for i in present] + [metric_sums.reshape(-1)]
     flat = torch.cat(pieces)
     dist.all_reduce(flat)
@@ -411,7 +413,7 @@ def all_reduce_step(grads, variables, metric_sums):
         n = grads[i].numel()
         out[i] = flat[offset : offset + n].view(grads[i].shape).to(grads[i].dtype)
         offset += n
-    return out, flat[offset:]
+    return out, flat[offset:].to(metric_sums.dtype)
 
 
 def average_variables(variables):

@@ -166,6 +166,7 @@ class LoweredModel:
                 f"`memory_format` must be 'contiguous' or 'channels_last'. Received: memory_format={memory_format!r}"
             )
         self.name = model.name
+        self.dtype = model.dtype  # the variables' dtype, as `keras.Model.dtype`
         self.memory_format = memory_format
         functional = _functional(model)
         # Row counts of the blocks of a `forward_many` batch (read by BatchNorm), else None.
