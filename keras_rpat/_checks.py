@@ -19,8 +19,10 @@ import numpy as np
 
 __all__ = [
     "DATASET_ALIASES",
+    "L2_BUDGET_LIMIT",
     "NORMS",
     "NORM_ALIASES",
+    "allow_large_l2_budgets",
     "canonical_dataset",
     "canonical_norm",
     "channel_axis",
@@ -143,12 +145,25 @@ def check_positive_number(value, name, allow_zero=False):
     return value
 
 
+# Above any published L2 threat model (ImageNet's go up to 3.0, CIFAR's to 128/255).
+L2_BUDGET_LIMIT = 10.0
+_LARGE_L2_ALLOWED = [False]
+
+
+def allow_large_l2_budgets(enabled=True):
+    """Lets L2 budgets and steps above `L2_BUDGET_LIMIT` (10) through `check_budget` (the CLI's `--force`)."""
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise ValueError(f"`enabled` must be True or False. Received: enabled={enabled!r}")
+    _LARGE_L2_ALLOWED[0] = bool(enabled)
+
+
 def check_budget(value, name, norm="linf", allow_zero=False):
     """An attack budget or step (`8/255` or a float) in the units of pixels in [0, 1].
 
     Finite and > 0 (>= 0 with `allow_zero`); for `norm="linf"` also <= 1, since
     a larger L-inf budget or step covers the whole pixel range (a value such as 8
-    is almost surely meant as 8/255).
+    is almost surely meant as 8/255); for `norm="l2"` <= `L2_BUDGET_LIMIT` (a value
+    such as 128 is almost surely meant as 128/255) unless `allow_large_l2_budgets()`.
     """
     value = check_positive_number(value, name, allow_zero=allow_zero)
     if norm == "linf" and value > 1:
@@ -156,6 +171,13 @@ def check_budget(value, name, norm="linf", allow_zero=False):
         raise ValueError(
             f"`{name}` is an L-inf budget in units of the pixel range [0, 1], so it must be <= 1 (= 255/255). "
             f"Received: {name}={value:g}{detail}"
+        )
+    if norm == "l2" and value > L2_BUDGET_LIMIT and not _LARGE_L2_ALLOWED[0]:
+        raise ValueError(
+            f"`{name}` is an L2 budget in units of the pixel range [0, 1]; published L2 threat models stop at 3.0 "
+            f"(ImageNet) and 128/255 (CIFAR), so a value above {L2_BUDGET_LIMIT:g} is almost surely in 0-255 units. "
+            f"Received: {name}={value:g}. Did you mean {value:g}/255? To use it as given, call "
+            "keras_rpat.attacks.allow_large_l2_budgets() first."
         )
     return value
 

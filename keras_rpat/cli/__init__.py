@@ -125,8 +125,13 @@ class LazyGroup(click.Group):
     is_flag=True,
     help="Train on the Keras path instead of the torch fast path (same results, slower; for debugging).",
 )
+@click.option(
+    "--allow-large-l2",
+    is_flag=True,
+    help="Accept L2 budgets and steps above 10 (refused by default: 128 is almost surely meant as 128/255).",
+)
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
-def main(no_fast_path, debug):
+def main(no_fast_path, allow_large_l2, debug):
     """keras-rpat: Robust Perception Adversarial Training (RPAT, ICCV 2025) for Keras 3.
 
     The backend is chosen with KERAS_BACKEND (torch by default).
@@ -134,6 +139,7 @@ def main(no_fast_path, debug):
     if no_fast_path:
         # Loaded here, not at the top: the trainer imports Keras and torch.
         importlib.import_module("keras_rpat.trainer").set_fast_path_default(False)
+    importlib.import_module("keras_rpat._checks").allow_large_l2_budgets(allow_large_l2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -343,6 +343,11 @@ def _list(where, value, name, item, allow_empty=False):
 
 
 def _fraction(where, value, name):
+    if name == "l2_step_size":  # an L2 step: 32 is almost surely meant as 32/255
+        try:
+            return _checks.check_budget(value, name, "l2")
+        except ValueError as e:
+            _err(where, str(e))
     try:
         number = _checks.parse_epsilon(value, name)
     except ValueError as e:
