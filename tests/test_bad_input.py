@@ -402,9 +402,11 @@ def census_files(files):
         text = (recipes.recipes_dir() / "table3.toml").read_text().replace('name = "table3"', f'name = "{name}"')
         (root / f"recipes_{name}" / f"{name}.toml").write_text(edit(text))
     shutil.copy(files["model"], root / "model_copy")  # a .keras archive without the extension
+    (root / "dir.npz").mkdir()
+    (root / "text.pt").write_text("not a checkpoint")
     names = ["lambda.keras", "small_cnn.pt", "results.json", "train_run", "empty.keras", "victim.keras"]
-    names += ["recipes_l2slip", "recipes_mine", "model_copy"]
-    return files | {n.split(".")[0]: str(root / n) for n in names}
+    names += ["recipes_l2slip", "recipes_mine", "model_copy", "dir.npz", "text.pt"]
+    return files | {n.replace(".", "_") if n in ("dir.npz", "text.pt") else n.split(".")[0]: str(root / n) for n in names}
 
 
 EVAL_CLEAN = ["eval", "@model", "--dataset", "@good", "--attacks", "clean"]
@@ -595,6 +597,13 @@ CENSUS_CASES = [
         [],
     ),
     ("recipe-show-unknown", ["recipe", "show", "foo"], {}, None, 2, ["'foo'", "table3"], []),
+    ("recipe-seeds-repeated", RECIPE_PLAN + ["--seeds", "0,0"], {}, "recipe", 2, ["--seeds", "each seed once", "0,0"], []),
+    ("recipe-folder-missing", ["recipe", "list"], {"KERAS_RPAT_RECIPES": "OUT/none"}, None, 1,
+     ["no such folder", "$KERAS_RPAT_RECIPES names", "unset it"], []),
+    ("eval-dataset-npz-is-a-folder", ["eval", "@model", "--dataset", "@dir_npz"], {}, "eval", 2,
+     ["--dataset", "dir.npz is a folder, not an .npz file"], []),
+    ("convert-text-checkpoint", ["convert", "@text_pt", "--arch", "small_cnn", "--out", "OUT/m.keras"], {}, None, 1,
+     ["text.pt", "PyTorch checkpoint of tensors", "torch.save(model.state_dict(), path)"], ["weights_only"]),
 ]
 
 
@@ -658,3 +667,37 @@ def test_cli_census_a_recipe_plan_imports_no_framework():
     modules, out = imported(["recipe", "table3", "--dry-run"])
     assert modules == [], out.stderr
     assert "Plan for table3" in out.stdout and "backend: " in out.stdout
+
+
+def test_cli_census_a_batch_larger_than_the_training_set_is_a_warning():
+    from keras_rpat.recipes import experiment
+
+    spec = recipes.single_run("pgd_at", "synthetic", smoke=True, batch_size=100)
+    with pytest.warns(UserWarning, match=r"batch size 100 is larger than the training set \(64 images\)"):
+        experiment.build_run(spec)
+
+
+def test_cli_census_a_warning_of_the_command_is_one_line(capsys):
+    cli._one_line_warning(UserWarning("The batch size 100 is larger\nthan the data."), UserWarning, "f.py", 1)
+    assert capsys.readouterr().err == "Warning: The batch size 100 is larger than the data.\n"
+
+
+def test_cli_census_a_small_cnn_checkpoint_converts_back_with_its_widths(census_files, tmp_path):
+    """`export` writes small_cnn's widths (a smoke run's are (4, 8, 8)); `convert` reads them off the checkpoint."""
+    pt, converted = tmp_path / "m.pt", tmp_path / "m.keras"
+    assert invoke_ok(["export", census_files["model"], "--out", pt])
+    assert invoke_ok(["convert", pt, "--arch", "small_cnn", "--out", converted])
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)  # convert builds the 32x32 input
+    original = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(32, 32, 3), widths=(4, 4, 4))
+    original.set_weights(keras.saving.load_model(census_files["model"]).get_weights())
+    back = keras.saving.load_model(converted)
+    assert back.get_layer("conv2").filters == 4
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(back(x)), keras.ops.convert_to_numpy(original(x)), rtol=1e-5, atol=1e-6
+    )
+
+
+def invoke_ok(args):
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return True

@@ -21,6 +21,7 @@ importing Keras, torch or TensorFlow (`benchmarks/cli_startup.py` measures it).
 
 import importlib
 import os
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -136,10 +137,17 @@ def main(no_fast_path, allow_large_l2, debug):
 
     The backend is chosen with KERAS_BACKEND (torch by default).
     """
+    if importlib.import_module("keras_rpat")._started_as_cli():
+        warnings.showwarning = _one_line_warning  # (tests, in-process, keep Python's warnings to assert on)
     if no_fast_path:
         # Loaded here, not at the top: the trainer imports Keras and torch.
         importlib.import_module("keras_rpat.trainer").set_fast_path_default(False)
     importlib.import_module("keras_rpat._checks").allow_large_l2_budgets(allow_large_l2)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning of the command as one line `Warning: ...` on stderr (Python adds the file, line and source)."""
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

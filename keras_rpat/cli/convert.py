@@ -78,12 +78,25 @@ def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
     try:
         state_dict = torch_models.load_state_dict(checkpoint)
         model = models.from_torch(
-            arch, state_dict, num_classes=num_classes, normalize=normalize, stem_stride=stem_stride
+            arch,
+            state_dict,
+            num_classes=num_classes,
+            normalize=normalize,
+            stem_stride=stem_stride,
+            **_widths_of(arch, state_dict),
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     _io.atomic_save_model(model, out)
     click.echo(f"Loaded {len(state_dict)} tensors into {arch} ({model.count_params():,} weights). Wrote {out}")
+
+
+def _widths_of(arch, state_dict):
+    """small_cnn's `widths`, read off the checkpoint (what `export` writes for a smoke run's (4, 8, 8) model)."""
+    keys = [f"conv{i}.weight" for i in (1, 2, 3)]
+    if arch != "small_cnn" or not all(k in state_dict for k in keys):
+        return {}
+    return {"widths": tuple(int(state_dict[k].shape[0]) for k in keys)}
 
 
 def _normalization_of(model):

@@ -187,6 +187,8 @@ class SeedsType(click.ParamType):
             self.fail("give at least one seed, e.g. 0,1,2", param, ctx)
         if min(seeds) < 0:
             self.fail(f"seeds must be integers >= 0, e.g. 0,1,2. Received: {value}", param, ctx)
+        if len(set(seeds)) != len(seeds):
+            self.fail(f"each seed once, e.g. 0,1,2. Received: {value}", param, ctx)
         return seeds
 
 

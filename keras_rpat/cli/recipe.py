@@ -300,7 +300,14 @@ def list_command():
     """List the recipes."""
     names = recipes.list_recipes()
     if not names:
-        raise click.ClickException(f"No recipes found in {recipes.recipes_dir()} (set ${recipes.RECIPES_ENV}).")
+        folder, env = recipes.recipes_dir(), recipes.RECIPES_ENV
+        if os.environ.get(env):
+            missing = "" if folder.is_dir() else " (no such folder)"
+            raise click.ClickException(
+                f"No recipe files (*.toml) in {folder}{missing}, the folder ${env} names. Point ${env} to a folder "
+                "of recipe files, or unset it for the paper's recipes."
+            )
+        raise click.ClickException(f"No recipes found in {folder} (set ${env} to a folder of recipe files).")
     for name in names:
         try:
             recipe = recipes.load_recipe(name)
