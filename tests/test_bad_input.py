@@ -406,7 +406,9 @@ def census_files(files):
     (root / "text.pt").write_text("not a checkpoint")
     names = ["lambda.keras", "small_cnn.pt", "results.json", "train_run", "empty.keras", "victim.keras"]
     names += ["recipes_l2slip", "recipes_mine", "model_copy", "dir.npz", "text.pt"]
-    return files | {n.replace(".", "_") if n in ("dir.npz", "text.pt") else n.split(".")[0]: str(root / n) for n in names}
+    return files | {
+        n.replace(".", "_") if n in ("dir.npz", "text.pt") else n.split(".")[0]: str(root / n) for n in names
+    }
 
 
 EVAL_CLEAN = ["eval", "@model", "--dataset", "@good", "--attacks", "clean"]
@@ -597,13 +599,42 @@ CENSUS_CASES = [
         [],
     ),
     ("recipe-show-unknown", ["recipe", "show", "foo"], {}, None, 2, ["'foo'", "table3"], []),
-    ("recipe-seeds-repeated", RECIPE_PLAN + ["--seeds", "0,0"], {}, "recipe", 2, ["--seeds", "each seed once", "0,0"], []),
-    ("recipe-folder-missing", ["recipe", "list"], {"KERAS_RPAT_RECIPES": "OUT/none"}, None, 1,
-     ["no such folder", "$KERAS_RPAT_RECIPES names", "unset it"], []),
-    ("eval-dataset-npz-is-a-folder", ["eval", "@model", "--dataset", "@dir_npz"], {}, "eval", 2,
-     ["--dataset", "dir.npz is a folder, not an .npz file"], []),
-    ("convert-text-checkpoint", ["convert", "@text_pt", "--arch", "small_cnn", "--out", "OUT/m.keras"], {}, None, 1,
-     ["text.pt", "PyTorch checkpoint of tensors", "torch.save(model.state_dict(), path)"], ["weights_only"]),
+    (
+        "recipe-seeds-repeated",
+        RECIPE_PLAN + ["--seeds", "0,0"],
+        {},
+        "recipe",
+        2,
+        ["--seeds", "each seed once", "0,0"],
+        [],
+    ),
+    (
+        "recipe-folder-missing",
+        ["recipe", "list"],
+        {"KERAS_RPAT_RECIPES": "OUT/none"},
+        None,
+        1,
+        ["no such folder", "$KERAS_RPAT_RECIPES names", "unset it"],
+        [],
+    ),
+    (
+        "eval-dataset-npz-is-a-folder",
+        ["eval", "@model", "--dataset", "@dir_npz"],
+        {},
+        "eval",
+        2,
+        ["--dataset", "dir.npz is a folder, not an .npz file"],
+        [],
+    ),
+    (
+        "convert-text-checkpoint",
+        ["convert", "@text_pt", "--arch", "small_cnn", "--out", "OUT/m.keras"],
+        {},
+        None,
+        1,
+        ["text.pt", "PyTorch checkpoint of tensors", "torch.save(model.state_dict(), path)"],
+        ["weights_only"],
+    ),
 ]
 
 

@@ -125,9 +125,9 @@ def export_command(model_path, fmt, arch, out, unsafe_deserialization):
 
     Example: keras-rpat export runs/x/best.keras --format torch --out best.pt
     """
-    keras, models, torch_models = _frameworks()
     click.echo(opt.backend_line())
-    model, _ = evaluate.load_model(model_path, unsafe_deserialization)
+    model, _ = evaluate.load_model(model_path, unsafe_deserialization)  # before torch: a bad file answers sooner
+    keras, models, torch_models = _frameworks()
     out = out or os.path.splitext(model_path)[0] + (".pt" if fmt == "torch" else ".onnx")
     if fmt == "onnx":
         model(np.zeros((1,) + tuple(model.input_shape[1:]), dtype="float32"))  # Keras exports called models only

@@ -137,8 +137,11 @@ def _not_a_keras_archive(path):
         return (
             "the file is empty" if empty else "it is not a .keras archive (a zip file); it may be corrupt or truncated"
         )
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as e:
+        return f"it is a corrupt or truncated zip file ({e})"
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         return (
             "it is a PyTorch checkpoint (torch.save), not a Keras model; convert it first with "
