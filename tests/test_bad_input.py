@@ -397,15 +397,17 @@ def census_files(files):
     for name, edit in {
         "l2slip": lambda t: t.replace('l2_step_size = "32/255"', "l2_step_size = 32"),
         "mine": lambda t: t,
+        "perception": lambda t: t.replace('epsilon = "8/255"', "epsilon = 8", 1),
     }.items():
         (root / f"recipes_{name}").mkdir()
-        text = (recipes.recipes_dir() / "table3.toml").read_text().replace('name = "table3"', f'name = "{name}"')
+        table = "figure2" if name == "perception" else "table3"
+        text = (recipes.recipes_dir() / f"{table}.toml").read_text().replace(f'name = "{table}"', f'name = "{name}"')
         (root / f"recipes_{name}" / f"{name}.toml").write_text(edit(text))
     shutil.copy(files["model"], root / "model_copy")  # a .keras archive without the extension
     (root / "dir.npz").mkdir()
     (root / "text.pt").write_text("not a checkpoint")
     names = ["lambda.keras", "small_cnn.pt", "results.json", "train_run", "empty.keras", "victim.keras"]
-    names += ["recipes_l2slip", "recipes_mine", "model_copy", "dir.npz", "text.pt"]
+    names += ["recipes_l2slip", "recipes_mine", "recipes_perception", "model_copy", "dir.npz", "text.pt"]
     return files | {
         n.replace(".", "_") if n in ("dir.npz", "text.pt") else n.split(".")[0]: str(root / n) for n in names
     }
@@ -454,6 +456,15 @@ CENSUS_CASES = [
         "recipe",
         2,
         ["l2slip.toml", "l2_step_size=32", "32/255"],
+        [],
+    ),
+    (
+        "recipe-toml-perception-epsilon-8",
+        ["recipe", "perception", "--smoke", "--dry-run"],
+        {"KERAS_RPAT_RECIPES": "@recipes_perception"},
+        "recipe",
+        2,
+        ["perception.toml", "epsilon=8", "Did you mean 8/255"],
         [],
     ),
     (

@@ -168,6 +168,12 @@ CASES = [
         ["eval", "{smoke16}", "--dataset", "synthetic", "--n", "16", "--attacks", "clean"],
         expect="ok",
     ),
+    Case(
+        "recipe-toml-perception-epsilon-8",
+        ["recipe", "perception", "--dry-run", "--smoke"],
+        words=("epsilon=8", "8/255"),
+        env={"KERAS_RPAT_RECIPES": "{recipes_perception}"},
+    ),
     # --- eval / autoattack --------------------------------------------------------------------------
     Case(
         "eval-out-is-the-model",
@@ -357,6 +363,9 @@ def make_fixtures(root, python, env):
         root, "l2slip", lambda t: t.replace('l2_step_size = "32/255"', "l2_step_size = 32")
     )
     files["recipes_mine"] = _recipe_dir(root, "mine", lambda t: t)
+    files["recipes_perception"] = _recipe_dir(
+        root, "perception", lambda t: t.replace('epsilon = "8/255"', "epsilon = 8", 1), table="figure2"
+    )
     files["recipes_broken"] = _recipe_dir(root, "broken", lambda t: t.replace("[config]", "[config", 1))
     files["recipes_typo"] = _recipe_dir(root, "typo", lambda t: t.replace("epochs = 200", "epoch = 200", 1))
     files["recipes_types"] = _recipe_dir(root, "types", lambda t: t.replace("epochs = 200", 'epochs = "3"', 1))

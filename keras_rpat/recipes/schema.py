@@ -342,10 +342,13 @@ def _list(where, value, name, item, allow_empty=False):
     return out
 
 
-def _fraction(where, value, name):
-    if name == "l2_step_size":  # an L2 step: 32 is almost surely meant as 32/255
+def _fraction(where, value, name, norm=None):
+    """A pixel fraction > 0; with `norm`, an attack budget or step of that norm (32 is almost surely 32/255)."""
+    if name == "l2_step_size":
+        norm = "l2"
+    if norm is not None:
         try:
-            return _checks.check_budget(value, name, "l2")
+            return _checks.check_budget(value, name, norm)
         except ValueError as e:
             _err(where, str(e))
     try:
@@ -990,8 +993,8 @@ def _validate_perception(pw, perception, checkpoints):
         return None
     _check_keys(pw, perception, ("epsilon", "step_size", "num_steps", "checkpoint"))
     out = {
-        "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon"),
-        "step_size": _fraction(pw, perception.get("step_size", "2/255"), "step_size"),
+        "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon", "linf"),  # the perception PGD's
+        "step_size": _fraction(pw, perception.get("step_size", "2/255"), "step_size", "linf"),
         "num_steps": _int(pw, perception.get("num_steps", PGD_EVAL_STEPS), "num_steps"),
         "checkpoint": _str(pw, perception.get("checkpoint", "final"), "checkpoint", CHECKPOINTS),
     }
