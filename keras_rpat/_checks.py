@@ -26,7 +26,11 @@ __all__ = [
     "canonical_dataset",
     "canonical_norm",
     "channel_axis",
+    "check_input_shape",
+    "check_bool",
+    "check_float_dtype",
     "check_non_negative_int",
+    "check_num_classes",
     "check_positive_int",
     "check_data",
     "check_finite_number",
@@ -35,6 +39,7 @@ __all__ = [
     "check_range",
     "check_writable_dir",
     "check_writable_file",
+    "ends_in_softmax",
     "evaluation_model",
     "infer_data_format",
     "is_soft_labels",
@@ -49,6 +54,8 @@ __all__ = [
     "to_numpy",
     "validate_images",
     "validate_labels",
+    "warn_if_binary",
+    "warn_if_softmax",
 ]
 
 # ---------------------------------------------------------------------------
@@ -621,7 +628,8 @@ def check_data(model, x, y, data_format=None):
     x = validate_images(x, name="x", data_format=fmt)
     if x.dtype != np.float32:
         x = x.astype(np.float32)
-    _check_input_shape(model, x, fmt)
+    check_input_shape(model, x, fmt)
+    warn_if_binary(x, stacklevel=4)
     y = label_indices(y, None, "y")
     if len(y) != len(x):
         raise ValueError(f"Images and labels differ in length: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}.")
@@ -637,7 +645,8 @@ def check_data(model, x, y, data_format=None):
     return x, y, num_classes, fmt
 
 
-def _check_input_shape(model, x, fmt):
+def check_input_shape(model, x, fmt):
+    """Refuses images whose shape is not the model's input shape."""
     expected = model_input_shape(model)
     if expected is None:
         return
@@ -649,4 +658,83 @@ def _check_input_shape(model, x, fmt):
             f"shape {tuple(x.shape)}. Evaluate on data of the size the model "
             "was built for (e.g. 32x32 for CIFAR, 64x64 for Tiny-ImageNet), "
             f"and in the model's data format ({fmt})."
+        )
+
+
+# ---------------------------------------------------------------------------
+# More arguments, and inputs that are legal but almost surely a mistake
+# ---------------------------------------------------------------------------
+
+
+def check_bool(value, name):
+    """`value` as a `bool` if it is `True` or `False` (a NumPy bool too); not a string or a number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+def check_num_classes(value, name="num_classes"):
+    """An integer >= 2: a classifier of one class is always right, so its accuracy means nothing."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 2:
+        raise ValueError(
+            f"`{name}` must be an integer >= 2 (a one-class classifier is always right, so its accuracy "
+            f"means nothing). Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_float_dtype(x, name="x"):
+    """Refuses integer (or bool) images from their dtype alone, without reading a value (traceable)."""
+    import keras
+
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if not keras.backend.is_float_dtype(dtype):
+        raise ValueError(
+            f"`{name}` must hold float pixel values in [0, 1]. Received integer images ({name}.dtype={dtype}); "
+            f"convert with keras.ops.cast({name}, 'float32') / 255."
+        )
+
+
+def ends_in_softmax(model):
+    """Whether the model's last layer is (or ends with) a softmax, read from the layers alone."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return False
+    last = layers[-1]
+    if type(last).__name__ == "Softmax":
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def warn_if_softmax(model, stacklevel=3):
+    """One warning when a model ends in a softmax (keras_rpat's losses and attacks take logits)."""
+    import warnings
+
+    if ends_in_softmax(model):
+        warnings.warn(
+            f"The model {getattr(model, 'name', '')!r} ends in a softmax, but keras_rpat's losses and attacks take "
+            "logits: training and attacks on probabilities see weak, saturated gradients (and robust accuracy is "
+            "overestimated). Remove the final softmax (e.g. `Dense(num_classes)` without activation='softmax').",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def warn_if_binary(x, name="x", stacklevel=3):
+    """One warning when float images hold only the values 0 and 1 (float [0, 1] images cast to integers and back)."""
+    import warnings
+
+    if x.dtype.kind != "f" or x.size == 0:
+        return
+    head = x[: min(len(x), 64)]
+    if not (np.any(head == 1) and np.all((head == 0) | (head == 1))):
+        return
+    if np.all((x == 0) | (x == 1)):
+        warnings.warn(
+            f"`{name}` holds only the pixel values 0 and 1: images in [0, 1] cast to an integer type (and back) "
+            f"lose every grey level. Cast uint8 images with {name}.astype('float32') / 255, not the other way "
+            "round (ignore this for binary images).",
+            UserWarning,
+            stacklevel=stacklevel,
         )

@@ -25,6 +25,7 @@ from keras import ops
 from keras_rpat import _checks
 from keras_rpat import backend as rpat_backend
 from keras_rpat._checks import NORMS  # noqa: F401  (the norm vocabulary lives in keras_rpat._checks)
+from keras_rpat._checks import allow_large_l2_budgets  # noqa: F401  (the limit lives in keras_rpat._checks)
 from keras_rpat._checks import canonical_norm as _canonical_norm
 from keras_rpat._checks import check_budget as _budget
 from keras_rpat._checks import parse_epsilon  # noqa: F401
@@ -67,10 +68,25 @@ def kl_from_logits(target_logits, logits):
     return ops.sum(ops.exp(log_t) * (log_t - ops.log_softmax(logits, axis=-1)), axis=-1)
 
 
-def _check_images(x):
-    """Eager-only validation of user-supplied numpy images."""
+def _check_call(model, x, y):
+    """Checks of `attack(model, x, y)` (eager, the user's entry): images, labels, a softmax model.
+
+    NumPy images and labels are checked in full (pixels in [0, 1], labels within
+    the model's classes); tensors by their dtype; both by their lengths.
+    """
     if isinstance(x, np.ndarray):
-        validate_images(x)
+        fmt = _checks.infer_data_format(model) if isinstance(model, keras.Model) else None
+        validate_images(x, data_format=fmt or _checks.shape_data_format(x.shape) or "channels_last")
+    elif hasattr(x, "dtype"):
+        _checks.check_float_dtype(x)
+    y_shape = tuple(y.shape) if hasattr(y, "shape") else np.shape(y)
+    num_classes = _checks.model_num_classes(model)
+    if isinstance(y, (np.ndarray, list, tuple)) and not _checks.is_soft_labels(y_shape, num_classes):
+        _checks.label_indices(y, num_classes, "y")
+    x_shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+    if x_shape and y_shape and None not in (x_shape[0], y_shape[0]) and x_shape[0] != y_shape[0]:
+        raise ValueError(f"Images and labels differ in length: x.shape={x_shape}, y.shape={y_shape}.")
+    _checks.warn_if_softmax(model, stacklevel=4)
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
@@ -93,7 +109,7 @@ class Attack:
     """
 
     def __init__(self, training=False, schedule=None, seed=None):
-        self.training = bool(training)
+        self.training = _checks.check_bool(training, "training")
         self.seed = seed
         self.schedule = None
         self._seed_generator = None
@@ -110,7 +126,13 @@ class Attack:
         out = {}
         valid = set(self.get_config())
         for epoch, overrides in schedule.items():
-            epoch = int(epoch)
+            try:
+                epoch = int(epoch)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    "`schedule` maps a non-negative epoch (an integer) to a dict of attack parameters. "
+                    f"Received the epoch {epoch!r}; write e.g. {{100: {{'epsilon': 10/255}}}}."
+                ) from None
             if epoch < 0 or not isinstance(overrides, dict):
                 raise ValueError(
                     "`schedule` maps a non-negative epoch to a dict of attack "
@@ -158,7 +180,7 @@ class Attack:
 
     # -- call ---------------------------------------------------------------
     def __call__(self, model, x, y):
-        _check_images(x)
+        _check_call(model, x, y)
         x = ops.convert_to_tensor(x, dtype="float32")
         y = ops.convert_to_tensor(y)
         x_adv = self.perturb(model, x, y)
@@ -244,7 +266,7 @@ class PGD(Attack):
         ):
             raise ValueError(f"`num_steps` must be a non-negative integer. Received: num_steps={num_steps!r}")
         self.num_steps = int(num_steps)
-        self.random_start = bool(random_start)
+        self.random_start = _checks.check_bool(random_start, "random_start")
         if style not in STYLES:
             raise ValueError(f"Unknown `style`: {style!r}. Expected one of {STYLES}.")
         self.style = style
@@ -321,6 +343,7 @@ class PGD(Attack):
         return self._clip_box(x, delta)
 
     def perturb(self, model, x, y):
+        _checks.check_float_dtype(x)
         if self.loss == "kl":
             clean_logits = ops.stop_gradient(self._logits(model, x))
 
@@ -396,6 +419,7 @@ class RandomNoise(Attack):
         return {"epsilon": self.epsilon, **super().get_config()}
 
     def perturb(self, model, x, y):
+        _checks.check_float_dtype(x)
         noise = rpat_backend.random_uniform(ops.shape(x), -self.epsilon, self.epsilon, x.dtype, self.seed_generator)
         return ops.clip(x + noise, 0.0, 1.0)
 

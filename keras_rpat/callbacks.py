@@ -13,7 +13,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _io
@@ -134,8 +133,15 @@ class RobustEvaluation(keras.callbacks.Callback):
         _checks.check_positive_int(n, "n", allow_none=True)
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
             raise ValueError(f"`num_steps` must be a positive integer. Received: num_steps={num_steps!r}")
-        x_test = np.asarray(x_test)
-        y_test = np.asarray(y_test)
+        # Checked now, not after the first epoch: images in [0, 1], integer labels, equal lengths.
+        x_test = _checks.to_numpy(x_test)
+        fmt = _checks.shape_data_format(x_test.shape) or "channels_last"
+        x_test = _checks.validate_images(x_test, "x_test", data_format=fmt)
+        y_test = _checks.label_indices(y_test, None, "y_test")
+        if len(x_test) != len(y_test):
+            raise ValueError(
+                f"`x_test` and `y_test` differ in length. Received: len(x_test)={len(x_test)}, len(y_test)={len(y_test)}"
+            )
         idx = _checks.strided_indices(len(x_test), n)
         if idx is not None:
             x_test, y_test = x_test[idx], y_test[idx]

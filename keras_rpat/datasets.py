@@ -126,8 +126,7 @@ class Dataset:
     image_shape: tuple = dataclasses.field(init=False)
 
     def __post_init__(self):
-        _checks.check_positive_int(self.num_classes, "num_classes")
-        self.num_classes = int(self.num_classes)
+        self.num_classes = _checks.check_num_classes(self.num_classes)
         self.x_train = _as_storage_images(self.x_train, "x_train")
         self.x_test = _as_storage_images(self.x_test, "x_test")
         self.y_train = validate_labels(self.y_train, self.num_classes, "y_train")
@@ -504,6 +503,12 @@ def _load_npz(path, data_dir=None, num_classes=None):
             except ValueError as e:
                 raise ValueError(f"In {path}: {e}") from None
         num_classes = int(max(int(y.max()) for y in labels if y.size)) + 1
+        if num_classes < 2:
+            raise ValueError(
+                f"In {path}: the labels hold one class (0), so num_classes would be 1 and any model is always "
+                "right. Check y_train and y_test (labels lost, or the file cut from class-sorted data), or pass "
+                "num_classes=."
+            )
     name = os.path.splitext(os.path.basename(path))[0]
     try:
         return Dataset(**arrays, num_classes=num_classes, name=name)
@@ -734,8 +739,7 @@ def _load_synthetic(n_train=2048, n_test=512, num_classes=10, image_size=32, see
     _checks.check_positive_int(n_train, "n_train")
     _checks.check_positive_int(n_test, "n_test")
     _checks.check_positive_int(image_size, "image_size")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
+    _checks.check_num_classes(num_classes)
     if image_size < 8:
         raise ValueError(f"`image_size` must be at least 8. Received: image_size={image_size}")
     _checks.check_non_negative_int(seed, "seed")

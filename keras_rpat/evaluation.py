@@ -372,8 +372,8 @@ def mean_nrr(clean, robust):
             value = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"`{name}` must be a number (percent). Received: {name}={value!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"`{name}` must be a finite accuracy >= 0 (percent). Received: {name}={value}")
+        if not math.isfinite(value) or value < 0 or value > 100:
+            raise ValueError(f"`{name}` must be an accuracy in percent, in [0, 100]. Received: {name}={value:g}")
         values.append(value)
     c, r = values
     mean = (c + r) / 2.0

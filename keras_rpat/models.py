@@ -30,6 +30,7 @@ import os
 import keras
 import numpy as np
 
+from keras_rpat import _checks
 from keras_rpat import layers as rpat_layers
 from keras_rpat._names import MODEL_NAMES
 from keras_rpat._names import canonical_model_name as canonical_name
@@ -60,12 +61,6 @@ _PAPER = 'Wang & Liu, "Failure Cases Are Better Learned But Boundary Says Sorry"
 # ----------------------------------------------------------------------------
 
 
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 def _resolve_normalize(normalize):
     if normalize is None:
         return None
@@ -94,8 +89,8 @@ class _Config:
         normalize,
         kernel_initializer="torch",
     ):
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        self.stem_stride = _check_positive_int(stem_stride, "stem_stride")
+        self.num_classes = _checks.check_num_classes(num_classes)
+        self.stem_stride = _checks.check_positive_int(stem_stride, "stem_stride")
         self.data_format = rpat_layers.standardize_data_format(data_format)
         self.channel_axis = -1 if self.data_format == "channels_last" else 1
         if input_shape is None:
@@ -111,8 +106,25 @@ class _Config:
                 f"Received: input_shape={input_shape}"
             )
         self.input_shape = tuple(int(d) for d in input_shape)
+        self._check_channels()
         self.normalize = _resolve_normalize(normalize)
         self.kernel_initializer = kernel_initializer
+
+    def _check_channels(self):
+        shape = self.input_shape
+        if self.data_format == "channels_last":
+            channels, other, swapped, moved = shape[-1], shape[0], "channels_first", shape[1:] + shape[:1]
+        else:
+            channels, other, swapped, moved = shape[0], shape[-1], "channels_last", shape[-1:] + shape[:-1]
+        if channels in (1, 3):
+            return
+        hint = " keras_rpat's images have 1 (grey) or 3 (RGB) channels."
+        if other in (1, 3):
+            hint = f" It looks {swapped}: pass data_format={swapped!r}, or input_shape={moved}."
+        raise ValueError(
+            f"`input_shape` gives {channels} channels in the {self.data_format} layout, but the images "
+            f"must have 1 or 3. Received: input_shape={shape}.{hint}"
+        )
 
     # -- layers ---------------------------------------------------------
 
@@ -454,7 +466,7 @@ def wide_resnet(
             "`depth` must be an integer such that `depth - 4` is a positive "
             f"multiple of 6 (10, 16, 22, 28, 34, ...). Received: depth={depth!r}"
         )
-    widen_factor = _check_positive_int(widen_factor, "widen_factor")
+    widen_factor = _checks.check_positive_int(widen_factor, "widen_factor")
     cfg = _Config(
         num_classes,
         input_shape,
@@ -614,7 +626,7 @@ def small_cnn(
     if len(widths) != 3:
         raise ValueError(f"`widths` must have 3 entries. Received: widths={widths}")
     for width in widths:
-        _check_positive_int(width, "widths")
+        _checks.check_positive_int(width, "widths")
     cfg = _Config(num_classes, input_shape, data_format, stem_stride, normalize)
     inputs, x = cfg.inputs()
     for index, (width, stride) in enumerate(zip(widths, (cfg.stem_stride, 2, 2)), start=1):

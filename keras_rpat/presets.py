@@ -24,6 +24,7 @@ paper; REFERENCE §8 #7: `l2_step_size=15/255` gives the upstream convention).
 import copy
 import dataclasses
 from typing import Optional
+import warnings
 
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
@@ -214,7 +215,7 @@ def _attack(kind, norm, l2_step_size):
         return attacks_lib.RandomNoise(BUDGETS["linf"]["epsilon"])
     b = dict(BUDGETS[norm])
     if norm == "l2" and l2_step_size is not None:
-        b["step_size"] = attacks_lib.parse_epsilon(l2_step_size, "l2_step_size")
+        b["step_size"] = _checks.check_budget(l2_step_size, "l2_step_size", "l2")
     if kind == "trades":
         return attacks_lib.TRADESAttack(norm, **b)
     if kind == "mart":
@@ -246,6 +247,13 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False):
     """
     full = canonical_name(name)
     norm = _checks.canonical_norm(norm)
+    if l2_step_size is not None and norm != "l2":
+        warnings.warn(
+            f"`l2_step_size` applies to norm='l2' only, and is ignored for norm={norm!r}. "
+            f"Received: l2_step_size={l2_step_size!r}; pass norm='l2' or drop it.",
+            UserWarning,
+            stacklevel=2,
+        )
     method = base_method(full)
     kind, make_losses = PRESETS[method]
     fields = dict(PRESET_SETTINGS[method])

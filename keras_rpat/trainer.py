@@ -10,6 +10,8 @@ schedule, loss start epochs, weight-averaging warm-up) is made between epochs,
 and the train function is rebuilt when it changes.
 """
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -57,10 +59,7 @@ def fast_path_default():
     return _FAST_PATH_DEFAULT[0]
 
 
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return bool(value)
+_check_bool = _checks.check_bool
 
 
 def _check_choice(value, name, choices):
@@ -282,7 +281,14 @@ class RPATTrainer(keras.Model):
             weight_averaging = WeightAveraging()
         elif isinstance(weight_averaging, dict):
             weight_averaging = WeightAveraging(**weight_averaging)
-        self.weight_averaging = weight_averaging or None
+        elif weight_averaging is False:
+            weight_averaging = None
+        if weight_averaging is not None and not isinstance(weight_averaging, WeightAveraging):
+            raise ValueError(
+                "`weight_averaging` must be a keras_rpat.WeightAveraging, True (the defaults), a dict of its "
+                f"arguments, or None. Received: weight_averaging={weight_averaging!r}"
+            )
+        self.weight_averaging = weight_averaging
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
@@ -329,8 +335,8 @@ class RPATTrainer(keras.Model):
             unknown = set(loss_weights) - set(names)
             if unknown:
                 raise ValueError(f"`loss_weights` names unknown losses {sorted(unknown)}; the losses are {names}.")
-            return [float(loss_weights.get(n, 1.0)) for n in names]
-        loss_weights = [float(w) for w in loss_weights]
+            return [_checks.check_range(loss_weights.get(n, 1.0), "loss_weights", low=0) for n in names]
+        loss_weights = [_checks.check_range(w, "loss_weights", low=0) for w in loss_weights]
         if len(loss_weights) != len(names):
             raise ValueError(
                 f"`loss_weights` must have one entry per loss ({len(names)}). Received {len(loss_weights)}."
@@ -643,9 +649,11 @@ class RPATTrainer(keras.Model):
         """`keras.Model.fit`, plus input validation, epoch tracking and a divergence stop.
 
         Args:
-            validate_inputs: check the first batch (or the arrays) for pixels
-                outside [0, 1], integer images and out-of-range labels before
-                training. Checking happens on the host, outside the train step.
+            validate_inputs: check the first batch (or the arrays), and those
+                of `validation_data`, for pixels outside [0, 1], integer images,
+                images of another size and out-of-range labels before training
+                (and warn about one-class labels). Checking happens on the host,
+                outside the train step.
             stop_on_divergence: stop at the first non-finite loss with a
                 `keras_rpat.callbacks.DivergenceError` naming the epoch, the
                 step and the likely cause (a `DivergenceGuard` first among the
@@ -662,8 +670,13 @@ class RPATTrainer(keras.Model):
                 "Call `trainer.compile(optimizer=...)` before `fit`, e.g. "
                 "trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))."
             )
+        _checks.check_positive_int(batch_size, "batch_size", allow_none=True)
+        _checks.check_positive_int(epochs, "epochs")
         if validate_inputs:
             self.validate_data(x, y)
+            self._validate_validation_data(kwargs.get("validation_data"))
+            self._warn_if_one_class(y)
+        _checks.warn_if_softmax(self.classifier)
         job = self.join_distributed()
         if job is not None:
             _check_global_batch(_first_batch_size(x, batch_size), job.world_size)
@@ -680,6 +693,37 @@ class RPATTrainer(keras.Model):
             if failure is None:
                 raise
             raise failure from e
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after the checks of `fit`'s inputs (pixels in [0, 1], labels in range)."""
+        if not kwargs.get("_use_cached_eval_dataset"):  # `fit`'s validation data: checked by `fit`
+            self.validate_data(x, y)
+            _checks.warn_if_softmax(self.evaluation_model)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict` (the classifier's logits), after checking the images."""
+        self.validate_data(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _validate_validation_data(self, data):
+        if isinstance(data, (tuple, list)) and data:
+            self.validate_data(data[0], data[1] if len(data) > 1 else None)
+        elif isinstance(data, keras.utils.PyDataset):
+            self.validate_data(data)
+
+    def _warn_if_one_class(self, y):
+        if not isinstance(y, np.ndarray) or y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1) or len(y) < 2:
+            return
+        classes = np.unique(y)
+        if len(classes) == 1:
+            warnings.warn(
+                f"The training labels `y` hold one class ({classes[0]}) of the model's {self._num_classes}: "
+                "the model learns to predict it everywhere, and its accuracy on the same data is 100%. "
+                "Check that the labels were not lost (e.g. zeros) or sorted and cut.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def join_distributed(self):
         """Joins the data-parallel job this process runs in (torchrun, or the
@@ -714,9 +758,14 @@ class RPATTrainer(keras.Model):
                 raise ValueError("The training dataset is empty.")
             batch = x[0]
             x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        if x is not None and not isinstance(x, np.ndarray) and hasattr(x, "dtype"):
+            _checks.check_float_dtype(x)  # a tensor: its dtype only (its values stay where they are)
         if x is None or not isinstance(x, np.ndarray):
             return
-        _checks.validate_images(x, data_format=self._data_format())
+        fmt = self._data_format()
+        _checks.validate_images(x, data_format=fmt)
+        _checks.check_input_shape(self.classifier, x, fmt)
+        _checks.warn_if_binary(x, stacklevel=4)
         if y is None:
             return
         y = np.asarray(y)

@@ -7,10 +7,13 @@ cases stop before any training or evaluation: the library call that would do
 the work is replaced by one that fails the test if it is reached.
 """
 
+import functools
 import os
+import re
 import socket
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -368,6 +371,341 @@ def test_offline_download_fails_fast_names_the_fix_and_leaves_no_partial_folder(
         keras_rpat.datasets.load("cifar10", data_dir=str(folder))
     assert str(folder) in str(e.value) and ".npz" in str(e.value) and "tfds build cifar10" in str(e.value)
     assert not folder.exists()
+
+
+# ---------------------------------------------------------------------------
+# --- API census (issue 19) ---
+# The cases of tools/census_api.py that were not answered clearly before: each is
+# now refused with a message naming the value and the fix, or warned about.
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _tiny():
+    """A small classifier: 8x8 RGB, 10 classes."""
+    return keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3), widths=(4, 4, 4))
+
+
+@functools.cache
+def _tiny_softmax():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+def _x(n=4):
+    return np.random.default_rng(0).random((n, 8, 8, 3), dtype=np.float32)
+
+
+def _x_uint8(n=4):
+    return (_x(n) * 255).astype(np.uint8)
+
+
+def _y(n=4):
+    return np.arange(n) % 10
+
+
+def _trainer(classifier=None, **kwargs):
+    trainer = keras_rpat.RPATTrainer(
+        classifier or _tiny(), attack=keras_rpat.attacks.PGD(num_steps=1), fast_path=False, **kwargs
+    )
+    trainer.compile(optimizer="sgd")
+    return trainer
+
+
+def _fit(trainer=None, x=None, y=None, **kwargs):
+    trainer = trainer or _trainer()
+    x, y = _x() if x is None else x, _y() if y is None else y
+    return trainer.fit(x, y, **{"epochs": 1, "batch_size": 4, "verbose": 0, **kwargs})
+
+
+def _one_class_npz(tmp_path):
+    path = tmp_path / "one.npz"
+    np.savez(path, x_train=_x_uint8(8), y_train=np.zeros(8), x_test=_x_uint8(8), y_test=np.zeros(8))
+    return keras_rpat.datasets.load(str(path))
+
+
+UINT8 = r"x.dtype=uint8\); convert with .*/ 255"
+
+# (id, call, pattern of the error message); `tmp_path` is passed to calls that take it
+API_CENSUS_ERRORS = [
+    # L2 unit slips: 128 is 128/255
+    ("pgd-l2-epsilon-128", lambda: keras_rpat.attacks.PGD("l2", epsilon=128), r"epsilon=128. Did you mean 128/255\?"),
+    (
+        "pgd-l2-step-32",
+        lambda: keras_rpat.attacks.PGD("l2", epsilon=128 / 255, step_size=32),
+        r"step_size=32. Did you mean 32/255\?",
+    ),
+    (
+        "presets-l2-step-32",
+        lambda: keras_rpat.presets.get("pgd_at", norm="l2", l2_step_size=32),
+        r"l2_step_size=32. Did you mean 32/255\?",
+    ),
+    (
+        "evaluate-l2-epsilon-128",
+        lambda: evaluation.evaluate(_tiny(), _x(), _y(), attacks=["clean"], norm="l2", epsilon=128),
+        r"published L2 threat models stop at 3.0.*epsilon=128. Did you mean 128/255\?",
+    ),
+    (
+        "autoattack-l2-epsilon-128",
+        lambda: autoattack.run_autoattack(_tiny(), _x(), _y(), norm="l2", epsilon=128),
+        r"epsilon=128. Did you mean 128/255\?.*allow_large_l2_budgets",
+    ),
+    (
+        "single-run-l2-step-32",
+        lambda: recipes.single_run("pgd_at", "synthetic", norm="l2", smoke=True, l2_step_size=32),
+        r"l2_step_size=32. Did you mean 32/255\?",
+    ),
+    # integer images at every entry
+    ("trainer-evaluate-uint8", lambda: _trainer().evaluate(_x_uint8(), _y(), verbose=0), UINT8),
+    (
+        "trainer-evaluate-0-255-floats",
+        lambda: _trainer().evaluate(_x_uint8().astype("float32"), _y(), verbose=0),
+        r"max=2\d\d. If the images are in \[0, 255\], divide by 255",
+    ),
+    ("fit-validation-data-uint8", lambda: _fit(validation_data=(_x_uint8(), _y())), UINT8),
+    ("trainer-predict-uint8", lambda: _trainer().predict(_x_uint8(), verbose=0), UINT8),
+    (
+        "attack-call-uint8-tensor",
+        lambda: keras_rpat.attacks.PGD(num_steps=1)(_tiny(), keras.ops.convert_to_tensor(_x_uint8()), _y()),
+        r"x.dtype=uint8\); convert with keras.ops.cast\(x, 'float32'\) / 255",
+    ),
+    (
+        "attack-perturb-uint8",
+        lambda: keras_rpat.attacks.PGD(num_steps=1).perturb(_tiny(), _x_uint8(), _y()),
+        r"x.dtype=uint8\)",
+    ),
+    (
+        "noise-perturb-uint8",
+        lambda: keras_rpat.attacks.RandomNoise().perturb(_tiny(), _x_uint8(), _y()),
+        r"x.dtype=uint8\)",
+    ),
+    (
+        "robust-evaluation-uint8",
+        lambda: keras_rpat.callbacks.RobustEvaluation(_x_uint8(), _y()),
+        r"x_test.dtype=uint8\); convert with x_test.astype\('float32'\) / 255",
+    ),
+    # one class, batch size 0, epochs 0, a channels-first input shape
+    (
+        "models-one-class",
+        lambda: keras_rpat.models.get("small_cnn", num_classes=1),
+        r"integer >= 2 \(a one-class classifier is always right.*num_classes=1",
+    ),
+    ("npz-one-class", _one_class_npz, r"one.npz: the labels hold one class \(0\).*num_classes="),
+    (
+        "fit-batch-size-0",
+        lambda: _fit(batch_size=0),
+        r"`batch_size` must be a positive integer. Received: batch_size=0",
+    ),
+    (
+        "fit-batch-size-negative",
+        lambda: _fit(batch_size=-4),
+        r"`batch_size` must be a positive integer. Received: batch_size=-4",
+    ),
+    ("fit-epochs-0", lambda: _fit(epochs=0), r"`epochs` must be a positive integer. Received: epochs=0"),
+    (
+        "models-input-shape-channels-first",
+        lambda: keras_rpat.models.get("small_cnn", input_shape=(3, 32, 32), data_format="channels_last"),
+        r"32 channels.*input_shape=\(3, 32, 32\). It looks channels_first: pass data_format='channels_first', "
+        r"or input_shape=\(32, 32, 3\)",
+    ),
+    (
+        "models-input-shape-channels-last",
+        lambda: keras_rpat.models.get("small_cnn", input_shape=(32, 32, 3), data_format="channels_first"),
+        r"It looks channels_last: pass data_format='channels_last', or input_shape=\(3, 32, 32\)",
+    ),
+    (
+        "models-input-shape-4-channels",
+        lambda: keras_rpat.models.get("small_cnn", input_shape=(32, 32, 4)),
+        r"4 channels.*must have 1 or 3. Received: input_shape=\(32, 32, 4\)",
+    ),
+    # attacks
+    ("pgd-random-start-text", lambda: keras_rpat.attacks.PGD(random_start="no"), r"True or False.*random_start='no'"),
+    ("pgd-training-text", lambda: keras_rpat.attacks.PGD(training="False"), r"True or False.*training='False'"),
+    (
+        "pgd-schedule-epoch-text",
+        lambda: keras_rpat.attacks.PGD(schedule={"ten": {"num_steps": 12}}),
+        r"non-negative epoch \(an integer\).*Received the epoch 'ten'",
+    ),
+    (
+        "attack-labels-out-of-range",
+        lambda: keras_rpat.attacks.PGD(num_steps=1)(_tiny(), _x(), np.array([0, 1, 12, 3])),
+        r"\[0, 10\). Received y\[2\]=12",
+    ),
+    (
+        "attack-length-mismatch",
+        lambda: keras_rpat.attacks.PGD(num_steps=1)(_tiny(), _x(), _y(3)),
+        r"differ in length: x.shape=\(4, 8, 8, 3\), y.shape=\(3,\)",
+    ),
+    # the trainer
+    (
+        "trainer-loss-weights-text",
+        lambda: _trainer(losses=[losses.AdversarialCrossEntropy()], loss_weights=["a"]),
+        r"loss_weights='a'",
+    ),
+    (
+        "trainer-loss-weights-nan",
+        lambda: _trainer(losses=[losses.AdversarialCrossEntropy()], loss_weights=[float("nan")]),
+        r"loss_weights=nan",
+    ),
+    (
+        "trainer-loss-weights-negative",
+        lambda: _trainer(losses=[losses.AdversarialCrossEntropy()], loss_weights=[-1.0]),
+        r"`loss_weights` must be >= 0. Received: loss_weights=-1",
+    ),
+    (
+        "trainer-weight-averaging-text",
+        lambda: _trainer(weight_averaging="yes"),
+        r"keras_rpat.WeightAveraging, True.*Received: weight_averaging='yes'",
+    ),
+    (
+        "fit-wrong-image-size",
+        lambda: _fit(x=np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)),
+        r"expects inputs of shape \(None, 8, 8, 3\) but the images have shape \(4, 16, 16, 3\)",
+    ),
+    (
+        "trainer-evaluate-labels-out-of-range",
+        lambda: _trainer().evaluate(_x(), np.array([0, 12, 2, 3]), verbose=0),
+        r"\[0, 10\). Received y\[1\]=12",
+    ),
+    (
+        "fit-validation-labels-out-of-range",
+        lambda: _fit(validation_data=(_x(), np.array([0, 12, 2, 3]))),
+        r"\[0, 10\). Received y\[1\]=12",
+    ),
+    # evaluation, AutoAttack, callbacks
+    ("mean-nrr-above-100", lambda: evaluation.mean_nrr(150, 40), r"in \[0, 100\]. Received: clean=150"),
+    (
+        "autoattack-batch-size-text",
+        lambda: autoattack.run_autoattack(_tiny(), _x(), _y(), batch_size="a"),
+        r"positive integer. Received: batch_size='a'",
+    ),
+    (
+        "autoattack-seed-text",
+        lambda: autoattack.run_autoattack(_tiny(), _x(), _y(), seed="x"),
+        r"`seed` must be an integer or None. Received: seed='x'",
+    ),
+    (
+        "robust-evaluation-length-mismatch",
+        lambda: keras_rpat.callbacks.RobustEvaluation(_x(), _y(3)),
+        r"differ in length. Received: len\(x_test\)=4, len\(y_test\)=3",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, match", [c[1:] for c in API_CENSUS_ERRORS], ids=[c[0] for c in API_CENSUS_ERRORS])
+def test_api_census_refuses(call, match, tmp_path):
+    before = [w.copy() for w in _tiny().get_weights()]
+    with pytest.raises(ValueError, match=match):
+        call(tmp_path) if call.__code__.co_argcount else call()
+    assert all(np.array_equal(a, b) for a, b in zip(before, _tiny().get_weights())), "the model was trained"
+
+
+API_CENSUS_WARNINGS = [
+    (
+        "presets-l2-step-with-linf",
+        lambda: keras_rpat.presets.get("pgd_at", norm="linf", l2_step_size=15 / 255),
+        r"`l2_step_size` applies to norm='l2' only, and is ignored for norm='linf'",
+    ),
+    (
+        "evaluate-binary-after-cast",
+        lambda: evaluation.evaluate(_tiny(), (_x() > 0.5).astype("float32"), _y(), attacks=["clean"]),
+        r"`x` holds only the pixel values 0 and 1.*astype\('float32'\) / 255",
+    ),
+    ("fit-softmax-model", lambda: _fit(_trainer(_tiny_softmax())), r"ends in a softmax.*take logits"),
+    (
+        "attack-softmax-model",
+        lambda: keras_rpat.attacks.PGD(num_steps=1)(_tiny_softmax(), _x(), _y()),
+        r"ends in a softmax.*Remove the final softmax",
+    ),
+    (
+        "trainer-evaluate-softmax-model",
+        lambda: _trainer(_tiny_softmax()).evaluate(_x(), _y(), verbose=0),
+        r"ends in a softmax",
+    ),
+    (
+        "fit-one-class-labels",
+        lambda: _fit(y=np.zeros(4, np.int64)),
+        r"The training labels `y` hold one class \(0\) of the model.s 10",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, match", [c[1:] for c in API_CENSUS_WARNINGS], ids=[c[0] for c in API_CENSUS_WARNINGS])
+def test_api_census_warns_once(call, match):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    ours = [w for w in caught if issubclass(w.category, UserWarning) and re.search(match, str(w.message))]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "\n" not in str(ours[0].message)
+    assert ours[0].filename == __file__, "the warning points at the library, not at the caller"
+
+
+def test_api_census_good_input_is_quiet():
+    """No false alarm: the legal inputs next to the census cases run without one of its warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras_rpat.attacks.PGD("l2", epsilon=3.0, step_size=0.5)  # ImageNet's largest common L2 budget
+        keras_rpat.attacks.PGD("l2", epsilon=10.0)
+        keras_rpat.presets.get("pgd_at", norm="l2", l2_step_size=15 / 255)
+        trainer = _trainer()
+        _fit(trainer, validation_data=(_x(), _y()))
+        trainer.evaluate(_x(), _y(), verbose=0)
+        trainer.predict(_x(), verbose=0)
+        keras_rpat.attacks.PGD(num_steps=1)(_tiny(), _x(), _y())
+        evaluation.evaluate(_tiny(), np.zeros((4, 8, 8, 3), np.float32), _y(), attacks=["clean"])
+        keras_rpat.models.get("small_cnn", input_shape=(3, 8, 8), data_format="channels_first", widths=(4, 4, 4))
+        keras_rpat.models.get("small_cnn", input_shape=(8, 8, 1), widths=(4, 4, 4))
+    ours = [str(w.message) for w in caught if issubclass(w.category, UserWarning) and "keras_rpat" in w.filename]
+    assert not [m for m in ours if re.search("softmax|0 and 1|one class|l2_step_size", m)], ours
+
+
+def test_large_l2_budget_when_forced():
+    with pytest.raises(ValueError, match="allow_large_l2_budgets"):
+        keras_rpat.attacks.PGD("l2", epsilon=10.5)
+    keras_rpat.attacks.allow_large_l2_budgets()
+    try:
+        assert keras_rpat.attacks.PGD("l2", epsilon=128, step_size=32).epsilon == 128
+    finally:
+        keras_rpat.attacks.allow_large_l2_budgets(False)
+    with pytest.raises(ValueError, match="Did you mean 128/255"):
+        keras_rpat.attacks.PGD("l2", epsilon=128)
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="TorchBridge is the torch backend's")
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_torch_bridge_gradients_are_contiguous_nchw(data_format):
+    """A torch attack that flattens the input gradient with `.view()`, as torchattacks' PGDL2 does."""
+    import torch
+
+    from keras_rpat.autoattack.torch_bridge import TorchBridge
+
+    shape = (8, 8, 3) if data_format == "channels_last" else (3, 8, 8)
+    model = keras_rpat.models.get(
+        "small_cnn", num_classes=10, input_shape=shape, data_format=data_format, widths=(4, 4, 4)
+    )
+    bridge = TorchBridge(model)
+
+    def l2_step(x, y, step=0.1):  # one step of a minimal torch L2 attack
+        x = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(bridge(x), y)
+        grad = torch.autograd.grad(loss, x)[0]
+        norms = grad.view(len(x), -1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+        return (x + step * grad / norms).detach(), grad
+
+    x = torch.rand(2, 3, 8, 8)
+    y = torch.tensor([0, 1])
+    x_adv, grad = l2_step(x, y)
+    assert grad.is_contiguous() and grad.shape == (2, 3, 8, 8)
+    # the same gradient as through a plain permute (only the memory layout differs)
+    x_plain = x.clone().requires_grad_(True)
+    inputs = x_plain.permute(0, 2, 3, 1) if data_format == "channels_last" else x_plain
+    plain_loss = torch.nn.functional.cross_entropy(model(inputs, training=False), y)
+    expected = torch.autograd.grad(plain_loss, x_plain)[0]
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+    step = (x_adv - x).reshape(2, -1).norm(dim=1)
+    torch.testing.assert_close(step, torch.full((2,), 0.1), rtol=1e-5, atol=0)
 
 
 # ---------------------------------------------------------------------------

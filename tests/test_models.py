@@ -212,9 +212,9 @@ def test_unknown_name_lists_valid_names():
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("num_classes", [0, -1, 2.5, "10", True])
+@pytest.mark.parametrize("num_classes", [1, 0, -1, 2.5, "10", True])
 def test_bad_num_classes(num_classes):
-    with pytest.raises(ValueError, match="`num_classes` must be a positive"):
+    with pytest.raises(ValueError, match="`num_classes` must be an integer >= 2"):
         models.get("small_cnn", num_classes=num_classes)
 
 

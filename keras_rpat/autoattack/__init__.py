@@ -32,6 +32,7 @@ References:
 
 import importlib.util
 import os
+import numbers
 
 import keras
 
@@ -150,8 +151,8 @@ def run_autoattack(
         epsilon=epsilon,
         version=version,
         attacks=tuple(attacks),
-        batch_size=_check_batch_size(batch_size),
-        seed=None if seed is None else int(seed),
+        batch_size=_checks.check_positive_int(batch_size, "batch_size"),
+        seed=_check_seed(seed),
         options=options,
         state_path=None if state_path is None else os.path.abspath(os.fspath(state_path)),
         verbose=bool(verbose),
@@ -172,7 +173,7 @@ def run_autoattack(
     return aa_subprocess.run(model, x, y, config, rpat_backend.replica_processes(model))
 
 
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    return int(batch_size)
+def _check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+    return None if seed is None else int(seed)

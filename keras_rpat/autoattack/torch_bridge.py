@@ -20,12 +20,29 @@ def model_device(model):
     return torch.device(get_device())
 
 
+class _ToChannelsLast(torch.autograd.Function):
+    """NCHW -> NHWC (a view) whose input gradient comes back as a contiguous NCHW tensor.
+
+    A plain `permute` hands back the gradient in the channels-last memory layout,
+    on which a torch attack's `grad.view(n, -1)` fails (torchattacks' PGDL2).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.permute(0, 2, 3, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.permute(0, 3, 1, 2).contiguous()
+
+
 class TorchBridge(torch.nn.Module):
     """A Keras model (torch backend) as a `torch.nn.Module` for AutoAttack.
 
     Takes NCHW float tensors in [0, 1] and returns the Keras model's logits.
     The input is permuted to NHWC (a view, not a copy) only when the model is
-    channels-last. The Keras model is always called with `training=False`, so
+    channels-last; input gradients come back as contiguous NCHW tensors (torch
+    attacks may `.view()` them). The Keras model is always called with `training=False`, so
     `.eval()` / `.train()` on the bridge change nothing, and it runs on the
     device of the model's weights (`bridge.device`). The Keras model is not
     registered as a submodule, so `bridge.to(...)` does not move it.
@@ -68,7 +85,7 @@ class TorchBridge(torch.nn.Module):
         if x.ndim != 4:
             raise ValueError(f"TorchBridge expects NCHW image batches. Received a tensor of shape {tuple(x.shape)}")
         if self.data_format == "channels_last":
-            x = x.permute(0, 2, 3, 1)
+            x = _ToChannelsLast.apply(x)
         return self.keras_model(x, training=False)
 
     def extra_repr(self):

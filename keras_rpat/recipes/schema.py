@@ -342,22 +342,12 @@ def _list(where, value, name, item, allow_empty=False):
     return out
 
 
-def _fraction(where, value, name, norm=None):
-    """A pixel fraction > 0; with `norm`, an attack budget or step of that norm (32 is almost surely 32/255)."""
-    if name == "l2_step_size":
-        norm = "l2"
-    if norm is not None:
-        try:
-            return _checks.check_budget(value, name, norm)
-        except ValueError as e:
-            _err(where, str(e))
+def _fraction(where, value, name, norm):
+    """A budget or step in `norm`: > 0, and not in 0-255 units (`_checks.check_budget`)."""
     try:
-        number = _checks.parse_epsilon(value, name)
+        return _checks.check_budget(value, name, norm)
     except ValueError as e:
         _err(where, str(e))
-    if not number > 0:
-        _err(where, f"`{name}` must be > 0. Received: {name}={value!r}")
-    return number
 
 
 def _key(text):
@@ -612,7 +602,7 @@ class Recipe:
         if "reported_model" in config:
             out["reported_model"] = _str(where, config["reported_model"], "reported_model", ("online", "wa"))
         out["select_steps"] = _int(where, config.get("select_steps", 10), "select_steps")
-        out["l2_step_size"] = _fraction(where, config.get("l2_step_size", _names.L2_STEP_SIZE), "l2_step_size")
+        out["l2_step_size"] = _fraction(where, config.get("l2_step_size", _names.L2_STEP_SIZE), "l2_step_size", "l2")
         out["tolerance"] = _number(where, config["tolerance"], "tolerance", 0.0)
         out["perception"] = _validate_perception(f"{where} perception", config.get("perception"), out["checkpoints"])
         return out
@@ -993,7 +983,7 @@ def _validate_perception(pw, perception, checkpoints):
         return None
     _check_keys(pw, perception, ("epsilon", "step_size", "num_steps", "checkpoint"))
     out = {
-        "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon", "linf"),  # the perception PGD's
+        "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon", "linf"),
         "step_size": _fraction(pw, perception.get("step_size", "2/255"), "step_size", "linf"),
         "num_steps": _int(pw, perception.get("num_steps", PGD_EVAL_STEPS), "num_steps"),
         "checkpoint": _str(pw, perception.get("checkpoint", "final"), "checkpoint", CHECKPOINTS),
@@ -1080,7 +1070,7 @@ def _validate_options(mw, m, preset_name, config):
         if kind is str:
             _str(mw, value, key)
         if kind == "fraction":
-            options[key] = _fraction(mw, value, key)
+            options[key] = _fraction(mw, value, key, "l2")  # the only one: l2_step_size
     _check_options_apply(mw, options, preset_name)
     for key, valid in (
         ("proxy", _names.PROXIES),
