@@ -460,6 +460,11 @@ def find_npz(path, data_dir=None):
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isabs(path) and data_dir is not None and not os.path.exists(path):
         path = os.path.join(os.path.expanduser(os.fspath(data_dir)), path)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"Dataset {path} is a folder, not an .npz file. Pass the path of an .npz file with "
+            "arrays x_train, y_train, x_test, y_test (keras.datasets layout)."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Dataset file not found: {path}. Pass the path of an .npz file with "

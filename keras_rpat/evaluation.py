@@ -42,6 +42,7 @@ from keras_rpat import _checks
 from keras_rpat import _io
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
+from keras_rpat.autoattack import state as aa_state
 from keras_rpat import backend as rpat_backend
 from keras_rpat import pgd_state
 from keras_rpat import trainer as trainer_lib
@@ -659,11 +660,7 @@ def evaluate(
         aa_batch_size = _checks.check_positive_int(aa_batch_size, "aa_batch_size")
         autoattack.resolve_attacks(aa_version, aa_attacks)
         aa_options = autoattack.check_options(aa_options)
-        if aa_state_path is not None and os.path.exists(aa_state_path) and _io.read_json(aa_state_path) is None:
-            raise ValueError(
-                f"Could not read the AutoAttack state file {aa_state_path}: it is not valid JSON (corrupt or "
-                "truncated). Delete it to start the evaluation afresh."
-            )
+        aa_state.check_state_file(aa_state_path)
     attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
     x, y, _, fmt = _checks.check_data(model, x, y)
     idx = _checks.strided_indices(len(x), n)

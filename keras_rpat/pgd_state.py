@@ -69,8 +69,8 @@ class StateFile:
             ) from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
-                f"{self.path} is not a keras_rpat PGD evaluation state file. Delete it or pass another "
-                "`pgd_state_path`."
+                f"{self.path} is not a keras_rpat PGD evaluation state file (it was left untouched); pass a "
+                "`pgd_state_path` that does not exist yet (the state is created there)."
             )
         different = [k for k in self.key if state.get(k) != self.key[k]]
         if different:

@@ -295,9 +295,11 @@ def load_state_dict(path):
     except FileNotFoundError:
         raise FileNotFoundError(f"No PyTorch checkpoint at {path}.") from None
     except Exception as e:  # noqa: BLE001  (pickle errors of every kind: say what the file is not)
+        # torch's first sentence only: the rest advises `weights_only=False`, which keras_rpat never uses.
+        reason = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else ""
         raise ValueError(
-            f"Could not read {path} as a PyTorch checkpoint of tensors ({type(e).__name__}: {str(e)[:200]}). "
-            "Save it with torch.save(model.state_dict(), path)."
+            f"Could not read {path} as a PyTorch checkpoint of tensors ({type(e).__name__}: {reason}). "
+            "Save the weights with torch.save(model.state_dict(), path)."
         ) from None
     return unwrap_checkpoint(checkpoint)
 

@@ -143,7 +143,7 @@ def test_dry_run_of_the_users_example(tmp_path, monkeypatch):
     "args, code, message",
     [
         (["recipe", "table9"], 2, "Unknown recipe or command 'table9'. Valid: list, show, figure2"),
-        (["recipe", "show", "table9"], 1, "Available recipes: figure2"),
+        (["recipe", "show", "table9"], 2, "Available recipes: figure2"),
         (["recipe", "table3", "--arch", "resnet50", "--dry-run"], 2, "Unknown model name: 'resnet50'. Valid names are"),
         (
             ["recipe", "table3", "--arch", "wrn34_10", "--dry-run"],

@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_rpat import _io
 
-__all__ = ["StateFile", "sha256_arrays"]
+__all__ = ["StateFile", "check_state_file", "sha256_arrays"]
 
 STATE_FORMAT = "keras_rpat.autoattack_state"
 
@@ -60,23 +60,37 @@ def new_state(key):
     }
 
 
+def check_state_file(path):
+    """Refuses, before any work, a `path` that exists and is not an AutoAttack state file (it is left untouched)."""
+    if path is not None and os.path.exists(path):
+        _read_state(path)
+
+
 def load_state(path, key):
     """The state in `path`; raises `ValueError` if it belongs to another evaluation."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"Could not read the AutoAttack state file {path}: {e}. Delete it to start the evaluation afresh."
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a keras_rpat AutoAttack state file. Delete it or pass another `state_path`.")
+    state = _read_state(path)
     different = [k for k in key if state.get(k) != key[k]]
     if different:
         raise ValueError(
             f"The AutoAttack state file {path} belongs to another evaluation ({_describe(state, key, different)}). "
             "Delete it to start afresh, or pass another `state_path`."
         )
+    return state
+
+
+def _read_state(path):
+    new_path = "pass a state path that does not exist yet (the state is created there), e.g. aa_state.json"
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(
+            f"Could not read the AutoAttack state file {path}: {type(e).__name__}: {e}. If it is a state file cut "
+            f"short by a crash, delete it to start the evaluation afresh; otherwise {new_path}."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        # Another file (a result, a model...): never advise deleting it.
+        raise ValueError(f"{path} is not a keras_rpat AutoAttack state file (it was left untouched); {new_path}.")
     return state
 
 

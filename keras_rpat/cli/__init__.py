@@ -21,6 +21,7 @@ importing Keras, torch or TensorFlow (`benchmarks/cli_startup.py` measures it).
 
 import importlib
 import os
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -125,15 +126,28 @@ class LazyGroup(click.Group):
     is_flag=True,
     help="Train on the Keras path instead of the torch fast path (same results, slower; for debugging).",
 )
+@click.option(
+    "--allow-large-l2",
+    is_flag=True,
+    help="Accept L2 budgets and steps above 10 (refused by default: 128 is almost surely meant as 128/255).",
+)
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
-def main(no_fast_path, debug):
+def main(no_fast_path, allow_large_l2, debug):
     """keras-rpat: Robust Perception Adversarial Training (RPAT, ICCV 2025) for Keras 3.
 
     The backend is chosen with KERAS_BACKEND (torch by default).
     """
+    if importlib.import_module("keras_rpat")._started_as_cli():
+        warnings.showwarning = _one_line_warning  # (tests, in-process, keep Python's warnings to assert on)
     if no_fast_path:
         # Loaded here, not at the top: the trainer imports Keras and torch.
         importlib.import_module("keras_rpat.trainer").set_fast_path_default(False)
+    importlib.import_module("keras_rpat._checks").allow_large_l2_budgets(allow_large_l2)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning of the command as one line `Warning: ...` on stderr (Python adds the file, line and source)."""
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from keras_rpat import _io
+from keras_rpat.cli import evaluate
 from keras_rpat.cli import options as opt
 
 __all__ = ["convert_command", "export_command"]
@@ -32,12 +33,18 @@ def _frameworks():
     return keras, models, torch_models
 
 
-def _normalize(value):
+def _normalize(ctx, param, value):
     if value is None or value.lower() == "none":
         return None
     if value.lower().replace("-", "").replace("_", "") == "cifar10":
         return "cifar10"
-    raise click.BadParameter(f"must be none or cifar10. Received: {value!r}", param_hint="--normalize")
+    raise click.BadParameter(f"must be none or cifar10. Received: {value!r}", ctx=ctx, param=param)
+
+
+def _keras_out(ctx, param, value):
+    if value is not None and not value.endswith(".keras"):
+        raise click.BadParameter(f"must end with .keras. Received: {value}", ctx=ctx, param=param)
+    return value
 
 
 @click.command("convert", cls=opt.Command)
@@ -49,11 +56,12 @@ def _normalize(value):
 @click.option(
     "--normalize",
     default="none",
+    callback=_normalize,
     show_default=True,
     help="Input normalization the network was trained with: none (Bench) or cifar10 (SOTAs/ReBAT, RobustBench).",
 )
 @click.option("--stem-stride", type=click.IntRange(min=1), default=1, show_default=True, help="2 for Tiny-ImageNet.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .keras file to write.")
+@click.option("--out", type=opt.OUT_FILE, callback=_keras_out, required=True, help="The .keras file to write.")
 def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
     """Convert a PyTorch checkpoint (.pt) into a .keras model.
 
@@ -70,22 +78,25 @@ def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
     try:
         state_dict = torch_models.load_state_dict(checkpoint)
         model = models.from_torch(
-            arch, state_dict, num_classes=num_classes, normalize=_normalize(normalize), stem_stride=stem_stride
+            arch,
+            state_dict,
+            num_classes=num_classes,
+            normalize=normalize,
+            stem_stride=stem_stride,
+            **_widths_of(arch, state_dict),
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    if not out.endswith(".keras"):
-        raise click.BadParameter(f"must end with .keras. Received: {out}", param_hint="--out")
     _io.atomic_save_model(model, out)
     click.echo(f"Loaded {len(state_dict)} tensors into {arch} ({model.count_params():,} weights). Wrote {out}")
 
 
-def _keras_classifier(keras, path):
-    try:
-        loaded = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001  (any loading failure is the user's file)
-        raise click.ClickException(f"Could not load {path} as a Keras model: {type(e).__name__}: {e}") from None
-    return getattr(loaded, "evaluation_model", loaded)
+def _widths_of(arch, state_dict):
+    """small_cnn's `widths`, read off the checkpoint (what `export` writes for a smoke run's (4, 8, 8) model)."""
+    keys = [f"conv{i}.weight" for i in (1, 2, 3)]
+    if arch != "small_cnn" or not all(k in state_dict for k in keys):
+        return {}
+    return {"widths": tuple(int(state_dict[k].shape[0]) for k in keys)}
 
 
 def _normalization_of(model):
@@ -100,8 +111,9 @@ def _normalization_of(model):
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
 @click.option("--arch", callback=opt.canonical_arch, default=None, help="Architecture. Default: the model's name.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Default: MODEL with .pt / .onnx.")
-def export_command(model_path, fmt, arch, out):
+@click.option("--out", type=opt.OUT_FILE, default=None, help="Default: MODEL with .pt / .onnx.")
+@evaluate.unsafe_deserialization_option()
+def export_command(model_path, fmt, arch, out, unsafe_deserialization):
     """Export a .keras model as a PyTorch state_dict or ONNX.
 
     --format torch writes a state_dict that `keras_rpat.torch_models.get(ARCH,
@@ -113,9 +125,9 @@ def export_command(model_path, fmt, arch, out):
 
     Example: keras-rpat export runs/x/best.keras --format torch --out best.pt
     """
-    keras, models, torch_models = _frameworks()
     click.echo(opt.backend_line())
-    model = _keras_classifier(keras, model_path)
+    model, _ = evaluate.load_model(model_path, unsafe_deserialization)  # before torch: a bad file answers sooner
+    keras, models, torch_models = _frameworks()
     out = out or os.path.splitext(model_path)[0] + (".pt" if fmt == "torch" else ".onnx")
     if fmt == "onnx":
         model(np.zeros((1,) + tuple(model.input_shape[1:]), dtype="float32"))  # Keras exports called models only

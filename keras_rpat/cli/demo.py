@@ -8,10 +8,12 @@ __all__ = ["demo_command"]
 
 
 @click.command("demo", cls=opt.Command)
-@click.option("--epochs", default=4, show_default=True, help="Training epochs per method.")
-@click.option("--n-train", default=2048, show_default=True, help="Synthetic training images.")
-@click.option("--n-test", default=512, show_default=True, help="Synthetic test images.")
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Training epochs per method.")
+@click.option(
+    "--n-train", type=click.IntRange(min=1), default=2048, show_default=True, help="Synthetic training images."
+)
+@click.option("--n-test", type=click.IntRange(min=1), default=512, show_default=True, help="Synthetic test images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @opt.seed_option()
 @click.option("--out", type=opt.OUT_FILE, default=None, help="Also write the table as JSON here.")
 def demo_command(epochs, n_train, n_test, batch_size, seed, out):

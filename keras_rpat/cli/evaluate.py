@@ -16,8 +16,10 @@ for ReBAT / RPAT++). The dataset is a name of `keras_rpat.datasets.load` or an
 `.npz` file; the test split is used.
 """
 
+import contextlib
 import json
 import os
+import tempfile
 import zipfile
 
 import click
@@ -28,7 +30,7 @@ from keras_rpat import _names
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
-__all__ = ["autoattack_command", "eval_command", "threat_model_options"]
+__all__ = ["autoattack_command", "eval_command", "load_model", "threat_model_options", "unsafe_deserialization_option"]
 
 # The default budget of each threat model (the paper's).
 DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 128 / 255}
@@ -40,7 +42,8 @@ def threat_model_options(f):
 
 
 def _data_options(f):
-    """MODEL, `--dataset`, `--n`, `--seed`, `--out`: what every evaluation command reads and writes."""
+    """MODEL, `--dataset`, `--n`, `--seed`, `--out`, `--unsafe-deserialization`: what every evaluation command
+    reads and writes."""
     return opt.apply(
         [
             click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False)),
@@ -52,6 +55,7 @@ def _data_options(f):
             ),
             opt.seed_option(help="Seed of the attacks."),
             click.option("--out", type=opt.OUT_FILE, default=None, help="Write the result as JSON here."),
+            unsafe_deserialization_option(),
         ],
         f,
     )
@@ -89,7 +93,9 @@ def _parse_aa_options(ctx, param, values):
 # ---------------------------------------------------------------------------
 
 
-def _load_model(path):
+def load_model(path, unsafe_deserialization=False):
+    """`(model to evaluate, note)` from a `.keras` file: a classifier, or a saved `RPATTrainer`'s
+    `evaluation_model` (the note says which). Every way the file can be wrong is one `ClickException`."""
     # Keras, and the keras_rpat classes a .keras file may hold, load when a model is read (not for an option error).
     import keras
 
@@ -98,18 +104,23 @@ def _load_model(path):
     import keras_rpat.trainer  # noqa: F401
 
     expected = "Expected a .keras file written by model.save() (a classifier or a keras_rpat.RPATTrainer)."
-    if not zipfile.is_zipfile(path):
-        raise click.ClickException(
-            f"Could not load the model file {path}: it is not a .keras archive (a zip file); "
-            f"it may be corrupt or truncated. {expected}"
-        )
+    problem = _not_a_keras_archive(path)
+    if problem:
+        raise click.ClickException(f"Could not load the model file {path}: {problem}. {expected}")
     try:
-        loaded = keras.saving.load_model(path, compile=False)
+        with _keras_named(path) as keras_path:
+            loaded = keras.saving.load_model(keras_path, compile=False, safe_mode=not unsafe_deserialization)
     except Exception as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise click.ClickException(
-            f"Could not load the model file {path}: {type(e).__name__}: {message[:300].rstrip('.')}. {expected}"
-        ) from None
+        message = " ".join(str(e).split())
+        if "safe_mode" in message:  # Keras' advice names its own function's argument
+            message = (
+                "it holds a Lambda layer whose function is Python code, which Keras does not load from a file by "
+                "default (loading would run that code). If you trust the file, rerun with --unsafe-deserialization "
+                "(Keras' safe_mode=False)"
+            )
+        else:
+            message = f"{type(e).__name__}: {_shortened(message, 300)}"
+        raise click.ClickException(f"Could not load the model file {path}: {message}. {expected}") from None
     model = _checks.evaluation_model(loaded)
     if not isinstance(model, keras.Model):
         raise click.ClickException(f"{path} does not hold a Keras model (found {type(model).__name__}).")
@@ -119,11 +130,62 @@ def _load_model(path):
     return model, note
 
 
+def _not_a_keras_archive(path):
+    """Why `path` is not a .keras archive (a zip with config.json), or None."""
+    if not zipfile.is_zipfile(path):
+        empty = os.path.getsize(path) == 0
+        return (
+            "the file is empty" if empty else "it is not a .keras archive (a zip file); it may be corrupt or truncated"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as e:
+        return f"it is a corrupt or truncated zip file ({e})"
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return (
+            "it is a PyTorch checkpoint (torch.save), not a Keras model; convert it first with "
+            f"keras-rpat convert {path} --arch ARCH --out model.keras"
+        )
+    if "config.json" not in names:
+        kind = "a NumPy .npz archive" if names and all(n.endswith(".npy") for n in names) else "a zip file"
+        return f"it is {kind} without the config.json of a .keras archive"
+    return None
+
+
+@contextlib.contextmanager
+def _keras_named(path):
+    """`path`, or a link to it named `model.keras` (Keras reads .keras archives by their file name only)."""
+    if str(path).endswith(".keras"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="keras_rpat_model.") as folder:
+        link = os.path.join(folder, "model.keras")
+        os.symlink(os.path.abspath(path), link)
+        yield link
+
+
+def _shortened(text, limit):
+    """`text` cut at a word boundary before `limit` characters (with "..." when cut)."""
+    if len(text) <= limit:
+        return text.rstrip(".")
+    return text[:limit].rsplit(" ", 1)[0].rstrip(".,;:") + " ..."
+
+
+def unsafe_deserialization_option():
+    """`--unsafe-deserialization` of the commands that load a .keras file."""
+    return click.option(
+        "--unsafe-deserialization",
+        is_flag=True,
+        help="Load a model whose Lambda layers hold Python code (Keras' safe_mode=False). Only for files you trust.",
+    )
+
+
 def _load_test_data(name, model, n):
     from keras_rpat import datasets  # imports Keras; loaded when a command runs
 
     try:
-        dataset = datasets.load(name)
+        dataset = datasets.load(name, **(_synthetic_like(model) if name == "synthetic" else {}))
     except (ValueError, FileNotFoundError, OSError) as e:
         raise click.BadParameter(str(e), param_hint="'--dataset'") from None
     except ImportError as e:
@@ -160,7 +222,40 @@ def _load_test_data(name, model, n):
     return x, y, dataset
 
 
-def _evaluate_saved_model(model_path, dataset, n, out, **settings):
+def _synthetic_like(model):
+    """The options of `datasets.load("synthetic")` that fit `model`: its image size and class count.
+
+    The synthetic task is generated, so it is made at the size the model takes (16x16 for a smoke run's model).
+    """
+    options = {}
+    shape = _checks.model_input_shape(model)
+    if shape is not None and len(shape) == 4:
+        first = _checks.infer_data_format(model) == "channels_first"
+        height, width = shape[2:4] if first else shape[1:3]
+        if height is not None and height == width:
+            options["image_size"] = int(height)
+    classes = _checks.model_num_classes(model)
+    if classes:
+        options["num_classes"] = classes
+    return options
+
+
+def _check_not_overwritten(model_path, dataset, out, state):
+    """`--out` and `--state` are written: neither may be an input of the command, nor the other."""
+    inputs = [("the MODEL", model_path)]
+    if str(dataset).lower().endswith(".npz"):
+        inputs.append(("the --dataset", dataset))
+    for option, path in (("--out", out), ("--state", state)):
+        for what, other in inputs:
+            if path is not None and other is not None and os.path.realpath(path) == os.path.realpath(other):
+                raise click.BadParameter(
+                    f"{path} is {what} file: writing {option} there would destroy it. Give {option} another file.",
+                    param_hint=f"'{option}'",
+                )
+        inputs.append((f"the {option}", path))
+
+
+def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=False, **settings):
     """Loads MODEL and the test split, runs `keras_rpat.evaluation.evaluate(**settings)`, prints and saves.
 
     `settings` are `evaluate`'s own keyword arguments (`attacks`, `norm`,
@@ -168,6 +263,13 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
     """
     from keras_rpat import evaluation  # imports Keras; loaded when a command runs
 
+    from keras_rpat.autoattack import state as aa_state
+
+    _check_not_overwritten(model_path, dataset, out, settings.get("aa_state_path"))
+    try:
+        aa_state.check_state_file(settings.get("aa_state_path"))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--state'") from None
     if settings["epsilon"] is None:
         settings["epsilon"] = DEFAULT_EPSILON[settings["norm"]]
     for key in ("epsilon", "step_size"):
@@ -175,14 +277,14 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
             if settings.get(key) is not None:
                 _checks.check_budget(settings[key], key, settings["norm"])
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint=f"'--{key.replace('_', '-')}'") from None
+            raise click.BadParameter(opt.command_line_message(e), param_hint=f"'--{key.replace('_', '-')}'") from None
     # Under torchrun (or --strategy) the ranks split the evaluation; rank 0 prints and writes.
     launch = launch_lib.join_evaluation(
         {"model": os.path.basename(model_path), "dataset": str(dataset), "n": n, **settings}
     )
     echo = click.echo if launch.primary else (lambda message: None)
     echo(opt.backend_line())
-    model, note = _load_model(model_path)
+    model, note = load_model(model_path, unsafe_deserialization)
     x, y, data = _load_test_data(dataset, model, n)
     echo(
         f"Evaluating {os.path.basename(model_path)}"
@@ -232,7 +334,20 @@ def _evaluate_saved_model(model_path, dataset, n, out, **settings):
 )
 @launch_lib.strategy_option()
 def eval_command(
-    model_path, dataset, n, seed, out, norm, epsilon, attacks, step_size, num_steps, batch_size, state, verbose
+    model_path,
+    dataset,
+    n,
+    seed,
+    out,
+    unsafe_deserialization,
+    norm,
+    epsilon,
+    attacks,
+    step_size,
+    num_steps,
+    batch_size,
+    state,
+    verbose,
 ):
     """Clean, PGD-20 and AutoAttack accuracy of a saved model, with Mean and NRR."""
     _evaluate_saved_model(
@@ -240,6 +355,7 @@ def eval_command(
         dataset,
         n,
         out,
+        unsafe_deserialization,
         attacks=list(attacks),
         norm=norm,
         epsilon=epsilon,
@@ -280,7 +396,20 @@ def eval_command(
 @click.option("--verbose", is_flag=True, help="Print AutoAttack's progress.")
 @launch_lib.strategy_option()
 def autoattack_command(
-    model_path, dataset, n, seed, out, norm, epsilon, attacks, version, batch_size, state, aa_options, verbose
+    model_path,
+    dataset,
+    n,
+    seed,
+    out,
+    unsafe_deserialization,
+    norm,
+    epsilon,
+    attacks,
+    version,
+    batch_size,
+    state,
+    aa_options,
+    verbose,
 ):
     """AutoAttack robust accuracy of a saved model (resumable with --state)."""
     from keras_rpat import autoattack  # imports Keras; loaded when the command runs
@@ -295,6 +424,7 @@ def autoattack_command(
         dataset,
         n,
         out,
+        unsafe_deserialization,
         attacks=["clean", "autoattack"],
         norm=norm,
         epsilon=epsilon,

@@ -15,6 +15,8 @@
 `--aa-state`) for one more release, with a deprecation message.
 """
 
+import os
+
 import click
 
 from keras_rpat import _checks
@@ -44,11 +46,16 @@ __all__ = [
 DEPRECATED_OPTIONS = {"--data": "--dataset", "--aa-state": "--state"}
 
 
-def backend_line():
+def backend_line(load=True):
     """`keras_rpat 0.1.0, keras 3.x, backend: torch, device: cpu` for the start of every command.
 
     Called when a command starts its work: it loads Keras and the backend (the options parse without them).
+    `load=False` (a plan, where nothing runs) names the backend of `KERAS_BACKEND` without loading it.
     """
+    if not load:
+        return (
+            f"keras_rpat {__version__}, backend: {os.environ.get('KERAS_BACKEND', 'torch')} (not loaded: nothing runs)"
+        )
     import keras
 
     from keras_rpat.backend import device_name
@@ -57,6 +64,12 @@ def backend_line():
         f"keras_rpat {__version__}, keras {keras.__version__}, "
         f"backend: {keras.config.backend()}, device: {device_name()}"
     )
+
+
+def command_line_message(error):
+    """The message of a package check, with its Python advice for large L2 budgets as the command line's flag."""
+    head, advice, _ = str(error).partition(" To use it as given, call keras_rpat.attacks.allow_large_l2_budgets()")
+    return head + (" To use it as given, rerun as keras-rpat --allow-large-l2 ..." if advice else "")
 
 
 # ---------------------------------------------------------------------------
@@ -172,6 +185,10 @@ class SeedsType(click.ParamType):
             self.fail(str(e), param, ctx)
         if not seeds:
             self.fail("give at least one seed, e.g. 0,1,2", param, ctx)
+        if min(seeds) < 0:
+            self.fail(f"seeds must be integers >= 0, e.g. 0,1,2. Received: {value}", param, ctx)
+        if len(set(seeds)) != len(seeds):
+            self.fail(f"each seed once, e.g. 0,1,2. Received: {value}", param, ctx)
         return seeds
 
 
@@ -242,10 +259,23 @@ def verbose_level_option():
         type=click.IntRange(0, 2),
         default=1,
         show_default=True,
-        callback=lambda ctx, param, value: 0 if ctx.meta.get("keras_rpat.quiet") else value,
+        callback=_verbose_level,
         help="0 silent, 1 progress bars on a terminal (one line per epoch otherwise), 2 one line per epoch.",
     )
     return lambda f: quiet(verbose(f))
+
+
+def _verbose_level(ctx, param, value):
+    """`--verbose`, 0 under `--quiet`; `--quiet` with `--verbose 1|2` is a contradiction, not a choice."""
+    if not ctx.meta.get("keras_rpat.quiet"):
+        return value
+    if value and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT:
+        raise click.BadParameter(
+            f"--quiet prints nothing, --verbose {value} prints progress. Received both: give one of them.",
+            ctx=ctx,
+            param=param,
+        )
+    return 0
 
 
 def echo():

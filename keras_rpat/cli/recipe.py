@@ -123,8 +123,8 @@ def _joined(ctx, param, values):
 def _load(name):
     try:
         return recipes.load_recipe(name)
-    except recipes.RecipeError as e:
-        raise click.ClickException(str(e)) from None
+    except recipes.RecipeError as e:  # the recipe file is the user's input
+        raise click.UsageError(opt.command_line_message(e)) from None
 
 
 def _echo_plan(recipe, runs, out):
@@ -201,7 +201,7 @@ def _run_recipe_command(
         config = {"recipe": recipe.name, "runs": [r.run_dir for r in runs], "fingerprint": runs[0].fingerprint}
         config |= {"out": out, "overwrite": overwrite}
         launch = launch_lib.join(out, sync_batchnorm, config, runs[0].batch_size)
-    launch.echo(opt.backend_line())
+    launch.echo(opt.backend_line(load=not dry_run))  # a plan loads no Keras
     if launch.primary:
         _echo_plan(recipe, runs, out)
     if dry_run:
@@ -272,6 +272,12 @@ class RecipeGroup(click.Group):
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
+        if name is not None and name.endswith(".toml"):
+            raise click.UsageError(
+                f"Recipes are run by name, not by file: {name!r}. Put your recipe file in a folder, set "
+                f"{recipes.RECIPES_ENV}=<that folder> and run `keras-rpat recipe <name>` (the file's stem).",
+                ctx,
+            )
         if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
             valid = ", ".join(self.list_commands(ctx))
             raise click.UsageError(f"Unknown recipe or command {name!r}. Valid: {valid}.", ctx)
@@ -296,7 +302,14 @@ def list_command():
     """List the recipes."""
     names = recipes.list_recipes()
     if not names:
-        raise click.ClickException(f"No recipes found in {recipes.recipes_dir()} (set ${recipes.RECIPES_ENV}).")
+        folder, env = recipes.recipes_dir(), recipes.RECIPES_ENV
+        if os.environ.get(env):
+            missing = "" if folder.is_dir() else " (no such folder)"
+            raise click.ClickException(
+                f"No recipe files (*.toml) in {folder}{missing}, the folder ${env} names. Point ${env} to a folder "
+                "of recipe files, or unset it for the paper's recipes."
+            )
+        raise click.ClickException(f"No recipes found in {folder} (set ${env} to a folder of recipe files).")
     for name in names:
         try:
             recipe = recipes.load_recipe(name)

@@ -36,6 +36,12 @@ def report_command(out_dir):
         raise click.ClickException(
             f"{out_dir} has no config.json of a recipe run. Give the --out folder of `keras-rpat recipe <name>`."
         )
+    if fingerprint["recipe"] == "train":  # the recipe name of a single run (see `recipes.single_run`)
+        raise click.ClickException(
+            f"{out_dir} is the folder of one `keras-rpat train` run: its results are in "
+            f"{Path(out_dir) / 'results.json'}. `keras-rpat report` rebuilds the tables of a recipe; give it the "
+            "--out folder of `keras-rpat recipe <name>`."
+        )
     try:
         recipe = recipes.load_recipe(fingerprint["recipe"])
         report = recipes.write_report(recipe, out_dir, fingerprint=fingerprint)

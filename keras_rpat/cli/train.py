@@ -145,10 +145,16 @@ def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_
 
     Data-parallel: torchrun --nproc_per_node=8 -m keras_rpat.cli train ... (see README "Multi-device").
     """
+    if run["l2_step_size"] is not None and run["norm"] != "l2":
+        raise click.BadParameter(
+            f"the L2 attack step applies to --norm l2 only, but --norm is {run['norm']}. Received: "
+            f"--l2-step-size {run['l2_step_size']:g}; add --norm l2, or drop --l2-step-size.",
+            param_hint="'--l2-step-size'",
+        )
     try:
         spec = recipes.single_run(**run)
     except recipes.RecipeError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(opt.command_line_message(e)) from None
     cell = recipes.run_cell(os.path.basename(spec.dataset), spec.arch, spec.norm, spec.smoke)  # what runs
     out = out or os.path.join("runs", "train", f"{spec.method}-{cell}-seed{spec.seed}")
     launch = launch_lib.join(

@@ -173,6 +173,12 @@ def build_run(spec, data_dir=None, cache=None):
     keras.utils.set_random_seed(spec.seed)
     preset = build_preset(spec)
     ds = _load_dataset(spec, data_dir, {} if cache is None else cache)
+    if spec.batch_size > len(ds.x_train):
+        warnings.warn(
+            f"The batch size {spec.batch_size} is larger than the training set ({len(ds.x_train)} images): every "
+            f"epoch is one step on a batch of {len(ds.x_train)}. Pick a --batch-size below {len(ds.x_train)}.",
+            stacklevel=2,
+        )
     model = _build_model(spec, preset, ds)
     train_seq, _ = datasets.make_datasets(
         ds,
