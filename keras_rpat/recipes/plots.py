@@ -43,8 +43,8 @@ def _pyplot():
         import matplotlib
     except ImportError as e:
         raise ImportError(
-            "Drawing the figures needs matplotlib. Install it with `pip install matplotlib` "
-            "(or `pip install keras-rpat[plots]`)."
+            "Drawing the figures needs matplotlib, the plots extra: `pip install 'keras-rpat[plots]'` "
+            "(or `pip install matplotlib`)."
         ) from e
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
