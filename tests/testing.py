@@ -58,9 +58,9 @@ def float64_precision():
 
     entry = aa_subprocess._ENTRY
     tests = os.path.dirname(os.path.abspath(__file__))
-    float64_entry = (
-        f"import sys; sys.path.insert(0, {tests!r}); import testing; testing.float64_precision().__enter__(); "
-    )
+    # Entered for the subprocess' life (a context manager no name holds would exit when collected).
+    float64_entry = f"import sys; sys.path.insert(0, {tests!r}); import testing; "
+    float64_entry += "float64 = testing.float64_precision(); float64.__enter__(); "
     floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     promoted = keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"]
     # torch: the backend's, or the plain-PyTorch references' imported by a tensorflow test.
