@@ -1,9 +1,9 @@
 """`python -m keras_rpat.cli ...` as one rank under torchrun (or one tf.distribute worker), where rank 1
 can be killed mid-training.
 
-    torchrun --nproc_per_node=2 tests/distributed_cli.py [--kill-rank-1-at STEP RANK0_METADATA] recipe ...
-    torchrun --nproc_per_node=2 tests/distributed_cli.py eval ... +++ autoattack ...   # one command, then the next
-    TF_CONFIG=... KERAS_BACKEND=tensorflow python tests/distributed_cli.py [--kill-rank-1-at ...] recipe ...
+    torchrun --nproc_per_node=2 tests/distributed_cli.py [--float64] [--kill-rank-1-at STEP RANK0_METADATA] recipe ...
+    torchrun --nproc_per_node=2 tests/distributed_cli.py [--float64] eval ... +++ autoattack ...   # one, then the next
+    TF_CONFIG=... KERAS_BACKEND=tensorflow python tests/distributed_cli.py [--float64] [--kill-rank-1-at ...] recipe ...
 
 Rank 1 is torchrun's `RANK=1`, or the worker of task index 1 in `TF_CONFIG`.
 
@@ -13,7 +13,8 @@ STEP of training, once rank 0's backup (RANK0_METADATA, its
 last checkpoint, as after a kill between two backups. With
 `--kill-rank-1-before-backup-at` rank 1 dies just before it writes the
 metadata of its backup of STEP: the ranks' backups are then one step apart. Without either, this is the plain
-command line.
+command line. `--float64` runs it under `testing.float64_precision()` (the model built in float64), so that the
+ranks' files can be compared with one process' to float64 rounding (PGD's float32 chain is chaotic).
 """
 
 import json
@@ -21,6 +22,8 @@ import os
 import signal
 import sys
 import time
+
+from testing import float64_precision
 
 from keras_rpat import _io, callbacks
 from keras_rpat.cli import main
@@ -71,8 +74,7 @@ def _rank():
     return int(task.get("index", 0))
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
+def run(args):
     kills = {"--kill-rank-1-at": kill_rank_1_at, "--kill-rank-1-before-backup-at": kill_rank_1_before_backup_at}
     if args[:1] and args[0] in kills:
         if _rank() == 1:
@@ -82,6 +84,14 @@ if __name__ == "__main__":
         first = args.index("+++")
         code = main(args[:first], prog_name="keras-rpat", standalone_mode=False)
         if code:
-            sys.exit(code)
+            return code
         args = args[first + 1 :]
-    sys.exit(main(args, prog_name="keras-rpat"))
+    return main(args, prog_name="keras-rpat")  # exits, as the command line does
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--float64"]:
+        with float64_precision():
+            sys.exit(run(args[1:]))
+    sys.exit(run(args))

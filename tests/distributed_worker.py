@@ -93,20 +93,33 @@ def eval_images():
     return x, np.argmax(keras.ops.convert_to_numpy(_eval_model()(x, training=False)), axis=-1)
 
 
-def _eval_model():
+def _eval_model(dtype=None):
     keras.utils.set_random_seed(3)
     # Logits that vary with the image (small_cnn's barely do at initialisation), so the attacks flip some.
-    layers = [keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(10)]
+    conv = keras.layers.Conv2D(4, 3, activation="relu", dtype=dtype)
+    layers = [conv, keras.layers.Flatten(dtype=dtype), keras.layers.Dense(10, dtype=dtype)]
     return keras.Sequential([keras.Input((8, 8, 3)), *layers])
+
+
+def float64_eval_model():
+    """The `evaluate` convnet in float64, with its float32 weights (the same labels, the same flips). Call
+    `run_autoattack` on it under `float64_precision`: its decisions (gradient signs, loss comparisons)
+    then agree to float64 rounding in every process, whatever its threads, and so do its float32 iterates,
+    bit for bit (on a float32 model, sgemm's rounding depends on the thread count)."""
+    weights = _eval_model("float32").get_weights()
+    with float64_precision():
+        model = _eval_model()
+    model.set_weights(weights)
+    return model
 
 
 def evaluate(state_path=None):
     """AutoAttack (adversarial images, printed progress), `evaluate` (clean, PGD) and the perception
     analysis of a fixed convnet; `{name: array}`, with `printed` (what each rank printed) under torchrun."""
-    model = _eval_model()
+    model = float64_eval_model()
     x, y = eval_images()
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), float64_precision():
         accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
             model, x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, state_path, verbose=True, options=AA_OPTIONS
         )
@@ -168,9 +181,9 @@ def tf_autoattack(state_path, resume=False):
     x, y = eval_images()
     settings = dict(norm="linf", epsilon=EVAL_EPSILON, version="custom", attacks_to_run=AA_ATTACKS, batch_size=4)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), float64_precision():
         accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
-            _eval_model(), x, y, **settings, state_path=state_path, verbose=True, options=AA_OPTIONS
+            float64_eval_model(), x, y, **settings, state_path=state_path, verbose=True, options=AA_OPTIONS
         )
     out = {"eval/x_adv": x_adv, "eval/autoattack": np.float64(accuracy), "eval/printed": np.array(printed.getvalue())}
     if state_path is not None:
@@ -185,9 +198,10 @@ def tf_autoattack(state_path, resume=False):
         state.update(robust=[True] * len(x), done=[], accuracy={"clean": 1.0}, current=None, complete=False)
         with open(state_path, "w") as f:
             json.dump(state, f)
-        again = keras_rpat.autoattack.run_autoattack(
-            _eval_model(), x, y, **settings, state_path=state_path, options=AA_OPTIONS
-        )
+        with float64_precision():
+            again = keras_rpat.autoattack.run_autoattack(
+                float64_eval_model(), x, y, **settings, state_path=state_path, options=AA_OPTIONS
+            )
         out["eval/resumed"] = np.array(json.dumps([again[0], again[1] is None]))
     return out
 
@@ -200,9 +214,10 @@ def resumed_autoattack(state_path):
     if job.rank == 1:
         os.remove(state_path)
     x, y = eval_images()
-    accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
-        _eval_model(), x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, state_path, options=AA_OPTIONS
-    )
+    with float64_precision():
+        accuracy, x_adv = keras_rpat.autoattack.run_autoattack(
+            float64_eval_model(), x, y, "linf", EVAL_EPSILON, "custom", AA_ATTACKS, 4, state_path, options=AA_OPTIONS
+        )
     views = [None] * job.world_size
     dist.all_gather_object(views, [accuracy, x_adv is None])
     return {"resumed": np.array(json.dumps(views))}

@@ -1,5 +1,9 @@
 """The suite's own helpers (`tests/testing.py`) do what they say."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 from testing import BACKEND
@@ -59,3 +63,19 @@ def test_float64_precision_restores_everything():
         import torch
 
         assert torch.get_default_dtype() == torch.float32
+
+
+def test_float64_precision_reaches_autoattacks_pytorch_subprocess():
+    """AutoAttack's PyTorch subprocess (tensorflow backend) starts under float64_precision too: without it,
+    a float64 model's Dense would compute in float32 there (Keras' type promotion on torch)."""
+    from keras_rpat.autoattack import subprocess as aa_subprocess
+
+    entry = aa_subprocess._ENTRY
+    with float64_precision():
+        prefix = aa_subprocess._ENTRY[: -len(entry)]
+    assert aa_subprocess._ENTRY == entry and prefix
+    probe = prefix + "import keras; print(keras.backend.result_type('float64', 'float64'), keras.config.floatx())"
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["float64", "float64"], done.stdout

@@ -46,13 +46,21 @@ def float64_precision():
     float64 to float32 on torch (`BIT64_TO_BIT32_DTYPE`, "aligned with JAX's
     default"), so `ops.matmul` (Dense), `ops.mean` and `ops.var` would compute
     float64 inputs in float32 (a float64 ResNet then matches torch float64 to
-    1e-8, not 1e-16). The package itself uses public Keras only.
+    1e-8, not 1e-16). The package itself uses public Keras only. AutoAttack's
+    PyTorch subprocess (tensorflow backend) runs under it too.
 
     Build models and trainers inside the block. Use as `with float64_precision():`
     or as a decorator `@float64_precision()`.
     """
     from keras.src.backend.common import dtypes as keras_dtypes  # test-only: see the docstring
 
+    from keras_rpat.autoattack import subprocess as aa_subprocess
+
+    entry = aa_subprocess._ENTRY
+    tests = os.path.dirname(os.path.abspath(__file__))
+    # Entered for the subprocess' life (a context manager no name holds would exit when collected).
+    float64_entry = f"import sys; sys.path.insert(0, {tests!r}); import testing; "
+    float64_entry += "float64 = testing.float64_precision(); float64.__enter__(); "
     floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     promoted = keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"]
     # torch: the backend's, or the plain-PyTorch references' imported by a tensorflow test.
@@ -66,8 +74,10 @@ def float64_precision():
         keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
         if torch_dtype is not None:
             torch.set_default_dtype(torch.float64)
+        aa_subprocess._ENTRY = float64_entry + entry
         yield
     finally:
+        aa_subprocess._ENTRY = entry
         keras.config.set_floatx(floatx)
         keras.config.set_dtype_policy(policy)
         keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"] = promoted

@@ -117,8 +117,26 @@ def _apply_options(target, component, values):
         target.size_decr = max(int(0.03 * n_iter), 1)
 
 
+@contextlib.contextmanager
+def _float32_default_dtype():
+    """pyautoattack's attacks cast the images to float32 and draw their random starts in torch's default
+    dtype: under a float64 default (`torch.set_default_dtype`) they mix the two and fail. A float64
+    model still gives them float64 logits and gradients (the iterates stay float32)."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
 def perturb(aa, attack, x, y):
     """One AutoAttack attack on one batch, as in `run_standard_evaluation`."""
+    with _float32_default_dtype():
+        return _perturb(aa, attack, x, y)
+
+
+def _perturb(aa, attack, x, y):
     if attack in ("apgd-ce", "apgd-dlr"):
         aa.apgd.loss = "ce" if attack == "apgd-ce" else "dlr"
         aa.apgd.seed = aa.get_seed()
