@@ -27,7 +27,6 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _names
-from keras_rpat.autoattack import state as aa_state
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
@@ -263,6 +262,8 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
     `epsilon`, ...), passed through unchanged.
     """
     from keras_rpat import evaluation  # imports Keras; loaded when a command runs
+
+    from keras_rpat.autoattack import state as aa_state
 
     _check_not_overwritten(model_path, dataset, out, settings.get("aa_state_path"))
     try:
