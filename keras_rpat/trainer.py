@@ -45,21 +45,18 @@ _SYNC_BATCHNORM_DEFAULT = [False]
 def set_sync_batchnorm_default(enabled):
     """Sets what `RPATTrainer(sync_batchnorm=None)` means for trainers built
     afterwards (the CLI's `--sync-batchnorm`)."""
-    _SYNC_BATCHNORM_DEFAULT[0] = _check_bool(enabled, "enabled")
+    _SYNC_BATCHNORM_DEFAULT[0] = _checks.check_bool(enabled, "enabled")
 
 
 def set_fast_path_default(enabled):
     """Sets what `RPATTrainer(fast_path=None)` means for trainers built
     afterwards, and whether `keras_rpat.evaluation` runs lowered models."""
-    _FAST_PATH_DEFAULT[0] = _check_bool(enabled, "enabled")
+    _FAST_PATH_DEFAULT[0] = _checks.check_bool(enabled, "enabled")
 
 
 def fast_path_default():
     """Whether the torch fast path is on by default (see `set_fast_path_default`)."""
     return _FAST_PATH_DEFAULT[0]
-
-
-_check_bool = _checks.check_bool
 
 
 def _check_choice(value, name, choices):
@@ -309,13 +306,13 @@ class RPATTrainer(keras.Model):
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
-        self.fast_path = _FAST_PATH_DEFAULT[0] if fast_path is None else _check_bool(fast_path, "fast_path")
-        self.capture = _check_bool(capture, "capture")
+        self.fast_path = _FAST_PATH_DEFAULT[0] if fast_path is None else _checks.check_bool(fast_path, "fast_path")
+        self.capture = _checks.check_bool(capture, "capture")
         self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
         self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
         if sync_batchnorm is None:
             sync_batchnorm = _SYNC_BATCHNORM_DEFAULT[0]
-        self.sync_batchnorm = _check_bool(sync_batchnorm, "sync_batchnorm")
+        self.sync_batchnorm = _checks.check_bool(sync_batchnorm, "sync_batchnorm")
 
         self._check_views()
         self._num_classes = (
@@ -689,7 +686,7 @@ class RPATTrainer(keras.Model):
                 synchronisation to the train step. `False`: Keras' behaviour.
             Others: as `keras.Model.fit`.
         """
-        _check_bool(stop_on_divergence, "stop_on_divergence")
+        _checks.check_bool(stop_on_divergence, "stop_on_divergence")
         if getattr(self, "optimizer", None) is None:
             raise ValueError(
                 "Call `trainer.compile(optimizer=...)` before `fit`, e.g. "
