@@ -82,6 +82,6 @@ def test_argument_errors_import_no_framework(args, expected, tmp_path):
 
 def test_each_dataset_name_has_a_loader():
     from keras_rpat import _names
-    from keras_rpat import datasets
+    from keras_rpat.datasets import loading
 
-    assert set(datasets._LOADERS) == set(_names.DATASETS)
+    assert set(loading._LOADERS) == set(_names.DATASETS)

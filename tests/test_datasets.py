@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from keras_rpat import datasets as D
+from keras_rpat.datasets import cifar
+from keras_rpat.datasets import tiny_imagenet
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -351,7 +353,7 @@ def test_cifar_load_error_says_what_to_do(tfds, monkeypatch):
             pass
 
     monkeypatch.setattr(tfds, "load", broken)
-    monkeypatch.setattr(D.socket, "create_connection", lambda *args, **kwargs: Reachable())
+    monkeypatch.setattr(cifar.socket, "create_connection", lambda *args, **kwargs: Reachable())
     with pytest.raises(RuntimeError, match=r"no network.*tfds build cifar10.*\.npz"):
         D.load("cifar10")
 
@@ -420,7 +422,7 @@ class TestTinyImageNet:
         def no_decode(paths):
             raise AssertionError("should have used the cache")
 
-        monkeypatch.setattr(D, "_decode_images", no_decode)
+        monkeypatch.setattr(tiny_imagenet, "_decode_images", no_decode)
         again = D.load("tiny_imagenet", data_dir=str(root))  # the folder itself
         np.testing.assert_array_equal(first.x_train, again.x_train)
         np.testing.assert_array_equal(first.y_test, again.y_test)
