@@ -1,4 +1,4 @@
-"""Robustness evaluation: clean, PGD-20, AutoAttack, Mean / NRR, perception.
+"""Robust accuracy: clean, PGD-20, AutoAttack, Mean / NRR, and `evaluate` that runs them.
 
 Everything here is `keras.ops` and NumPy, so it runs unchanged on every
 supported backend. AutoAttack runs through `keras_rpat.autoattack`
@@ -26,65 +26,30 @@ All accuracies are in percent.
 """
 
 import dataclasses
-import datetime
-import json
 import math
-import os
-import subprocess
 import time
 import warnings
 
-import keras
+
 import numpy as np
 from keras import ops
 
 from keras_rpat import _checks
-from keras_rpat import _io
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
 from keras_rpat.autoattack import state as aa_state
 from keras_rpat import backend as rpat_backend
 from keras_rpat import pgd_state
 from keras_rpat import trainer as trainer_lib
-from keras_rpat._checks import infer_data_format
 from keras_rpat._names import EVAL_BATCH_SIZE
-from keras_rpat._names import EVALUATION_ATTACKS
-from keras_rpat._names import PERTURBATIONS
 from keras_rpat._names import PGD_EVAL_STEPS
 from keras_rpat._names import parse_attacks
 from keras_rpat._progress import Progress
-from keras_rpat._version import __version__
-
-__all__ = [
-    "EVALUATION_ATTACKS",
-    "EVAL_BATCH_SIZE",
-    "PGD_EVAL_STEPS",
-    "EvalResult",
-    "PerceptionResult",
-    "Progress",
-    "autoattack_accuracy",
-    "clean_accuracy",
-    "evaluate",
-    "infer_data_format",
-    "mean_nrr",
-    "parse_attacks",
-    "perception_analysis",
-    "pgd_accuracy",
-    "provenance",
-]
-
-_AA_REFERENCE = (
-    "Croce & Hein, Reliable evaluation of adversarial robustness with an "
-    "ensemble of diverse parameter-free attacks, ICML 2020."
-)
+from keras_rpat.evaluation.provenance import JSONResult
+from keras_rpat.evaluation.provenance import provenance
 
 
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
-
-
-def _check_logits(logits, atol=1e-5):
+def check_logits(logits, atol=1e-5):
     """Warns if the model's outputs look like probabilities (AutoAttack's check)."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.size == 0:
@@ -112,7 +77,7 @@ def _forward(model, xb):
     return ops.convert_to_numpy(logits)
 
 
-def _batches(n, batch_size):
+def batches(n, batch_size):
     batch_size = _checks.check_positive_int(batch_size, "batch_size")
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
@@ -127,11 +92,11 @@ def clean_correct(model, x, y, batch_size, check=True):
     """Per-sample correctness on benign inputs, inference mode, batch by batch."""
     correct = np.zeros(len(x), dtype=bool)
     logits_of = _logits_function(model)
-    for i, sl in enumerate(_batches(len(x), batch_size)):
+    for i, sl in enumerate(batches(len(x), batch_size)):
         # In a data-parallel job each rank (replica) takes its rows of the batch.
         (logits,) = rpat_backend.map_rows(logits_of, (x[sl],), owner=model)
         if i == 0 and check:
-            _check_logits(logits)
+            check_logits(logits)
         correct[sl] = np.argmax(logits, axis=-1) == y[sl]
     return correct
 
@@ -146,7 +111,7 @@ def _logits_function(model):
     return logits_of
 
 
-def _attack_function(model, attack, clean=False):
+def attack_function(model, attack, clean=False):
     """`(x, y) -> (logits of attack(x),)` (with the clean logits first if `clean`), for `map_rows`."""
 
     def attacked(xb, yb):
@@ -185,8 +150,8 @@ def attack_correct(model, attack, x, y, batch_size, progress=None, state_path=No
     if state_path is not None:
         state = pgd_state.StateFile(state_path, pgd_state.evaluation_key(attack, batch_size, model, x, y))
         state.restore(correct, attack.seed_generator)
-    attacked = _attack_function(model, attack)
-    for sl in _batches(len(x), batch_size):
+    attacked = attack_function(model, attack)
+    for sl in batches(len(x), batch_size):
         if state is not None and sl.stop <= state.done:
             continue
         (logits,) = rpat_backend.map_rows(attacked, (x[sl], y[sl]), model, (attack.seed_generator,))
@@ -277,7 +242,7 @@ def pgd_accuracy(
     model = _checks.evaluation_model(model)
     attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
     x, y, _, _ = _checks.check_data(model, x, y)
-    _check_logits(_forward(model, x[: min(len(x), 64)]))
+    check_logits(_forward(model, x[: min(len(x), 64)]))
     return percent(attack_correct(model, attack, x, y, batch_size, state_path=state_path), len(x))
 
 
@@ -328,7 +293,7 @@ def autoattack_accuracy(
     """
     model = _checks.evaluation_model(model)
     x, y, _, _ = _checks.check_data(model, x, y)
-    _check_logits(_forward(model, x[: min(len(x), 64)]))
+    check_logits(_forward(model, x[: min(len(x), 64)]))
     accuracy, _ = autoattack.run_autoattack(
         model,
         x,
@@ -382,141 +347,12 @@ def mean_nrr(clean, robust):
 
 
 # ---------------------------------------------------------------------------
-# Provenance and atomic files
-# ---------------------------------------------------------------------------
-
-
-def _package_version(name):
-    try:
-        from importlib import metadata
-
-        return metadata.version(name)
-    except Exception:
-        return None
-
-
-def _git_sha():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and sha else None
-
-
-def _device_of(model=None):
-    if model is not None:
-        try:
-            weights = model.weights
-            if weights:
-                return str(weights[0].value.device)
-        except Exception:
-            pass
-    try:
-        devices = keras.distribution.list_devices()
-        return str(devices[0]) if devices else None
-    except Exception:
-        return None
-
-
-def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
-    """Versions, backend, device, data-parallel engine, UTC time and git SHA, for results files.
-
-    Args:
-        model: optional model, to report the device its weights live on.
-        elapsed: optional wall time in seconds.
-        batch_size: optional global training batch, recorded with its
-            per-replica share (`per_replica_batch`).
-        sync_batchnorm: optional, whether BatchNorm took the global batch's
-            statistics (recorded in a data-parallel job).
-
-    Returns:
-        A JSON-serialisable dict. `engine` is `"single-process"`, or the
-        data-parallel job's: `"torch.distributed"` (with `process_group`,
-        `"gloo"` or `"nccl"`), `"tf.distribute.MirroredStrategy"` or
-        `"tf.distribute.MultiWorkerMirroredStrategy"`; `world_size` counts its
-        ranks (torch) or replicas in sync (tensorflow).
-    """
-    info = {
-        "keras_rpat": __version__,
-        "keras": keras.__version__,
-        "torch": _package_version("torch"),
-        "tensorflow": _package_version("tensorflow") or _package_version("tensorflow-cpu"),
-        "pyautoattack": _package_version("pyautoattack"),
-        "numpy": np.__version__,
-        "backend": keras.config.backend(),
-        "device": _device_of(model),
-        **_data_parallel(model, batch_size, sync_batchnorm),
-        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": _git_sha(),
-    }
-    if elapsed is not None:
-        info["elapsed_s"] = round(float(elapsed), 3)
-    return info
-
-
-_ENGINES = {
-    "mirrored": "tf.distribute.MirroredStrategy",
-    "multiworker": "tf.distribute.MultiWorkerMirroredStrategy",
-}
-
-
-def _data_parallel(model, batch_size, sync_batchnorm):
-    """The `engine`, `world_size` (and `per_replica_batch`, `sync_batchnorm`) of `provenance`."""
-    job = rpat_backend.distributed_context(model)
-    info = {"engine": "single-process", "world_size": 1}
-    if job is not None:
-        info = {"engine": _ENGINES.get(job.backend, "torch.distributed"), "world_size": int(job.world_size)}
-        if info["engine"] == "torch.distributed":
-            info["process_group"] = job.backend
-    if batch_size is not None:
-        info["per_replica_batch"] = int(batch_size) // info["world_size"]
-    if sync_batchnorm is not None and job is not None:
-        info["sync_batchnorm"] = bool(sync_batchnorm)
-    return info
-
-
-# ---------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------
 
 
-class _ResultMixin:
-    def to_dict(self):
-        """Returns the result as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    def to_json(self, indent=2):
-        """Returns the result as a JSON string."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    def save(self, path):
-        """Writes the result as JSON, atomically (temporary file + `os.replace`)."""
-        _io.atomic_write_text(path, self.to_json() + "\n")
-        return path
-
-    @classmethod
-    def from_dict(cls, data):
-        """Builds a result from `to_dict()` output (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def load(cls, path):
-        """Reads a result written by `save`."""
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
-
-
 @dataclasses.dataclass
-class EvalResult(_ResultMixin):
+class EvalResult(JSONResult):
     """The result of `keras_rpat.evaluation.evaluate`.
 
     Accuracies are in percent; a metric that was not computed is `None`.
@@ -705,174 +541,5 @@ def evaluate(
         attacks=names,
         autoattack_version=aa_version if "autoattack" in names else None,
         autoattack_attacks=aa_attack_list,
-        provenance=provenance(model, elapsed=time.time() - start),
-    )
-
-
-# ---------------------------------------------------------------------------
-# Perception analysis (Figure 2 / Figure 5)
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class PerceptionResult(_ResultMixin):
-    """The result of `keras_rpat.evaluation.perception_analysis`.
-
-    `mse_*` are `MSE(z(x), z(x_pert))` averaged over all `n_subset * C` logit
-    elements of a subset; a subset with no sample gives `None` (never NaN).
-
-    Attributes:
-        perturbation: `"random"`, `"pgd20"` or the attack's class name.
-        epsilon, step_size, num_steps: the perturbation (`step_size` and
-            `num_steps` are `None` for random noise).
-        n: number of samples; `num_classes`: `C`.
-        n_success: perturbed input still classified correctly.
-        n_failure: perturbed input misclassified.
-        clean_accuracy, perturbed_accuracy: percent.
-        mse_success, mse_failure, mse_all: logit MSE per subset.
-        averaging: `"global"` or `"per_batch"`.
-        provenance: versions, backend, device, time.
-    """
-
-    perturbation: str = "random"
-    epsilon: float = 8 / 255
-    step_size: float = None
-    num_steps: int = None
-    n: int = 0
-    num_classes: int = None
-    n_success: int = 0
-    n_failure: int = 0
-    clean_accuracy: float = None
-    perturbed_accuracy: float = None
-    mse_success: float = None
-    mse_failure: float = None
-    mse_all: float = None
-    averaging: str = "global"
-    provenance: dict = dataclasses.field(default_factory=dict)
-
-
-def perception_analysis(
-    model,
-    x,
-    y,
-    perturbation="random",
-    epsilon=8 / 255,
-    step_size=2 / 255,
-    num_steps=PGD_EVAL_STEPS,
-    batch_size=EVAL_BATCH_SIZE,
-    seed=0,
-    averaging="global",
-):
-    """Logit MSE between benign and perturbed inputs, split by outcome.
-
-    The proof-of-concept analysis of the paper's Figures 2 and 5 (REFERENCE
-    §7.6): perturb every test input (uniform noise `U[-eps, eps]` clipped to
-    [0, 1], or PGD-20 with a random start in inference mode), split the
-    samples by whether the perturbed input is still classified correctly
-    ("success") or not ("failure"), and report `MSE(z(x), z(x_pert))` for each
-    subset, plus the clean and perturbed accuracies. The expected pattern:
-    failure MSE > success MSE for clean and noise-trained models, failure <
-    success for PGD-AT.
-
-    Args:
-        model: a Keras model (or an `RPATTrainer`).
-        x: images, float in [0, 1].
-        y: integer labels.
-        perturbation: `"random"`, `"pgd20"`, or any `keras_rpat.attacks.Attack`
-            (then `epsilon`, `step_size` and `num_steps` are ignored).
-        epsilon: L-inf budget of the perturbation.
-        step_size: PGD step (ignored for `"random"`).
-        num_steps: PGD steps (ignored for `"random"`).
-        batch_size: batch size.
-        seed: seed of the noise / PGD start.
-        averaging: `"global"` (default, REFERENCE §8 #30): the mean over all
-            elements of a subset; `"per_batch"`: the reference code's average
-            of per-batch subset means weighted by the full batch size (then a
-            subset that is empty in some batch gives `None`, where the
-            reference code gives NaN).
-
-    Returns:
-        A `PerceptionResult`.
-
-    Example:
-
-    ```python
-    res = keras_rpat.evaluation.perception_analysis(model, x_test, y_test, "pgd20")
-    print(res.mse_success, res.mse_failure)
-    ```
-
-    References:
-        - Wang & Liu, Failure Cases Are Better Learned But Boundary Says Sorry,
-          ICCV 2025.
-    """
-    start = time.time()
-    if not isinstance(perturbation, attacks_lib.Attack) and perturbation not in PERTURBATIONS:
-        raise ValueError(
-            f"Unknown `perturbation`: {perturbation!r}. Expected one of {PERTURBATIONS} or a keras_rpat.attacks.Attack."
-        )
-    if averaging not in ("global", "per_batch"):
-        raise ValueError(f"`averaging` must be 'global' or 'per_batch'. Received: averaging={averaging!r}")
-    model = _checks.evaluation_model(model)
-    epsilon = attacks_lib.parse_epsilon(epsilon)
-    if isinstance(perturbation, attacks_lib.Attack):
-        attack = perturbation
-        perturbation = type(attack).__name__
-        epsilon = getattr(attack, "epsilon", None)
-        step_size = getattr(attack, "step_size", None)
-        num_steps = getattr(attack, "num_steps", None)
-    elif perturbation == "random":
-        attack = attacks_lib.RandomNoise(epsilon=epsilon, seed=seed)
-        step_size, num_steps = None, None
-    else:
-        attack = evaluation_pgd("linf", epsilon, step_size, num_steps, seed)
-        step_size, num_steps = attack.step_size, attack.num_steps
-    x, y, num_classes, _ = _checks.check_data(model, x, y)
-
-    n = len(x)
-    clean_ok = np.zeros(n, dtype=bool)
-    pert_ok = np.zeros(n, dtype=bool)
-    sq_err = np.zeros(n, dtype=np.float64)  # per-sample sum over classes
-    batch_ids = np.zeros(n, dtype=np.int64)
-    attacked = _attack_function(model, attack, clean=True)
-    for b, sl in enumerate(_batches(n, batch_size)):
-        # A data-parallel job splits the batch.
-        z, z_pert = rpat_backend.map_rows(attacked, (x[sl], y[sl]), model, (attack.seed_generator,))
-        if b == 0:
-            _check_logits(z)
-        clean_ok[sl] = np.argmax(z, -1) == y[sl]
-        pert_ok[sl] = np.argmax(z_pert, -1) == y[sl]
-        sq_err[sl] = np.sum((z.astype(np.float64) - z_pert.astype(np.float64)) ** 2, axis=-1)
-        batch_ids[sl] = b
-
-    def subset_mse(mask):
-        if averaging == "global":
-            count = int(mask.sum())
-            return None if count == 0 else float(sq_err[mask].sum() / (count * num_classes))
-        total, weight = 0.0, 0
-        for b in np.unique(batch_ids):
-            in_batch = batch_ids == b
-            sel = mask & in_batch
-            count = int(sel.sum())
-            if count == 0:
-                return None
-            total += float(sq_err[sel].sum() / (count * num_classes)) * int(in_batch.sum())
-            weight += int(in_batch.sum())
-        return total / weight
-
-    return PerceptionResult(
-        perturbation=perturbation,
-        epsilon=epsilon,
-        step_size=step_size,
-        num_steps=num_steps,
-        n=int(n),
-        num_classes=int(num_classes),
-        n_success=int(pert_ok.sum()),
-        n_failure=int(n - pert_ok.sum()),
-        clean_accuracy=percent(clean_ok, n),
-        perturbed_accuracy=percent(pert_ok, n),
-        mse_success=subset_mse(pert_ok),
-        mse_failure=subset_mse(~pert_ok),
-        mse_all=subset_mse(np.ones(n, dtype=bool)),
-        averaging=averaging,
         provenance=provenance(model, elapsed=time.time() - start),
     )
