@@ -28,7 +28,7 @@ import pytest
 
 import keras_rpat
 from keras_rpat import evaluation
-from keras_rpat import pgd_state
+from keras_rpat import _resume
 from keras_rpat import recipes
 from keras_rpat.callbacks import DivergenceError
 from keras_rpat.recipes import runner
@@ -140,13 +140,13 @@ def test_a_pgd_evaluation_stopped_after_a_batch_resumes_with_the_same_random_sta
 
     whole = evaluation.attack_correct(model, pgd(), x, y, 8, state_path=tmp_path / "whole.json")
     path = tmp_path / "stopped.json"
-    save = pgd_state.StateFile.save
+    save = _resume.StateFile.save
 
     def save_then_stop(self, *args):
         save(self, *args)
         raise KeyboardInterrupt("after the first batch")
 
-    monkeypatch.setattr(pgd_state.StateFile, "save", save_then_stop)
+    monkeypatch.setattr(_resume.StateFile, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         evaluation.attack_correct(model, pgd(), x, y, 8, state_path=path)
     monkeypatch.undo()
@@ -165,6 +165,116 @@ def test_a_pgd_evaluation_stopped_after_a_batch_resumes_with_the_same_random_sta
     path.write_text("{truncated")
     with pytest.raises(ValueError, match=r"Could not read the PGD evaluation state file .*stopped\.json.*Delete it"):
         evaluation.pgd_accuracy(model, x, y, num_steps=2, batch_size=8, seed=5, state_path=path)
+
+
+# State files as the code before `keras_rpat._resume` wrote them (`pgd_state.py` and `autoattack/state.py`,
+# on tensorflow), for `_fixed_model_and_data()`. In the AutoAttack file the key's "version" (the AutoAttack
+# version) overwrites the format's version number, as it always did.
+OLD_PGD_STATE = {
+    "format": "keras_rpat.pgd_state",
+    "version": 1,
+    "attack": {
+        "norm": "linf",
+        "epsilon": 0.03137254901960784,
+        "step_size": 0.00784313725490196,
+        "num_steps": 2,
+        "random_start": True,
+        "style": "advertorch",
+        "loss": "ce",
+        "training": False,
+        "schedule": None,
+        "seed": 5,
+    },
+    "batch_size": 8,
+    "n": 16,
+    "data_sha256": "ce3f0e35fc2cd7bd5ec727cac9b3e586761b7db729e2e5a0332844254bdb638f",
+    "model_sha256": "1b188a740c527a0d6286fc0e24230c2f62fefb355bee9f6945df6e3f025a34ad",
+    "done": 8,
+    "correct": [False, True, True, True, False, False, False, False],
+    "random_state": {"variable": [5, 1]},
+}
+OLD_AUTOATTACK_STATE = {
+    "format": "keras_rpat.autoattack_state",
+    "version": "custom",
+    "norm": "linf",
+    "epsilon": 0.03137254901960784,
+    "attacks": ["apgd-ce"],
+    "seed": 0,
+    "n": 16,
+    "batch_size": 8,
+    "options": {"apgd": {"n_iter": 2}},
+    "data_sha256": "ce3f0e35fc2cd7bd5ec727cac9b3e586761b7db729e2e5a0332844254bdb638f",
+    "model_sha256": "1b188a740c527a0d6286fc0e24230c2f62fefb355bee9f6945df6e3f025a34ad",
+    "clean_accuracy": 0.5,
+    "robust": [True, False] * 8,
+    "done": [],
+    "accuracy": {"clean": 0.5},
+    "current": {"attack": "apgd-ce", "order": [0, 2, 4, 6, 8, 10, 12, 14], "next_batch": 0},
+    "complete": False,
+}
+
+
+def _fixed_model_and_data():
+    """The same weights, images and labels on every backend (the hashes in the files above)."""
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.set_weights([rng.normal(size=(16, 3)).astype("float32"), rng.normal(size=(3,)).astype("float32")])
+    x = rng.uniform(size=(16, 4, 4, 1)).astype("float32")
+    y = rng.integers(0, 3, 16).astype("int64")
+    return model, x, y
+
+
+def test_state_files_written_before_the_merge_still_resume(tmp_path, monkeypatch):
+    model, x, y = _fixed_model_and_data()
+    path = tmp_path / "pgd_state.json"
+    path.write_text(json.dumps(OLD_PGD_STATE))
+    attack = evaluation.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, 5)
+    perturbed = []
+    monkeypatch.setattr(
+        attack, "perturb", lambda m, xb, yb: perturbed.append(len(xb)) or type(attack).perturb(attack, m, xb, yb)
+    )
+    resumed = evaluation.attack_correct(model, attack, x, y, 8, state_path=path)
+    assert perturbed == [8] and resumed[:8].tolist() == OLD_PGD_STATE["correct"]
+    saved = _read(path)
+    assert list(saved) == list(OLD_PGD_STATE) and saved["done"] == 16 and saved["correct"] == resumed.tolist()
+    assert {k: saved[k] for k in list(saved)[:7]} == {k: OLD_PGD_STATE[k] for k in list(saved)[:7]}  # the key
+    if not TORCH:  # the file holds tensorflow's random state: the resumed run is the uninterrupted one
+        whole = evaluation.attack_correct(model, evaluation.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, 5), x, y, 8)
+        assert np.array_equal(resumed, whole)
+
+    config = keras_rpat.autoattack.AutoAttackConfig(
+        norm="linf",
+        epsilon=8 / 255,
+        version="custom",
+        attacks=("apgd-ce",),
+        batch_size=8,
+        seed=0,
+        options={"apgd": {"n_iter": 2}},
+    )
+    aa_path = tmp_path / "aa_state.json"
+    aa_path.write_text(json.dumps(OLD_AUTOATTACK_STATE))
+    _resume.check_state_file(aa_path, _resume.AUTOATTACK)
+    file = _resume.StateFile(aa_path, _resume.AUTOATTACK, _resume.autoattack_key(config, model, x, y))
+    assert file.state == OLD_AUTOATTACK_STATE
+    file.save()
+    assert _read(aa_path) == OLD_AUTOATTACK_STATE
+    fresh = _resume.StateFile(tmp_path / "new.json", _resume.AUTOATTACK, _resume.autoattack_key(config, model, x, y))
+    assert list(fresh.state) == list(OLD_AUTOATTACK_STATE) and fresh.state["version"] == "custom"
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="AutoAttack runs in this process on torch only")
+def test_an_autoattack_run_resumes_a_state_file_written_before_the_merge(tmp_path):
+    pytest.importorskip("pyautoattack")
+    model, x, y = _fixed_model_and_data()
+    path = tmp_path / "aa_state.json"
+    path.write_text(json.dumps(OLD_AUTOATTACK_STATE))
+    settings = dict(norm="linf", epsilon=8 / 255, version="custom", attacks_to_run=["apgd-ce"], batch_size=8, seed=0)
+    settings.update(options={"apgd": {"n_iter": 2}}, state_path=path, return_adversarial=False)
+    accuracy, _ = keras_rpat.autoattack.run_autoattack(model, x, y, **settings)
+    saved = _read(path)
+    # The file's clean pass (the even images) was taken, not recomputed (a fresh run keeps images 1 and 3).
+    assert saved["complete"] and saved["done"] == ["apgd-ce"] and not any(saved["robust"][1::2])
+    assert accuracy == 100 * sum(saved["robust"]) / 16 <= 50
 
 
 # ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ LAZY_IMPORTS = {
         ("keras_rpat.cli.evaluate", f"keras_rpat.{module}"): (
             "imports Keras when `eval` / `autoattack` runs; their argument errors answer without it"
         )
-        for module in ("autoattack", "autoattack.state", "datasets", "evaluation", "layers", "models", "trainer")
+        for module in ("autoattack", "datasets", "evaluation", "layers", "models", "trainer")
     },
 }
 

@@ -12,7 +12,7 @@ then either
   (`keras_rpat.autoattack.subprocess`); the caller does nothing different.
 
 Progress is written to a state file after every batch
-(`keras_rpat.autoattack.state`), so an interrupted evaluation resumes exactly
+(`keras_rpat._resume`), so an interrupted evaluation resumes exactly
 where it stopped: pyautoattack 0.2.0's own `state_path` cannot resume (it
 writes the attack set as a string, so reloading always fails its consistency
 check, and its resume branch leaves `y_adv` undefined).

@@ -4,7 +4,7 @@ The cascade is the one of `AutoAttack.run_standard_evaluation`: every attack
 runs on the points still correctly classified, in batches of `batch_size`,
 each batch re-seeded with `seed`, so results equal pyautoattack's. It is
 driven here one attack and one batch at a time so that progress is written to
-the state file (`keras_rpat.autoattack.state`) after every batch.
+the state file (`keras_rpat._resume`) after every batch.
 """
 
 import contextlib
@@ -24,12 +24,12 @@ import keras_rpat.layers  # noqa: F401  (registers keras_rpat classes for the su
 import keras_rpat.models  # noqa: F401
 import keras_rpat.trainer  # noqa: F401
 from keras_rpat import _io
+from keras_rpat import _resume
 from keras_rpat._progress import Progress
 from keras_rpat.autoattack.config import AA_NORMS
 from keras_rpat.autoattack.config import AutoAttackConfig
 from keras_rpat.autoattack.config import AutoAttackWarning
 from keras_rpat.autoattack.config import import_autoattack
-from keras_rpat.autoattack.state import StateFile
 from keras_rpat.autoattack.torch_bridge import TorchBridge
 from keras_rpat.autoattack.torch_bridge import frozen_weights
 from keras_rpat.backend import torch_distributed
@@ -209,7 +209,8 @@ class _Cascade:
         self.x = torch.from_numpy(x_nchw)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
         self.n = len(self.x)
-        self.file = StateFile(config.state_path, config, model, x, y)
+        key = {} if config.state_path is None else _resume.autoattack_key(config, model, x, y)
+        self.file = _resume.StateFile(config.state_path, _resume.AUTOATTACK, key)
         self.state = self.file.state
         self.agree_with_other_ranks()
 
@@ -224,7 +225,7 @@ class _Cascade:
         current = state["current"] or {}
         progress = (state["complete"], len(state["done"]), state["robust"] is not None, current.get("next_batch", -1))
         self.state = self.file.state = torch_distributed.most_advanced(progress, state)
-        self.file.resumed = self.state["robust"] is not None
+        self.resumed = self.state["robust"] is not None  # earlier progress (the clean pass at least) loaded
 
     def batch(self, idx):
         return self.x[idx].to(self.device), self.y[idx].to(self.device)
@@ -350,7 +351,7 @@ def _run(model, x, y, config, primary):
             head, y_head = cascade.batch(slice(0, config.batch_size))
             sanity_checks(aa, config, head, y_head, logger)
             robust = cascade.clean_pass(aa, logger)
-            x_adv = cascade.x.clone() if config.return_adversarial and not cascade.file.resumed else None
+            x_adv = cascade.x.clone() if config.return_adversarial and not cascade.resumed else None
             started = time.time()
             written = torch.zeros(cascade.n, dtype=torch.bool)
             for attack in config.attacks:

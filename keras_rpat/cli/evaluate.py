@@ -27,6 +27,7 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _names
+from keras_rpat import _resume
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
@@ -263,11 +264,9 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
     """
     from keras_rpat import evaluation  # imports Keras; loaded when a command runs
 
-    from keras_rpat.autoattack import state as aa_state
-
     _check_not_overwritten(model_path, dataset, out, settings.get("aa_state_path"))
     try:
-        aa_state.check_state_file(settings.get("aa_state_path"))
+        _resume.check_state_file(settings.get("aa_state_path"), _resume.AUTOATTACK)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--state'") from None
     if settings["epsilon"] is None:

@@ -35,11 +35,10 @@ import numpy as np
 from keras import ops
 
 from keras_rpat import _checks
+from keras_rpat import _resume
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
-from keras_rpat.autoattack import state as aa_state
 from keras_rpat import backend as rpat_backend
-from keras_rpat import pgd_state
 from keras_rpat import trainer as trainer_lib
 from keras_rpat._names import EVAL_BATCH_SIZE
 from keras_rpat._names import PGD_EVAL_STEPS
@@ -143,21 +142,28 @@ def attack_correct(model, attack, x, y, batch_size, progress=None, state_path=No
     """Per-sample correctness on `attack(model, x, y)`, batch by batch (`progress`: a `Progress`).
 
     With `state_path` the results so far and the attack's random state are saved after every batch
-    (`keras_rpat.pgd_state`), and a rerun with the same file resumes after the last finished batch.
+    (`keras_rpat._resume`), and a rerun with the same file resumes after the last finished batch.
     """
     correct = np.zeros(len(x), dtype=bool)
-    state = None
+    file = None
     if state_path is not None:
-        state = pgd_state.StateFile(state_path, pgd_state.evaluation_key(attack, batch_size, model, x, y))
-        state.restore(correct, attack.seed_generator)
+        file = _resume.StateFile(state_path, _resume.PGD, _resume.pgd_key(attack, batch_size, model, x, y))
+        # In a data-parallel job each rank keeps its own file; all resume from rank 0's
+        # (ranks killed between different batches would otherwise attack different rows).
+        file.state = rpat_backend.from_primary(file.state)
+        correct[: file.state["done"]] = file.state["correct"]
+        if file.state["done"]:
+            rpat_backend.set_generator_state(attack.seed_generator, file.state["random_state"])
     attacked = attack_function(model, attack)
     for sl in batches(len(x), batch_size):
-        if state is not None and sl.stop <= state.done:
+        if file is not None and sl.stop <= file.state["done"]:
             continue
         (logits,) = rpat_backend.map_rows(attacked, (x[sl], y[sl]), model, (attack.seed_generator,))
         correct[sl] = np.argmax(logits, axis=-1) == y[sl]
-        if state is not None:
-            state.save(sl.stop, correct, attack.seed_generator)
+        if file is not None:
+            random_state = rpat_backend.get_generator_state(attack.seed_generator)
+            file.state.update(done=sl.stop, correct=correct[: sl.stop].tolist(), random_state=random_state)
+            file.save()
         if progress is not None:
             progress.update(sl.stop, float(np.mean(correct[: sl.stop])))
     return correct
@@ -496,7 +502,7 @@ def evaluate(
         aa_batch_size = _checks.check_positive_int(aa_batch_size, "aa_batch_size")
         autoattack.resolve_attacks(aa_version, aa_attacks)
         aa_options = autoattack.check_options(aa_options)
-        aa_state.check_state_file(aa_state_path)
+        _resume.check_state_file(aa_state_path, _resume.AUTOATTACK)
     attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
     x, y, _, fmt = _checks.check_data(model, x, y)
     idx = _checks.strided_indices(len(x), n)
