@@ -33,7 +33,7 @@ LAZY_IMPORTS = {
         "keras_rpat.backend.torch_optimizers",
     ): "imports torch; the fused SGD step runs on torch only",
     (
-        "keras_rpat.models",
+        "keras_rpat.models.torch_checkpoints",
         "keras_rpat.torch_models",
     ): "imports torch to read a .pt file; models stays torch-free under the tensorflow backend",
     (

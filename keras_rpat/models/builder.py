@@ -1,0 +1,165 @@
+"""What every builder of `keras_rpat.models` shares: its arguments (`Config`) and its docstring."""
+
+import numbers
+
+import keras
+
+from keras_rpat import _checks
+from keras_rpat import layers as rpat_layers
+
+PAPER = 'Wang & Liu, "Failure Cases Are Better Learned But Boundary Says Sorry", ICCV 2025.'
+
+
+def resolve_normalize(normalize):
+    if normalize is None:
+        return None
+    if isinstance(normalize, str):
+        if normalize.lower().replace("-", "").replace("_", "") == "cifar10":
+            return rpat_layers.CIFAR10_MEAN, rpat_layers.CIFAR10_STD
+        raise ValueError(
+            f'`normalize` must be None, "cifar10" or a `(mean, std)` pair. Received: normalize={normalize!r}'
+        )
+    if isinstance(normalize, dict) and set(normalize) == {"mean", "std"}:
+        return normalize["mean"], normalize["std"]
+    if isinstance(normalize, (tuple, list)) and len(normalize) == 2:
+        return normalize[0], normalize[1]
+    raise ValueError(f'`normalize` must be None, "cifar10" or a `(mean, std)` pair. Received: normalize={normalize!r}')
+
+
+class Config:
+    """What every layer of one model needs to know."""
+
+    def __init__(
+        self,
+        num_classes,
+        input_shape,
+        data_format,
+        stem_stride,
+        normalize,
+        kernel_initializer="torch",
+    ):
+        self.num_classes = _checks.check_num_classes(num_classes)
+        self.stem_stride = _checks.check_positive_int(stem_stride, "stem_stride")
+        self.data_format = rpat_layers.standardize_data_format(data_format)
+        self.channel_axis = -1 if self.data_format == "channels_last" else 1
+        if input_shape is None:
+            input_shape = (32, 32, 3) if self.data_format == "channels_last" else (3, 32, 32)
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or any(
+            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape
+        ):
+            raise ValueError(
+                "`input_shape` must be a tuple of 3 positive integers "
+                "(height, width, channels) for channels_last or (channels, "
+                "height, width) for channels_first. "
+                f"Received: input_shape={input_shape}"
+            )
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self._check_channels()
+        self.normalize = resolve_normalize(normalize)
+        self.kernel_initializer = kernel_initializer
+
+    def _check_channels(self):
+        shape = self.input_shape
+        if self.data_format == "channels_last":
+            channels, other, swapped, moved = shape[-1], shape[0], "channels_first", shape[1:] + shape[:1]
+        else:
+            channels, other, swapped, moved = shape[0], shape[-1], "channels_last", shape[-1:] + shape[:-1]
+        if channels in (1, 3):
+            return
+        hint = " keras_rpat's images have 1 (grey) or 3 (RGB) channels."
+        if other in (1, 3):
+            hint = f" It looks {swapped}: pass data_format={swapped!r}, or input_shape={moved}."
+        raise ValueError(
+            f"`input_shape` gives {channels} channels in the {self.data_format} layout, but the images "
+            f"must have 1 or 3. Received: input_shape={shape}.{hint}"
+        )
+
+    # -- layers ---------------------------------------------------------
+
+    def kernel_init(self):
+        if self.kernel_initializer == "kaiming_fan_out":
+            return rpat_layers.kaiming_normal_fan_out()
+        return rpat_layers.torch_kernel_initializer()
+
+    def inputs(self):
+        inputs = keras.Input(shape=self.input_shape, name="images")
+        x = inputs
+        if self.normalize is not None:
+            mean, std = self.normalize
+            x = rpat_layers.InputNormalization(
+                mean=mean,
+                std=std,
+                data_format=self.data_format,
+                name="input_normalization",
+            )(x)
+        return inputs, x
+
+    def conv(self, x, filters, kernel_size, strides, name):
+        if kernel_size > 1 and strides > 1:
+            # PyTorch pads symmetrically; Keras "same" would pad (0, 1).
+            x = keras.layers.ZeroPadding2D(kernel_size // 2, data_format=self.data_format, name=name + "_pad")(x)
+            padding = "valid"
+        else:
+            padding = "same" if kernel_size > 1 else "valid"
+        return keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            data_format=self.data_format,
+            kernel_initializer=self.kernel_init(),
+            name=name,
+        )(x)
+
+    def bn(self, x, name):
+        return rpat_layers.BatchNorm(axis=self.channel_axis, name=name)(x)
+
+    def relu(self, x, name):
+        return keras.layers.ReLU(name=name)(x)
+
+    def third_to_last(self, x):
+        """Flattened stage output, kept on the main path (see module doc)."""
+        shape = tuple(x.shape[1:])
+        # Flatten without the channels_first transpose: a pure view.
+        flat = keras.layers.Flatten(data_format="channels_last", name="third_to_last")(x)
+        return keras.layers.Reshape(shape, name="third_to_last_reshape")(flat)
+
+    def head(self, x, inputs, name, bias_initializer=None):
+        features = keras.layers.GlobalAveragePooling2D(data_format=self.data_format, name="penultimate")(x)
+        fan_in = int(features.shape[-1])
+        if bias_initializer is None:
+            bias_initializer = rpat_layers.TorchBiasUniform(fan_in)
+        logits = keras.layers.Dense(
+            self.num_classes,
+            kernel_initializer=rpat_layers.torch_kernel_initializer(),
+            bias_initializer=bias_initializer,
+            name="logits",
+        )(features)
+        return keras.Model(inputs, logits, name=name)
+
+
+COMMON_ARGS = """
+        num_classes: Positive integer, number of classes (logits).
+            Defaults to `10`.
+        input_shape: Shape of one image without the batch axis. Defaults to
+            `(32, 32, 3)` for `channels_last`, `(3, 32, 32)` for
+            `channels_first`. All dimensions must be known.
+        data_format: `"channels_last"` or `"channels_first"`; `None` uses
+            `keras.config.image_data_format()`.
+        stem_stride: Stride of the first convolution: `1` for CIFAR, `2`
+            for 64x64 Tiny-ImageNet. Does not change the parameter count.
+        normalize: `None` (no input normalization, the Bench pipeline),
+            `"cifar10"` (the CIFAR-10 mean/std, the SOTAs/ReBAT pipeline) or a
+            `(mean, std)` pair. Adds a parameter-free
+            `keras_rpat.layers.InputNormalization` as the first layer.
+        name: Name of the returned model."""
+
+
+def document(text):
+    def decorate(fn):
+        fn.__doc__ = text.replace("{common_args}", COMMON_ARGS.strip("\n"))
+        return fn
+
+    return decorate

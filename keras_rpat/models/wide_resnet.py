@@ -1,0 +1,192 @@
+"""WideResNets (WRN-34-10, WRN-28-10, any depth and width), as in the RPAT code bases."""
+
+import numbers
+
+import keras
+
+from keras_rpat import _checks
+from keras_rpat.models.builder import PAPER
+from keras_rpat.models.builder import Config
+from keras_rpat.models.builder import document
+
+
+def _wide_block(cfg, x, in_planes, out_planes, stride, prefix):
+    if in_planes != out_planes:
+        # The pre-activated input feeds both branches.
+        x = cfg.relu(cfg.bn(x, prefix + "_bn1"), prefix + "_relu1")
+        out = cfg.conv(x, out_planes, 3, stride, prefix + "_conv1")
+        shortcut = cfg.conv(x, out_planes, 1, stride, prefix + "_convShortcut")
+    else:
+        out = cfg.relu(cfg.bn(x, prefix + "_bn1"), prefix + "_relu1")
+        out = cfg.conv(out, out_planes, 3, stride, prefix + "_conv1")
+        shortcut = x
+    out = cfg.relu(cfg.bn(out, prefix + "_bn2"), prefix + "_relu2")
+    out = cfg.conv(out, out_planes, 3, 1, prefix + "_conv2")
+    return keras.layers.Add(name=prefix + "_add")([shortcut, out]), out_planes
+
+
+@document(
+    """WideResNet-`depth`-`widen_factor` (WRN) as in the RPAT code bases.
+
+    Stem conv3x3(16), three groups of `n = (depth - 4) / 6` pre-activation
+    BasicBlocks (`16k`, `32k`, `64k` channels for `k = widen_factor`, strides
+    1/2/2; when a block changes width, the pre-activated input feeds both the
+    residual branch and the 1x1 projection shortcut), final BN -> ReLU ->
+    global average pooling (`64k`-d `"penultimate"`) -> linear. Convolutions
+    are initialised Kaiming-normal (fan-out), the classifier bias with zeros.
+    `"third_to_last"` is the flattened output of the second group.
+
+    Args:
+        depth: Integer, total depth; `depth - 4` must be a positive multiple
+            of 6 (34 for WRN-34-10, 28 for WRN-28-10). Defaults to `34`.
+        widen_factor: Positive integer width multiplier. Defaults to `10`.
+{common_args}
+
+    Returns:
+        A `keras.Model` from images to logits.
+
+    Example:
+
+    >>> model = keras_rpat.models.wide_resnet(depth=10, widen_factor=2)
+    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
+
+    References:
+
+    - """
+    + PAPER
+    + """
+    - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
+    """
+)
+def wide_resnet(
+    depth=34,
+    widen_factor=10,
+    num_classes=10,
+    input_shape=None,
+    data_format=None,
+    stem_stride=1,
+    normalize=None,
+    name=None,
+):
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 10 or (depth - 4) % 6:
+        raise ValueError(
+            "`depth` must be an integer such that `depth - 4` is a positive "
+            f"multiple of 6 (10, 16, 22, 28, 34, ...). Received: depth={depth!r}"
+        )
+    widen_factor = _checks.check_positive_int(widen_factor, "widen_factor")
+    cfg = Config(
+        num_classes,
+        input_shape,
+        data_format,
+        stem_stride,
+        normalize,
+        kernel_initializer="kaiming_fan_out",
+    )
+    if name is None:
+        name = f"wide_resnet{depth}_{widen_factor}"
+    blocks_per_group = (depth - 4) // 6
+    widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+
+    inputs, x = cfg.inputs()
+    x = cfg.conv(x, widths[0], 3, cfg.stem_stride, "conv1")
+    in_planes = widths[0]
+    for group, stride in enumerate((1, 2, 2), start=1):
+        for index in range(blocks_per_group):
+            x, in_planes = _wide_block(
+                cfg,
+                x,
+                in_planes,
+                widths[group],
+                stride if index == 0 else 1,
+                f"block{group}_layer_{index}",
+            )
+        if group == 2:
+            x = cfg.third_to_last(x)
+    x = cfg.relu(cfg.bn(x, "bn1"), "relu")
+    return cfg.head(x, inputs, name, bias_initializer="zeros")
+
+
+@document(
+    """WideResNet-34-10 (SOTAs Table 4; Tiny-ImageNet in Figure 5).
+
+    46,160,474 trainable parameters for 10 classes. See `wide_resnet`.
+
+    Args:
+{common_args}
+
+    Returns:
+        A `keras.Model` from images to logits.
+
+    Example:
+
+    >>> model = keras_rpat.models.get("wrn34_10", normalize="cifar10")
+
+    References:
+
+    - """
+    + PAPER
+    + """
+    - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
+    """
+)
+def wide_resnet34_10(
+    num_classes=10,
+    input_shape=None,
+    data_format=None,
+    stem_stride=1,
+    normalize=None,
+    name="wide_resnet34_10",
+):
+    return wide_resnet(
+        34,
+        10,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        data_format=data_format,
+        stem_stride=stem_stride,
+        normalize=normalize,
+        name=name,
+    )
+
+
+@document(
+    """WideResNet-28-10 (Bench `wrn2810`).
+
+    36,479,194 trainable parameters for 10 classes. See `wide_resnet`.
+
+    Args:
+{common_args}
+
+    Returns:
+        A `keras.Model` from images to logits.
+
+    Example:
+
+    >>> model = keras_rpat.models.get("wrn28_10", num_classes=100)
+
+    References:
+
+    - """
+    + PAPER
+    + """
+    - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
+    """
+)
+def wide_resnet28_10(
+    num_classes=10,
+    input_shape=None,
+    data_format=None,
+    stem_stride=1,
+    normalize=None,
+    name="wide_resnet28_10",
+):
+    return wide_resnet(
+        28,
+        10,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        data_format=data_format,
+        stem_stride=stem_stride,
+        normalize=normalize,
+        name=name,
+    )
