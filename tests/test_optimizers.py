@@ -6,6 +6,7 @@ importable in the tests under both backends) and the rules of REFERENCE.md
 section 3.2 written out in plain Python.
 """
 
+import contextlib
 import json
 
 import keras_rpat  # noqa: F401  (sets the default backend before keras)
@@ -23,6 +24,7 @@ from keras_rpat.optimizers import scale_epoch
 from keras_rpat.optimizers import scale_milestones
 
 from testing import BACKEND  # noqa: E402
+from testing import float64_precision  # noqa: E402
 
 SHAPES = [(3, 4), (4,), (2, 3, 3), (1,)]
 NUM_STEPS = 5
@@ -323,6 +325,26 @@ def test_multistep_matches_torch_multisteplr(milestones, gamma):
     schedule = MultiStepDecay(0.1, milestones, steps_per_epoch=n, gamma=gamma)
     actual = _numpy(schedule(np.arange(epochs * n)))
     np.testing.assert_allclose(actual, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("floatx", ["float32", "float64"])
+def test_multistep_is_exact_at_the_boundaries(floatx):
+    """Around every milestone the value is MultiStepLR's sequential product, exactly, in `floatx`.
+
+    Why MultiStepDecay is not Keras' `PiecewiseConstantDecay`: that one switches on `step > boundary`
+    (here `step >= milestone * steps_per_epoch`) and, on tensorflow under float64, gives float32 values.
+    """
+    n, milestones, gamma = 391, [0, 100, 100, 105], 0.1
+    products = [0.1]
+    for _ in milestones:
+        products.append(products[-1] * gamma)
+    with float64_precision() if floatx == "float64" else contextlib.nullcontext():
+        schedule = MultiStepDecay(0.1, milestones, steps_per_epoch=n, gamma=gamma)
+        for step in sorted({s for m in milestones for s in (m * n - 1, m * n, m * n + 1) if s >= 0}):
+            expected = np.asarray(products[sum(step >= m * n for m in milestones)], dtype=floatx)
+            for step_dtype in ("int32", "int64"):
+                actual = _numpy(schedule(keras.ops.convert_to_tensor(step, step_dtype)))
+                assert actual.dtype == expected.dtype and actual == expected, (step, step_dtype, actual, expected)
 
 
 def _sotas_lr(epoch, i, n, lr_max=0.1, factor=1.5, milestones=(100, 150)):
