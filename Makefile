@@ -9,7 +9,7 @@ STAMP := $(VENV)/.keras_rpat-installed
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install lint format graph test test-torch test-tensorflow demo bench clean
+.PHONY: install lint format graph docs test test-torch test-tensorflow demo bench clean
 
 install: $(STAMP)
 
@@ -33,11 +33,16 @@ format: $(STAMP)
 graph:
 	$(PYTHON) tools/import_graph.py
 
+# The documentation site (mkdocs.yml; docs/), built into site/ with every warning an
+# error: a broken link or anchor, a docstring that does not render.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 # TensorFlow runs channels_first convolutions on a CPU only through oneDNN, which it
 # turns on by default only on CPUs with AVX-512; force it on (e.g. AVX2-only AMD EPYC).
 TF_ENV := KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1
 
-test: lint
+test: lint docs
 	@echo "== keras_rpat tests, KERAS_BACKEND=torch"
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 	@echo "== keras_rpat tests, KERAS_BACKEND=tensorflow"
@@ -57,4 +62,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/input_pipeline.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache
