@@ -21,45 +21,25 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 """
 
 import importlib as _importlib
-import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-_os.environ.setdefault("KERAS_BACKEND", "torch")
+# The product's default backend, chosen before Keras is imported (afterwards
+# Keras' choice stands). An explicit KERAS_BACKEND always wins.
+if "keras" not in _sys.modules:
+    _os.environ.setdefault("KERAS_BACKEND", "torch")
 
-
-def _check_backend_choice():
-    """A clear error for an unsupported `KERAS_BACKEND`, before Keras is imported (Keras fails obscurely).
-
-    From the `keras-rpat` command it is one line on stderr and exit status 2
-    (a traceback with `--debug`); from Python an `ImportError`.
-    """
-    backend = _os.environ["KERAS_BACKEND"]
-    if backend in ("torch", "tensorflow"):
-        return
-    message = (
-        f"keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND={backend!r}. "
-        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow, or unset it."
-    )
-    command = _os.path.basename(_sys.argv[0] if _sys.argv else "")
-    # "-m": `python -m keras_rpat` imports this package while locating its `__main__`.
-    if (command.startswith("keras-rpat") or command == "-m") and "--debug" not in _sys.argv:
-        _sys.stderr.write(f"Error: {message}\n")
-        raise SystemExit(2)
-    raise ImportError(message)
-
-
-_check_backend_choice()
-
+from keras_rpat import _checks  # noqa: E402
 from keras_rpat._version import __version__  # noqa: E402
 
-# In the `keras-rpat` command the public API loads on first use (PEP 562), so
-# that `--help` or a usage error answers without Keras, torch or TensorFlow.
-# Anywhere else it loads with the package (end of this file), as a Keras
-# library's should: its serializable layers, losses and trainer are then
-# registered, and `keras.saving.load_model` finds them after `import keras_rpat`.
+# The public API loads on first use (PEP 562), so that `import keras_rpat`
+# imports neither Keras nor a framework, and the `keras-rpat` command answers
+# `--help` or a usage error without them. Keras loads with the first name used;
+# an unsupported backend is then an `ImportError` (`_checks.check_keras_backend`).
+# Loading a saved model needs keras_rpat's classes registered: use any keras_rpat
+# name first (e.g. `keras_rpat.models`).
 _MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
-_MODULES += ("optimizers", "presets")
+_MODULES += ("config", "optimizers", "presets")
 _NAMES = {
     "FGSM": "attacks",
     "PGD": "attacks",
@@ -81,6 +61,8 @@ _NAMES = {
 
 
 def __getattr__(name):
+    if name in _MODULES or name in _NAMES:
+        _checks.check_keras_backend()
     if name in _MODULES:
         value = _importlib.import_module(f"keras_rpat.{name}")
     elif name in _NAMES:
@@ -101,6 +83,7 @@ __all__ = [
     "attacks",
     "autoattack",
     "callbacks",
+    "config",
     "datasets",
     "evaluation",
     "layers",
@@ -129,16 +112,3 @@ __all__ = [
     "BoAT",
     "RPATPlusPlus",
 ]
-
-
-def _started_as_cli():
-    """Whether this process is the `keras-rpat` command (or `python -m keras_rpat[.cli]`)."""
-    command = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
-    # "-m": `python -m keras_rpat.cli` imports this package while locating its module.
-    return command.startswith("keras-rpat") or command == "-m"
-
-
-# Without Keras installed, `keras_rpat.torch_models` (plain PyTorch) still imports.
-if not _started_as_cli() and _importlib_util.find_spec("keras") is not None:
-    for _name in _MODULES + ("trainer",):
-        _importlib.import_module(f"keras_rpat.{_name}")
