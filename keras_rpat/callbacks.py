@@ -90,7 +90,7 @@ class RobustEvaluation(keras.callbacks.Callback):
         n: evaluate on `n` evenly strided test examples; `None` uses all.
         batch_size: evaluation batch size.
         seed: seed of the PGD random start.
-        verbose: 1 prints one line per evaluation (through Keras' `io_utils`),
+        verbose: 1 prints one line per evaluation (where Keras prints its own),
             0 is silent.
 
     Attributes:
