@@ -34,10 +34,11 @@ from keras_rpat._version import __version__  # noqa: E402
 
 # The public API loads on first use (PEP 562), so that `import keras_rpat`
 # imports neither Keras nor a framework, and the `keras-rpat` command answers
-# `--help` or a usage error without them. Keras loads with the first name used;
-# an unsupported backend is then an `ImportError` (`_checks.check_keras_backend`).
-# Loading a saved model needs keras_rpat's classes registered: use any keras_rpat
-# name first (e.g. `keras_rpat.models`).
+# `--help` or a usage error without them. The first name used loads Keras and
+# every module of `_REGISTERED` (so `keras.saving.load_model` then finds all of
+# keras_rpat's classes); an unsupported backend is then an `ImportError`
+# (`_checks.check_keras_backend`).
+_REGISTERED = ("attacks", "autoattack", "layers", "losses", "optimizers", "trainer")
 _MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
 _MODULES += ("config", "optimizers", "presets")
 _NAMES = {
@@ -63,6 +64,8 @@ _NAMES = {
 def __getattr__(name):
     if name in _MODULES or name in _NAMES:
         _checks.check_keras_backend()
+        for module in _REGISTERED:
+            _importlib.import_module(f"keras_rpat.{module}")
     if name in _MODULES:
         value = _importlib.import_module(f"keras_rpat.{name}")
     elif name in _NAMES:

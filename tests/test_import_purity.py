@@ -190,6 +190,18 @@ def test_the_command_line_refuses_an_unsupported_backend_in_one_line(tmp_path, h
     assert "ImportError: keras_rpat supports" in debug.stderr
 
 
+def test_the_first_name_used_registers_every_serializable_class(tmp_path):
+    # Every module that registers a class with Keras is loaded by the first keras_rpat name used.
+    registering = sorted(
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for path, text in _package_sources().items()
+        if "register_keras_serializable" in text
+    )
+    code = "import json, sys, keras_rpat\nkeras_rpat.PGD\nprint(json.dumps(sorted(sys.modules)))\n"
+    loaded = set(last_json(run_python(code, tmp_path, KERAS_BACKEND=BACKEND)))
+    assert registering and [m for m in registering if m not in loaded] == []
+
+
 def _package_sources():
     return {path: path.read_text() for path in sorted(PACKAGE.rglob("*.py"))}
 
