@@ -38,7 +38,12 @@ def device_generator(seed, device):
 def keras_device_and_dtype(dtype=None):
     """`(torch.device, torch.dtype)` of the tensors Keras makes now (its device scope; `dtype` standardized)."""
     probe = keras.ops.empty((0,), dtype=dtype)  # no data, no kernel: nothing runs on the device
-    return probe.device, probe.dtype
+    device = probe.device
+    if device.type == "cuda" and device.index == torch.cuda.current_device():
+        # Named as Keras names its default ("cuda": the current device), so that every
+        # rank of a data-parallel run keys (and saves) its generators alike.
+        device = torch.device("cuda")
+    return device, probe.dtype
 
 
 def _shape(shape):
