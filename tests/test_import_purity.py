@@ -85,12 +85,13 @@ _LOAD_EVERYTHING = (
     "    return {{name: {{k: (id(v), type(v).__qualname__) for k, v in list(vars(m).items())}}\n"
     "            for name, m in list(sys.modules.items()) if name.split('.')[0] == 'keras' and m is not None}}\n"
     "keras_before, env_before = snapshot(), dict(os.environ)\n"
-    + LOAD_API
-    + "keras_after, env_after = snapshot(), dict(os.environ)\n"
+    "keras_rpat.PGD\n"
+    "first_name = sorted(sys.modules)\n" + LOAD_API + "keras_after, env_after = snapshot(), dict(os.environ)\n"
     "patched = sorted(f'{{m}}.{{k}}: {{keras_before[m][k][1]}} -> {{keras_after[m].get(k, (0, None))[1]}}'\n"
     "                 for m in keras_before for k in keras_before[m] if keras_after[m].get(k) != keras_before[m][k])\n"
     "env = {{k: env_after.get(k) for k in set(env_before) | set(env_after) if env_before.get(k) != env_after.get(k)}}\n"
-    "print(json.dumps(dict(argv_reads=reads, patched=patched, environ=env, backend=keras.config.backend())))\n"
+    "print(json.dumps(dict(argv_reads=reads, patched=patched, environ=env, backend=keras.config.backend(),\n"
+    "                      first_name=first_name)))\n"
 )
 
 
@@ -190,16 +191,14 @@ def test_the_command_line_refuses_an_unsupported_backend_in_one_line(tmp_path, h
     assert "ImportError: keras_rpat supports" in debug.stderr
 
 
-def test_the_first_name_used_registers_every_serializable_class(tmp_path):
+def test_the_first_name_used_registers_every_serializable_class(everything_loaded):
     # Every module that registers a class with Keras is loaded by the first keras_rpat name used.
     registering = sorted(
         ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
         for path, text in _package_sources().items()
         if "register_keras_serializable" in text
     )
-    code = "import json, sys, keras_rpat\nkeras_rpat.PGD\nprint(json.dumps(sorted(sys.modules)))\n"
-    loaded = set(last_json(run_python(code, tmp_path, KERAS_BACKEND=BACKEND)))
-    assert registering and [m for m in registering if m not in loaded] == []
+    assert registering and [m for m in registering if m not in everything_loaded["first_name"]] == []
 
 
 def _package_sources():
