@@ -1,8 +1,9 @@
 """keras_rpat: Robust Perception Adversarial Training for Keras 3.
 
 Importing `keras_rpat` selects the PyTorch backend when `KERAS_BACKEND` is unset
-(Keras' own default is TensorFlow). The backend is fixed the first time Keras is
-imported, so set `KERAS_BACKEND` before importing Keras or keras_rpat.
+and Keras is not imported yet (Keras' own default is TensorFlow); it changes
+nothing else. The backend is fixed the first time Keras is imported, so set
+`KERAS_BACKEND` before importing Keras or keras_rpat to choose it.
 
 Example:
 
