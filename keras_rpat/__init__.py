@@ -30,7 +30,6 @@ import sys as _sys
 if "keras" not in _sys.modules:
     _os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from keras_rpat import _checks  # noqa: E402
 from keras_rpat._version import __version__  # noqa: E402
 
 # The public API loads on first use (PEP 562), so that `import keras_rpat`
@@ -38,7 +37,7 @@ from keras_rpat._version import __version__  # noqa: E402
 # `--help` or a usage error without them. The first name used loads Keras and
 # every module of `_REGISTERED` (so `keras.saving.load_model` then finds all of
 # keras_rpat's classes); an unsupported backend is then an `ImportError`
-# (`_checks.check_keras_backend`).
+# (`_checks.check_keras_backend`, loaded then: it imports NumPy).
 _REGISTERED = ("attacks", "autoattack", "layers", "losses", "optimizers", "trainer")
 _MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
 _MODULES += ("config", "optimizers", "presets")
@@ -64,7 +63,7 @@ _NAMES = {
 
 def __getattr__(name):
     if name in _MODULES or name in _NAMES:
-        _checks.check_keras_backend()
+        _importlib.import_module("keras_rpat._checks").check_keras_backend()
         for module in _REGISTERED:
             _importlib.import_module(f"keras_rpat.{module}")
     if name in _MODULES:

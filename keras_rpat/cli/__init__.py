@@ -26,7 +26,6 @@ import warnings
 
 import click
 
-from keras_rpat import _checks
 from keras_rpat._version import __version__
 
 __all__ = ["COMMANDS", "main"]
@@ -138,15 +137,16 @@ def main(no_fast_path, allow_large_l2, debug):
 
     The backend is chosen with KERAS_BACKEND (torch by default).
     """
+    checks = importlib.import_module("keras_rpat._checks")  # here: it imports NumPy, which `--help` needs not
     try:
-        _checks.check_keras_backend()
+        checks.check_keras_backend()
     except ImportError as e:
         if debug:
             raise
         raise BackendError(str(e)) from None
     if no_fast_path:
         importlib.import_module("keras_rpat.config").set_fast_path_default(False)
-    _checks.allow_large_l2_budgets(allow_large_l2)
+    checks.allow_large_l2_budgets(allow_large_l2)
 
 
 class BackendError(click.ClickException):
