@@ -31,8 +31,7 @@ COMMANDS = {
 }
 HEAVY = ("keras", "torch", "tensorflow")
 # Runs the command line in this process, as `keras-rpat` (keras_rpat's package
-# loads its submodules lazily only in that command: see `keras_rpat._started_as_cli`),
-# and reports the heavy modules it imported.
+# loads its submodules on first use), and reports the heavy modules it imported.
 _PROBE = (
     "import sys, json\n"
     "sys.argv[0] = 'keras-rpat'\n"

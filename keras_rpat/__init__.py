@@ -1,8 +1,9 @@
 """keras_rpat: Robust Perception Adversarial Training for Keras 3.
 
 Importing `keras_rpat` selects the PyTorch backend when `KERAS_BACKEND` is unset
-(Keras' own default is TensorFlow). The backend is fixed the first time Keras is
-imported, so set `KERAS_BACKEND` before importing Keras or keras_rpat.
+and Keras is not imported yet (Keras' own default is TensorFlow); it changes
+nothing else. The backend is fixed the first time Keras is imported, so set
+`KERAS_BACKEND` before importing Keras or keras_rpat to choose it.
 
 Example:
 
@@ -21,45 +22,25 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 """
 
 import importlib as _importlib
-import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-_os.environ.setdefault("KERAS_BACKEND", "torch")
-
-
-def _check_backend_choice():
-    """A clear error for an unsupported `KERAS_BACKEND`, before Keras is imported (Keras fails obscurely).
-
-    From the `keras-rpat` command it is one line on stderr and exit status 2
-    (a traceback with `--debug`); from Python an `ImportError`.
-    """
-    backend = _os.environ["KERAS_BACKEND"]
-    if backend in ("torch", "tensorflow"):
-        return
-    message = (
-        f"keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND={backend!r}. "
-        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow, or unset it."
-    )
-    command = _os.path.basename(_sys.argv[0] if _sys.argv else "")
-    # "-m": `python -m keras_rpat` imports this package while locating its `__main__`.
-    if (command.startswith("keras-rpat") or command == "-m") and "--debug" not in _sys.argv:
-        _sys.stderr.write(f"Error: {message}\n")
-        raise SystemExit(2)
-    raise ImportError(message)
-
-
-_check_backend_choice()
+# The product's default backend, chosen before Keras is imported (afterwards
+# Keras' choice stands). An explicit KERAS_BACKEND always wins.
+if "keras" not in _sys.modules:
+    _os.environ.setdefault("KERAS_BACKEND", "torch")
 
 from keras_rpat._version import __version__  # noqa: E402
 
-# In the `keras-rpat` command the public API loads on first use (PEP 562), so
-# that `--help` or a usage error answers without Keras, torch or TensorFlow.
-# Anywhere else it loads with the package (end of this file), as a Keras
-# library's should: its serializable layers, losses and trainer are then
-# registered, and `keras.saving.load_model` finds them after `import keras_rpat`.
+# The public API loads on first use (PEP 562), so that `import keras_rpat`
+# imports neither Keras nor a framework, and the `keras-rpat` command answers
+# `--help` or a usage error without them. The first name used loads Keras and
+# every module of `_REGISTERED` (so `keras.saving.load_model` then finds all of
+# keras_rpat's classes); an unsupported backend is then an `ImportError`
+# (`_checks.check_keras_backend`, loaded then: it imports NumPy).
+_REGISTERED = ("attacks", "autoattack", "layers", "losses", "optimizers", "trainer")
 _MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
-_MODULES += ("optimizers", "presets")
+_MODULES += ("config", "optimizers", "presets")
 _NAMES = {
     "FGSM": "attacks",
     "PGD": "attacks",
@@ -81,6 +62,10 @@ _NAMES = {
 
 
 def __getattr__(name):
+    if name in _MODULES or name in _NAMES:
+        _importlib.import_module("keras_rpat._checks").check_keras_backend()
+        for module in _REGISTERED:
+            _importlib.import_module(f"keras_rpat.{module}")
     if name in _MODULES:
         value = _importlib.import_module(f"keras_rpat.{name}")
     elif name in _NAMES:
@@ -101,6 +86,7 @@ __all__ = [
     "attacks",
     "autoattack",
     "callbacks",
+    "config",
     "datasets",
     "evaluation",
     "layers",
@@ -129,16 +115,3 @@ __all__ = [
     "BoAT",
     "RPATPlusPlus",
 ]
-
-
-def _started_as_cli():
-    """Whether this process is the `keras-rpat` command (or `python -m keras_rpat[.cli]`)."""
-    command = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
-    # "-m": `python -m keras_rpat.cli` imports this package while locating its module.
-    return command.startswith("keras-rpat") or command == "-m"
-
-
-# Without Keras installed, `keras_rpat.torch_models` (plain PyTorch) still imports.
-if not _started_as_cli() and _importlib_util.find_spec("keras") is not None:
-    for _name in _MODULES + ("trainer",):
-        _importlib.import_module(f"keras_rpat.{_name}")

@@ -13,6 +13,7 @@ by then).
 import math
 import numbers
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -22,11 +23,13 @@ __all__ = [
     "L2_BUDGET_LIMIT",
     "NORMS",
     "NORM_ALIASES",
+    "KERAS_BACKENDS",
     "allow_large_l2_budgets",
     "canonical_dataset",
     "canonical_norm",
     "channel_axis",
     "check_input_shape",
+    "check_keras_backend",
     "check_bool",
     "check_float_dtype",
     "check_non_negative_int",
@@ -155,6 +158,30 @@ def check_positive_number(value, name, allow_zero=False):
 # Above any published L2 threat model (ImageNet's go up to 3.0, CIFAR's to 128/255).
 L2_BUDGET_LIMIT = 10.0
 _LARGE_L2_ALLOWED = [False]
+
+
+KERAS_BACKENDS = ("torch", "tensorflow")
+
+
+def check_keras_backend():
+    """The Keras backend keras_rpat runs on; an `ImportError` that names an unsupported one and the fix.
+
+    `KERAS_BACKEND` until Keras is imported (read without importing Keras,
+    which fails obscurely on an unknown backend), then Keras' own choice.
+    """
+    backend = os.environ.get("KERAS_BACKEND")
+    if "keras" in sys.modules or backend is None:
+        import keras
+
+        backend, received = keras.config.backend(), "keras.config.backend()"
+    else:
+        received = "KERAS_BACKEND"
+    if backend not in KERAS_BACKENDS:
+        raise ImportError(
+            f"keras_rpat supports the Keras backends torch and tensorflow. Received: {received}={backend!r}. "
+            "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow before importing Keras, or unset it."
+        )
+    return backend
 
 
 def allow_large_l2_budgets(enabled=True):
@@ -596,13 +623,16 @@ def infer_data_format(model, data_format=None):
     return keras.config.image_data_format()
 
 
+def _sublayers(layer):
+    """`layer`'s layers, depth first, through `Model.layers` (Keras' public view of a model's layers)."""
+    for child in getattr(layer, "layers", None) or ():
+        yield child
+        yield from _sublayers(child)
+
+
 def _layer_data_format(model):
-    try:
-        layers = list(model._flatten_layers(include_self=False, recursive=True))
-    except (AttributeError, TypeError):
-        layers = list(getattr(model, "layers", []))
     fallback = None
-    for layer in layers:
+    for layer in _sublayers(model):
         fmt = getattr(layer, "data_format", None)
         if fmt not in _DATA_FORMATS:
             continue

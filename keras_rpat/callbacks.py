@@ -7,6 +7,7 @@ the final one.
 """
 
 import json
+import logging
 import math
 import os
 import sys
@@ -37,15 +38,13 @@ __all__ = [
 
 
 def print_msg(message):
-    """Keras' own callback output (honours `keras.config.disable_interactive_logging`)."""
-    try:
-        from keras.src.utils import io_utils
-    except ImportError:  # pragma: no cover - Keras moved it
-        import sys
-
+    """A line of callback output, where Keras prints its own: stdout, or the log after
+    `keras.config.disable_interactive_logging()`."""
+    if keras.config.is_interactive_logging_enabled():
         sys.stdout.write(message + "\n")
-        return
-    io_utils.print_msg(message)
+        sys.stdout.flush()
+    else:
+        logging.getLogger(__name__).info(message)
 
 
 class RobustEvaluation(keras.callbacks.Callback):
@@ -91,7 +90,7 @@ class RobustEvaluation(keras.callbacks.Callback):
         n: evaluate on `n` evenly strided test examples; `None` uses all.
         batch_size: evaluation batch size.
         seed: seed of the PGD random start.
-        verbose: 1 prints one line per evaluation (through Keras' `io_utils`),
+        verbose: 1 prints one line per evaluation (where Keras prints its own),
             0 is silent.
 
     Attributes:

@@ -1,13 +1,17 @@
-"""The architecture rules of CONTRIBUTING.md, checked on the source (`tools/import_graph.py`).
+"""The architecture rules of CONTRIBUTING.md, checked on the source.
 
-`python tools/import_graph.py` prints the import graph in layers; this test
-fails when it reports a problem: an import cycle, a function-level import of
-a package module (other than the listed lazy ones) or a cross-module use of a
-`_private` name.
+import-linter's contracts (pyproject.toml `[tool.importlinter]`, `lint-imports`)
+fail on an import of a higher layer, a module placed in no layer and an import
+cycle in a package. `python tools/import_graph.py` prints the import graph in
+layers and fails on what import-linter cannot express: a function-level import
+of a package module (other than the listed lazy ones) or a cross-module use of
+a `_private` name.
 """
 
 import importlib.util
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -53,10 +57,6 @@ def _package(tmp_path, files):
     "files, expected",
     [
         (
-            {"__init__.py": "", "a.py": "from keras_rpat import b\n", "b.py": "from keras_rpat import a\n"},
-            "import cycle: keras_rpat.a -> keras_rpat.b",
-        ),
-        (
             {"__init__.py": "", "a.py": "def f():\n    from keras_rpat import b\n", "b.py": ""},
             "imports keras_rpat.b inside a function",
         ),
@@ -69,11 +69,48 @@ def _package(tmp_path, files):
             "private name keras_rpat.b._x",
         ),
     ],
-    ids=["cycle", "function-level import", "from-import of a private name", "private attribute"],
+    ids=["function-level import", "from-import of a private name", "private attribute"],
 )
 def test_the_checker_finds_each_problem(tmp_path, files, expected):
     _, problems = _tool().check(_package(tmp_path, files), lazy={})
     assert any(expected in p for p in problems), problems
+
+
+LINT_IMPORTS = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+
+
+def lint_imports(root):
+    """The completed `lint-imports` on the keras_rpat package and pyproject.toml in `root`."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_import_linter_keeps_every_contract():
+    out = lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "path, line, expected",
+    [
+        (
+            "_checks.py",
+            "from keras_rpat import trainer\n",
+            "keras_rpat._checks is not allowed to import keras_rpat.trainer",
+        ),
+        ("unplaced.py", "\n", "- keras_rpat.unplaced"),
+        ("cli/options.py", "from keras_rpat.cli import train\n", "No cycles are allowed in keras_rpat.cli"),
+    ],
+    ids=["arrow up", "module in no layer", "cycle in a package"],
+)
+def test_import_linter_refuses(tmp_path, path, line, expected):
+    shutil.copytree(ROOT / "keras_rpat", tmp_path / "keras_rpat", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with open(tmp_path / "keras_rpat" / path, "a") as f:
+        f.write(line)
+    out = lint_imports(tmp_path)
+    assert out.returncode == 1 and expected in out.stdout, out.stdout + out.stderr
 
 
 def test_every_package_ships_in_the_wheel():

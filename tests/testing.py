@@ -120,24 +120,29 @@ def invoke(command, args, **kwargs):
     return CliRunner().invoke(command, [str(a) for a in args], **kwargs)
 
 
-# Runs the command line in a fresh process, as the `keras-rpat` script does (its
-# argv[0]; see keras_rpat._started_as_cli), and prints the heavy modules it imported.
+# Runs the command line in a fresh process, as the `keras-rpat` script does, with
+# the modules of BLOCKED made unimportable, and prints the heavy modules it imported.
 PROBE = (
     "import sys, json\n"
     "sys.argv[0] = 'keras-rpat'\n"
+    "sys.modules.update(dict.fromkeys(BLOCKED))\n"
     "from keras_rpat.cli import main\n"
     "try:\n"
     "    main(sys.argv[1:], prog_name='keras-rpat', standalone_mode=False)\n"
     "finally:\n"
-    "    print('IMPORTED', json.dumps(sorted(m for m in ('keras', 'torch', 'tensorflow') if m in sys.modules)))\n"
+    "    print('IMPORTED', json.dumps(sorted(m for m in ('keras', 'torch', 'tensorflow') if sys.modules.get(m))))\n"
 )
 
 
-def imported(args, backend=None):
-    """`(heavy modules imported, completed process)` of `keras-rpat ARGS` in a fresh process."""
+def imported(args, backend=None, blocked=()):
+    """`(heavy modules imported, completed process)` of `keras-rpat ARGS` in a fresh process.
+
+    `blocked`: modules made unimportable, as if not installed (e.g. `("tensorflow",)`).
+    """
     env = dict(os.environ, KERAS_BACKEND=backend or os.environ.get("KERAS_BACKEND", "torch"))
+    probe = PROBE.replace("BLOCKED", repr(tuple(blocked)))
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, *[str(a) for a in args]], capture_output=True, text=True, env=env
+        [sys.executable, "-c", probe, *[str(a) for a in args]], capture_output=True, text=True, env=env
     )
     line = [x for x in out.stdout.splitlines() if x.startswith("IMPORTED ")]
     assert line, out.stdout + out.stderr

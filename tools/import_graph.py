@@ -4,12 +4,13 @@
     python tools/import_graph.py --quiet    # only the problems
 
 Reads the source with `ast` (nothing is imported) and checks the rules of
-CONTRIBUTING.md "Architecture rules":
+CONTRIBUTING.md "Architecture rules" that import-linter cannot express (its
+contracts in pyproject.toml, run by `lint-imports`, check the layers and that
+no package has an import cycle):
 
-1. No import cycle between the package's modules (module-level imports).
-2. No module imports another module of the package inside a function, except
+1. No module imports another module of the package inside a function, except
    the lazy imports listed in `LAZY_IMPORTS` (each with its reason).
-3. No module uses another module's `_private` name (`from m import _x` or
+2. No module uses another module's `_private` name (`from m import _x` or
    `m._x`); internal modules such as `keras_rpat._checks` have public names.
 
 A submodule's implicit import of its parent package is not an edge.
@@ -169,39 +170,6 @@ def _dotted(node):
     return None
 
 
-def cycles(edges):
-    """Strongly connected components with more than one module (Tarjan)."""
-    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
-
-    def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in sorted(edges[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    sys.setrecursionlimit(10000)
-    for v in sorted(edges):
-        if v not in index:
-            visit(v)
-    return out
-
-
 def layers(edges):
     """Layer 0: modules that import nothing from the package; layer k: imports only layers < k."""
     depth = {}
@@ -225,15 +193,12 @@ def layers(edges):
 def check(package_dir=PACKAGE, lazy=None):
     """`(layers, problems)` of the package in `package_dir`."""
     edges, problems = analyse(discover(package_dir), lazy)
-    problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(edges)]
     return layers(edges), problems
 
 
 def main(argv):
     modules = discover()
     edges, problems = analyse(modules)
-    found = cycles(edges)
-    problems += [f"import cycle: {' -> '.join(c)}" for c in found]
     if "--quiet" not in argv:
         short = lambda m: m.replace("keras_rpat.", "") if m != "keras_rpat" else "keras_rpat (the public API)"  # noqa: E731
         print("keras_rpat import graph, leaves first (a module imports only modules of the layers above it):")

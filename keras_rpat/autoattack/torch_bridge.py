@@ -4,7 +4,6 @@ import contextlib
 
 import keras
 import torch
-from keras.src.backend.torch.core import get_device
 
 from keras_rpat import _checks
 
@@ -17,7 +16,7 @@ def model_device(model):
         value = getattr(v, "value", None)
         if isinstance(value, torch.Tensor):
             return value.device
-    return torch.device(get_device())
+    return keras.ops.empty((0,)).device
 
 
 class _ToChannelsLast(torch.autograd.Function):

@@ -267,8 +267,3 @@ def set_generator_state(generator, state):
     put = getattr(get_backend(), "set_random_state", None)
     if put is not None and "backend" in state:
         put(generator, state["backend"])
-
-
-if keras.config.backend() == "torch":
-    # Loaded with the package: keeps Keras from importing TensorFlow on torch.
-    from keras_rpat.backend import torch_without_tensorflow  # noqa: E402, F401

@@ -3,11 +3,11 @@
 import contextlib
 
 import torch
-from keras.src.backend.torch.core import get_device
 
 from keras_rpat.backend import torch_distributed
 from keras_rpat.backend import torch_fast
 from keras_rpat.backend.torch_random import get_random_state  # noqa: F401  (backend hooks)
+from keras_rpat.backend.torch_random import keras_device_and_dtype
 from keras_rpat.backend.torch_random import random_beta  # noqa: F401
 from keras_rpat.backend.torch_random import random_normal  # noqa: F401
 from keras_rpat.backend.torch_random import random_uniform  # noqa: F401
@@ -126,7 +126,7 @@ def inference_model(model, enabled=True):
 
 
 def device_name():
-    device = str(get_device())
+    device = str(keras_device_and_dtype()[0])
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name()})"
     return device

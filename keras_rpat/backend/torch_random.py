@@ -11,10 +11,9 @@ state is saved and restored for resumed runs.
 import base64
 import weakref
 
+import keras
 import numpy as np
 import torch
-from keras.src.backend.torch.core import get_device
-from keras.src.backend.torch.core import to_torch_dtype
 
 from keras_rpat.backend import torch_distributed
 
@@ -36,13 +35,23 @@ def device_generator(seed, device):
     return per_device[key]
 
 
+def keras_device_and_dtype(dtype=None):
+    """`(torch.device, torch.dtype)` of the tensors Keras makes now (its device scope; `dtype` standardized)."""
+    probe = keras.ops.empty((0,), dtype=dtype)  # no data, no kernel: nothing runs on the device
+    device = probe.device
+    if device.type == "cuda" and device.index == torch.cuda.current_device():
+        # Named as Keras names its default ("cuda": the current device), so that every
+        # rank of a data-parallel run keys (and saves) its generators alike.
+        device = torch.device("cuda")
+    return device, probe.dtype
+
+
 def _shape(shape):
     return tuple(int(s) for s in shape)
 
 
 def random_uniform(shape, minval, maxval, dtype, seed):
-    device = get_device()
-    dtype = to_torch_dtype(dtype)
+    device, dtype = keras_device_and_dtype(dtype)
     # In a data-parallel step a per-sample draw is made for the global batch
     # and each rank keeps its rows (see torch_distributed).
     shape, rows = torch_distributed.global_rows(_shape(shape))
@@ -52,8 +61,7 @@ def random_uniform(shape, minval, maxval, dtype, seed):
 
 
 def random_normal(shape, mean, stddev, dtype, seed):
-    device = get_device()
-    dtype = to_torch_dtype(dtype)
+    device, dtype = keras_device_and_dtype(dtype)
     shape, rows = torch_distributed.global_rows(_shape(shape))
     n = torch.randn(shape, generator=device_generator(seed, device), dtype=dtype, device=device)
     n = n if rows is None else n[rows]
@@ -62,8 +70,7 @@ def random_normal(shape, mean, stddev, dtype, seed):
 
 def random_beta(concentration1, concentration0, dtype, seed):
     # Beta(a, b) = Ga / (Ga + Gb) with unit-scale Gamma draws on the device.
-    device = get_device()
-    dtype = to_torch_dtype(dtype)
+    device, dtype = keras_device_and_dtype(dtype)
     gen = device_generator(seed, device)
     a = torch.full((1,), float(concentration1), dtype=dtype, device=device)
     b = torch.full((1,), float(concentration0), dtype=dtype, device=device)

@@ -1,7 +1,7 @@
 """The `keras-rpat` command line (`keras-rpat = keras_rpat.cli:main`).
 
 `KERAS_BACKEND` chooses the backend (torch when unset); it must be set before
-the command starts.
+the command starts, and an unsupported one is refused in one line (exit status 2).
 
 The commands load on demand: `COMMANDS` names each command's module, which is
 imported only when that command runs (or its own `--help` is asked for), so
@@ -19,15 +19,14 @@ importing Keras, torch or TensorFlow (`benchmarks/cli_startup.py` measures it).
 | `demo` | `demo` |
 """
 
+import contextlib
 import importlib
 import os
 import warnings
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
+import click
 
-import click  # noqa: E402
-
-from keras_rpat._version import __version__  # noqa: E402
+from keras_rpat._version import __version__
 
 __all__ = ["COMMANDS", "main"]
 
@@ -87,7 +86,8 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _one_line_warnings():
+                return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:
@@ -137,17 +137,36 @@ def main(no_fast_path, allow_large_l2, debug):
 
     The backend is chosen with KERAS_BACKEND (torch by default).
     """
-    if importlib.import_module("keras_rpat")._started_as_cli():
-        warnings.showwarning = _one_line_warning  # (tests, in-process, keep Python's warnings to assert on)
+    checks = importlib.import_module("keras_rpat._checks")  # here: it imports NumPy, which `--help` needs not
+    try:
+        checks.check_keras_backend()
+    except ImportError as e:
+        if debug:
+            raise
+        raise BackendError(str(e)) from None
     if no_fast_path:
-        # Loaded here, not at the top: the trainer imports Keras and torch.
-        importlib.import_module("keras_rpat.trainer").set_fast_path_default(False)
-    importlib.import_module("keras_rpat._checks").allow_large_l2_budgets(allow_large_l2)
+        importlib.import_module("keras_rpat.config").set_fast_path_default(False)
+    checks.allow_large_l2_budgets(allow_large_l2)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """A warning of the command as one line `Warning: ...` on stderr (Python adds the file, line and source)."""
-    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+class BackendError(click.ClickException):
+    """An unsupported `KERAS_BACKEND`: one line `Error: ...`, exit status 2 (a usage error of the environment)."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Prints each warning of a command as one line `Warning: ...` (Python adds the file, line and source).
+
+    Only the printed form changes: warnings that are caught or recorded (`pytest.warns`) are untouched.
+    """
+    original = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {' '.join(str(message).split())}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 if __name__ == "__main__":  # pragma: no cover

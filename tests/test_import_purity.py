@@ -1,0 +1,230 @@
+"""`import keras_rpat` has no side effect but the promised default backend, and the package uses public Keras only.
+
+Each rule runs in a fresh Python (`python -c ...`), since an import happens
+once per process: without `KERAS_BACKEND` and with an empty `KERAS_HOME`
+unless the test sets them. A rule that needs a working backend uses the one
+this suite runs on.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_rpat"
+BACKEND = os.environ.get("KERAS_BACKEND", "torch")
+HEAVY = ("keras", "torch", "tensorflow")
+
+# Loads every public name of keras_rpat (the modules of a not-yet-merged name are skipped: test_api checks them).
+LOAD_API = (
+    "import importlib.util\n"
+    "for _n in keras_rpat.__all__:\n"
+    "    _m = keras_rpat._NAMES.get(_n, _n)\n"
+    "    if _n == '__version__' or importlib.util.find_spec('keras_rpat.' + _m) is not None:\n"
+    "        getattr(keras_rpat, _n)\n"
+)
+
+
+def run_python(code, tmp_path, **env):
+    """The completed `python -c code` with `env` added to a clean environment (`None` removes a variable)."""
+    base = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    base.update(KERAS_HOME=str(tmp_path / "keras_home"), TF_CPP_MIN_LOG_LEVEL="2")
+    for k, v in env.items():
+        if v is None:
+            base.pop(k, None)
+        else:
+            base[k] = v
+    return subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=300)
+
+
+def last_json(process):
+    assert process.returncode == 0, process.stdout + process.stderr
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def test_import_sets_only_the_default_backend_and_loads_no_framework(tmp_path):
+    code = (
+        "import json, os, sys\n"
+        "before = dict(os.environ)\n"
+        "import keras_rpat\n"
+        "after = dict(os.environ)\n"
+        "changed = {k: after.get(k) for k in set(before) | set(after) if before.get(k) != after.get(k)}\n"
+        f"print(json.dumps([changed, [m for m in {HEAVY!r} if m in sys.modules]]))\n"
+    )
+    changed, frameworks = last_json(run_python(code, tmp_path))
+    assert changed == {"KERAS_BACKEND": "torch"}
+    assert frameworks == []
+
+
+# One fresh process loads the whole API on this suite's backend, with keras.json naming the other backend and
+# a sys.argv that records every read made from keras_rpat's files (argv[0] as the command line would have it).
+_LOAD_EVERYTHING = (
+    "import json, os, sys\n"
+    "reads = []\n"
+    "class Argv(list):\n"
+    "    def _note(self):\n"
+    "        caller = sys._getframe(2).f_code.co_filename\n"
+    "        if '/keras_rpat/' in caller:\n"
+    "            reads.append(caller)\n"
+    "    def __getitem__(self, i):\n"
+    "        self._note(); return list.__getitem__(self, i)\n"
+    "    def __iter__(self):\n"
+    "        self._note(); return list.__iter__(self)\n"
+    "    def __len__(self):\n"
+    "        self._note(); return list.__len__(self)\n"
+    "    def __contains__(self, x):\n"
+    "        self._note(); return list.__contains__(self, x)\n"
+    "sys.argv = Argv(['keras-rpat', '--debug'])\n"
+    "import keras_rpat\n"
+    "import keras, {framework}\n"  # their own start-up is not keras_rpat's
+    "def snapshot():\n"
+    "    return {{name: {{k: (id(v), type(v).__qualname__) for k, v in list(vars(m).items())}}\n"
+    "            for name, m in list(sys.modules.items()) if name.split('.')[0] == 'keras' and m is not None}}\n"
+    "keras_before, env_before = snapshot(), dict(os.environ)\n"
+    "keras_rpat.PGD\n"
+    "first_name = sorted(sys.modules)\n" + LOAD_API + "keras_after, env_after = snapshot(), dict(os.environ)\n"
+    "patched = sorted(f'{{m}}.{{k}}: {{keras_before[m][k][1]}} -> {{keras_after[m].get(k, (0, None))[1]}}'\n"
+    "                 for m in keras_before for k in keras_before[m] if keras_after[m].get(k) != keras_before[m][k])\n"
+    "env = {{k: env_after.get(k) for k in set(env_before) | set(env_after) if env_before.get(k) != env_after.get(k)}}\n"
+    "print(json.dumps(dict(argv_reads=reads, patched=patched, environ=env, backend=keras.config.backend(),\n"
+    "                      first_name=first_name)))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def everything_loaded(tmp_path_factory):
+    home = tmp_path_factory.mktemp("import_purity")
+    (home / "keras_home").mkdir()
+    other = "tensorflow" if BACKEND == "torch" else "torch"
+    (home / "keras_home" / "keras.json").write_text(json.dumps({"backend": other}))
+    framework = "torch" if BACKEND == "torch" else "tensorflow"
+    return last_json(run_python(_LOAD_EVERYTHING.format(framework=framework), home, KERAS_BACKEND=BACKEND))
+
+
+def test_import_and_api_read_no_sys_argv(everything_loaded):
+    assert everything_loaded["argv_reads"] == []
+
+
+def test_loading_the_api_changes_no_environment_variable(everything_loaded):
+    assert everything_loaded["environ"] == {}
+
+
+def test_loading_the_api_patches_no_keras_module(everything_loaded):
+    # Every attribute of every Keras module loaded before is the same object, of the same class.
+    assert everything_loaded["patched"] == []
+
+
+def test_an_explicit_keras_backend_wins(everything_loaded):
+    # Over keras.json (which names the other backend) and over keras_rpat's default.
+    assert everything_loaded["backend"] == BACKEND
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="loads Keras on tensorflow: once, in the tensorflow run")
+def test_keras_imported_first_keeps_its_backend(tmp_path):
+    # No KERAS_BACKEND and an empty KERAS_HOME: Keras' own default, tensorflow.
+    code = (
+        "import json, os, keras, keras_rpat\n"
+        "from keras_rpat import backend\n"
+        "print(json.dumps([keras.config.backend(), os.environ.get('KERAS_BACKEND'), backend.get_backend().__name__]))\n"
+    )
+    assert last_json(run_python(code, tmp_path)) == ["tensorflow", None, "keras_rpat.backend.tensorflow"]
+
+
+@pytest.mark.parametrize("argv0", ["-c", "keras-rpat"])
+def test_an_unsupported_backend_is_an_import_error_that_names_it_and_the_fix(tmp_path, argv0):
+    code = (
+        "import sys\n"
+        f"sys.argv[0] = {argv0!r}\n"
+        "import keras_rpat\n"  # nothing to check until the API loads
+        "try:\n"
+        "    from keras_rpat import PGD\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = run_python(code, tmp_path, KERAS_BACKEND="jax")
+    assert out.returncode == 0 and "SystemExit" not in out.stderr, out.stderr
+    assert out.stdout.strip() == (
+        "keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND='jax'. "
+        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow before importing Keras, or unset it."
+    )
+
+
+def test_keras_imported_first_on_an_unsupported_backend_is_an_import_error(tmp_path):
+    # A stand-in for Keras imported on jax (not installed here): only its `config.backend()` is asked.
+    code = (
+        "import os, sys, types\n"
+        "sys.modules['keras'] = types.SimpleNamespace(config=types.SimpleNamespace(backend=lambda: 'jax'))\n"
+        "import keras_rpat\n"
+        "assert 'KERAS_BACKEND' not in os.environ\n"  # Keras chose already: no default is set
+        "try:\n"
+        "    keras_rpat.RPATTrainer\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = run_python(code, tmp_path)
+    assert "Received: keras.config.backend()='jax'" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("how", ["keras-rpat", "python -m keras_rpat"])
+def test_the_command_line_refuses_an_unsupported_backend_in_one_line(tmp_path, how):
+    command = (
+        [os.path.join(os.path.dirname(sys.executable), "keras-rpat")]
+        if how == "keras-rpat"
+        else [sys.executable, "-m", "keras_rpat"]
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update(KERAS_BACKEND="foo", KERAS_HOME=str(tmp_path))
+    p = subprocess.run([*command, "recipe", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.splitlines() == [
+        "Error: keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND='foo'. "
+        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow before importing Keras, or unset it."
+    ]
+    debug = subprocess.run(
+        [*command, "--debug", "recipe", "list"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert "ImportError: keras_rpat supports" in debug.stderr
+
+
+def test_the_first_name_used_registers_every_serializable_class(everything_loaded):
+    # Every module that registers a class with Keras is loaded by the first keras_rpat name used.
+    registering = sorted(
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for path, text in _package_sources().items()
+        if "register_keras_serializable" in text
+    )
+    assert registering and [m for m in registering if m not in everything_loaded["first_name"]] == []
+
+
+def _package_sources():
+    return {path: path.read_text() for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_package_imports_no_private_keras_module():
+    hits = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for path, text in _package_sources().items()
+        for n, line in enumerate(text.splitlines(), 1)
+        if re.search(r"\bkeras\.src\b", line)
+    ]
+    assert hits == []
+
+
+# Private Keras attributes the package used once (each breaks on a Keras minor release).
+PRIVATE_KERAS = ("_flatten_layers", "_maybe_symbolic_build", "module_utils", "io_utils")
+
+
+def test_the_package_uses_no_known_private_keras_attribute():
+    hits = [
+        f"{path.relative_to(PACKAGE)}:{n}: {name}"
+        for path, text in _package_sources().items()
+        for n, line in enumerate(text.splitlines(), 1)
+        for name in PRIVATE_KERAS
+        if re.search(rf"\b{name}\b", line)
+    ]
+    assert hits == []
