@@ -27,13 +27,14 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _names
+from keras_rpat import method_presets
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["autoattack_command", "eval_command", "load_model", "threat_model_options", "unsafe_deserialization_option"]
 
 # The default budget of each threat model (the paper's).
-DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 128 / 255}
+DEFAULT_EPSILON = {norm: budget["epsilon"] for norm, budget in method_presets.BUDGETS.items()}
 
 
 def threat_model_options(f):

@@ -44,6 +44,7 @@ from keras_rpat import callbacks as callbacks_lib
 from keras_rpat import datasets
 from keras_rpat import evaluation
 from keras_rpat import losses as losses_lib
+from keras_rpat import method_presets
 from keras_rpat import models
 from keras_rpat import presets
 from keras_rpat.recipes import plots
@@ -147,7 +148,7 @@ def _build_model(spec, preset, ds):
 
 def _threat(spec, preset):
     """(norm, epsilon, step_size) of the run's evaluation."""
-    budget = presets.BUDGETS[spec.norm]
+    budget = method_presets.budget(spec.preset, spec.norm)
     step = spec.l2_step_size if spec.norm == "l2" else budget["step_size"]
     attack = preset.attack
     if attack is not None and getattr(attack, "norm", None) == spec.norm and hasattr(attack, "step_size"):
@@ -868,7 +869,7 @@ def single_run(
         batch_size=batch_size,
         eval_attacks=eval_attacks,
         checkpoints=checkpoints,
-        l2_step_size=spec_options.get("l2_step_size", presets.L2_STEP_SIZE),
+        l2_step_size=spec_options.get("l2_step_size", method_presets.L2_STEP_SIZE),
         smoke=smoke,
         fingerprint={"recipe": "train", "epochs": epochs, "batch_size": batch_size, "smoke": smoke},
         run_dir="",

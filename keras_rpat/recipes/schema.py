@@ -19,6 +19,7 @@ from pathlib import Path
 
 from keras_rpat import _checks
 from keras_rpat import _names
+from keras_rpat import method_presets
 from keras_rpat._names import AA_VERSIONS
 from keras_rpat._names import EVALUATION_ATTACKS
 from keras_rpat._names import PERTURBATIONS
@@ -90,29 +91,9 @@ CHECKPOINTS = ("best", "final")
 KINDS = ("table", "figure")
 LAYOUT_DIMS = ("dataset", "arch", "norm", "row", "group")
 
-# Options a recipe method may set, with their type and (where the preset does
-# not decide) their default. Defaults are dropped when a run is keyed, so two
-# methods that differ only by spelling out a default share one run.
-_OPTION_TYPES = {
-    "cutmix": bool,
-    "stronger_attack": bool,
-    "lr_factor": float,
-    "beta": float,
-    "proxy": str,
-    "distance": str,
-    "alpha": float,
-    "alpha_sampling": str,
-    "rp_weight": float,
-    "l2_step_size": "fraction",
-    "teacher_training": str,
-}
-RP_OPTIONS = {
-    "proxy": "proxy",
-    "distance": "distance",
-    "alpha": "alpha",
-    "alpha_sampling": "alpha_sampling",
-    "rp_weight": "weight",
-}
+# The run options of a recipe method (`method_presets.OPTION_TYPES`); the RobustPerception ones by the
+# loss argument each sets. Which methods take which option, and its default, is the method's row.
+RP_OPTIONS = {option: argument for option, (argument, _) in method_presets.RPAT_OPTIONS.items()}
 
 _TOP_KEYS = (
     "name",
@@ -440,7 +421,7 @@ class RunSpec:
     checkpoints: tuple
     autoattack_version: str = "standard"
     select_steps: int = 10
-    l2_step_size: float = _names.L2_STEP_SIZE
+    l2_step_size: float = method_presets.L2_STEP_SIZE
     perception: dict = None
     perturbation: str = None
     smoke: bool = False
@@ -603,7 +584,9 @@ class Recipe:
         if "reported_model" in config:
             out["reported_model"] = _str(where, config["reported_model"], "reported_model", ("online", "wa"))
         out["select_steps"] = _int(where, config.get("select_steps", 10), "select_steps")
-        out["l2_step_size"] = _fraction(where, config.get("l2_step_size", _names.L2_STEP_SIZE), "l2_step_size", "l2")
+        out["l2_step_size"] = _fraction(
+            where, config.get("l2_step_size", method_presets.L2_STEP_SIZE), "l2_step_size", "l2"
+        )
         out["tolerance"] = _number(where, config["tolerance"], "tolerance", 0.0)
         out["perception"] = _validate_perception(f"{where} perception", config.get("perception"), out["checkpoints"])
         return out
@@ -806,7 +789,7 @@ class Recipe:
         if label:
             return label
         try:
-            preset = _names.canonical_preset_name(value)
+            preset = method_presets.canonical_preset_name(value)
         except ValueError:
             preset = None
         by_preset = [m.id for m in self.methods if m.preset == preset]
@@ -1027,7 +1010,7 @@ def validate_methods(where, methods, config):
 
 def _validate_method(mw, mid, m, config):
     try:
-        preset_name = _names.canonical_preset_name(_str(mw, m["preset"], "preset"))
+        preset_name = method_presets.canonical_preset_name(_str(mw, m["preset"], "preset"))
     except ValueError as e:
         _err(mw, str(e))
     label = _str(mw, m["label"], "label")
@@ -1059,28 +1042,24 @@ def _validate_options(mw, m, preset_name, config):
     options = dict(m.get("options", {}))
     if not isinstance(m.get("options", {}), dict):
         _err(mw, f"`options` must be a table. Received: {m['options']!r}")
-    unknown = sorted(set(options) - set(_OPTION_TYPES))
+    types = method_presets.OPTION_TYPES
+    unknown = sorted(set(options) - set(types))
     if unknown:
-        _err(mw, f"unknown option(s) {unknown}. Valid options: {sorted(_OPTION_TYPES)}")
+        _err(mw, f"unknown option(s) {unknown}. Valid options: {sorted(types)}")
     for key, value in options.items():
-        kind = _OPTION_TYPES[key]
+        kind = types[key]
         if kind is bool and not isinstance(value, bool):
             _err(mw, f"option `{key}` must be true or false. Received: {value!r}")
         if kind is float:
             options[key] = _number(mw, value, key)
-        if kind is str:
+        if isinstance(kind, tuple):
             _str(mw, value, key)
         if kind == "fraction":
             options[key] = _fraction(mw, value, key, "l2")  # the only one: l2_step_size
     _check_options_apply(mw, options, preset_name)
-    for key, valid in (
-        ("proxy", _names.PROXIES),
-        ("distance", _names.DISTANCES),
-        ("alpha_sampling", _names.ALPHA_SAMPLING),
-        ("teacher_training", tuple(_names.TEACHER_TRAINING)),
-    ):
-        if key in options and options[key] not in valid:
-            _err(mw, f"option `{key}` must be one of {list(valid)}. Received: {options[key]!r}")
+    for key, value in options.items():
+        if isinstance(types[key], tuple) and value not in types[key]:
+            _err(mw, f"option `{key}` must be one of {list(types[key])}. Received: {value!r}")
     if "alpha" in options and not 0.0 < options["alpha"] < 1.0:
         _err(mw, f"option `alpha` (weight on the perturbation) must be in (0, 1). Received: {options['alpha']}")
     if "stronger_attack" in options and options["stronger_attack"] and "linf" not in config["norms"]:
@@ -1093,33 +1072,28 @@ def _validate_options(mw, m, preset_name, config):
 
 
 def _check_options_apply(mw, options, preset_name):
-    """Options of the RobustPerception term need a '+rpat' preset; ReBAT's options a SOTA preset."""
-    rp = preset_name.endswith("+rpat")
-    sota = _names.base_method(preset_name) in _names.SOTA_METHODS
+    """Options of the RobustPerception term need a '+rpat' preset; the others a method whose row lists them."""
+    accepted = method_presets.row(preset_name)["options"]
     for key in options:
-        if key in RP_OPTIONS and not rp:
-            _err(
-                mw,
-                f"option `{key}` configures the RobustPerception term, but preset {preset_name!r} has none (use a '+rpat' preset).",
-            )
-        if key in ("cutmix", "stronger_attack", "beta") and not sota:
-            _err(mw, f"option `{key}` applies to the ReBAT / RPAT++ presets only. Received preset {preset_name!r}.")
-        if key == "teacher_training" and _names.base_method(preset_name) not in _names.WEIGHT_AVERAGED:
-            _err(
-                mw,
-                f"option `teacher_training` sets the weight-averaged teacher's mode: it applies to the presets "
-                f"{list(_names.WEIGHT_AVERAGED)} only. Received preset {preset_name!r}.",
-            )
-        if key == "lr_factor" and not sota:
-            _err(
-                mw,
-                f"option `lr_factor` applies to the piecewise schedule of ReBAT / RPAT++ only. Received preset {preset_name!r}.",
-            )
+        if key in RP_OPTIONS:
+            if not preset_name.endswith("+rpat"):
+                _err(
+                    mw,
+                    f"option `{key}` configures the RobustPerception term, but preset {preset_name!r} has none (use a '+rpat' preset).",
+                )
+        elif key != "l2_step_size" and key not in accepted:
+            methods = method_presets.methods_with_option(key)
+            if key == "teacher_training":
+                what = f"sets the weight-averaged teacher's mode: it applies to the presets {methods} only"
+            else:
+                labels = " / ".join(method_presets.method_presets[m]["metadata"]["label"] for m in methods)
+                what = f"applies to the {labels} presets only ({', '.join(methods)})"
+            _err(mw, f"option `{key}` {what}. Received preset {preset_name!r}.")
 
 
 def _check_preset_agrees(mw, preset_name, config):
     """The preset decides the pipeline, schedule and model type: the recipe's descriptive fields must agree."""
-    preset = _names.preset_settings(preset_name)
+    preset = method_presets.preset_settings(preset_name)
     for field, recipe_key in (("pipeline", "pipeline"), ("epochs", "epochs"), ("schedule", "lr_schedule")):
         if recipe_key in config and preset[field] != config[recipe_key]:
             _err(
@@ -1137,7 +1111,7 @@ def _check_preset_agrees(mw, preset_name, config):
         _err(mw, f"preset {preset_name!r} uses lr_factor={preset['lr_factor']}, the recipe says {config['lr_factor']}.")
     if "reported_model" in config:
         # The weight-averaged presets evaluate the average (`WeightAveraging(evaluate_average=True)`).
-        wa = _names.base_method(preset_name) in _names.WEIGHT_AVERAGED
+        wa = method_presets.row(preset_name)["weight_averaging"] is not None
         if (config["reported_model"] == "wa") != wa:
             _err(
                 mw,
@@ -1163,21 +1137,8 @@ def parse_seeds(text):
 
 def canonical_options(method, norm):
     """Options without the values the preset uses anyway."""
-    defaults = {
-        "cutmix": False,
-        "stronger_attack": False,
-        "proxy": "logits",
-        "distance": "mse",
-        "alpha": 0.5,
-        "alpha_sampling": "fixed",
-        "rp_weight": 1.0,
-        "teacher_training": "inference",
-    }
-    preset = _names.preset_settings(method.preset)
-    if preset["schedule"] == "piecewise":
-        defaults["lr_factor"] = preset["lr_factor"]
-    if _names.base_method(method.preset) in _names.SOTA_METHODS:  # their BoAT / RPAT++ term
-        defaults["beta"] = _names.SOTA_BETA
+    defaults = {option: default for option, (_, default) in method_presets.RPAT_OPTIONS.items()}
+    defaults.update(method_presets.row(method.preset)["options"])
     out = {}
     for key, value in method.options.items():
         if key == "l2_step_size" and norm != "l2":
