@@ -314,7 +314,7 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
 # ---------------------------------------------------------------------------
 
 
-@click.command("eval", cls=opt.Command)
+@click.command("eval")
 @_data_options
 @threat_model_options
 @click.option(
@@ -369,7 +369,7 @@ def eval_command(
     )
 
 
-@click.command("autoattack", cls=opt.Command)
+@click.command("autoattack")
 @_data_options
 @threat_model_options
 @click.option(

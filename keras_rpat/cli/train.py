@@ -95,7 +95,7 @@ def _method_options(f):
     return opt.apply(_METHOD_OPTIONS, f)
 
 
-@click.command("train", cls=opt.Command)
+@click.command("train")
 @click.option("--method", required=True, callback=_preset, help=_methods_help())
 @opt.dataset_option()
 @click.option(
