@@ -51,10 +51,10 @@ from keras_rpat.recipes import plots
 from keras_rpat.recipes.schema import RESULTS_FORMAT
 from keras_rpat.recipes.schema import RESULTS_VERSION
 from keras_rpat.recipes.schema import RP_OPTIONS
-from keras_rpat.recipes.schema import SMOKE
+from keras_rpat.recipes.plan import SMOKE
 from keras_rpat.recipes.schema import RecipeError
-from keras_rpat.recipes.schema import RunSpec
-from keras_rpat.recipes.schema import canonical_options
+from keras_rpat.recipes.plan import RunSpec
+from keras_rpat.recipes.plan import canonical_options
 from keras_rpat.recipes.schema import validate_methods
 
 __all__ = ["build_preset", "build_run", "evaluation_settings", "preflight", "run_experiment", "single_run"]
