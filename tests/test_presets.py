@@ -17,7 +17,7 @@ from keras_rpat import method_presets
 from keras_rpat import presets
 from keras_rpat import recipes
 from keras_rpat.cli import train as cli_train
-from keras_rpat.recipes import experiment
+from keras_rpat.recipes import build
 from keras_rpat.recipes import schema
 
 # fmt: off
@@ -166,9 +166,9 @@ def test_a_new_row_is_a_new_method(toy_method):
         recipes.single_run("pgd_at", "cifar10", cutmix=True)
     spec = recipes.single_run("toy+rpat", "cifar10", cutmix=False, proxy="penultimate")
     assert spec.options == {"proxy": "penultimate"} and spec.epochs == 7
-    settings = experiment.evaluation_settings(spec, recipes.build_preset(spec))
+    settings = build.evaluation_settings(spec, recipes.build_preset(spec))
     assert (settings["epsilon"], settings["step_size"]) == (4 / 255, 1 / 255)
     # (a run's L2 step is the run's `l2_step_size`, 32/255 unless given)
     spec = recipes.single_run("toy", "cifar10", norm="l2")
-    settings = experiment.evaluation_settings(spec, recipes.build_preset(spec))
+    settings = build.evaluation_settings(spec, recipes.build_preset(spec))
     assert (settings["epsilon"], settings["step_size"]) == (64 / 255, 32 / 255)

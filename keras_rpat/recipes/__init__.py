@@ -11,6 +11,7 @@ runs them, one module per job:
 * `schema`: the recipe file's fields and types; finding, reading and
   validating recipes.
 * `plan`: `Recipe` and its run plan (`RunSpec`s).
+* `build`: what one run is made of (`build_run`: preset, data, model, trainer).
 * `experiment`: one run (`run_experiment`), and `single_run` for
   `keras-rpat train`.
 * `runner`: a plan of runs (`run_recipe`), then the report.
@@ -65,7 +66,7 @@ from keras_rpat.recipes.schema import recipes_dir
 # rest trains, evaluates and draws, so it loads on first use (PEP 562): the
 # command line lists, shows and checks recipes without Keras, torch or TensorFlow.
 _LAZY = {
-    "build_preset": "experiment",
+    "build_preset": "build",
     "run_experiment": "experiment",
     "single_run": "experiment",
     "report_tables": "report",
