@@ -308,8 +308,10 @@ class Method:
 
 
 def validate_recipe(data, path=None):
-    """Validates a parsed TOML document; returns the fields of a `plan.Recipe` but the paper's numbers'
-    check against its layout (`Recipe.from_dict`)."""
+    """Validates a parsed TOML document and returns the fields of a `plan.Recipe`.
+
+    `Recipe.from_dict` then checks that the layout gives each entry a cell of its own.
+    """
     where = str(path) if path is not None else "recipe"
     _check_keys(where, data, _TOP_KEYS, required=("name", "title", "paper", "caption", "kind", "config", "methods"))
     name = _str(where, data["name"], "name")
