@@ -506,9 +506,10 @@ def _validate_perception(pw, perception, checkpoints):
     if perception is None:
         return None
     _check_keys(pw, perception, ("epsilon", "step_size", "num_steps", "checkpoint"))
+    linf = method_presets.BUDGETS["linf"]  # the default perturbation: the L-inf threat model's
     out = {
-        "epsilon": _fraction(pw, perception.get("epsilon", "8/255"), "epsilon", "linf"),
-        "step_size": _fraction(pw, perception.get("step_size", "2/255"), "step_size", "linf"),
+        "epsilon": _fraction(pw, perception.get("epsilon", linf["epsilon"]), "epsilon", "linf"),
+        "step_size": _fraction(pw, perception.get("step_size", linf["step_size"]), "step_size", "linf"),
         "num_steps": _int(pw, perception.get("num_steps", PGD_EVAL_STEPS), "num_steps"),
         "checkpoint": _str(pw, perception.get("checkpoint", "final"), "checkpoint", CHECKPOINTS),
     }
