@@ -1,9 +1,9 @@
-"""The library's vocabulary as plain data (internal): the names of models, presets, loss options, datasets, evaluations.
+"""The library's vocabulary as plain data (internal): the names of models, loss options, datasets, evaluations.
 
 Importing this module loads neither Keras nor torch nor TensorFlow, so the
 command line and the recipe schema check a name without them. Each list lives
-here only: `models`, `presets`, `losses`, `datasets`, `evaluation` and
-`autoattack` import it from here.
+here only: `models`, `losses`, `datasets`, `evaluation` and `autoattack`
+import it from here. The methods (presets) are rows of `method_presets`.
 """
 
 from keras_rpat import _checks
@@ -12,28 +12,19 @@ __all__ = [
     "AA_BATCH_SIZE",
     "AA_VERSIONS",
     "ALPHA_SAMPLING",
-    "BASE_METHODS",
     "DATASETS",
     "DISTANCES",
     "EVAL_BATCH_SIZE",
     "EVALUATION_ATTACKS",
-    "L2_STEP_SIZE",
     "MODEL_NAMES",
     "PERTURBATIONS",
     "PGD_EVAL_STEPS",
     "PROXIES",
-    "SOTA_BETA",
-    "SOTA_METHODS",
     "TEACHER_TRAINING",
     "WA_START_EPOCH",
-    "WEIGHT_AVERAGED",
-    "base_method",
     "canonical_model_name",
-    "canonical_preset_name",
     "list_models",
-    "list_presets",
     "parse_attacks",
-    "preset_settings",
 ]
 
 # ---------------------------------------------------------------------------
@@ -122,103 +113,6 @@ WA_START_EPOCH = 105
 # BatchNorm mode of the weight-averaged teacher's forwards: a recipe / command-line value ->
 # `WeightAveraging(teacher_training=...)`. "first_epoch" is the reference code's (REFERENCE §8 #12).
 TEACHER_TRAINING = {"inference": False, "first_epoch": "first_epoch", "always": True}
-
-# ---------------------------------------------------------------------------
-# Presets: names and the plain fields of each (`presets.get` adds the objects)
-# ---------------------------------------------------------------------------
-
-BASE_METHODS = ("clean", "random_noise", "pgd_at", "trades", "mart", "consistency_at")
-SOTA_METHODS = ("rebat", "rpat_plus_plus")
-# The presets with ReBAT's weight averaging (decay 0.999 from WA_START_EPOCH).
-WEIGHT_AVERAGED = SOTA_METHODS + ("wa",)
-# beta of the BoAT / RPAT++ term of the SOTA presets.
-SOTA_BETA = 1.0
-# The paper's L2 attack step (REFERENCE §8 #7: 15/255 is the upstream convention).
-L2_STEP_SIZE = 32 / 255
-
-PRESET_ALIASES = {
-    "pgdat": "pgd_at",
-    "pgd": "pgd_at",
-    "consistency": "consistency_at",
-    "consistencyat": "consistency_at",
-    "cons_at": "consistency_at",
-    "rpat++": "rpat_plus_plus",
-    "rpatplusplus": "rpat_plus_plus",
-    "rpat_pp": "rpat_plus_plus",
-    "ce": "clean",
-    "random": "random_noise",
-    "wa": "wa",
-}
-
-# The Bench pipeline's settings (the defaults of `presets.Preset`).
-BENCH_SETTINGS = {
-    "pipeline": "bench",
-    "epochs": 110,
-    "schedule": "multistep",
-    "milestones": (100, 105),
-    "lr_factor": 1.5,
-}
-# The SOTAs pipeline's settings (ReBAT, RPAT++, WA).
-SOTAS_SETTINGS = dict(
-    post_step_clean_forward=True,
-    pipeline="sotas",
-    epochs=200,
-    schedule="piecewise",
-    milestones=(100, 150),
-    lr_factor=1.5,
-    arch="preact_resnet18",
-    normalize="cifar10",
-)
-# method -> the `Preset` fields it sets besides the Bench settings.
-PRESET_SETTINGS = {
-    "clean": {},
-    "random_noise": {},
-    "pgd_at": {},
-    "trades": {},
-    "mart": {},
-    "consistency_at": {"two_view": True},
-    "rebat": SOTAS_SETTINGS,
-    "rpat_plus_plus": SOTAS_SETTINGS,
-    "wa": SOTAS_SETTINGS,
-}
-
-
-def list_presets():
-    """All preset names."""
-    names = []
-    for m in BASE_METHODS:
-        names.append(m)
-        if m not in ("clean", "random_noise"):
-            names.append(m + "+rpat")
-    return names + list(SOTA_METHODS) + ["wa"]
-
-
-def canonical_preset_name(name):
-    """The canonical preset name of `name` or an alias (`"PGD-AT+RPAT"` -> `"pgd_at+rpat"`)."""
-    key = str(name).strip().lower().replace("-", "_").replace(" ", "")
-    rpat = False
-    for suffix in ("+rpat", "_rpat"):
-        if key.endswith(suffix) and key not in ("rpat_pp",):
-            key, rpat = key[: -len(suffix)], True
-    key = PRESET_ALIASES.get(key, PRESET_ALIASES.get(key.replace("_", ""), key))
-    full = key + ("+rpat" if rpat else "")
-    if full not in list_presets():
-        raise ValueError(f"Unknown preset: {name!r}. Valid presets: {', '.join(list_presets())}.")
-    return full
-
-
-def base_method(name):
-    """The method of a canonical preset name without its `+rpat` (`"trades+rpat"` -> `"trades"`)."""
-    return name[: -len("+rpat")] if name.endswith("+rpat") else name
-
-
-def preset_settings(name):
-    """The plain `Preset` fields of a preset: pipeline, epochs, schedule, milestones, lr_factor...
-
-    The attack, the losses and the weight averaging are objects: `presets.get` builds them.
-    """
-    return dict(BENCH_SETTINGS, **PRESET_SETTINGS[base_method(canonical_preset_name(name))])
-
 
 # ---------------------------------------------------------------------------
 # Datasets and evaluations

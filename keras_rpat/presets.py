@@ -3,7 +3,9 @@
 `keras_rpat.presets.get("trades+rpat", norm="l2")` returns a `Preset`: the
 attack, the losses, weight averaging, the data pipeline and the optimisation
 schedule of REFERENCE §3 and Appendix A. `preset.build_trainer(classifier)` and
-`preset.optimizer(steps_per_epoch)` turn it into objects.
+`preset.optimizer(steps_per_epoch)` turn it into objects. Each method is a row
+of `keras_rpat.method_presets` (a table without Keras); this module builds the
+row's objects.
 
 | preset | attack | losses | pipeline |
 |---|---|---|---|
@@ -16,6 +18,7 @@ schedule of REFERENCE §3 and Appendix A. `preset.build_trainer(classifier)` and
 | `<any above>+rpat` | same | + RobustPerception(alpha 0.5, lambda 1) | same |
 | `rebat` | PGD-10 (SOTAs, training mode) | CE + BoAT (beta 1 from epoch 105), WA 0.999 | SOTAs |
 | `rpat_plus_plus` | as ReBAT | CE + RPAT++ (beta 1 from epoch 105), WA 0.999 | SOTAs |
+| `wa` | as ReBAT | CE, WA 0.999 | SOTAs |
 
 Budgets: L-inf epsilon 8/255, step 2/255; L2 epsilon 128/255, step 32/255 (the
 paper; REFERENCE §8 #7: `l2_step_size=15/255` gives the upstream convention).
@@ -29,25 +32,18 @@ import warnings
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import losses as losses_lib
+from keras_rpat import method_presets as table
 from keras_rpat import optimizers
-from keras_rpat._names import BASE_METHODS  # noqa: F401  (public: the preset names)
-from keras_rpat._names import BENCH_SETTINGS
-from keras_rpat._names import L2_STEP_SIZE
-from keras_rpat._names import PRESET_SETTINGS
-from keras_rpat._names import SOTA_BETA
-from keras_rpat._names import SOTA_METHODS
-from keras_rpat._names import WA_START_EPOCH
-from keras_rpat._names import WEIGHT_AVERAGED
-from keras_rpat._names import base_method
-from keras_rpat._names import canonical_preset_name as canonical_name
-from keras_rpat._names import list_presets  # noqa: F401  (public: `presets.list_presets()`)
+from keras_rpat.method_presets import BENCH_SETTINGS
+from keras_rpat.method_presets import BUDGETS  # noqa: F401  (public: the threat models' budgets)
+from keras_rpat.method_presets import L2_STEP_SIZE  # noqa: F401  (public: the paper's L2 step)
+from keras_rpat.method_presets import canonical_preset_name as canonical_name
+from keras_rpat.method_presets import list_presets  # noqa: F401  (public: `presets.list_presets()`)
 from keras_rpat.trainer import RPATTrainer
 from keras_rpat.trainer import WeightAveraging
 
-BUDGETS = {
-    "linf": {"epsilon": 8 / 255, "step_size": 2 / 255, "num_steps": 10},
-    "l2": {"epsilon": 128 / 255, "step_size": L2_STEP_SIZE, "num_steps": 10},
-}
+# The methods of the Bench pipeline (public: the base methods `+rpat` extends).
+BASE_METHODS = tuple(m for m, spec in table.method_presets.items() if spec["settings"]["pipeline"] == "bench")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +79,9 @@ class Preset:
     attack: Optional[attacks_lib.Attack]
     losses: list
     weight_averaging: object = None
-    post_step_clean_forward: bool = False
+    post_step_clean_forward: bool = BENCH_SETTINGS["post_step_clean_forward"]
     pipeline: str = BENCH_SETTINGS["pipeline"]
-    two_view: bool = False
+    two_view: bool = BENCH_SETTINGS["two_view"]
     epochs: int = BENCH_SETTINGS["epochs"]
     schedule: str = BENCH_SETTINGS["schedule"]
     milestones: tuple = BENCH_SETTINGS["milestones"]
@@ -94,8 +90,8 @@ class Preset:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     norm: str = "linf"
-    arch: str = "resnet18_bottleneck"
-    normalize: Optional[str] = None
+    arch: str = BENCH_SETTINGS["arch"]
+    normalize: Optional[str] = BENCH_SETTINGS["normalize"]
 
     # -- builders -----------------------------------------------------------
     def build_trainer(self, classifier, **overrides):
@@ -177,56 +173,37 @@ class Preset:
 
 
 # ---------------------------------------------------------------------------
-# The presets, as data
+# Building a preset from its row of `keras_rpat.method_presets`
 # ---------------------------------------------------------------------------
 
-# method -> (attack kind, losses); its plain fields are `_names.PRESET_SETTINGS`.
-# Attack kinds: None (no attack), "noise" (uniform noise), "pgd" / "trades" /
-# "mart" (Bench, inference mode), "sotas" (ReBAT's PGD in training mode).
-# `+rpat` adds RobustPerception(alpha 0.5, weight 1) to any Bench method.
-PRESETS = {
-    "clean": (None, lambda: [losses_lib.CrossEntropy(view="clean", name="ce")]),
-    "random_noise": ("noise", lambda: [losses_lib.CrossEntropy(view="adv", name="ce")]),
-    "pgd_at": ("pgd", lambda: [losses_lib.AdversarialCrossEntropy()]),
-    "trades": ("trades", lambda: [losses_lib.TRADES(beta=6.0)]),
-    "mart": ("mart", lambda: [losses_lib.MART(beta=6.0)]),
-    "consistency_at": ("pgd", lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.Consistency(1.0, 0.5)]),
-    "rebat": (
-        "sotas",
-        lambda: [losses_lib.AdversarialCrossEntropy(), losses_lib.BoAT(beta=SOTA_BETA, start_epoch=WA_START_EPOCH)],
-    ),
-    "rpat_plus_plus": (
-        "sotas",
-        lambda: [
-            losses_lib.AdversarialCrossEntropy(),
-            losses_lib.RPATPlusPlus(beta=SOTA_BETA, alpha=0.5, start_epoch=WA_START_EPOCH),
-        ],
-    ),
-    "wa": ("sotas", lambda: [losses_lib.AdversarialCrossEntropy()]),
-}
-# Table 6's "$": from epoch 100 on, epsilon 10/255 and 12 steps (L-inf, SOTAs methods).
-STRONGER_ATTACK = {100: {"epsilon": 10 / 255, "num_steps": 12}}
+
+def _serialized(spec, **config):
+    """A row's `{"class_name", "config"}` entry as Keras serialises a keras_rpat object, `config` added."""
+    return {
+        "class_name": spec["class_name"],
+        "registered_name": f"keras_rpat>{spec['class_name']}",
+        "config": {**spec["config"], **config},
+    }
 
 
-def _attack(kind, norm, l2_step_size):
-    if kind is None:
+def _attack(row, norm, l2_step_size, schedule):
+    if row["attack"] is None:
         return None
-    if kind == "noise":
-        return attacks_lib.RandomNoise(BUDGETS["linf"]["epsilon"])
-    b = dict(BUDGETS[norm])
-    if norm == "l2" and l2_step_size is not None:
-        b["step_size"] = _checks.check_budget(l2_step_size, "l2_step_size", "l2")
-    if kind == "trades":
-        return attacks_lib.TRADESAttack(norm, **b)
-    if kind == "mart":
-        return attacks_lib.MARTAttack(norm, **b)
-    if kind == "sotas":
-        return attacks_lib.PGD(norm, style="sotas", training=True, **b)
-    return attacks_lib.PGD(norm, style="advertorch", training=False, **b)
+    threat = {}
+    if row["attack_takes_budget"]:
+        threat = {"norm": norm, **row["budgets"][norm]}
+        if norm == "l2" and l2_step_size is not None:
+            threat["step_size"] = _checks.check_budget(l2_step_size, "l2_step_size", "l2")
+    if schedule is not None:
+        threat["schedule"] = schedule
+    return attacks_lib.get(_serialized(row["attack"], **threat))
 
 
 def get(name, norm="linf", l2_step_size=None, stronger_attack=False, teacher_training=False):
     """Returns the `Preset` for a method (a new one at every call).
+
+    The method's attack, losses and settings are its row of
+    `keras_rpat.method_presets.method_presets`.
 
     Args:
         name: one of `list_presets()` (e.g. `"pgd_at"`, `"trades+rpat"`,
@@ -258,26 +235,24 @@ def get(name, norm="linf", l2_step_size=None, stronger_attack=False, teacher_tra
             UserWarning,
             stacklevel=2,
         )
-    method = base_method(full)
-    kind, make_losses = PRESETS[method]
-    fields = dict(PRESET_SETTINGS[method])
-    if stronger_attack and method not in SOTA_METHODS:
-        raise ValueError("`stronger_attack` applies to the ReBAT and RPAT++ presets (Table 6).")
+    row = table.row(full)
+    if stronger_attack and "stronger_attack" not in row["options"]:
+        raise ValueError(
+            f"`stronger_attack` applies to the presets {table.methods_with_option('stronger_attack')} (Table 6)."
+        )
     if stronger_attack and norm != "linf":
         raise ValueError("`stronger_attack` is defined for the L-inf threat model only (Table 6).")
-    if teacher_training is not False and method not in WEIGHT_AVERAGED:
+    weight_averaged = [m for m, spec in table.method_presets.items() if spec["weight_averaging"] is not None]
+    if teacher_training is not False and row["weight_averaging"] is None:
         raise ValueError(
             f"`teacher_training` sets the weight-averaged teacher's mode: it applies to the presets "
-            f"{list(WEIGHT_AVERAGED)}, not {full!r}. Received: teacher_training={teacher_training!r}"
+            f"{weight_averaged}, not {full!r}. Received: teacher_training={teacher_training!r}"
         )
-    attack = _attack(kind, norm, l2_step_size)
-    if stronger_attack:
-        attack.schedule = copy.deepcopy(STRONGER_ATTACK)
-    losses = make_losses()
-    if full.endswith("+rpat"):
-        losses.append(losses_lib.RobustPerception(alpha=0.5, weight=1.0))
-    if method in WEIGHT_AVERAGED:
-        fields["weight_averaging"] = WeightAveraging(
-            decay=0.999, start_epoch=WA_START_EPOCH, teacher_training=teacher_training
-        )
-    return Preset(full, attack, losses, norm=norm, **fields)
+    attack = _attack(row, norm, l2_step_size, copy.deepcopy(table.STRONGER_ATTACK) if stronger_attack else None)
+    losses = [losses_lib.get(_serialized(spec)) for spec in row["losses"]]
+    if row["rpat"] and full.endswith("+rpat"):
+        losses.append(losses_lib.get(_serialized(table.RPAT_LOSS)))
+    weight_averaging = None
+    if row["weight_averaging"] is not None:
+        weight_averaging = WeightAveraging(**row["weight_averaging"], teacher_training=teacher_training)
+    return Preset(full, attack, losses, weight_averaging=weight_averaging, norm=norm, **row["settings"])

@@ -44,7 +44,7 @@ def test_eval_writes_result_json(files):
         cli_evaluate.eval_command,
         [
             files / "model.keras",
-            "--data",
+            "--dataset",
             files / "data.npz",
             "--attacks",
             "clean,pgd20",
@@ -77,7 +77,9 @@ def test_eval_writes_result_json(files):
 
 
 def test_eval_of_trainer_file_uses_weight_averaged_model(files):
-    res = invoke(cli_evaluate.eval_command, [files / "trainer.keras", "--data", files / "data.npz", "--num-steps", "1"])
+    res = invoke(
+        cli_evaluate.eval_command, [files / "trainer.keras", "--dataset", files / "data.npz", "--num-steps", "1"]
+    )
     assert res.exit_code == 0, res.output
     assert "weight-averaged model" in res.output
 
@@ -87,7 +89,7 @@ def test_autoattack_command_with_state(files):
     out, state = files / "aa.json", files / "aa_state.json"
     args = [
         files / "model.keras",
-        "--data",
+        "--dataset",
         files / "data.npz",
         "--n",
         "8",
@@ -113,26 +115,26 @@ def test_autoattack_command_with_state(files):
 
 
 def test_missing_model_file(files):
-    res = invoke(cli_evaluate.eval_command, [files / "nope.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.eval_command, [files / "nope.keras", "--dataset", files / "data.npz"])
     assert res.exit_code != 0
     assert "does not exist" in res.output and "Traceback" not in res.output
 
 
 def test_corrupt_model_file(files):
-    res = invoke(cli_evaluate.eval_command, [files / "corrupt.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.eval_command, [files / "corrupt.keras", "--dataset", files / "data.npz"])
     assert res.exit_code == 1
     assert "Could not load the model file" in res.output and "corrupt" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 
 def test_class_count_mismatch(files):
-    res = invoke(cli_evaluate.eval_command, [files / "three.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.eval_command, [files / "three.keras", "--dataset", files / "data.npz"])
     assert res.exit_code == 1
     assert "outputs 3 classes" in res.output and "has 4 classes" in res.output
 
 
 def test_input_shape_mismatch(files):
-    res = invoke(cli_evaluate.autoattack_command, [files / "big.keras", "--data", files / "data.npz"])
+    res = invoke(cli_evaluate.autoattack_command, [files / "big.keras", "--dataset", files / "data.npz"])
     assert res.exit_code == 1
     assert "(None, 16, 16, 3)" in res.output and "(20, 8, 8, 3)" in res.output
 
@@ -147,18 +149,18 @@ def test_input_shape_mismatch(files):
     ],
 )
 def test_bad_options(files, extra, message):
-    res = invoke(cli_evaluate.eval_command, [files / "model.keras", "--data", files / "data.npz", *extra])
+    res = invoke(cli_evaluate.eval_command, [files / "model.keras", "--dataset", files / "data.npz", *extra])
     assert res.exit_code == 2, res.output
     assert message in res.output
 
 
 def test_unknown_dataset(files):
-    res = invoke(cli_evaluate.eval_command, [files / "model.keras", "--data", "imagenet22k"])
+    res = invoke(cli_evaluate.eval_command, [files / "model.keras", "--dataset", "imagenet22k"])
     assert res.exit_code == 2 and "Unknown dataset" in res.output
 
 
 def test_autoattack_bad_attack_name(files):
     res = invoke(
-        cli_evaluate.autoattack_command, [files / "model.keras", "--data", files / "data.npz", "--attacks", "pgd"]
+        cli_evaluate.autoattack_command, [files / "model.keras", "--dataset", files / "data.npz", "--attacks", "pgd"]
     )
     assert res.exit_code == 2 and "Unknown AutoAttack attack 'pgd'" in res.output

@@ -682,7 +682,7 @@ def test_two_rank_eval_and_autoattack_commands_write_the_one_process_results(tmp
     distributed_worker.float64_eval_model().save(tmp_path / "model.keras")  # the ranks' PGD to float64 rounding
     x, y = distributed_worker.eval_images()
     np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x, y_test=y)
-    common = [tmp_path / "model.keras", "--data", tmp_path / "data.npz", "--epsilon", "3/255"]
+    common = [tmp_path / "model.keras", "--dataset", tmp_path / "data.npz", "--epsilon", "3/255"]
     evaluation = ["eval", *common, "--attacks", "clean,pgd20", "--num-steps", "3", "--batch-size", "8"]
     autoattack = ["autoattack", *common, "--attacks", "square,apgd-ce", "--batch-size", "4"]
     autoattack += ["--option", "apgd.n_iter=3", "--option", "square.n_queries=8"]

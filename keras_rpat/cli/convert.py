@@ -47,7 +47,7 @@ def _keras_out(ctx, param, value):
     return value
 
 
-@click.command("convert", cls=opt.Command)
+@click.command("convert")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--arch", required=True, callback=opt.canonical_arch, help="The checkpoint's architecture (aliases work)."
@@ -107,7 +107,7 @@ def _normalization_of(model):
     return (tuple(layer.mean), tuple(layer.std))
 
 
-@click.command("export", cls=opt.Command)
+@click.command("export")
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
 @click.option("--arch", callback=opt.canonical_arch, default=None, help="Architecture. Default: the model's name.")

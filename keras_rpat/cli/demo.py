@@ -7,7 +7,7 @@ from keras_rpat.cli import options as opt
 __all__ = ["demo_command"]
 
 
-@click.command("demo", cls=opt.Command)
+@click.command("demo")
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Training epochs per method.")
 @click.option(
     "--n-train", type=click.IntRange(min=1), default=2048, show_default=True, help="Synthetic training images."

@@ -28,13 +28,14 @@ import numpy as np
 from keras_rpat import _checks
 from keras_rpat import _names
 from keras_rpat import _resume
+from keras_rpat import method_presets
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
 
 __all__ = ["autoattack_command", "eval_command", "load_model", "threat_model_options", "unsafe_deserialization_option"]
 
 # The default budget of each threat model (the paper's).
-DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 128 / 255}
+DEFAULT_EPSILON = {norm: budget["epsilon"] for norm, budget in method_presets.BUDGETS.items()}
 
 
 def threat_model_options(f):
@@ -312,7 +313,7 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
 # ---------------------------------------------------------------------------
 
 
-@click.command("eval", cls=opt.Command)
+@click.command("eval")
 @_data_options
 @threat_model_options
 @click.option(
@@ -367,7 +368,7 @@ def eval_command(
     )
 
 
-@click.command("autoattack", cls=opt.Command)
+@click.command("autoattack")
 @_data_options
 @threat_model_options
 @click.option(

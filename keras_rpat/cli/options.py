@@ -10,9 +10,6 @@
 | evaluations | `EVALUATIONS` | `clean,pgd20,autoattack` (`pgd`, `aa` work) |
 | AutoAttack state | `state_option` | a JSON file; rerun with it to resume |
 | output folder / file | `OUT_DIR` / `OUT_FILE` | a path that is writable (checked before any work) |
-
-`Command` accepts the spellings of the previous release (`--data`,
-`--aa-state`) for one more release, with a deprecation message.
 """
 
 import os
@@ -32,7 +29,6 @@ __all__ = [
     "OUT_DIR",
     "OUT_FILE",
     "SEEDS",
-    "Command",
     "CommaList",
     "backend_line",
     "dataset_option",
@@ -41,9 +37,6 @@ __all__ = [
     "seed_option",
     "state_option",
 ]
-
-# Old spelling -> new spelling, accepted until the next release.
-DEPRECATED_OPTIONS = {"--data": "--dataset", "--aa-state": "--state"}
 
 
 def backend_line(load=True):
@@ -229,7 +222,7 @@ def epsilon_option(help="Budget as a fraction of the pixel range, e.g. 8/255. De
 
 
 def dataset_option(required=True, help="cifar10, cifar100, tiny_imagenet, synthetic, or a path to an .npz file."):
-    """`--dataset` (one dataset; `--data` is its deprecated spelling)."""
+    """`--dataset` (one dataset)."""
     return click.option("--dataset", type=DATASET, required=required, help=help)
 
 
@@ -239,7 +232,7 @@ def seed_option(help="Seed."):
 
 
 def state_option():
-    """`--state` (AutoAttack's resumable state file; `--aa-state` is its deprecated spelling)."""
+    """`--state` (AutoAttack's resumable state file)."""
     return click.option("--state", type=OUT_FILE, default=None, help="AutoAttack state file: rerun with it to resume.")
 
 
@@ -314,22 +307,3 @@ def apply(options, f):
     for option in reversed(options):
         f = option(f)
     return f
-
-
-class Command(click.Command):
-    """A Click command that still accepts the previous release's option spellings.
-
-    `--data` (now `--dataset`) and `--aa-state` (now `--state`) work for one
-    more release; each use prints a deprecation message to stderr.
-    """
-
-    def parse_args(self, ctx, args):
-        return super().parse_args(ctx, [self._rename(a) for a in args])
-
-    def _rename(self, arg):
-        name, eq, value = arg.partition("=")
-        new = DEPRECATED_OPTIONS.get(name)
-        if new is None or not any(new in p.opts for p in self.params):
-            return arg
-        click.echo(f"Warning: {name} is deprecated and will be removed in the next release; use {new}.", err=True)
-        return new + eq + value

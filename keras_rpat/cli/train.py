@@ -15,7 +15,7 @@ import os
 import click
 
 from keras_rpat import _io
-from keras_rpat import _names
+from keras_rpat import method_presets
 from keras_rpat import recipes
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
@@ -25,26 +25,43 @@ __all__ = ["train_command"]
 
 def _preset(ctx, param, value):
     try:
-        return _names.canonical_preset_name(value)
+        return method_presets.canonical_preset_name(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
-# The method options of a recipe, as flags (see `keras_rpat.recipes.single_run`).
+def _methods_help():
+    """`--method`'s help: every preset of `keras_rpat.method_presets`."""
+    return "A preset: " + ", ".join(method_presets.list_presets()) + " (aliases such as pgd and rpat++ work)."
+
+
+def _for(option):
+    """The methods of a run option, for its help (`"cutmix"` -> `"rebat, rpat_plus_plus"`)."""
+    return ", ".join(method_presets.methods_with_option(option))
+
+
+# The method options of a recipe, as flags (see `keras_rpat.recipes.single_run`). Each help names the
+# methods whose row in `keras_rpat.method_presets` accepts the option.
 _METHOD_OPTIONS = [
-    click.option("--cutmix", is_flag=True, help="CutMix (ReBAT/RPAT++; Table 4 '*')."),
+    click.option("--cutmix", is_flag=True, help=f"CutMix ({_for('cutmix')}; Table 4 '*')."),
     click.option(
         "--stronger-attack",
         is_flag=True,
-        help="Table 6 '$': epsilon 10/255, 12 steps from epoch 100 (ReBAT/RPAT++, linf).",
+        help=f"Table 6 '$': epsilon 10/255, 12 steps from epoch 100 ({_for('stronger_attack')}; linf).",
     ),
-    click.option("--lr-factor", type=float, default=None, help="Piecewise LR divisor of ReBAT/RPAT++ (1.5)."),
-    click.option("--beta", type=float, default=None, help="BoAT / RPAT++ weight (1.0)."),
+    click.option("--lr-factor", type=float, default=None, help=f"Piecewise LR divisor ({_for('lr_factor')}; 1.5)."),
+    click.option("--beta", type=float, default=None, help=f"Weight of the BoAT / RPAT++ term ({_for('beta')}; 1.0)."),
     click.option(
-        "--proxy", type=click.Choice(list(_names.PROXIES)), default=None, help="RPAT perception proxy (Table 5)."
+        "--proxy",
+        type=click.Choice(list(method_presets.OPTION_TYPES["proxy"])),
+        default=None,
+        help="RPAT perception proxy (Table 5).",
     ),
     click.option(
-        "--distance", type=click.Choice(list(_names.DISTANCES)), default=None, help="RPAT regulariser (Figure 4a)."
+        "--distance",
+        type=click.Choice(list(method_presets.OPTION_TYPES["distance"])),
+        default=None,
+        help="RPAT regulariser (Figure 4a).",
     ),
     click.option(
         "--alpha",
@@ -54,16 +71,16 @@ _METHOD_OPTIONS = [
     ),
     click.option(
         "--alpha-sampling",
-        type=click.Choice(list(_names.ALPHA_SAMPLING)),
+        type=click.Choice(list(method_presets.OPTION_TYPES["alpha_sampling"])),
         default=None,
         help="Figure 4b's Beta-/Beta+.",
     ),
     click.option(
         "--teacher-training",
-        type=click.Choice(list(_names.TEACHER_TRAINING)),
+        type=click.Choice(list(method_presets.OPTION_TYPES["teacher_training"])),
         default=None,
-        help="BatchNorm mode of the WA teacher (ReBAT/RPAT++/WA): inference (default), always training mode, "
-        "or first_epoch: training mode in the first averaging epoch only, as the reference code.",
+        help=f"BatchNorm mode of the WA teacher ({_for('teacher_training')}): inference (default), always "
+        "training mode, or first_epoch: training mode in the first averaging epoch only, as the reference code.",
     ),
     click.option(
         "--l2-step-size",
@@ -78,13 +95,8 @@ def _method_options(f):
     return opt.apply(_METHOD_OPTIONS, f)
 
 
-@click.command("train", cls=opt.Command)
-@click.option(
-    "--method",
-    required=True,
-    callback=_preset,
-    help="A preset: pgd_at, trades, mart, consistency_at (each +rpat), rebat, rpat_plus_plus, clean, random_noise.",
-)
+@click.command("train")
+@click.option("--method", required=True, callback=_preset, help=_methods_help())
 @opt.dataset_option()
 @click.option(
     "--arch",

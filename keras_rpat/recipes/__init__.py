@@ -8,8 +8,10 @@ architectures, norms, epochs, seeds, schedule, evaluation), the paper's numbers
 per row and a tolerance. This package turns a recipe into a list of runs and
 runs them, one module per job:
 
-* `schema`: finding, reading and validating recipes; `Recipe`, `RunSpec`, the
-  run plan.
+* `schema`: the recipe file's fields and types; finding, reading and
+  validating recipes.
+* `plan`: `Recipe` and its run plan (`RunSpec`s).
+* `build`: what one run is made of (`build_run`: preset, data, model, trainer).
 * `experiment`: one run (`run_experiment`), and `single_run` for
   `keras-rpat train`.
 * `runner`: a plan of runs (`run_recipe`), then the report.
@@ -45,26 +47,26 @@ every code path of a real run.
 
 import importlib as _importlib
 
+from keras_rpat.recipes.plan import Recipe
+from keras_rpat.recipes.plan import RunSpec
+from keras_rpat.recipes.plan import SMOKE
+from keras_rpat.recipes.plan import load_recipe
+from keras_rpat.recipes.plan import run_cell
+from keras_rpat.recipes.plan import smoke_description
 from keras_rpat.recipes.schema import METRICS
+from keras_rpat.recipes.schema import Method
 from keras_rpat.recipes.schema import RECIPES_ENV
 from keras_rpat.recipes.schema import RESULTS_FORMAT
-from keras_rpat.recipes.schema import SMOKE
-from keras_rpat.recipes.schema import Method
-from keras_rpat.recipes.schema import Recipe
 from keras_rpat.recipes.schema import RecipeError
-from keras_rpat.recipes.schema import RunSpec
 from keras_rpat.recipes.schema import list_recipes
-from keras_rpat.recipes.schema import load_recipe
 from keras_rpat.recipes.schema import parse_seeds
 from keras_rpat.recipes.schema import recipes_dir
-from keras_rpat.recipes.schema import run_cell
-from keras_rpat.recipes.schema import smoke_description
 
-# Reading, validating and planning recipes (`schema`) needs no framework; the
+# Reading, validating and planning recipes (`schema`, `plan`) needs no framework; the
 # rest trains, evaluates and draws, so it loads on first use (PEP 562): the
 # command line lists, shows and checks recipes without Keras, torch or TensorFlow.
 _LAZY = {
-    "build_preset": "experiment",
+    "build_preset": "build",
     "run_experiment": "experiment",
     "single_run": "experiment",
     "report_tables": "report",

@@ -21,7 +21,7 @@ from keras_rpat.recipes.results import aggregate
 from keras_rpat.recipes.results import paper_value
 from keras_rpat.recipes.schema import ARCH_LABELS
 from keras_rpat.recipes.schema import DATASET_LABELS
-from keras_rpat.recipes.schema import smoke_description
+from keras_rpat.recipes.plan import smoke_description
 
 __all__ = ["ablation_figure", "perception_figure", "plot_recipe", "training_curves"]
 

@@ -13,8 +13,8 @@ from keras_rpat.recipes.schema import METRIC_LABELS
 from keras_rpat.recipes.schema import METRICS
 from keras_rpat.recipes.schema import MSE_METRICS
 from keras_rpat.recipes.schema import NORM_LABELS
-from keras_rpat.recipes.schema import load_recipe
-from keras_rpat.recipes.schema import smoke_description
+from keras_rpat.recipes.plan import load_recipe
+from keras_rpat.recipes.plan import smoke_description
 
 __all__ = ["report_tables", "write_report"]
 

@@ -15,7 +15,7 @@ from keras_rpat.recipes.experiment import preflight
 from keras_rpat.recipes.experiment import run_experiment
 from keras_rpat.recipes.report import write_report
 from keras_rpat.recipes.schema import RecipeError
-from keras_rpat.recipes.schema import load_recipe
+from keras_rpat.recipes.plan import load_recipe
 
 __all__ = ["check_out_dir", "run_recipe", "run_single"]
 
