@@ -23,6 +23,7 @@ from keras_rpat import config as rpat_config
 from keras_rpat import divergence
 from keras_rpat import fast_path as fast_path_lib
 from keras_rpat import losses as losses_lib
+from keras_rpat.config import set_fast_path_default  # noqa: F401  TEMPORARY: cli/__init__.py's name until the imports branch calls keras_rpat.config; delete at merge
 
 _INPUT_OF_VIEW = {
     "clean": "x",
