@@ -558,6 +558,56 @@ def test_evaluation_runs_the_lowered_model_with_the_same_results():
     assert fast == slow
 
 
+@torch_only
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@float64_precision()
+def test_autoattack_bridge_runs_the_lowered_model_with_the_keras_gradients(data_format):
+    """pyautoattack's view of a model (TorchBridge) runs it lowered: the Keras model's logits and input
+    gradients to float64 rounding; with the fast path off, the Keras model itself."""
+    import torch
+
+    from keras_rpat import config as rpat_config
+    from keras_rpat.autoattack.torch_bridge import TorchBridge
+    from keras_rpat.fast_path import lowering
+
+    model = build("wide_resnet10_2", size=8, data_format=data_format)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3])
+
+    def logits_and_gradient(forward, channels_last):
+        x_in = x.clone().requires_grad_(True)
+        logits = forward(x_in.permute(0, 2, 3, 1) if channels_last else x_in)
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), [x_in])
+        return logits.detach().numpy(), grad.numpy()
+
+    bridge = TorchBridge(model)
+    assert isinstance(bridge.forward_model, lowering.LoweredModel)
+    ours = logits_and_gradient(bridge, False)
+    keras_view = logits_and_gradient(lambda h: model(h, training=False), data_format == "channels_last")
+    for a, b in zip(keras_view, ours):
+        assert rel(a, b) < 1e-12
+    rpat_config.set_fast_path_default(False)
+    try:
+        keras_bridge = TorchBridge(model)
+    finally:
+        rpat_config.set_fast_path_default(True)
+    assert keras_bridge.forward_model is model
+    for a, b in zip(keras_view, logits_and_gradient(keras_bridge, False)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tensorflow backend's answers")
+def test_fast_path_entry_points_answer_without_torch_on_tensorflow():
+    import sys
+
+    from keras_rpat import fast_path
+
+    trainer = _small_trainer()
+    assert fast_path.trainer_runtime(trainer) is None and trainer.fast_runtime() is None
+    assert fast_path.inference_model(trainer.classifier) is trainer.classifier
+    assert "keras_rpat.fast_path.runtime" not in sys.modules  # the module that imports torch
+
+
 def test_cli_no_fast_path_flag_sets_the_default():
     from click.testing import CliRunner
 
