@@ -19,8 +19,11 @@ from keras import ops
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
+from keras_rpat import config as rpat_config
 from keras_rpat import divergence
+from keras_rpat import fast_path as fast_path_lib
 from keras_rpat import losses as losses_lib
+from keras_rpat.config import set_fast_path_default  # noqa: F401  TEMPORARY: cli/__init__.py's name until the imports branch calls keras_rpat.config; delete at merge
 
 _INPUT_OF_VIEW = {
     "clean": "x",
@@ -36,27 +39,6 @@ _INPUT_OF_VIEW = {
 PRECISIONS = ("float32", "bfloat16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 _PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
-
-
-_FAST_PATH_DEFAULT = [True]
-_SYNC_BATCHNORM_DEFAULT = [False]
-
-
-def set_sync_batchnorm_default(enabled):
-    """Sets what `RPATTrainer(sync_batchnorm=None)` means for trainers built
-    afterwards (the CLI's `--sync-batchnorm`)."""
-    _SYNC_BATCHNORM_DEFAULT[0] = _checks.check_bool(enabled, "enabled")
-
-
-def set_fast_path_default(enabled):
-    """Sets what `RPATTrainer(fast_path=None)` means for trainers built
-    afterwards, and whether `keras_rpat.evaluation` runs lowered models."""
-    _FAST_PATH_DEFAULT[0] = _checks.check_bool(enabled, "enabled")
-
-
-def fast_path_default():
-    """Whether the torch fast path is on by default (see `set_fast_path_default`)."""
-    return _FAST_PATH_DEFAULT[0]
 
 
 def _check_choice(value, name, choices):
@@ -213,7 +195,7 @@ class RPATTrainer(keras.Model):
             same arithmetic, fewer kernels; see README "Performance"). A
             classifier it cannot lower runs on the Keras path, with one log
             line naming the reason. Ignored on tensorflow. `None` (default)
-            means `True` unless `set_fast_path_default(False)` was called
+            means `True` unless `keras_rpat.config.set_fast_path_default(False)` was called
             (the CLI's `keras-rpat --no-fast-path`).
         capture: with the fast path on CUDA, capture the whole step in one
             CUDA graph per batch shape and replay it. Off by default; on a
@@ -228,7 +210,7 @@ class RPATTrainer(keras.Model):
             default: each device normalises with its own B/N images (as
             DistributedDataParallel does) and the moving statistics are
             averaged over the devices after every step. Needs a job.
-            `None` (default) means `False` unless `set_sync_batchnorm_default`
+            `None` (default) means `False` unless `keras_rpat.config.set_sync_batchnorm_default`
             said otherwise.
 
     Example:
@@ -306,12 +288,14 @@ class RPATTrainer(keras.Model):
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
-        self.fast_path = _FAST_PATH_DEFAULT[0] if fast_path is None else _checks.check_bool(fast_path, "fast_path")
+        self.fast_path = (
+            rpat_config.fast_path_default() if fast_path is None else _checks.check_bool(fast_path, "fast_path")
+        )
         self.capture = _checks.check_bool(capture, "capture")
         self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
         self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
         if sync_batchnorm is None:
-            sync_batchnorm = _SYNC_BATCHNORM_DEFAULT[0]
+            sync_batchnorm = rpat_config.sync_batchnorm_default()
         self.sync_batchnorm = _checks.check_bool(sync_batchnorm, "sync_batchnorm")
 
         self._check_views()
@@ -404,16 +388,22 @@ class RPATTrainer(keras.Model):
         return self._aux.feature_models[key]
 
     # ------------------------------------------------------------------ models
+    def fast_runtime(self):
+        """The torch fast path of this trainer (its lowered models and train step: a
+        `keras_rpat.fast_path.runtime.FastRuntime`), built on first use; `None` where
+        the Keras models run (tensorflow, `fast_path=False`, a model it cannot lower)."""
+        return fast_path_lib.trainer_runtime(self)
+
     def _classifier_forward(self, proxies=()):
         """The callable computing logits (and `proxies` features) this step:
         the lowered classifier on the torch fast path, else the Keras model."""
-        fast = rpat_backend.lowered_models(self)
+        fast = self.fast_runtime()
         if fast is None:
             return self._feature_model(proxies)
         return fast.features(proxies)
 
     def _teacher_forward(self):
-        fast = rpat_backend.lowered_models(self)
+        fast = self.fast_runtime()
         return self.teacher if fast is None else fast.teacher
 
     def _evaluation_forward(self):

@@ -9,10 +9,11 @@ import keras
 import pytest
 
 PACKAGE = pathlib.Path(keras_rpat.__file__).parent
-# The backend, the torch side of AutoAttack (its facade stays torch-free), the data pipeline and the
-# plain PyTorch modules that exported checkpoints load into.
+# The backend, the torch fast path (its entry points stay torch-free), the torch side of AutoAttack (its
+# facade stays torch-free), the data pipeline and the plain PyTorch modules that exported checkpoints load into.
 FRAMEWORK_ALLOWED = {
     "backend",
+    "fast_path",
     "autoattack/torch_bridge.py",
     "autoattack/cascade.py",
     "datasets/cifar.py",

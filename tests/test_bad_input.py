@@ -681,10 +681,10 @@ def test_torch_bridge_gradients_are_contiguous_nchw(data_format):
     y = torch.tensor([0, 1])
     x_adv, grad = l2_step(x, y)
     assert grad.is_contiguous() and grad.shape == (2, 3, 8, 8)
-    # the same gradient as through a plain permute (only the memory layout differs)
+    # the same gradient as through a plain permute into the model the bridge runs (only the memory layout differs)
     x_plain = x.clone().requires_grad_(True)
     inputs = x_plain.permute(0, 2, 3, 1) if data_format == "channels_last" else x_plain
-    plain_loss = torch.nn.functional.cross_entropy(model(inputs, training=False), y)
+    plain_loss = torch.nn.functional.cross_entropy(bridge.forward_model(inputs, training=False), y)
     expected = torch.autograd.grad(plain_loss, x_plain)[0]
     torch.testing.assert_close(grad, expected, rtol=0, atol=0)
     step = (x_adv - x).reshape(2, -1).norm(dim=1)

@@ -80,12 +80,12 @@ def np_(t):
 def test_lowered_model_matches_keras(name, data_format):
     import torch
 
-    from keras_rpat.backend import torch_lowering
+    from keras_rpat.fast_path import lowering
 
     model = build(name, size=8, data_format=data_format)
     features = models.feature_model(model)
-    lowered = torch_lowering.lower(features)
-    torch_lowering.relayout_kernels(model)
+    lowered = lowering.lower(features)
+    lowering.relayout_kernels(model)
     x = torch.rand((8,) + tuple(model.inputs[0].shape[1:]), generator=torch.Generator().manual_seed(0))
     stats = [np_(v) for v in model.non_trainable_weights]
 
@@ -125,7 +125,7 @@ def test_lowered_gradients_match_plain_pytorch(name):
 
     import torch
 
-    from keras_rpat.backend import torch_lowering
+    from keras_rpat.fast_path import lowering
 
     sys.path.insert(0, HERE)
     from test_models import _copy_keras_to_torch
@@ -139,8 +139,8 @@ def test_lowered_gradients_match_plain_pytorch(name):
     }[name]()
     model = build(name, size=8)
     modules = _copy_keras_to_torch(model, reference)
-    lowered = torch_lowering.lower(model)
-    torch_lowering.relayout_kernels(model)
+    lowered = lowering.lower(model)
+    lowering.relayout_kernels(model)
     x = torch.rand((8, 8, 8, 3), generator=torch.Generator().manual_seed(0))
     reference.train()
     theirs = reference(x.permute(0, 3, 1, 2).contiguous())
@@ -175,11 +175,11 @@ def test_lowered_gradients_match_plain_pytorch(name):
 
 @torch_only
 def test_relayout_keeps_values_shapes_and_saving(tmp_path):
-    from keras_rpat.backend import torch_lowering
+    from keras_rpat.fast_path import lowering
 
     model = build("resnet18")
     before = [np_(v) for v in model.weights]
-    torch_lowering.relayout_kernels(model)
+    lowering.relayout_kernels(model)
     kernel = model.get_layer("layer1_0_conv1").kernel
     assert tuple(kernel.shape) == (3, 3, 64, 64) and kernel.value.permute(3, 2, 0, 1).is_contiguous()
     assert all(np.array_equal(a, np_(v)) for a, v in zip(before, model.weights))
@@ -197,11 +197,11 @@ def test_forward_many_equals_one_forward_per_block():
     moving statistics and weight gradients as one forward per view."""
     import torch
 
-    from keras_rpat.backend import torch_lowering
+    from keras_rpat.fast_path import lowering
 
     model = build("wide_resnet10_2", size=8)
-    torch_lowering.relayout_kernels(model)
-    lowered = torch_lowering.lower(model)
+    lowering.relayout_kernels(model)
+    lowered = lowering.lower(model)
     rng = np.random.default_rng(3)
     # Blocks of different scales: statistics over the whole batch would differ a lot.
     xs = [torch.tensor(rng.uniform(size=(4, 8, 8, 3)) * s) for s in (1.0, 0.3, 3.0)]
@@ -211,7 +211,7 @@ def test_forward_many_equals_one_forward_per_block():
     def run(forward):
         for v, value in zip(model.non_trainable_weights, start):
             v.assign(value)
-        with torch_lowering.shared_kernel_views():
+        with lowering.shared_kernel_views():
             outputs = forward()
         loss = sum((o * (i + 1)).square().mean() for i, o in enumerate(outputs))
         grads = torch.autograd.grad(loss, kernels)
@@ -368,11 +368,11 @@ def test_attacks_through_the_lowered_model(attack):
     adversarial images and (training-mode attacks) BatchNorm statistics."""
     import torch
 
-    from keras_rpat.backend import torch_lowering
+    from keras_rpat.fast_path import lowering
 
     model = build("resnet18", size=8)
-    lowered = torch_lowering.lower(model)
-    torch_lowering.relayout_kernels(model)
+    lowered = lowering.lower(model)
+    lowering.relayout_kernels(model)
     ((x, y),) = batches(1, size=8)
     x, y = torch.tensor(x), torch.tensor(y)
     stats = [np_(v) for v in model.non_trainable_weights]
@@ -431,32 +431,32 @@ def test_unsupported_classifier_falls_back_with_one_log_line(caplog):
 
 @torch_only
 def test_unsupported_layer_is_named():
-    from keras_rpat.backend import torch_lowering
+    from keras_rpat.fast_path import lowering
 
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(4, 3, padding="same", activation="tanh", name="odd")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
-    with pytest.raises(torch_lowering.Unsupported, match="'odd' has the activation 'tanh'"):
-        torch_lowering.lower(model)
+    with pytest.raises(lowering.Unsupported, match="'odd' has the activation 'tanh'"):
+        lowering.lower(model)
     h = keras.layers.LayerNormalization(name="ln")(inputs)
     model = keras.Model(inputs, h)
-    with pytest.raises(torch_lowering.Unsupported, match="'ln' of type LayerNormalization"):
-        torch_lowering.lower(model)
+    with pytest.raises(lowering.Unsupported, match="'ln' of type LayerNormalization"):
+        lowering.lower(model)
 
 
 @torch_only
 def test_fast_path_false_and_the_global_default_use_the_keras_path():
-    from keras_rpat import trainer as trainer_lib
+    from keras_rpat import config as rpat_config
 
     ((x, y),) = batches(1, size=8)
     trainer = _small_trainer(fast_path=False)
     trainer.train_on_batch(x, y)
     assert trainer._fast_runtime is False
-    trainer_lib.set_fast_path_default(False)
+    rpat_config.set_fast_path_default(False)
     try:
         assert _small_trainer().fast_path is False
     finally:
-        trainer_lib.set_fast_path_default(True)
+        rpat_config.set_fast_path_default(True)
     assert _small_trainer().fast_path is True
 
 
@@ -544,31 +544,81 @@ def test_fit_evaluate_and_keras_file_round_trip_on_the_fast_path(tmp_path):
 @float64_precision()
 def test_evaluation_runs_the_lowered_model_with_the_same_results():
     from keras_rpat import evaluation
-    from keras_rpat import trainer as trainer_lib
+    from keras_rpat import config as rpat_config
 
     model = build("wide_resnet10_2", size=8)
     ((x, y),) = batches(1, batch=16, size=8)
     fast = evaluation.pgd_accuracy(model, x, y, num_steps=2, seed=0)
-    assert keras_rpat.backend.inference_model(model) is not model
-    trainer_lib.set_fast_path_default(False)
+    assert keras_rpat.fast_path.inference_model(model) is not model
+    rpat_config.set_fast_path_default(False)
     try:
         slow = evaluation.pgd_accuracy(model, x, y, num_steps=2, seed=0)
     finally:
-        trainer_lib.set_fast_path_default(True)
+        rpat_config.set_fast_path_default(True)
     assert fast == slow
+
+
+@torch_only
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@float64_precision()
+def test_autoattack_bridge_runs_the_lowered_model_with_the_keras_gradients(data_format):
+    """pyautoattack's view of a model (TorchBridge) runs it lowered: the Keras model's logits and input
+    gradients to float64 rounding; with the fast path off, the Keras model itself."""
+    import torch
+
+    from keras_rpat import config as rpat_config
+    from keras_rpat.autoattack.torch_bridge import TorchBridge
+    from keras_rpat.fast_path import lowering
+
+    model = build("wide_resnet10_2", size=8, data_format=data_format)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3])
+
+    def logits_and_gradient(forward, channels_last):
+        x_in = x.clone().requires_grad_(True)
+        logits = forward(x_in.permute(0, 2, 3, 1) if channels_last else x_in)
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), [x_in])
+        return logits.detach().numpy(), grad.numpy()
+
+    bridge = TorchBridge(model)
+    assert isinstance(bridge.forward_model, lowering.LoweredModel)
+    ours = logits_and_gradient(bridge, False)
+    keras_view = logits_and_gradient(lambda h: model(h, training=False), data_format == "channels_last")
+    for a, b in zip(keras_view, ours):
+        assert rel(a, b) < 1e-12
+    rpat_config.set_fast_path_default(False)
+    try:
+        keras_bridge = TorchBridge(model)
+    finally:
+        rpat_config.set_fast_path_default(True)
+    assert keras_bridge.forward_model is model
+    for a, b in zip(keras_view, logits_and_gradient(keras_bridge, False)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tensorflow backend's answers")
+def test_fast_path_entry_points_answer_without_torch_on_tensorflow():
+    import sys
+
+    from keras_rpat import fast_path
+
+    trainer = _small_trainer()
+    assert fast_path.trainer_runtime(trainer) is None and trainer.fast_runtime() is None
+    assert fast_path.inference_model(trainer.classifier) is trainer.classifier
+    assert "keras_rpat.fast_path.runtime" not in sys.modules  # the module that imports torch
 
 
 def test_cli_no_fast_path_flag_sets_the_default():
     from click.testing import CliRunner
 
-    from keras_rpat import trainer as trainer_lib
+    from keras_rpat import config as rpat_config
     from keras_rpat.cli import main
 
     try:
         result = CliRunner().invoke(main, ["--no-fast-path", "recipe", "list"])
         assert result.exit_code == 0, result.output
-        assert trainer_lib.fast_path_default() is False
+        assert rpat_config.fast_path_default() is False
         assert _small_trainer().fast_path is False
     finally:
-        trainer_lib.set_fast_path_default(True)
+        rpat_config.set_fast_path_default(True)
     assert "--no-fast-path" in CliRunner().invoke(main, ["--help"]).output

@@ -347,9 +347,9 @@ def test_batchnorm_momentum_and_epsilon_are_used(lowered):
     model = keras.Model(inputs, rpat_layers.BatchNorm(momentum=0.6, epsilon=0.05)(inputs))
     forward = model
     if lowered:
-        from keras_rpat.backend import torch_lowering
+        from keras_rpat.fast_path import lowering
 
-        forward = torch_lowering.lower(model)
+        forward = lowering.lower(model)
     out = _np(forward(keras.ops.convert_to_tensor(x), training=True))
     bn = torch.nn.BatchNorm2d(3, momentum=0.4, eps=0.05)
     x_t = torch.from_numpy(np.moveaxis(x, -1, 1).copy())

@@ -6,6 +6,8 @@ import keras
 import torch
 
 from keras_rpat import _checks
+from keras_rpat import config as rpat_config
+from keras_rpat import fast_path
 
 __all__ = ["TorchBridge", "frozen_weights", "model_device"]
 
@@ -38,7 +40,11 @@ class _ToChannelsLast(torch.autograd.Function):
 class TorchBridge(torch.nn.Module):
     """A Keras model (torch backend) as a `torch.nn.Module` for AutoAttack.
 
-    Takes NCHW float tensors in [0, 1] and returns the Keras model's logits.
+    Takes NCHW float tensors in [0, 1] and returns the Keras model's logits,
+    computed by the model lowered into torch kernels over its own variables
+    (`keras_rpat.fast_path.inference_model`: the same arithmetic, faster), or
+    by the Keras model itself after `keras_rpat.config.set_fast_path_default(False)`
+    or when it cannot be lowered.
     The input is permuted to NHWC (a view, not a copy) only when the model is
     channels-last; input gradients come back as contiguous NCHW tensors (torch
     attacks may `.view()` them). The Keras model is always called with `training=False`, so
@@ -73,6 +79,7 @@ class TorchBridge(torch.nn.Module):
         # Not a registered submodule: `.train()`, `.eval()` and `.to()` leave
         # the Keras model alone.
         object.__setattr__(self, "keras_model", model)
+        object.__setattr__(self, "forward_model", fast_path.inference_model(model, rpat_config.fast_path_default()))
         self.data_format = _checks.infer_data_format(model, data_format)
 
     @property
@@ -85,10 +92,11 @@ class TorchBridge(torch.nn.Module):
             raise ValueError(f"TorchBridge expects NCHW image batches. Received a tensor of shape {tuple(x.shape)}")
         if self.data_format == "channels_last":
             x = _ToChannelsLast.apply(x)
-        return self.keras_model(x, training=False)
+        return self.forward_model(x, training=False)
 
     def extra_repr(self):
-        return f"keras_model={self.keras_model.name!r}, data_format={self.data_format!r}"
+        lowered = self.forward_model is not self.keras_model
+        return f"keras_model={self.keras_model.name!r}, data_format={self.data_format!r}, lowered={lowered}"
 
 
 @contextlib.contextmanager

@@ -198,18 +198,6 @@ def synchronized_moments(x, axes):
     return get_backend().synchronized_moments(x, axes)
 
 
-def lowered_models(trainer):
-    """The trainer's fast-path models (`classifier`, `features(proxies)`,
-    `teacher`), or `None` where the trainer runs its Keras models."""
-    return get_backend().lowered_models(trainer)
-
-
-def inference_model(model, enabled=True):
-    """`model` as the evaluation runs it: on torch lowered into torch kernels
-    (exact; `enabled=False` or a model that cannot be lowered returns it)."""
-    return get_backend().inference_model(model, enabled)
-
-
 def assign_moving_average(targets, sources, decay):
     """`t <- decay * t + (1 - decay) * s` for each pair, in place."""
     return get_backend().assign_moving_average(targets, sources, decay)

@@ -85,15 +85,6 @@ def synchronized_moments(x, axes):
     return tensorflow_distributed.synchronized_moments(x, axes)
 
 
-def lowered_models(trainer):
-    # tf.function already traces the step into one graph: no lowering.
-    return None
-
-
-def inference_model(model, enabled=True):
-    return model
-
-
 def place_generator(generator):
     tensorflow_distributed.place_generator(generator)
 

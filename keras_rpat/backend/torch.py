@@ -5,7 +5,6 @@ import contextlib
 import torch
 
 from keras_rpat.backend import torch_distributed
-from keras_rpat.backend import torch_fast
 from keras_rpat.backend.torch_random import get_random_state  # noqa: F401  (backend hooks)
 from keras_rpat.backend.torch_random import keras_device_and_dtype
 from keras_rpat.backend.torch_random import random_beta  # noqa: F401
@@ -47,7 +46,7 @@ def assign_moving_average(targets, sources, decay):
 
 
 def train_step(trainer, data):
-    fast = torch_fast.runtime(trainer)
+    fast = trainer.fast_runtime()
     if fast is not None:
         return fast.train_step(data)
     x, y, sample_weight = trainer._unpack(data)
@@ -113,16 +112,6 @@ def replica_share(x):
 
 def synchronized_moments(x, axes):
     return torch_distributed.synchronized_moments(x, axes)
-
-
-def lowered_models(trainer):
-    """The trainer's models lowered into torch kernels, or `None` (Keras path)."""
-    return torch_fast.runtime(trainer)
-
-
-def inference_model(model, enabled=True):
-    """`model` lowered into torch kernels for evaluation (see torch_fast)."""
-    return torch_fast.inference_model(model, enabled)
 
 
 def device_name():

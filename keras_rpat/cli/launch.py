@@ -18,6 +18,7 @@ import shutil
 import click
 
 from keras_rpat import _names
+from keras_rpat import config as rpat_config
 from keras_rpat.cli import options as opt
 
 __all__ = ["Launch", "data_parallel_options", "join", "join_evaluation", "rank_file", "strategy_option"]
@@ -100,8 +101,6 @@ def join(out, sync_batchnorm, config, batch_size):
     every rank, and the global `batch_size` must split evenly over them.
     Called when a run starts: it loads Keras and the backend.
     """
-    from keras_rpat import trainer as trainer_lib
-
     job, tensorflow = _join_job()
     if job is None:
         if sync_batchnorm:
@@ -120,7 +119,7 @@ def join(out, sync_batchnorm, config, batch_size):
             f"--batch-size {batch_size} (the global batch) does not split over {job.world_size} devices. Pick a "
             f"multiple of {job.world_size}, e.g. --batch-size {max(job.world_size, batch_size - batch_size % job.world_size)}."
         )
-    trainer_lib.set_sync_batchnorm_default(bool(sync_batchnorm))
+    rpat_config.set_sync_batchnorm_default(bool(sync_batchnorm))
     _check_same_configuration({"config": config, "sync_batchnorm": sync_batchnorm})
     return Launch(rank_folder(out, job.rank), job.rank, job.world_size)
 

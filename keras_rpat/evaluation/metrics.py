@@ -39,7 +39,8 @@ from keras_rpat import _resume
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
 from keras_rpat import backend as rpat_backend
-from keras_rpat import trainer as trainer_lib
+from keras_rpat import config as rpat_config
+from keras_rpat import fast_path
 from keras_rpat._names import EVAL_BATCH_SIZE
 from keras_rpat._names import PGD_EVAL_STEPS
 from keras_rpat._names import parse_attacks
@@ -66,8 +67,8 @@ def check_logits(logits, atol=1e-5):
 
 
 def _fast(model):
-    """The model as evaluation runs it (lowered on torch; see backend.inference_model)."""
-    return rpat_backend.inference_model(model, trainer_lib.fast_path_default())
+    """The model as evaluation runs it (lowered on torch; see fast_path.inference_model)."""
+    return fast_path.inference_model(model, rpat_config.fast_path_default())
 
 
 def _forward(model, xb):

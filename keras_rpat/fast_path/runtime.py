@@ -1,10 +1,10 @@
-"""The torch fast path of `RPATTrainer`.
+"""The torch fast path of `RPATTrainer` and of evaluation (imports torch).
 
 `runtime(trainer)` returns the trainer's `FastRuntime`, built on first use, or
 `None` when the fast path is off or the classifier cannot be lowered (one log
 line names the reason). The runtime holds
 
-- the trainer's models lowered into torch kernels (`torch_lowering`): the
+- the trainer's models lowered into torch kernels (`lowering`): the
   classifier, the feature models of the perception proxies and the
   weight-averaged teacher, all over the trainer's own variables;
 - the train step: the same trainer methods as the Keras path (attack, views,
@@ -25,8 +25,8 @@ import keras
 import torch
 
 from keras_rpat.backend import torch_distributed
-from keras_rpat.backend import torch_lowering
-from keras_rpat.backend import torch_random
+from keras_rpat.fast_path import lowering
+from keras_rpat.fast_path.capture import CapturedStep
 
 logger = logging.getLogger("keras_rpat")
 
@@ -39,7 +39,7 @@ def runtime(trainer):
         if trainer.fast_path:
             try:
                 state = FastRuntime(trainer)
-            except torch_lowering.Unsupported as error:
+            except lowering.Unsupported as error:
                 logger.warning(
                     "keras_rpat: the torch fast path is off for %r (%s); training runs on the Keras "
                     "path. Pass fast_path=False to silence this.",
@@ -63,9 +63,9 @@ def inference_model(model, enabled=True):
     lowered = _INFERENCE.get(model)
     if lowered is None:
         try:
-            lowered = torch_lowering.lower(model)
-            torch_lowering.relayout_kernels(model)
-        except torch_lowering.Unsupported:
+            lowered = lowering.lower(model)
+            lowering.relayout_kernels(model)
+        except lowering.Unsupported:
             lowered = model
         _INFERENCE[model] = lowered
     return lowered
@@ -77,12 +77,12 @@ class FastRuntime:
     def __init__(self, trainer):
         self.trainer = trainer
         fmt = trainer.memory_format
-        self.classifier = torch_lowering.lower(trainer.classifier, fmt)
-        self.teacher = None if trainer.teacher is None else torch_lowering.lower(trainer.teacher, fmt)
+        self.classifier = lowering.lower(trainer.classifier, fmt)
+        self.teacher = None if trainer.teacher is None else lowering.lower(trainer.teacher, fmt)
         self._features = {(): self.classifier}
         for model in (trainer.classifier, trainer.teacher):
             if model is not None:
-                torch_lowering.relayout_kernels(model, trainer)
+                lowering.relayout_kernels(model, trainer)
         self._autocast_dtype = torch.bfloat16 if trainer.precision == "bfloat16" else None
         self._optimizer_laid_out = False
         self._step = CapturedStep(self._train_step, key=lambda: trainer._phase) if trainer.capture else self._train_step
@@ -91,7 +91,7 @@ class FastRuntime:
         """The lowered model returning logits and the given proxy features."""
         key = tuple(proxies)
         if key not in self._features:
-            self._features[key] = torch_lowering.lower(self.trainer._feature_model(key), self.trainer.memory_format)
+            self._features[key] = lowering.lower(self.trainer._feature_model(key), self.trainer.memory_format)
         return self._features[key]
 
     def forward_context(self, device):
@@ -99,7 +99,7 @@ class FastRuntime:
         stack = contextlib.ExitStack()
         if self._autocast_dtype is not None:
             stack.enter_context(torch.autocast(device_type=device.type, dtype=self._autocast_dtype))
-        stack.enter_context(torch_lowering.shared_kernel_views())
+        stack.enter_context(lowering.shared_kernel_views())
         return stack
 
     def train_step(self, data):
@@ -140,65 +140,8 @@ class FastRuntime:
         buffers = getattr(optimizer, "momentums", None) or []
         variables = getattr(optimizer, "_trainable_variables", None) or []
         for variable, buffer in zip(variables, buffers):
-            torch_lowering.match_layout(buffer, variable)
+            lowering.match_layout(buffer, variable)
 
 
 def _autograd_gradients(loss, variables):
     return torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
-
-
-class CapturedStep:
-    """Replays a step as one CUDA graph per batch shape and phase.
-
-    The first `warmup` calls of each shape run eagerly on a side stream (as
-    CUDA-graph capture requires); the next call captures the step and
-    replays it, so every batch is trained on exactly once. The last partial
-    batch of an epoch gets its own graph (a second shape); nothing is padded.
-    Tensors off CUDA run the step uncaptured.
-
-    Args:
-        step: `step(*tensors) -> outputs` without host synchronisation.
-        key: returns the hashable state the step depends on besides shapes
-            (the trainer's phase: a new phase captures anew).
-        warmup: eager calls before capture.
-    """
-
-    def __init__(self, step, key=lambda: None, warmup=2):
-        self.step = step
-        self.key = key
-        self.warmup = warmup
-        self.graphs = {}
-        self.calls = {}
-
-    def __call__(self, *tensors):
-        if not tensors[0].is_cuda:
-            return self.step(*tensors)
-        key = (self.key(),) + tuple(None if t is None else (tuple(t.shape), t.dtype) for t in tensors)
-        entry = self.graphs.get(key)
-        if entry is None:
-            calls = self.calls.get(key, 0)
-            if calls < self.warmup:
-                self.calls[key] = calls + 1
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    outputs = self.step(*tensors)
-                torch.cuda.current_stream().wait_stream(side)
-                return outputs
-            entry = self.graphs[key] = self._capture(tensors)
-        graph, static_inputs, static_outputs = entry
-        for static, tensor in zip(static_inputs, tensors):
-            if static is not None:
-                static.copy_(tensor)
-        graph.replay()
-        return static_outputs
-
-    def _capture(self, tensors):
-        static_inputs = [None if t is None else t.clone() for t in tensors]
-        graph = torch.cuda.CUDAGraph()
-        if hasattr(graph, "register_generator_state"):
-            for generator in torch_random.device_generators("cuda"):
-                graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            static_outputs = self.step(*static_inputs)
-        return graph, static_inputs, static_outputs
