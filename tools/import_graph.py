@@ -12,10 +12,6 @@ no package has an import cycle):
    the lazy imports listed in `LAZY_IMPORTS` (each with its reason).
 2. No module uses another module's `_private` name (`from m import _x` or
    `m._x`); internal modules such as `keras_rpat._checks` have public names.
-4. The engine hooks (`ENGINE_PACKAGES`: `keras_rpat.backend`) import only each
-   other and the package's private helpers (`keras_rpat._io`, `_names`...),
-   at the top or in a function: nothing that builds or runs models (layers,
-   models, fast_path, trainer), so no arrow runs back up into them.
 
 A submodule's implicit import of its parent package is not an edge.
 """
@@ -26,9 +22,6 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "keras_rpat"
-
-# Rule 4: packages that sit just above the private helpers.
-ENGINE_PACKAGES = ("keras_rpat.backend",)
 
 # Function-level imports that are allowed, and why.
 LAZY_IMPORTS = {
@@ -113,14 +106,6 @@ def _resolve(target, modules):
     return target
 
 
-def _runs_back_up(source, target):
-    """Whether `source`, an engine hook, imports `target`, a module that is neither a hook nor a private helper."""
-    engine = next((p for p in ENGINE_PACKAGES if source == p or source.startswith(p + ".")), None)
-    if engine is None or target == engine or target.startswith(engine + "."):
-        return False
-    return not _is_private(target.rsplit(".", 1)[-1])
-
-
 def _is_private(name):
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -144,8 +129,6 @@ def analyse(modules, lazy=None):
                 t = _resolve(t, modules)
                 if t == name or name.startswith(t + "."):
                     continue  # itself, or its parent package
-                if _runs_back_up(name, t):
-                    problems.append(f"{name}:{node.lineno}: imports {t}, above the engine hooks (rule 4)")
                 if id(node) in in_function:
                     if (name, t) not in lazy:
                         problems.append(f"{name}:{node.lineno}: imports {t} inside a function (import it at the top)")
