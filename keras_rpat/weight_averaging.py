@@ -64,3 +64,20 @@ class WeightAveraging:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def get(identifier):
+    """A `WeightAveraging` from `identifier`: one, `True` (the defaults), a dict of its arguments, or
+    `None` / `False` (none)."""
+    if identifier is True:
+        return WeightAveraging()
+    if isinstance(identifier, dict):
+        return WeightAveraging(**identifier)
+    if identifier is None or identifier is False:
+        return None
+    if isinstance(identifier, WeightAveraging):
+        return identifier
+    raise ValueError(
+        "`weight_averaging` must be a keras_rpat.WeightAveraging, True (the defaults), a dict of its "
+        f"arguments, or None. Received: weight_averaging={identifier!r}"
+    )
