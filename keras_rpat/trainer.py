@@ -2,14 +2,15 @@
 
 The trainer wraps a classifier, runs the attack, computes exactly the views its
 losses declare, each with its own training-mode forward pass in the reference
-order, and applies the update. The train step has one body per backend
-(`keras_rpat/backend/{torch,tensorflow}.py`); everything they call lives here
-and uses `keras.ops` only. Nothing in the step synchronises with the host or
+order, and applies the update. The train step (`RPATTrainer.step`) is written
+once, in `keras.ops`; each backend's engine (`keras_rpat.backend.engine`)
+supplies how gradients are taken and reduced. Nothing in the step synchronises with the host or
 branches on a tensor value: every choice that depends on the epoch (attack
 schedule, loss start epochs, weight-averaging warm-up) is made between epochs,
 and the train function is rebuilt when it changes.
 """
 
+import types
 import warnings
 
 import keras
@@ -23,7 +24,8 @@ from keras_rpat import config as rpat_config
 from keras_rpat import divergence
 from keras_rpat import fast_path as fast_path_lib
 from keras_rpat import losses as losses_lib
-from keras_rpat.config import set_fast_path_default  # noqa: F401  TEMPORARY: cli/__init__.py's name until the imports branch calls keras_rpat.config; delete at merge
+from keras_rpat import weight_averaging as weight_averaging_lib
+from keras_rpat.weight_averaging import WeightAveraging  # noqa: F401  (re-exported: keras_rpat.trainer.WeightAveraging)
 
 _INPUT_OF_VIEW = {
     "clean": "x",
@@ -45,73 +47,6 @@ def _check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
     return value
-
-
-class _Holder:
-    """A plain container Keras does not track (for derived models)."""
-
-
-@keras.saving.register_keras_serializable(package="keras_rpat")
-class WeightAveraging:
-    """Weight averaging (EMA) of the online model, the teacher of ReBAT/RPAT++.
-
-    After every optimiser step (and the optional post-step clean forward),
-    `theta_wa <- decay * theta_wa + (1 - decay) * theta` for every variable,
-    BatchNorm moving statistics included, no bias correction. Before
-    `start_epoch` the decay is 0, so the average is an exact copy of the online
-    model (REFERENCE §3.3).
-
-    Args:
-        decay: EMA decay (0.999).
-        start_epoch: first (0-based) epoch with a non-zero decay (105).
-        teacher_training: the BatchNorm mode of the teacher's forward
-            passes. `False` (default): inference mode (moving statistics).
-            `True`: training mode, as `model.train()` in PyTorch: each
-            forward normalises with its batch statistics and moves the
-            teacher's moving statistics, which are then averaged after the
-            step. `"first_epoch"`: training mode in epoch `start_epoch` only,
-            inference mode after, as the reference ReBAT / RPAT++ code
-            (REFERENCE §1.5, §8 #12).
-        evaluate_average: evaluate (and report) the averaged model in
-            `evaluate()`, as the paper does for ReBAT and RPAT++.
-    """
-
-    def __init__(self, decay=0.999, start_epoch=105, teacher_training=False, evaluate_average=True):
-        decay = float(decay)
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"`decay` must be in [0, 1). Received: decay={decay}")
-        if int(start_epoch) != start_epoch or start_epoch < 0:
-            raise ValueError(f"`start_epoch` must be a non-negative integer. Received: start_epoch={start_epoch!r}")
-        if teacher_training not in (False, True, "first_epoch"):
-            raise ValueError(
-                "`teacher_training` must be False (inference mode), True (training mode) or "
-                f"'first_epoch' (training mode in epoch start_epoch only). Received: teacher_training={teacher_training!r}"
-            )
-        self.decay = decay
-        self.start_epoch = int(start_epoch)
-        self.teacher_training = teacher_training if teacher_training == "first_epoch" else bool(teacher_training)
-        self.evaluate_average = bool(evaluate_average)
-
-    def decay_at(self, epoch):
-        return self.decay if epoch >= self.start_epoch else 0.0
-
-    def teacher_training_at(self, epoch):
-        """Whether the teacher's forwards run in training mode in a (0-based) epoch."""
-        if self.teacher_training == "first_epoch":
-            return epoch == self.start_epoch
-        return self.teacher_training
-
-    def get_config(self):
-        return {
-            "decay": self.decay,
-            "start_epoch": self.start_epoch,
-            "teacher_training": self.teacher_training,
-            "evaluate_average": self.evaluate_average,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 class _EpochCallback(keras.callbacks.Callback):
@@ -137,25 +72,18 @@ class _EpochCallback(keras.callbacks.Callback):
         self._trainer.set_epoch(epoch)
 
 
-def _first_batch_size(x, batch_size):
-    """The global batch size of `fit(x, batch_size=...)`: `batch_size` for arrays
-    (Keras' default 32), the first batch's length for a PyDataset, else `None`."""
-    if isinstance(x, keras.utils.PyDataset):
-        if len(x) == 0:
-            return None
+def _check_global_batch(x, batch_size, devices):
+    """Refuses a global batch of `fit(x, batch_size=...)` (arrays: `batch_size`, Keras' default 32; a
+    PyDataset: its first batch) that does not split over `devices`."""
+    size = min(len(x), batch_size or 32) if isinstance(x, np.ndarray) else None
+    if isinstance(x, keras.utils.PyDataset) and len(x):
         first, _, _ = keras.utils.unpack_x_y_sample_weight(x[0])
-        return len(first) if isinstance(first, np.ndarray) else None
-    if isinstance(x, np.ndarray):
-        return min(len(x), batch_size or 32)
-    return None
-
-
-def _check_global_batch(batch_size, devices):
-    if batch_size is not None and batch_size % devices:
-        fit = max(devices, batch_size - batch_size % devices)
+        size = len(first) if isinstance(first, np.ndarray) else None
+    if size is not None and size % devices:
         raise ValueError(
-            f"The global batch of {batch_size} images does not split over {devices} devices. Pick a "
-            f"batch size that is a multiple of {devices} (e.g. {fit}), or a device count that divides it."
+            f"The global batch of {size} images does not split over {devices} devices. Pick a "
+            f"batch size that is a multiple of {devices} (e.g. {max(devices, size - size % devices)}), or a "
+            "device count that divides it."
         )
 
 
@@ -273,18 +201,7 @@ class RPATTrainer(keras.Model):
                 "Pass `name=` to tell them apart."
             )
         self.loss_weights = self._resolve_weights(loss_weights, names)
-        if weight_averaging is True:
-            weight_averaging = WeightAveraging()
-        elif isinstance(weight_averaging, dict):
-            weight_averaging = WeightAveraging(**weight_averaging)
-        elif weight_averaging is False:
-            weight_averaging = None
-        if weight_averaging is not None and not isinstance(weight_averaging, WeightAveraging):
-            raise ValueError(
-                "`weight_averaging` must be a keras_rpat.WeightAveraging, True (the defaults), a dict of its "
-                f"arguments, or None. Received: weight_averaging={weight_averaging!r}"
-            )
-        self.weight_averaging = weight_averaging
+        self.weight_averaging = weight_averaging_lib.get(weight_averaging)
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
@@ -302,8 +219,7 @@ class RPATTrainer(keras.Model):
         self._num_classes = (
             int(classifier.outputs[0].shape[-1]) if hasattr(classifier, "outputs") and classifier.outputs else None
         )
-        self._aux = _Holder()
-        self._aux.feature_models = {}
+        self._aux = types.SimpleNamespace(feature_models={}, engine=None)  # a container Keras does not track
         self.teacher = None
         if self.weight_averaging is not None:
             self.teacher = keras.models.clone_model(classifier)
@@ -378,7 +294,8 @@ class RPATTrainer(keras.Model):
                 f"{proxy!r} (every keras_rpat.models model has one)."
             ) from None
 
-    def _feature_model(self, proxies):
+    def feature_model(self, proxies):
+        """The classifier returning `[logits, *features]` of the layers named `proxies` (cached)."""
         if not proxies:
             return self.classifier
         key = tuple(proxies)
@@ -390,16 +307,17 @@ class RPATTrainer(keras.Model):
     # ------------------------------------------------------------------ models
     def fast_runtime(self):
         """The torch fast path of this trainer (its lowered models and train step: a
-        `keras_rpat.fast_path.runtime.FastRuntime`), built on first use; `None` where
-        the Keras models run (tensorflow, `fast_path=False`, a model it cannot lower)."""
-        return fast_path_lib.trainer_runtime(self)
+        `keras_rpat.fast_path.runtime.FastRuntime`, which is then its `engine`); `None`
+        where the Keras models run (tensorflow, `fast_path=False`, a model it cannot lower)."""
+        engine = self.engine
+        return engine if engine.lowered else None
 
     def _classifier_forward(self, proxies=()):
         """The callable computing logits (and `proxies` features) this step:
         the lowered classifier on the torch fast path, else the Keras model."""
         fast = self.fast_runtime()
         if fast is None:
-            return self._feature_model(proxies)
+            return self.feature_model(proxies)
         return fast.features(proxies)
 
     def _teacher_forward(self):
@@ -461,6 +379,11 @@ class RPATTrainer(keras.Model):
     def epoch(self):
         return self._epoch
 
+    @property
+    def phase(self):
+        """What the step depends on besides its inputs (attack, losses, EMA decay); changes between epochs."""
+        return self._phase
+
     # ------------------------------------------------------------------ step
     def _unpack(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -480,32 +403,30 @@ class RPATTrainer(keras.Model):
         alpha = alphas[view if kind == "interp" else "teacher_interp"]
         return x + alpha * (x_adv - x)
 
-    def _pre_gradient_views(self, x, y):
-        """Runs the attack and the no-gradient forwards (teacher, clean eval)."""
+    def attack_views(self, x, y):
+        """The attack and the no-gradient forwards: `(x_adv, static_views)` (teacher logits, alphas, clean eval)."""
         x_adv = None
         if self._active_attack is not None:
             x_adv = ops.stop_gradient(self._active_attack.perturb(self._classifier_forward(), x, y))
-        static = {}
-        alphas = {}
+        static, alphas = {}, {}
         for view, loss in self._interp_alpha_source.items():
             alphas[view] = loss.interpolation_alpha(self._seed_generator)
             static[f"{view}_alpha"] = alphas[view]
         static["_alphas"] = alphas
         teacher_views = [v for v in self._view_order if v.startswith("teacher_")]
         if teacher_views:
-            training = self._teacher_training
             teacher = self._teacher_forward()
             with rpat_backend.no_grad():
                 for view in teacher_views:
-                    logits = teacher(self._input(view, x, x_adv, alphas), training=training)
+                    logits = teacher(self._input(view, x, x_adv, alphas), training=self._teacher_training)
                     static[view] = ops.stop_gradient(logits)
         if self.track_clean_accuracy and "clean" not in self._view_order:
             with rpat_backend.no_grad():
                 static["_clean_eval"] = ops.stop_gradient(self._classifier_forward()(x, training=False))
         return x_adv, static
 
-    def _gradient_views_and_losses(self, x, y, x_adv, static, sample_weight=None, share=None):
-        """The training-mode forwards (in view order; see `_view_forwards`) and the losses.
+    def view_losses(self, x, y, x_adv, static, sample_weight=None, share=None):
+        """The training-mode forwards (in view order) and the losses: `(total, terms by index, views by name)`.
 
         `share(loss, value)`, if given, maps each loss value to this device's
         share of the one-device value (tf.distribute; see tensorflow_distributed).
@@ -557,14 +478,16 @@ class RPATTrainer(keras.Model):
             picked.append([out[0]] + [out[1 + union.index(p)] for p in proxies] if proxies else out[0])
         return picked
 
-    def _after_update(self, x):
+    def after_update(self, x):
+        """After the optimizer's update: the optional post-step clean forward, then the EMA of the teacher."""
         if self.post_step_clean_forward:
             with rpat_backend.no_grad():
                 self._classifier_forward()(x, training=True)
         if self.teacher is not None:
             rpat_backend.assign_moving_average(self.teacher.weights, self.classifier.weights, self._wa_decay)
 
-    def _update_metrics(self, y, total, terms, views, sample_weight=None):
+    def update_metrics(self, y, total, terms, views):
+        """Updates the trackers with one step's loss, terms and accuracies; returns the logs."""
         self._total_tracker.update_state(total)
         for i, value in terms.items():
             self._term_trackers[i].update_state(value)
@@ -575,8 +498,47 @@ class RPATTrainer(keras.Model):
             self._clean_acc.update_state(_correct(y, clean))
         return {m.name: m.result() for m in self.metrics}
 
+    @property
+    def engine(self):
+        """The `keras_rpat.backend.engine.Engine` running this trainer's steps (made on first use):
+        the torch fast path's runtime where it applies, else the backend's engine."""
+        if self._aux.engine is None:
+            self._aux.engine = fast_path_lib.trainer_engine(self) or rpat_backend.train_engine(self)
+        return self._aux.engine
+
     def train_step(self, data):
-        return rpat_backend.train_step(self, data)
+        """What `fit` runs on a batch: `step` on its tensors, run by `self.engine`."""
+        x, y, sample_weight = self._unpack(data)
+        return self.engine.run(x, y, sample_weight)
+
+    def step(self, x, y, sample_weight=None):
+        """The train step, written once for every engine (`keras_rpat.backend.engine`); returns the logs:
+        `attack_views`, `view_losses` (the engine takes their gradients and, in a data-parallel job, sums
+        them and `metric_sums` over the devices), the optimizer's update, `after_update`, `update_metrics`."""
+        engine = self.engine
+        variables = self.trainable_weights
+        with engine.shard(x, y, sample_weight) as batch:
+            x, y, sample_weight = batch.x, batch.y, batch.sample_weight
+            with engine.forward_context(x):
+                x_adv, static_views = self.attack_views(x, y)
+
+                def loss_fn():
+                    total, terms, views = self.view_losses(x, y, x_adv, static_views, sample_weight, batch.loss_share)
+                    weighted = total if batch.loss_weight is None else total * batch.loss_weight
+                    return self.optimizer.scale_loss(weighted), (total, terms, views)
+
+                gradients, (total, terms, views) = engine.gradients(loss_fn, variables)
+            if batch.distributed:
+                sums, layout = self.metric_sums(y, total, terms, views, batch.metric_weight)
+                gradients, sums = batch.reduce(gradients, variables, sums)
+            with engine.update_context():
+                self.optimizer.apply(gradients, variables)
+                with engine.forward_context(x):
+                    self.after_update(x)
+        if not batch.distributed:
+            return self.update_metrics(y, total, terms, views)
+        batch.average(self.non_trainable_weights)
+        return batch.logs(self.update_metrics_from_sums(sums, layout))
 
     # ------------------------------------------------------------- data parallel
     def batch_groups(self):
@@ -585,12 +547,9 @@ class RPATTrainer(keras.Model):
         return 2 if any(isinstance(l, losses_lib.Consistency) for l in self.loss_terms) else 1
 
     def metric_sums(self, y, total, terms, views, weight):
-        """This device's share of the step's metrics, as one vector to sum over devices.
-
-        `weight` is the device's share of the batch (`rows / batch`): the loss
-        terms enter weighted, the accuracies as (correct, count) sums.
-        Returns the vector and its layout for `update_metrics_from_sums`.
-        """
+        """This device's share of the step's metrics, as one vector to sum over devices, and its layout for
+        `update_metrics_from_sums`. `weight` is the device's share of the batch (`rows / batch`): the loss
+        terms enter weighted, the accuracies as (correct, count) sums."""
         values = [total * weight] + [terms[i] * weight for i in self._active]
         # float32 sums (bf16 losses upcast), float64 for a float64 model's losses.
         dtype = "float64" if keras.backend.standardize_dtype(total.dtype) == "float64" else "float32"
@@ -691,7 +650,7 @@ class RPATTrainer(keras.Model):
         _checks.warn_if_softmax(self.classifier)
         job = self.join_distributed()
         if job is not None:
-            _check_global_batch(_first_batch_size(x, batch_size), job.world_size)
+            _check_global_batch(x, batch_size, job.world_size)
         callbacks = list(callbacks or [])
         if stop_on_divergence and not any(isinstance(c, divergence.DivergenceGuard) for c in callbacks):
             callbacks.insert(0, divergence.DivergenceGuard())
@@ -738,12 +697,9 @@ class RPATTrainer(keras.Model):
             )
 
     def join_distributed(self):
-        """Joins the data-parallel job this process runs in (torchrun, or the
-        tf.distribute strategy the trainer was built under), if any.
-
-        Returns the job's context or `None`. `sync_batchnorm=True` without a
-        job is an error (it would silently train per device).
-        """
+        """Joins the data-parallel job this process runs in (torchrun, or the tf.distribute strategy the trainer
+        was built under); returns its context or `None`. `sync_batchnorm=True` without a job is an error (it
+        would silently train per device)."""
         job = rpat_backend.initialize_distributed(self)
         if job is None and self.sync_batchnorm:
             raise ValueError(
@@ -754,10 +710,10 @@ class RPATTrainer(keras.Model):
         return job
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' TensorFlow trainer (3.15) builds a model made in a strategy's scope from a batch
-        # averaged with `strategy.reduce(axis=None)`, which fails under MultiWorkerMirroredStrategy.
-        # The trainer is built when constructed: only its optimizer may be left to build.
-        if any(not layer.built for layer in self._flatten_layers()):
+        # A private Keras method, overridden as no public way exists (tests/test_trainer.py pins it): Keras 3.15
+        # builds a model made in a strategy's scope from a batch averaged with `strategy.reduce(axis=None)`, which
+        # fails under MultiWorkerMirroredStrategy. The trainer is built when made: only its optimizer may not be.
+        if not all(layer.built for layer in self.layers):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():

@@ -11,6 +11,7 @@ a `_private` name.
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -118,3 +119,34 @@ def test_every_package_ships_in_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "keras_rpat").rglob("__init__.py")}
     assert on_disk | {"keras_rpat.recipes.files"} == listed
+
+
+# `trainer._x`, `self.trainer._x`, `getattr(trainer, "_x")` and the like: an engine reaches the
+# trainer through its public hooks only (`keras_rpat.backend.engine`).
+_PRIVATE_TRAINER_ATTRIBUTE = re.compile(r"\btrainer\._\w|\b(?:get|set|has|del)attr\(\s*(?:self\.)?trainer\s*,\s*[\"']_")
+
+
+def _private_trainer_uses(folders):
+    hits = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if _PRIVATE_TRAINER_ATTRIBUTE.search(line):
+                    hits.append(f"{path.relative_to(folder.parent)}:{number}: {line.strip()}")
+    return hits
+
+
+def test_no_engine_module_uses_a_private_trainer_attribute():
+    """The backend modules and the fast-path runtime neither set nor call a private trainer attribute."""
+    folders = [ROOT / "keras_rpat" / name for name in ("backend", "fast_path")]
+    assert _private_trainer_uses([f for f in folders if f.is_dir()]) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["trainer._unpack(data)", "self.trainer._phase", 'getattr(trainer, "_fast_runtime", None)', "trainer._x = 1"],
+)
+def test_the_private_trainer_attribute_check_finds_each_form(tmp_path, line):
+    (tmp_path / "backend").mkdir()
+    (tmp_path / "backend" / "engine.py").write_text(f"x = 1\n{line}\ntrainer.step(x)\n")
+    assert _private_trainer_uses([tmp_path / "backend"]) == [f"backend/engine.py:2: {line}"]

@@ -257,7 +257,7 @@ def _train(name, model_name, fast_path, attack_fn, steps=3, size=16, **options):
 def _compare(slow, fast, tol=1e-9):
     """Every logged value and every variable (float64) agree to `tol` relative."""
     (t0, logs0, w0), (t1, logs1, w1) = slow, fast
-    assert t0._fast_runtime is False and t1._fast_runtime
+    assert not t0.engine.lowered and t1.engine.lowered
     assert [v.path for v in t0.weights] == [v.path for v in t1.weights]
     assert all(w.dtype == np.float64 for w in w0 + w1)
     for step, (a, b) in enumerate(zip(logs0, logs1)):
@@ -332,7 +332,7 @@ def _seeded_run(fast_path, seeds, random_ops_before_fit=False):
             keras.random.uniform((3,))
         for x, y in batches(3, size=8):
             trainer.train_on_batch(x.astype("float64"), y)
-        assert bool(trainer._fast_runtime) == fast_path and trainer.weights[0].dtype == "float64"
+        assert trainer.engine.lowered == fast_path and trainer.weights[0].dtype == "float64"
         return [np_(v) for v in trainer.weights]
 
 
@@ -426,7 +426,7 @@ def test_unsupported_classifier_falls_back_with_one_log_line(caplog):
         trainer.train_on_batch(x2, y2)
     lines = [r.getMessage() for r in caplog.records if "fast path is off" in r.getMessage()]
     assert len(lines) == 1 and "is not a functional model" in lines[0] and "fast_path=False" in lines[0]
-    assert trainer._fast_runtime is False
+    assert not trainer.engine.lowered
 
 
 @torch_only
@@ -451,7 +451,7 @@ def test_fast_path_false_and_the_global_default_use_the_keras_path():
     ((x, y),) = batches(1, size=8)
     trainer = _small_trainer(fast_path=False)
     trainer.train_on_batch(x, y)
-    assert trainer._fast_runtime is False
+    assert not trainer.engine.lowered
     rpat_config.set_fast_path_default(False)
     try:
         assert _small_trainer().fast_path is False
@@ -485,7 +485,7 @@ def test_channels_last_and_bf16_options():
         assert channels_last.train_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(
             contiguous["loss"], rel=1e-12
         )
-        assert channels_last._fast_runtime.classifier.memory_format == "channels_last"  # what it changes: the storage
+        assert channels_last.engine.classifier.memory_format == "channels_last"  # what it changes: the storage
     reference = _small_trainer()
     ref_logs = reference.train_on_batch(x, y, return_dict=True)
     bf16 = _small_trainer(precision="bf16")
@@ -529,7 +529,7 @@ def test_fit_evaluate_and_keras_file_round_trip_on_the_fast_path(tmp_path):
     x = np.concatenate([b[0] for b in data])
     y = np.concatenate([b[1] for b in data])
     trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert trainer._fast_runtime
+    assert trainer.engine.lowered
     slow.classifier.set_weights(trainer.classifier.get_weights())
     ours, theirs = trainer.evaluate(x, y, verbose=0, return_dict=True), slow.evaluate(x, y, verbose=0, return_dict=True)
     assert ours["clean_acc"] == theirs["clean_acc"] and ours["loss"] == pytest.approx(theirs["loss"], rel=1e-10)
@@ -603,7 +603,7 @@ def test_fast_path_entry_points_answer_without_torch_on_tensorflow():
     from keras_rpat import fast_path
 
     trainer = _small_trainer()
-    assert fast_path.trainer_runtime(trainer) is None and trainer.fast_runtime() is None
+    assert fast_path.trainer_engine(trainer) is None and trainer.fast_runtime() is None
     assert fast_path.inference_model(trainer.classifier) is trainer.classifier
     assert "keras_rpat.fast_path.runtime" not in sys.modules  # the module that imports torch
 

@@ -2,7 +2,8 @@
 
 `keras.ops` has no gradient operator, so each supported backend provides, in its
 own module, the input gradient used by the attacks, a no-gradient context and the
-body of `RPATTrainer.train_step`. Everything else in keras_rpat uses `keras.ops`.
+engine of `RPATTrainer.step` (`engine.Engine`: how weight gradients are taken and
+reduced). Everything else in keras_rpat uses `keras.ops`.
 """
 
 import dataclasses
@@ -79,9 +80,10 @@ def no_grad():
     return get_backend().no_grad()
 
 
-def train_step(trainer, data):
-    """Runs `RPATTrainer.train_step` with the backend's autodiff."""
-    return get_backend().train_step(trainer, data)
+def train_engine(trainer):
+    """A new `keras_rpat.backend.engine.Engine` for `trainer` on the active backend: what
+    `RPATTrainer.step` needs of it (gradients, forward and update contexts, data-parallel reductions)."""
+    return get_backend().train_engine(trainer)
 
 
 def initialize_distributed(owner=None, strategy=None):

@@ -4,6 +4,7 @@ import contextlib
 
 import tensorflow as tf
 
+from keras_rpat.backend import engine
 from keras_rpat.backend import tensorflow_distributed
 
 
@@ -31,22 +32,22 @@ def assign_moving_average(targets, sources, decay):
             t.assign(decay * t.value + (1.0 - decay) * value)
 
 
-def train_step(trainer, data):
-    logs = tensorflow_distributed.train_step(trainer, data)  # several replicas: their rows of the batch
-    if logs is not None:
-        return logs
-    x, y, sample_weight = trainer._unpack(data)
-    # The attack and the teacher run before the tape opens, so the tape records
-    # only the training forward passes.
-    x_adv, static_views = trainer._pre_gradient_views(x, y)
-    trainable_weights = trainer.trainable_weights
-    with tf.GradientTape() as tape:
-        total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
-        scaled = trainer.optimizer.scale_loss(total)
-    gradients = tape.gradient(scaled, trainable_weights)
-    trainer.optimizer.apply(gradients, trainable_weights)
-    trainer._after_update(x)
-    return trainer._update_metrics(y, total, terms, views, sample_weight)
+class TensorFlowEngine(engine.Engine):
+    """How TensorFlow runs `RPATTrainer.step` (`keras_rpat.backend.engine`): the weight gradients from a
+    `GradientTape` opened after the attack and the teacher (so it records only the training forwards);
+    under a tf.distribute strategy each replica takes its rows (`tensorflow_distributed.ReplicaBatch`)."""
+
+    def shard(self, x, y, sample_weight):
+        return tensorflow_distributed.replica_batch(self.trainer, x, y, sample_weight)
+
+    def gradients(self, loss_fn, variables):
+        with tf.GradientTape() as tape:
+            loss, aux = loss_fn()
+        return tape.gradient(loss, variables), aux
+
+
+def train_engine(trainer):
+    return TensorFlowEngine(trainer)
 
 
 def initialize_distributed(owner=None, strategy=None):

@@ -45,6 +45,7 @@ import tensorflow as tf
 from keras_rpat import _names
 from keras_rpat.backend import Context
 from keras_rpat.backend import DistributedError
+from keras_rpat.backend.engine import Batch
 
 _STATE = {"context": None}
 SLURM_PORT = 12345  # the first worker port on each node of a Slurm job (`SlurmClusterResolver(port_base=...)`)
@@ -266,36 +267,54 @@ def _replica_rows(replica, x, y, sample_weight, groups):
     return x, y, sample_weight, rows, size
 
 
-def train_step(trainer, data):
-    """One step of `trainer` on this replica's rows (inside `strategy.run`); `None` for one replica."""
+def replica_batch(trainer, x, y, sample_weight):
+    """This replica's `ReplicaBatch` of one step of `trainer` (inside `strategy.run`); for one replica,
+    the whole batch (`engine.Batch`)."""
     replica = tf.distribute.get_replica_context()
     replicas = replica.num_replicas_in_sync if replica is not None else 1
     if replicas == 1:
-        return None
-    x, y, sample_weight = trainer._unpack(data)
+        return Batch(x, y, sample_weight)
     x, y, sample_weight, rows, size = _replica_rows(replica, x, y, sample_weight, trainer.batch_groups())
-    share = _share_of_batch(tf.shape(rows)[0], size, replicas)
-    variables = trainer.trainable_weights
-    with shard_scope(Shard(rows, size, trainer.sync_batchnorm)):
-        # The attack and the teacher run before the tape opens.
-        x_adv, static_views = trainer._pre_gradient_views(x, y)
-        with tf.GradientTape() as tape:
-            total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight, share)
-            scaled = trainer.optimizer.scale_loss(total)
-        gradients = tape.gradient(scaled, variables)
-        # `total` and `terms` are already this replica's shares: weight 1.
-        sums, layout = trainer.metric_sums(y, total, terms, views, 1.0)
-        sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-        trainer.optimizer.apply(gradients, variables)  # sums the gradients over the replicas
-        trainer._after_update(x)
-    if not trainer.sync_batchnorm:
-        average_variables(replica, trainer.non_trainable_weights)
-    logs = trainer.update_metrics_from_sums(sums, layout)
-    if _multi_worker(tf.distribute.get_strategy()):
-        # Keras 3.15 averages the step's logs over workers with `strategy.reduce(..., axis=0)`,
-        # which needs an axis: give each log one (the average of equal values is the value).
-        logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
-    return logs
+    shard = Shard(rows, size, trainer.sync_batchnorm)
+    return ReplicaBatch(replica, shard, x, y, sample_weight, _share_of_batch(tf.shape(rows)[0], size, replicas))
+
+
+class ReplicaBatch(Batch):
+    """This replica's rows of a step (`engine.Batch`): random draws and synchronized BatchNorm see the
+    global batch (`shard_scope`), each loss term is the replica's share, the optimizer sums the gradients
+    over the replicas and one all-reduce sums the metric sums."""
+
+    distributed = True
+
+    def __init__(self, replica, shard, x, y, sample_weight, loss_share):
+        super().__init__(x, y, sample_weight)
+        self.replica = replica
+        self.shard = shard
+        self.loss_share = loss_share  # `total` and `terms` are then the replica's shares: metric weight 1
+        self._scope = None
+
+    def __enter__(self):
+        self._scope = shard_scope(self.shard)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._scope.__exit__(*exc_info)
+
+    def reduce(self, gradients, variables, metric_sums):
+        # The gradients: summed over the replicas by `optimizer.apply`.
+        return gradients, self.replica.all_reduce(tf.distribute.ReduceOp.SUM, metric_sums)
+
+    def average(self, variables):
+        if not self.shard.sync_batchnorm:
+            average_variables(self.replica, variables)
+
+    def logs(self, logs):
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3.15 averages the step's logs over workers with `strategy.reduce(..., axis=0)`,
+            # which needs an axis: give each log one (the average of equal values is the value).
+            return {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
 
 def _multi_worker(strategy):

@@ -5,6 +5,7 @@ import contextlib
 import torch
 
 from keras_rpat.backend import torch_distributed
+from keras_rpat.backend import torch_engine
 from keras_rpat.backend.torch_random import get_random_state  # noqa: F401  (backend hooks)
 from keras_rpat.backend.torch_random import keras_device_and_dtype
 from keras_rpat.backend.torch_random import random_beta  # noqa: F401
@@ -45,31 +46,9 @@ def assign_moving_average(targets, sources, decay):
             torch._foreach_lerp_(t, s, 1.0 - decay)
 
 
-def train_step(trainer, data):
-    fast = trainer.fast_runtime()
-    if fast is not None:
-        return fast.train_step(data)
-    x, y, sample_weight = trainer._unpack(data)
-    if torch_distributed.context() is not None:
-        return torch_distributed.train_step(trainer, x, y, sample_weight, _backward_gradients)
-    x_adv, static_views = trainer._pre_gradient_views(x, y)
-    trainer.zero_grad(set_to_none=True)
-    total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
-    trainable_weights = trainer.trainable_weights[:]
-    scaled = trainer.optimizer.scale_loss(total)
-    scaled.backward()
-    gradients = [v.value.grad for v in trainable_weights]
-    with torch.no_grad():
-        trainer.optimizer.apply(gradients, trainable_weights)
-        trainer._after_update(x)
-    return trainer._update_metrics(y, total, terms, views, sample_weight)
-
-
-def _backward_gradients(loss, variables):
-    for v in variables:
-        v.value.grad = None
-    loss.backward()
-    return [v.value.grad for v in variables]
+def train_engine(trainer):
+    """The Keras path's engine (the trainer takes the fast path's runtime first where it applies)."""
+    return torch_engine.TorchEngine(trainer)
 
 
 def initialize_distributed(owner=None, strategy=None):

@@ -6,7 +6,7 @@ reduction"): every rank holds the whole model, trains on its rows of each
 global batch, and after the backward the gradients are summed over the ranks
 in one flattened all-reduce, together with the step's metric sums, before the
 trainer's own optimiser step. When Keras ships data parallelism for torch,
-`train_step` can hand this job to it; the rest (`Shard`, the random rows, the
+the step can hand this job to it; the rest (`Shard`, the random rows, the
 synchronized batch statistics) stays.
 
 The N ranks together compute the step of one process on the global batch:
@@ -42,6 +42,7 @@ from keras import ops
 from keras_rpat.backend import TORCHRUN_VARIABLES
 from keras_rpat.backend import Context
 from keras_rpat.backend import DistributedError
+from keras_rpat.backend.engine import Batch
 
 _STATE = {"context": None, "shard": None}
 
@@ -178,44 +179,54 @@ def global_rows(shape):
     return (shard.size, *shape[1:]), shard.device_rows
 
 
-def train_step(trainer, x, y, sample_weight, gradients, autocast=contextlib.nullcontext):
-    """One data-parallel step of `trainer` on this rank's rows of the global batch `x, y`.
-
-    `gradients(loss, variables)` returns the weight gradients (the Keras path
-    and the fast path differ only there); `autocast()` a context for forwards.
-    """
+def rank_batch(trainer, x, y, sample_weight, first_step):
+    """This rank's `RankBatch` of one step of `trainer` on the global batch `x, y`; in a process alone,
+    the whole batch (`engine.Batch`). At the `first_step` of a trainer in a job, checks that the batch
+    splits over the ranks and broadcasts rank 0's weights."""
     found = _STATE["context"]
+    if found is None:
+        return Batch(x, y, sample_weight)
     if trainer.capture and x.is_cuda:
         raise DistributedError(
             "capture=True (CUDA graphs) is not supported in a data-parallel job yet; pass capture=False."
         )
     size = int(x.shape[0])
-    if not getattr(trainer, "_distributed_ready", False):
+    if first_step:
         check_batch(size, found.world_size)
         broadcast_variables(trainer.weights)
-        trainer._distributed_ready = True
     shard = Shard(shard_rows(size, found.rank, found.world_size, trainer.batch_groups()), size, trainer.sync_batchnorm)
     rows = torch.as_tensor(shard.rows, device=x.device)
     shard.device_rows = rows
-    x, y = x[rows], y[rows]
-    if sample_weight is not None:
-        sample_weight = sample_weight[rows]
-    variables = trainer.trainable_weights
-    with shard_scope(shard):
-        with autocast():
-            x_adv, static_views = trainer._pre_gradient_views(x, y)
-            total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
-            scaled = trainer.optimizer.scale_loss(total * shard.weight)
-        sums, layout = trainer.metric_sums(y, total, terms, views, shard.weight)
-        grads = gradients(scaled, variables)
-        grads, sums = all_reduce_step(list(grads), variables, sums)
-        with torch.no_grad():
-            trainer.optimizer.apply(grads, variables)
-            with autocast():
-                trainer._after_update(x)
-    if not shard.sync_batchnorm:
-        average_variables(trainer.non_trainable_weights)
-    return trainer.update_metrics_from_sums(sums, layout)
+    return RankBatch(shard, x[rows], y[rows], None if sample_weight is None else sample_weight[rows])
+
+
+class RankBatch(Batch):
+    """This rank's rows of a step (`engine.Batch`): random draws and synchronized BatchNorm see the global
+    batch (`shard_scope`), the loss is weighted by the rank's share, and one all-reduce sums the gradients
+    and the metric sums."""
+
+    distributed = True
+
+    def __init__(self, shard, x, y, sample_weight):
+        super().__init__(x, y, sample_weight)
+        self.shard = shard
+        self.loss_weight = shard.weight
+        self._scope = None
+
+    def __enter__(self):
+        self._scope = shard_scope(self.shard)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._scope.__exit__(*exc_info)
+
+    def reduce(self, gradients, variables, metric_sums):
+        return all_reduce_step(list(gradients), variables, metric_sums)
+
+    def average(self, variables):
+        if not self.shard.sync_batchnorm:
+            average_variables(variables)
 
 
 def map_rows(fn, arrays):

@@ -1,7 +1,7 @@
 """The torch fast path: Keras models lowered into torch kernels over their own variables.
 
 Every torch consumer of a model runs the lowered one: training
-(`RPATTrainer`, through `trainer_runtime`), PGD evaluation and the AutoAttack
+(`RPATTrainer`, whose engine `trainer_engine` makes), PGD evaluation and the AutoAttack
 bridge (through `inference_model`). The modules:
 
 - `lowering`: `lower(model)`, the compiler of a functional Keras model into
@@ -18,17 +18,18 @@ Those import torch. The two functions here do not: on the tensorflow backend
 
 import keras
 
-__all__ = ["inference_model", "trainer_runtime"]
+__all__ = ["inference_model", "trainer_engine"]
 
 
-def trainer_runtime(trainer):
-    """The trainer's `runtime.FastRuntime`, built on first use, or `None` where its
-    Keras models run (tensorflow, `fast_path=False`, a classifier that cannot be lowered)."""
+def trainer_engine(trainer):
+    """A new `runtime.FastRuntime` for `trainer` (the engine of its steps: its lowered models
+    and train step), or `None` where its Keras models run (tensorflow, `fast_path=False`, a
+    classifier that cannot be lowered: one log line names the reason)."""
     if keras.config.backend() != "torch":
         return None
     from keras_rpat.fast_path import runtime
 
-    return runtime.runtime(trainer)
+    return runtime.fast_runtime(trainer)
 
 
 def inference_model(model, enabled=True):

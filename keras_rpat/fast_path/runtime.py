@@ -1,8 +1,8 @@
 """The torch fast path of `RPATTrainer` and of evaluation (imports torch).
 
-`runtime(trainer)` returns the trainer's `FastRuntime`, built on first use, or
-`None` when the fast path is off or the classifier cannot be lowered (one log
-line names the reason). The runtime holds
+`fast_runtime(trainer)` makes the trainer's `FastRuntime`, the engine of its
+steps, or returns `None` when the fast path is off or the classifier cannot be
+lowered (one log line names the reason). The runtime holds
 
 - the trainer's models lowered into torch kernels (`lowering`): the
   classifier, the feature models of the perception proxies and the
@@ -25,29 +25,28 @@ import keras
 import torch
 
 from keras_rpat.backend import torch_distributed
+from keras_rpat.backend import torch_engine
 from keras_rpat.fast_path import lowering
 from keras_rpat.fast_path.capture import CapturedStep
 
 logger = logging.getLogger("keras_rpat")
 
 
-def runtime(trainer):
-    """The trainer's `FastRuntime`, or `None` when the Keras path runs."""
-    state = getattr(trainer, "_fast_runtime", None)
-    if state is None:
-        state = False
-        if trainer.fast_path:
-            try:
-                state = FastRuntime(trainer)
-            except lowering.Unsupported as error:
-                logger.warning(
-                    "keras_rpat: the torch fast path is off for %r (%s); training runs on the Keras "
-                    "path. Pass fast_path=False to silence this.",
-                    trainer.classifier.name,
-                    error,
-                )
-        trainer._fast_runtime = state
-    return state or None
+def fast_runtime(trainer):
+    """A new `FastRuntime` for `trainer`, or `None` when the fast path is off or the classifier
+    cannot be lowered (one log line names the reason)."""
+    if not trainer.fast_path:
+        return None
+    try:
+        return FastRuntime(trainer)
+    except lowering.Unsupported as error:
+        logger.warning(
+            "keras_rpat: the torch fast path is off for %r (%s); training runs on the Keras "
+            "path. Pass fast_path=False to silence this.",
+            trainer.classifier.name,
+            error,
+        )
+        return None
 
 
 _INFERENCE = weakref.WeakKeyDictionary()
@@ -71,8 +70,10 @@ def inference_model(model, enabled=True):
     return lowered
 
 
-class FastRuntime:
-    """The lowered models and the train step of one trainer (see module doc)."""
+class FastRuntime(torch_engine.TorchEngine):
+    """The lowered models and the train step's engine of one trainer (see module doc)."""
+
+    lowered = True
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -85,47 +86,37 @@ class FastRuntime:
                 lowering.relayout_kernels(model, trainer)
         self._autocast_dtype = torch.bfloat16 if trainer.precision == "bfloat16" else None
         self._optimizer_laid_out = False
-        self._step = CapturedStep(self._train_step, key=lambda: trainer._phase) if trainer.capture else self._train_step
+        self._step = CapturedStep(trainer.step, key=lambda: trainer.phase) if trainer.capture else trainer.step
 
     def features(self, proxies):
         """The lowered model returning logits and the given proxy features."""
         key = tuple(proxies)
         if key not in self._features:
-            self._features[key] = lowering.lower(self.trainer._feature_model(key), self.trainer.memory_format)
+            self._features[key] = lowering.lower(self.trainer.feature_model(key), self.trainer.memory_format)
         return self._features[key]
 
-    def forward_context(self, device):
+    def forward_context(self, x):
         """The context of the step's forwards: bf16 autocast when asked, one kernel view per step."""
         stack = contextlib.ExitStack()
         if self._autocast_dtype is not None:
-            stack.enter_context(torch.autocast(device_type=device.type, dtype=self._autocast_dtype))
+            stack.enter_context(torch.autocast(device_type=x.device.type, dtype=self._autocast_dtype))
         stack.enter_context(lowering.shared_kernel_views())
         return stack
 
-    def train_step(self, data):
-        trainer = self.trainer
-        x, y, sample_weight = trainer._unpack(data)
+    def run(self, x, y, sample_weight):
         if not self._optimizer_laid_out:
             self._lay_out_optimizer()
-        if torch_distributed.context() is not None:  # data-parallel: the same step on this rank's rows
-            return torch_distributed.train_step(
-                trainer, x, y, sample_weight, _autograd_gradients, lambda: self.forward_context(x.device)
-            )
+        if torch_distributed.context() is not None:  # data-parallel: uncaptured
+            return self.trainer.step(x, y, sample_weight)
         return self._step(x, y, sample_weight)
 
-    def _train_step(self, x, y, sample_weight):
-        trainer = self.trainer
-        variables = trainer.trainable_weights
-        with self.forward_context(x.device):
-            x_adv, static_views = trainer._pre_gradient_views(x, y)
-            total, terms, views = trainer._gradient_views_and_losses(x, y, x_adv, static_views, sample_weight)
-            scaled = trainer.optimizer.scale_loss(total)
-        grads = torch.autograd.grad(scaled, [v.value for v in variables], allow_unused=True)
-        with torch.no_grad():
-            trainer.optimizer.apply(list(grads), variables)
-            with self.forward_context(x.device):
-                trainer._after_update(x)
-        return trainer._update_metrics(y, total, terms, views, sample_weight)
+    def gradients(self, loss_fn, variables):
+        loss, aux = loss_fn()
+        values = [v.value for v in variables]
+        if self._autocast_dtype is None:
+            return list(torch.autograd.grad(loss, values, allow_unused=True)), aux
+        with torch.autocast(device_type=loss.device.type, enabled=False):  # the backward runs outside autocast
+            return list(torch.autograd.grad(loss, values, allow_unused=True)), aux
 
     def _lay_out_optimizer(self):
         """Gives each momentum buffer the storage layout of its variable.
@@ -138,10 +129,8 @@ class FastRuntime:
             return
         self._optimizer_laid_out = True
         buffers = getattr(optimizer, "momentums", None) or []
-        variables = getattr(optimizer, "_trainable_variables", None) or []
-        for variable, buffer in zip(variables, buffers):
+        # The optimizer was built for the trainer's trainable variables, in their order.
+        for variable, buffer in zip(self.trainer.trainable_variables, buffers):
             lowering.match_layout(buffer, variable)
 
 
-def _autograd_gradients(loss, variables):
-    return torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
