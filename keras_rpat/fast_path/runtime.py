@@ -132,5 +132,3 @@ class FastRuntime(torch_engine.TorchEngine):
         # The optimizer was built for the trainer's trainable variables, in their order.
         for variable, buffer in zip(self.trainer.trainable_variables, buffers):
             lowering.match_layout(buffer, variable)
-
-
