@@ -89,7 +89,7 @@ def parse_args(argv=None):
     if args.autoattack and args.backend != "torch":
         p.error(
             "--autoattack times torchrun's sharded AutoAttack; on tensorflow the evaluation runs on the first "
-            "device of each worker (README, Multi-device). Drop --autoattack or use --backend torch."
+            "device of each worker (docs/guides/multi-device.md). Drop --autoattack or use --backend torch."
         )
     if args.smoke:
         args.arch, args.size, args.batch, args.pgd_steps, args.steps, args.warmup = "small_cnn", 8, 8, 2, 3, 1

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference models and the authors' training step, for benchmarks.
 
-The modules (tests/torch_reference_models.py) follow REFERENCE.md section 5; the
+The modules (tests/torch_reference_models.py) follow docs/algorithms.md#architectures; the
 parity tests in tests/test_models.py check keras_rpat.models against them. `reference_step` is the
 authors' PGD-AT + RPAT step: eager, fp32, NCHW, `torch.autograd.grad` for the
 attack (eval-mode BatchNorm), three separate train-mode forwards, `F.mse_loss`,

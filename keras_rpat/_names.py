@@ -111,7 +111,7 @@ PROXIES = ("logits", "penultimate", "third_to_last")
 # The epoch the ReBAT / RPAT++ weight averaging and BoAT / RPAT++ terms start (0-based).
 WA_START_EPOCH = 105
 # BatchNorm mode of the weight-averaged teacher's forwards: a recipe / command-line value ->
-# `WeightAveraging(teacher_training=...)`. "first_epoch" is the reference code's (REFERENCE §8 #12).
+# `WeightAveraging(teacher_training=...)`. "first_epoch" is the reference code's (docs/algorithms.md#teacher-mode).
 TEACHER_TRAINING = {"inference": False, "first_epoch": "first_epoch", "always": True}
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Every attack holds its threat model (`norm`, `epsilon`, `step_size`,
 inside a compiled or captured training step (no host synchronisation, no
 Python branch on tensor values).
 
-Three reference implementations are reproduced (REFERENCE §2.1) and selected
+Three reference implementations are reproduced (docs/algorithms.md#attacks) and selected
 with `style`:
 
 | style | start | step / projection | used by |
@@ -316,7 +316,7 @@ class PGD(Attack):
         if not self.random_start:
             return ops.zeros_like(x)
         if self.style == "trades":
-            # x' = x + 0.001 * N(0, I), not clipped (REFERENCE §8 #27).
+            # x' = x + 0.001 * N(0, I), not clipped (docs/algorithms.md#trades-mart-start).
             return 0.001 * rpat_backend.random_normal(shape, dtype=x.dtype, seed=seed)
         if self.norm == "linf":
             delta = rpat_backend.random_uniform(shape, -self.epsilon, self.epsilon, x.dtype, seed)

@@ -1,7 +1,7 @@
 """Keras callbacks for adversarial training.
 
 `RobustEvaluation` is the per-epoch robustness check of the reference code
-bases (REFERENCE §4): clean and PGD accuracy on the test set after every
+bases (docs/algorithms.md#evaluation-protocol): clean and PGD accuracy on the test set after every
 epoch, the best checkpoint (highest robust accuracy, strict improvement) and
 the final one.
 """
@@ -55,7 +55,7 @@ class RobustEvaluation(keras.callbacks.Callback):
     ReBAT / RPAT++, else the classifier) on the test set: clean accuracy and
     the accuracy under a PGD attack with a random start, in inference mode.
     By default the attack is a `num_steps`-step PGD (10, as the authors select
-    checkpoints; REFERENCE §8 #4) in the norm, budget and step of the
+    checkpoints; docs/algorithms.md#best-checkpoint) in the norm, budget and step of the
     trainer's training attack (L-inf 8/255, step 2/255 when the trainer has no
     PGD attack), with the advertorch algorithm.
 

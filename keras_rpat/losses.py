@@ -78,7 +78,7 @@ def js_per_sample(u, v, temperature=1.0):
     """Jensen-Shannon divergence of `softmax(u/T)` and `softmax(v/T)` per sample.
 
     `0.5 [KL(p || m) + KL(q || m)]`, `m = (p + q)/2`, `log m = log(max(m, 1e-8))`
-    (Consistency-AT, REFERENCE §1.2). Gradient flows through p, q and m.
+    (Consistency-AT, docs/algorithms.md#methods). Gradient flows through p, q and m.
     """
     log_p = _log_softmax(u / temperature)
     log_q = _log_softmax(v / temperature)
@@ -212,7 +212,7 @@ class TRADES(ViewLoss):
     KL target `p2` comes from a **second** training-mode clean forward
     (`"clean_kl"`, same values, its own BatchNorm update); gradient flows
     through it. `reuse_clean_forward=True` uses the first clean forward
-    instead (REFERENCE §8 #14).
+    instead (docs/algorithms.md#trades-second-clean-forward).
 
     Args:
         beta: weight of the KL term (6.0).
@@ -254,7 +254,7 @@ class TRADES(ViewLoss):
 class MART(ViewLoss):
     """MART: boosted CE on `x'` plus a misclassification-weighted KL.
 
-    Per sample `i` (REFERENCE §1.2):
+    Per sample `i` (docs/algorithms.md#methods):
 
         CE(z(x'), y) - log(1.0001 - p_{y^}(x') + 1e-12)
           + beta * [sum_c p_c(x) (log p_c(x) - log(p_c(x') + 1e-12))] * (1.0000001 - p_y(x))
@@ -476,7 +476,7 @@ class RobustPerception(ViewLoss):
 class _GuardedTeacherLoss(ViewLoss):
     """A teacher-student KL term, skipped (zero) when NaN or >= 1e10.
 
-    The reference adds `beta * R` only `if R < 1e10` (REFERENCE §3.4), where
+    The reference adds `beta * R` only `if R < 1e10` (docs/algorithms.md#boat-weight), where
     `R` is the batch value. The check is done with tensor ops, not a Python
     branch, so the step stays capturable.
     """
@@ -504,7 +504,7 @@ class BoAT(_GuardedTeacherLoss):
 
     The teacher is the weight-averaged model (no gradient); the student is the
     online model's adversarial logits. Active from `start_epoch` (105, the WA
-    warm-up of REFERENCE §1.3); skipped when NaN or >= 1e10.
+    warm-up of docs/algorithms.md#rebat); skipped when NaN or >= 1e10.
 
     Args:
         beta: weight (1.0).
@@ -527,7 +527,7 @@ class BoAT(_GuardedTeacherLoss):
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
 class RPATPlusPlus(_GuardedTeacherLoss):
-    """The RPAT++ term, which replaces BoAT in ReBAT (REFERENCE §1.4).
+    """The RPAT++ term, which replaces BoAT in ReBAT (docs/algorithms.md#rpat-plus-plus).
 
         R = KL( softmax(z_wa(x + a d) - (1 - a) z_wa(x)) || softmax(a z(x')) )
 

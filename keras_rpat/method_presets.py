@@ -34,7 +34,7 @@ __all__ = [
     "row",
 ]
 
-# The paper's L2 attack step (REFERENCE §8 #7: 15/255 is the upstream convention).
+# The paper's L2 attack step (docs/algorithms.md#l2-step-size: 15/255 is the upstream convention).
 L2_STEP_SIZE = 32 / 255
 # The threat models' budgets (the paper's): the training attack's and the evaluation's.
 BUDGETS = {

@@ -2,7 +2,7 @@
 
 `keras_rpat.presets.get("trades+rpat", norm="l2")` returns a `Preset`: the
 attack, the losses, weight averaging, the data pipeline and the optimisation
-schedule of REFERENCE §3 and Appendix A. `preset.build_trainer(classifier)` and
+schedule of docs/algorithms.md#optimisation and Appendix A. `preset.build_trainer(classifier)` and
 `preset.optimizer(steps_per_epoch)` turn it into objects. Each method is a row
 of `keras_rpat.method_presets` (a table without Keras); this module builds the
 row's objects.
@@ -21,7 +21,7 @@ row's objects.
 | `wa` | as ReBAT | CE, WA 0.999 | SOTAs |
 
 Budgets: L-inf epsilon 8/255, step 2/255; L2 epsilon 128/255, step 32/255 (the
-paper; REFERENCE §8 #7: `l2_step_size=15/255` gives the upstream convention).
+paper; docs/algorithms.md#l2-step-size: `l2_step_size=15/255` gives the upstream convention).
 """
 
 import copy

@@ -111,7 +111,7 @@ class RPATTrainer(keras.Model):
             keep an EMA teacher; needed by `BoAT` and `RPATPlusPlus`.
         post_step_clean_forward: after each update, run one training-mode clean
             forward whose output is unused (it moves the BatchNorm statistics;
-            the ReBAT pipeline does this, REFERENCE §8 #13).
+            the ReBAT pipeline does this, docs/algorithms.md#post-step-clean-forward).
         track_clean_accuracy: report training clean accuracy; when no loss
             needs the clean view it costs one inference-mode forward.
         eval_attack: optional attack used by `evaluate()` (and
@@ -120,7 +120,7 @@ class RPATTrainer(keras.Model):
             `None` draws one from the global seed when the trainer is made.
         fast_path: on the torch backend, run the step on the classifier
             lowered into torch kernels over the same variables (exact: the
-            same arithmetic, fewer kernels; see README "Performance"). A
+            same arithmetic, fewer kernels; see docs/guides/performance.md). A
             classifier it cannot lower runs on the Keras path, with one log
             line naming the reason. Ignored on tensorflow. `None` (default)
             means `True` unless `keras_rpat.config.set_fast_path_default(False)` was called

@@ -11,7 +11,7 @@ class WeightAveraging:
     `theta_wa <- decay * theta_wa + (1 - decay) * theta` for every variable,
     BatchNorm moving statistics included, no bias correction. Before
     `start_epoch` the decay is 0, so the average is an exact copy of the online
-    model (REFERENCE §3.3).
+    model (docs/algorithms.md#weight-averaging).
 
     Args:
         decay: EMA decay (0.999).
@@ -23,7 +23,7 @@ class WeightAveraging:
             teacher's moving statistics, which are then averaged after the
             step. `"first_epoch"`: training mode in epoch `start_epoch` only,
             inference mode after, as the reference ReBAT / RPAT++ code
-            (REFERENCE §1.5, §8 #12).
+            (docs/algorithms.md#forward-order, #teacher-mode).
         evaluate_average: evaluate (and report) the averaged model in
             `evaluate()`, as the paper does for ReBAT and RPAT++.
     """

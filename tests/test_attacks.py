@@ -1,8 +1,8 @@
-"""Tests of `keras_rpat.attacks` (REFERENCE.md §2).
+"""Tests of `keras_rpat.attacks` (docs/algorithms.md#attacks).
 
 Numerical checks use a linear model `Flatten -> Dense`, whose input gradient is
 analytic, and compare whole PGD runs against a NumPy (float64) re-implementation
-written here from the table of REFERENCE §2.1. Behavioural checks (budget, box,
+written here from the table of docs/algorithms.md#attacks. Behavioural checks (budget, box,
 BatchNorm state, loss increase) use a tiny Conv-BatchNorm-ReLU-GAP-Dense network.
 """
 
@@ -64,7 +64,7 @@ def per_sample_norm(v):
 
 
 def np_pgd(x, grad_fn, norm, style, eps, step, num_steps, delta0=None):
-    """PGD as in REFERENCE §2.1 (no random start unless `delta0` is given)."""
+    """PGD as in docs/algorithms.md#attacks (no random start unless `delta0` is given)."""
     delta = np.zeros_like(x) if delta0 is None else delta0.copy()
     grads = []
     for _ in range(num_steps):
@@ -219,7 +219,7 @@ def test_pgd_cutmix_soft_labels_match_numpy():
 
 @float64_precision()
 def test_l2_gradient_normalisation_floors():
-    # tiny weights: per-sample |g| ~ 1e-7, so the floors of REFERENCE §2.1 decide the
+    # tiny weights: per-sample |g| ~ 1e-7, so the floors of docs/algorithms.md#attacks decide the
     # step length: advertorch s*|g|/max(|g|, 1e-6), trades s*|g|/(|g| + 1e-8), sotas 1e-10.
     # In float64: a float32 gradient of norm 1e-7 has a relative error ~1e-4.
     x, y, w, b = linear_problem(seed=5, w_scale=1e-7)
@@ -287,7 +287,7 @@ def test_mart_attack_is_ce_from_gaussian_start(monkeypatch):
         np.testing.assert_allclose(loss, np_ce(y, linear_logits(xi, w, b)).mean(), rtol=1e-5)
     d0 = rec.inputs[0] - x
     assert 0 < np.abs(d0).max() < 0.01  # a bound on 0.001 N(0, I) (10 sigma), not a tolerance
-    assert np.any(rec.inputs[0] < 0)  # the Gaussian start is not clipped (REFERENCE §8 #27)
+    assert np.any(rec.inputs[0] < 0)  # the Gaussian start is not clipped (docs/algorithms.md#trades-mart-start)
 
 
 def test_fgsm_is_one_sign_step_of_size_epsilon():
@@ -375,7 +375,7 @@ class _CountingModel(keras.Model):
 def test_sotas_training_mode_attack_has_the_extra_final_forward(num_steps):
     """SOTAs `attack_pgd`: `attack_iters` train-mode forwards + 1 final loss forward.
 
-    REFERENCE §1.3 ("10 steps + 1 extra forward, all in train mode") and §1.5
+    docs/algorithms.md#rebat ("10 steps + 1 extra forward, all in train mode") and docs/algorithms.md#forward-order
     ("attack iterations (10) + final loss eval (1) ... updated every forward"):
     with `training=True` BatchNorm moving statistics move once per forward.
     """

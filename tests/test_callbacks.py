@@ -1,4 +1,4 @@
-"""Tests of `keras_rpat.callbacks.RobustEvaluation` (REFERENCE §4, §8 #4)."""
+"""Tests of `keras_rpat.callbacks.RobustEvaluation` (docs/algorithms.md#evaluation-protocol, #best-checkpoint)."""
 
 import keras_rpat  # noqa: F401  (selects the default backend before keras)
 

@@ -1,4 +1,4 @@
-"""The docs the code cites exist: every `docs/algorithms.md#anchor` named in the package,
+"""The docs the code cites exist: every Algorithms-page anchor (`docs/algorithms.md#<name>`) named in the package,
 the tests, the recipes, the README and CONTRIBUTING is an anchor of that page.
 
 (`make docs` builds the site with `--strict`, which checks the links inside the site.)

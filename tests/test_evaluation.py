@@ -1,7 +1,7 @@
 """Tests of `keras_rpat.evaluation` and `keras_rpat.autoattack`.
 
 Numbers are checked against independent computations: the paper's printed
-Mean/NRR values (REFERENCE §7), a closed-form PGD result on a two-class linear
+Mean/NRR values (docs/algorithms.md#mean-nrr), a closed-form PGD result on a two-class linear
 model, hand-computed perception MSEs, and `pyautoattack` run directly on a
 plain PyTorch copy of the Keras model.
 """
@@ -56,15 +56,15 @@ def correctly_classified(model, n=16, shape=(6, 6, 3), seed=0):
 
 
 # ---------------------------------------------------------------------------
-# Mean / NRR: every row of Tables 1-6 (REFERENCE §7)
+# Mean / NRR: every row of Tables 1-6 (docs/algorithms.md#mean-nrr)
 # ---------------------------------------------------------------------------
 
 # Every row with a Mean and NRR in the paper's Tables 1-6, as printed there
-# (rpat-iccv2025, REFERENCE §7): (table, row, best Clean, best AA, Mean, NRR).
+# (rpat-iccv2025, docs/algorithms.md#experiments): (table, row, best Clean, best AA, Mean, NRR).
 # "+RPAT" rows of Tables 1/2 and Table 6 use the best-checkpoint values; the
 # literature rows of Tables 3/4 are the paper's own Mean/NRR of cited numbers.
 # A few values are printed with two decimals (Table 2 CIFAR-100 TRADES Mean
-# "50.70", MART NRR "47.92", all of Table 5); REFERENCE §7 pads them to three.
+# "50.70", MART NRR "47.92", all of Table 5); they are kept as printed.
 PAPER_ROWS = [
     ("table1", "C10 PGD-AT", "82.92", "46.74", "64.830", "59.782"),
     ("table1", "C10 PGD-AT+RPAT", "83.20", "48.00", "65.600", "60.878"),

@@ -1,7 +1,7 @@
 """Tests of `keras_rpat.losses` against independent NumPy (float64) references.
 
 Every expected value below is computed in this file from the formulas of
-REFERENCE.md §1 (and §8 #17/#18 for the RPAT ablations), with a hand-written
+docs/algorithms.md#methods (and docs/algorithms.md#perception-proxies, #figure4-regularisers for the RPAT ablations), with a hand-written
 softmax / log-softmax / KL. Library helpers are never used to build expectations.
 """
 
@@ -25,7 +25,7 @@ from testing import to_np  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
-# NumPy float64 reference implementations (REFERENCE §0 and §1)
+# NumPy float64 reference implementations (docs/algorithms.md#notation, #methods)
 # ---------------------------------------------------------------------------
 
 
@@ -36,7 +36,7 @@ def np_kl(target_logits, logits):
 
 
 def np_js(u, v, temperature):
-    """REFERENCE §1.2 JS_T with log m = log(clamp(m, 1e-8)), per sample."""
+    """docs/algorithms.md#methods JS_T with log m = log(clamp(m, 1e-8)), per sample."""
     log_p = np_log_softmax(np.asarray(u, np.float64) / temperature)
     log_q = np_log_softmax(np.asarray(v, np.float64) / temperature)
     p, q = np.exp(log_p), np.exp(log_q)
@@ -45,7 +45,7 @@ def np_js(u, v, temperature):
 
 
 def np_mart(y, z_clean, z_adv, beta):
-    """REFERENCE §1.2 MART, per sample, written with an explicit loop over samples."""
+    """docs/algorithms.md#methods MART, per sample, written with an explicit loop over samples."""
     y = np.asarray(y).astype(int).reshape(-1)
     p_adv = np_softmax(z_adv)
     p_nat = np_softmax(z_clean)
@@ -446,7 +446,7 @@ def test_trades_kl_target_is_the_second_clean_forward():
     np.testing.assert_allclose(v2, ref2(views), rtol=1e-5)
     np.testing.assert_allclose(v1, ref1(views), rtol=1e-5)
     assert abs(v1 - v2) > 1e-3  # the two variants are distinguishable here
-    # Gradient flows through the KL target (nothing detached, REFERENCE §1.2).
+    # Gradient flows through the KL target (nothing detached, docs/algorithms.md#methods).
     for k in ("clean", "adv", "clean_kl"):
         np.testing.assert_allclose(g2[k], fd_grad(ref2, views, k), rtol=1e-6, atol=1e-8)
     assert np.abs(g2["clean_kl"]).max() > 1e-3

@@ -1,8 +1,8 @@
 """Tests for keras_rpat.models and keras_rpat.layers.
 
-Parameter counts are the ones of REFERENCE.md section 5.5. Numerical parity is
+Parameter counts are the ones of docs/algorithms.md#parameter-counts. Numerical parity is
 checked against plain PyTorch modules written here from the specification
-(REFERENCE.md sections 5.1-5.4), with the Keras weights copied into them.
+(docs/algorithms.md#architectures), with the Keras weights copied into them.
 """
 
 import ast
@@ -78,7 +78,7 @@ def _set_bn_state(model, state):
 
 
 # ----------------------------------------------------------------------------
-# Parameter counts (REFERENCE.md section 5.5)
+# Parameter counts (docs/algorithms.md#parameter-counts)
 # ----------------------------------------------------------------------------
 
 PARAM_COUNTS = {
@@ -448,7 +448,7 @@ def test_no_backend_imports_in_library_modules():
 
 
 # ----------------------------------------------------------------------------
-# PyTorch reference modules (written from REFERENCE.md section 5)
+# PyTorch reference modules (written from docs/algorithms.md#architectures)
 # ----------------------------------------------------------------------------
 
 

@@ -2,8 +2,8 @@
 
 The references are computed independently of the code under test:
 `torch.optim.SGD` / `torch.optim.lr_scheduler.MultiStepLR` (torch is
-importable in the tests under both backends) and the rules of REFERENCE.md
-section 3.2 written out in plain Python.
+importable in the tests under both backends) and the rules of
+docs/algorithms.md#lr-schedules written out in plain Python.
 """
 
 import contextlib
@@ -284,7 +284,7 @@ def test_fit_matches_torch(learning_rate, lrs):
 def test_multistep_bench_110_epochs_boundaries():
     n = 391
     schedule = MultiStepDecay(0.1, bench_milestones(110), steps_per_epoch=n)
-    # REFERENCE 3.2: 0.1 for 1-based epochs 1-100, 0.01 for 101-105, 0.001
+    # docs/algorithms.md#lr-schedules: 0.1 for 1-based epochs 1-100, 0.01 for 101-105, 0.001
     # for 106-110; the first batch of an epoch has 0-based step (epoch-1)*n.
     for step, lr in [
         (0, 0.1),
@@ -348,7 +348,7 @@ def test_multistep_is_exact_at_the_boundaries(floatx):
 
 
 def _sotas_lr(epoch, i, n, lr_max=0.1, factor=1.5, milestones=(100, 150)):
-    # REFERENCE 3.2, SOTAs train_cifar_*.py: t = epoch + (i + 1) / N.
+    # docs/algorithms.md#lr-schedules, SOTAs train_cifar_*.py: t = epoch + (i + 1) / N.
     t = epoch + (i + 1) / n
     if t < milestones[0]:
         return lr_max

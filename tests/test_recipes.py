@@ -2,8 +2,8 @@
 
 The paper's numbers in the recipe files are checked against an independent
 relation (Mean = (Clean + AA) / 2 and NRR = 2 Clean AA / (Clean + AA), which
-REFERENCE §4 verified for every row of Tables 1-6), the run plans against the
-configurations of REFERENCE §7, and runs in smoke mode (tiny synthetic data).
+docs/algorithms.md#mean-nrr checks against every row of Tables 1-6), the run plans against the
+configurations of docs/algorithms.md#experiments, and runs in smoke mode (tiny synthetic data).
 """
 
 import keras_rpat  # noqa: F401  (selects the default backend before keras)
@@ -26,7 +26,7 @@ from keras_rpat import recipes
 from testing import BACKEND  # noqa: E402
 
 EXPECTED = ["figure2", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6"]
-# Default plans (methods x setups x norms x 3 seeds; REFERENCE §7). Figure 4's
+# Default plans (methods x setups x norms x 3 seeds; docs/algorithms.md#experiments). Figure 4's
 # MSE and 0.5 points are one run.
 PLAN_SIZES = {
     "table1": 8 * 3 * 1 * 3,

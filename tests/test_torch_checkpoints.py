@@ -1,7 +1,7 @@
 """PyTorch checkpoints in (`models.from_torch`, `keras-rpat convert`) and out (`keras-rpat export`).
 
 The checkpoints are written by plain PyTorch modules built here from the
-specification (REFERENCE.md section 5, `torch_reference_models.py`) under the
+specification (docs/algorithms.md#architectures, `torch_reference_models.py`) under the
 key layout of each code base; after import the Keras model must give the same
 logits (relative 1e-4) in inference and in training mode (batch statistics).
 The shipped `keras_rpat.torch_models` are checked against the same references.

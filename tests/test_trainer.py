@@ -300,7 +300,7 @@ def _np_tiny_forward(weights, x, training):
 def test_teacher_training_uses_and_moves_batch_statistics_before_the_average(fast_path, teacher_training):
     """One step against NumPy: the teacher's logits (batch or moving statistics), then
     `teacher <- d * teacher' + (1 - d) * online` where `teacher'` has the moving statistics
-    its training-mode forward left (the reference's order, REFERENCE §1.3-1.5)."""
+    its training-mode forward left (the reference's order, docs/algorithms.md#forward-order)."""
     classifier = tiny_classifier()
     decay = 0.75
     trainer = RPATTrainer(

@@ -1,4 +1,4 @@
-"""Plain PyTorch versions of the paper's networks, written from REFERENCE.md section 5.
+"""Plain PyTorch versions of the paper's networks, written from docs/algorithms.md#architectures.
 
 Shared by the parity tests (tests/test_models.py) and the throughput benchmark
 (benchmarks/torch_reference.py): one definition of "the reference".

@@ -97,7 +97,7 @@ def run_autoattack(
         y: integer labels `(N,)`.
         norm: `"linf"` or `"l2"`.
         epsilon: budget (`8/255`, L2 `128/255`).
-        version: `"standard"` (APGD-CE, APGD-T, FAB-T, Square; REFERENCE §4),
+        version: `"standard"` (APGD-CE, APGD-T, FAB-T, Square; docs/algorithms.md#evaluation-protocol),
             `"plus"`, `"rand"`, or `"custom"`: the attacks in
             `attacks_to_run`, with the standard version's settings.
         attacks_to_run: for `version="custom"`: names from `"apgd-ce"`,

@@ -155,7 +155,7 @@ def train_command(out, data_dir, overwrite, verbose, sync_batchnorm, checkpoint_
     Example: keras-rpat train --method trades+rpat --dataset cifar10
     --arch resnet18_bottleneck --norm linf --epochs 110 --seed 0 --out runs/x
 
-    Data-parallel: torchrun --nproc_per_node=8 -m keras_rpat.cli train ... (see README "Multi-device").
+    Data-parallel: torchrun --nproc_per_node=8 -m keras_rpat.cli train ... (see docs/guides/multi-device.md).
     """
     if run["l2_step_size"] is not None and run["norm"] != "l2":
         raise click.BadParameter(

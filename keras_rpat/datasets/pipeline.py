@@ -89,8 +89,8 @@ class TrainSequence(keras.utils.PyDataset):
     """Augmented, shuffled training batches for `model.fit` (NumPy, any backend).
 
     Yields `(x, y)` with `x` float32 in [0, 1]. Each image gets its own random crop
-    after `pad`-pixel padding and a horizontal flip with probability 0.5 (REFERENCE
-    §3.5): `pad_mode="zero"` is torchvision's `RandomCrop(S, padding=4)` (the Bench
+    after `pad`-pixel padding and a horizontal flip with probability 0.5 (see
+    docs/algorithms.md#data-pipeline): `pad_mode="zero"` is torchvision's `RandomCrop(S, padding=4)` (the Bench
     pipeline), `"reflect"` is NumPy reflect padding (the SOTAs pipeline). The order
     is reshuffled every epoch and the last partial batch is kept (CIFAR-10 at batch
     128: 391 steps, the last of 80 images).
@@ -105,7 +105,7 @@ class TrainSequence(keras.utils.PyDataset):
     `x = concat([aug1(x_b), aug2(x_b)])` of size `2B` with `y = concat([y_b, y_b])`,
     two independent draws of the same transform.
 
-    With `cutmix=True` (REFERENCE §3.6) each batch additionally draws
+    With `cutmix=True` (docs/algorithms.md#cutmix) each batch additionally draws
     `lam ~ Beta(1, 1)`, a random partner permutation and one box for the whole
     batch of side `int(S * sqrt(1 - lam))` around a uniform centre (clipped), pastes
     the partner's pixels and sets `lam = 1 - box_area / S**2`; `y` becomes the soft
@@ -358,7 +358,7 @@ class EvalSequence(keras.utils.PyDataset):
 
 
 _PIPELINES = {
-    # pipeline: (pad_mode, default test batch size) -- REFERENCE §3.5.
+    # pipeline: (pad_mode, default test batch size) -- docs/algorithms.md#data-pipeline.
     "bench": ("zero", 100),
     "sotas": ("reflect", 128),
 }

@@ -11,7 +11,7 @@ perception batches are split into the ranks' rows (random starts drawn for
 the whole batch, each rank keeping its rows) and gathered; AutoAttack deals
 whole batches to the ranks (`keras_rpat.autoattack.cascade`).
 
-The protocol (REFERENCE §4):
+The protocol (docs/algorithms.md#evaluation-protocol):
 
 * **clean**: top-1 accuracy, inference mode.
 * **PGD-20**: 20-step PGD with a random start, in the run's norm, budget and
@@ -125,7 +125,7 @@ def attack_function(model, attack, clean=False):
 
 
 def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
-    """The evaluation PGD: advertorch style, random start, CE, inference mode (REFERENCE §4)."""
+    """The evaluation PGD: advertorch style, random start, CE, inference mode (docs/algorithms.md#evaluation-protocol)."""
     return attacks_lib.PGD(
         norm=norm,
         epsilon=epsilon,
@@ -213,8 +213,8 @@ def pgd_accuracy(
 ):
     """Robust accuracy (percent) under PGD with a random start (PGD-20).
 
-    The Bench evaluation attack (advertorch `PGDAttack`, REFERENCE §2.1 and
-    §4): uniform random start in the ball, `num_steps` steps of size
+    The Bench evaluation attack (advertorch `PGDAttack`, docs/algorithms.md#attacks,
+    #evaluation-protocol): uniform random start in the ball, `num_steps` steps of size
     `step_size` on the batch-mean cross-entropy, projection and [0, 1] clip
     after every step, one restart, BatchNorm in inference mode.
 

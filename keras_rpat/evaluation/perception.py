@@ -71,8 +71,8 @@ def perception_analysis(
 ):
     """Logit MSE between benign and perturbed inputs, split by outcome.
 
-    The proof-of-concept analysis of the paper's Figures 2 and 5 (REFERENCE
-    §7.6): perturb every test input (uniform noise `U[-eps, eps]` clipped to
+    The proof-of-concept analysis of the paper's Figures 2 and 5 (see
+    docs/algorithms.md#figure2-figure5): perturb every test input (uniform noise `U[-eps, eps]` clipped to
     [0, 1], or PGD-20 with a random start in inference mode), split the
     samples by whether the perturbed input is still classified correctly
     ("success") or not ("failure"), and report `MSE(z(x), z(x_pert))` for each
@@ -91,7 +91,7 @@ def perception_analysis(
         num_steps: PGD steps (ignored for `"random"`).
         batch_size: batch size.
         seed: seed of the noise / PGD start.
-        averaging: `"global"` (default, REFERENCE §8 #30): the mean over all
+        averaging: `"global"` (default, docs/algorithms.md#figure2-averaging): the mean over all
             elements of a subset; `"per_batch"`: the reference code's average
             of per-batch subset means weighted by the full batch size (then a
             subset that is empty in some batch gives `None`, where the

@@ -16,7 +16,7 @@ replaced by `_` (`layer1_0_conv1`, `layer1_0_shortcut_0`,
 `block1_layer_0_convShortcut`, ...), so a PyTorch `state_dict` maps onto the
 Keras layers by name.
 
-Porting details (REFERENCE.md section 5 and the porting checklist): all
+Porting details (docs/algorithms.md#architectures and the porting checklist): all
 convolutions are bias-free; 3x3 convolutions with stride 2 use symmetric
 zero padding (`ZeroPadding2D(1)` + `"valid"`), as PyTorch does; batch
 normalization is `keras_rpat.layers.BatchNorm` (PyTorch semantics); weights
