@@ -38,7 +38,9 @@ from keras_rpat._version import __version__  # noqa: E402
 # every module of `_REGISTERED` (so `keras.saving.load_model` then finds all of
 # keras_rpat's classes); an unsupported backend is then an `ImportError`
 # (`_checks.check_keras_backend`, loaded then: it imports NumPy).
+# `config` holds plain switches: it loads alone (the command line sets them before any Keras).
 _REGISTERED = ("attacks", "autoattack", "layers", "losses", "optimizers", "trainer")
+_KERAS_FREE = ("config",)
 _MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
 _MODULES += ("config", "optimizers", "presets")
 _NAMES = {
@@ -62,7 +64,7 @@ _NAMES = {
 
 
 def __getattr__(name):
-    if name in _MODULES or name in _NAMES:
+    if (name in _MODULES or name in _NAMES) and name not in _KERAS_FREE:
         _importlib.import_module("keras_rpat._checks").check_keras_backend()
         for module in _REGISTERED:
             _importlib.import_module(f"keras_rpat.{module}")
