@@ -19,8 +19,8 @@ batch and nothing to reduce for a process alone (this module);
 `torch_distributed.RankBatch` (torchrun) and `tensorflow_distributed.ReplicaBatch`
 (tf.distribute) take their rows of the global batch and sum over the devices.
 
-The engines: `backend.torch.TorchEngine` (the Keras path on torch),
-`torch_fast.FastRuntime` (the torch fast path) and
+The engines: `backend.torch_engine.TorchEngine` (the Keras path on torch),
+`keras_rpat.fast_path.runtime.FastRuntime` (the torch fast path) and
 `backend.tensorflow.TensorFlowEngine`. A JAX engine is one more subclass:
 `gradients` with `jax.value_and_grad` over the variables' values in a
 `keras.StatelessScope`, `run` jitting the step.

@@ -3,7 +3,7 @@
 The weight gradients come from `backward()` into each variable's `.grad`,
 the update and `after_update` run under `torch.no_grad()`, and in a torchrun
 job each rank takes its rows of the global batch (`torch_distributed.RankBatch`).
-The torch fast path (`torch_fast.FastRuntime`) is this engine over the
+The torch fast path (`keras_rpat.fast_path.runtime.FastRuntime`) is this engine over the
 lowered models, with `torch.autograd.grad` and its own forward context.
 """
 
