@@ -42,7 +42,7 @@ def keras_device_and_dtype(dtype=None):
     if device.type == "cuda" and device.index == torch.cuda.current_device():
         # Named as Keras names its default ("cuda": the current device), so that every
         # rank of a data-parallel run keys (and saves) its generators alike.
-        device = torch.device("cuda")
+        device = torch.device(device.type)
     return device, probe.dtype
 
 
