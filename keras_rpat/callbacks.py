@@ -439,7 +439,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             attack = getattr(self.model, name, None)
             if attack is not None and hasattr(attack, "seed_generator"):
                 out[name] = attack.seed_generator
-        trainer_generator = getattr(self.model, "_seed_generator", None)
+        trainer_generator = getattr(self.model, "seed_generator", None)
         if trainer_generator is not None:
             out["trainer"] = trainer_generator
         return out

@@ -380,6 +380,11 @@ class RPATTrainer(keras.Model):
         return self._epoch
 
     @property
+    def seed_generator(self):
+        """The trainer's `keras.random.SeedGenerator` (the RPAT interpolation weights); read-only."""
+        return self._seed_generator
+
+    @property
     def phase(self):
         """What the step depends on besides its inputs (attack, losses, EMA decay); changes between epochs."""
         return self._phase
