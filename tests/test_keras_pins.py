@@ -26,6 +26,9 @@ PRIVATE_USES = (
     "trainer.py: the `_use_cached_eval_dataset` keyword `fit` passes to `evaluate` for its validation data",
     "callbacks.py: RunBackup extends `BackupAndRestore._load_model` and sets `_current_epoch`, `_weights_path`, "
     "reads `_training_metadata_path`; its `_save_model` replaces Keras' (called only by the hooks RunBackup overrides)",
+    "optimizers.py: SGD overrides `Optimizer._backend_update_step` and `_apply_weight_decay`, calls "
+    "`_get_variable_index` and `_use_weight_decay`",
+    "layers.py: BatchNorm reads `BatchNormalization._reduction_axes`",
 )
 
 
@@ -161,3 +164,36 @@ def test_backup_and_restore_saves_only_from_the_hooks_run_backup_overrides():
     }
     assert callers == {"on_epoch_end", "on_train_batch_end"}
     assert all(name in vars(RunBackup) for name in callers)
+
+
+def test_the_optimizer_methods_sgd_overrides_and_calls_are_the_ones_it_was_written_for():
+    calls = []
+
+    class Recording(keras.optimizers.Optimizer):
+        def update_step(self, gradient, variable, learning_rate):
+            variable.assign_sub(gradient * learning_rate)
+
+        def _apply_weight_decay(self, variables):
+            calls.append(("_apply_weight_decay", [v.path for v in variables]))
+            super()._apply_weight_decay(variables)
+
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            calls.append(("_backend_update_step", [v.path for v in trainable_variables]))
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    a, b = keras.Variable(np.ones(2), name="a"), keras.Variable(np.ones(3), name="b")
+    optimizer = Recording(learning_rate=0.5)
+    optimizer.exclude_from_weight_decay(var_names=["b"])
+    optimizer.apply([np.ones(2), np.ones(3)], [a, b])
+    assert calls == [("_apply_weight_decay", [a.path, b.path]), ("_backend_update_step", [a.path, b.path])]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(a), [0.5, 0.5])
+    # The index of a variable in the order the optimizer was built with, and whether weight decay applies to it.
+    assert [optimizer._get_variable_index(v) for v in (b, a)] == [1, 0]
+    assert [optimizer._use_weight_decay(v) for v in (a, b)] == [True, False]
+
+
+@pytest.mark.parametrize("axis, reduced", [(-1, [0, 1, 2]), (1, [0, 2, 3])])
+def test_batch_normalization_reduces_over_every_axis_but_its_own(axis, reduced):
+    layer = keras.layers.BatchNormalization(axis=axis)
+    layer.build((None, 4, 5, 6))
+    assert list(layer._reduction_axes) == reduced
