@@ -439,7 +439,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             attack = getattr(self.model, name, None)
             if attack is not None and hasattr(attack, "seed_generator"):
                 out[name] = attack.seed_generator
-        trainer_generator = getattr(self.model, "_seed_generator", None)
+        trainer_generator = getattr(self.model, "seed_generator", None)
         if trainer_generator is not None:
             out["trainer"] = trainer_generator
         return out
@@ -477,6 +477,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 variable.assign(keras.ops.convert_to_tensor(value, dtype=variable.dtype))
 
     # ------------------------------------------------------------------ load / save
+    # Private Keras, as no public way resumes `fit` at an epoch: Keras' `_load_model` loads `_weights_path` and
+    # starts `fit` at the epoch of `_training_metadata_path`; `_current_epoch` counts the finished epochs
+    # (tests/test_keras_pins.py).
     def on_train_begin(self, logs=None):
         self._first_epoch_of_fit = True
         try:

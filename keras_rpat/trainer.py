@@ -380,6 +380,11 @@ class RPATTrainer(keras.Model):
         return self._epoch
 
     @property
+    def seed_generator(self):
+        """The trainer's `keras.random.SeedGenerator` (the RPAT interpolation weights); read-only."""
+        return self._seed_generator
+
+    @property
     def phase(self):
         """What the step depends on besides its inputs (attack, losses, EMA decay); changes between epochs."""
         return self._phase
@@ -667,7 +672,9 @@ class RPATTrainer(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, after the checks of `fit`'s inputs (pixels in [0, 1], labels in range)."""
-        if not kwargs.get("_use_cached_eval_dataset"):  # `fit`'s validation data: checked by `fit`
+        # A private Keras keyword (no public way tells `fit`'s validation call apart; tests/test_keras_pins.py):
+        # `fit`'s validation data, checked by `fit`.
+        if not kwargs.get("_use_cached_eval_dataset"):
             self.validate_data(x, y)
             _checks.warn_if_softmax(self.evaluation_model)
         return super().evaluate(x, y, *args, **kwargs)

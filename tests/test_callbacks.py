@@ -228,3 +228,14 @@ def test_run_backup_save_freq_and_delete_checkpoint(tmp_path, save_freq, delete_
     # save_freq=1: a backup after each batch (the last one's is the epoch's); "epoch": none inside it.
     assert seen[:2] == ([1, 2] if save_freq == 1 else [None, None])
     assert folder.exists() != delete_checkpoint
+
+
+def test_run_backup_keeps_the_random_state_of_the_trainer_and_of_its_attack(tmp_path):
+    trainer = RPATTrainer(tiny_classifier(), attack=attacks.PGD(num_steps=1))
+    trainer.compile(optimizer=optimizers.SGD(0.1))
+    backup = callbacks.RunBackup(str(tmp_path), delete_checkpoint=False)
+    trainer.fit(*data(8), batch_size=8, epochs=1, verbose=0, callbacks=[backup])
+    state = json.loads((tmp_path / "training_metadata.json").read_text())["random_state"]["variables"]
+    assert sorted(state) == ["attack", "trainer"]
+    for name, generator in (("trainer", trainer.seed_generator), ("attack", trainer.attack.seed_generator)):
+        assert state[name] == keras.ops.convert_to_numpy(generator.state).tolist()

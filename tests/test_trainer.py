@@ -155,7 +155,7 @@ def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_samplin
         a = alpha
         if alpha_sampling == "beta-":  # the draw the trainer makes, from a copy of its generator
             generator = torch.Generator().manual_seed(0)
-            generator.set_state(torch_random.device_generator(trainer._seed_generator, "cpu").get_state())
+            generator.set_state(torch_random.device_generator(trainer.seed_generator, "cpu").get_state())
             ga, gb = (
                 torch._standard_gamma(torch.full((1,), 0.75, dtype=torch.float32), generator=generator)
                 for _ in range(2)

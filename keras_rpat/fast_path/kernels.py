@@ -57,7 +57,7 @@ def _kernel_view(kernel, channels_last):
     key = (id(kernel), torch.is_grad_enabled())  # a view made under no_grad has no gradient path
     if views is not None and key in views:
         return views[key]
-    w = kernel._value.permute(3, 2, 0, 1)
+    w = kernel.value.permute(3, 2, 0, 1)
     if channels_last:
         w = w.contiguous(memory_format=torch.channels_last)
     if views is not None:
@@ -150,7 +150,7 @@ def _lower_conv2d(planner, layer, node):
 
         def fn(values, training):
             w = _kernel_view(kernel, channels_last)
-            y = F.conv2d(values[i], w, None if bias is None else bias._value, strides, padding, dilation, groups)
+            y = F.conv2d(values[i], w, None if bias is None else bias.value, strides, padding, dilation, groups)
             values[out] = y if activation is None else activation(y)
 
         return fn
@@ -192,15 +192,15 @@ def _lower_batch_norm(planner, layer, node):
     blocks = planner.blocks
 
     def normalize(h, train):
-        g = None if gamma is None else gamma._value
-        b = None if beta is None else beta._value
+        g = None if gamma is None else gamma.value
+        b = None if beta is None else beta.value
         if train and torch_distributed.synchronizing_batchnorm():
-            return torch_distributed.sync_batch_norm(h, mean._value, variance._value, g, b, momentum, epsilon)
+            return torch_distributed.sync_batch_norm(h, mean.value, variance.value, g, b, momentum, epsilon)
         if train and h.numel() == h.shape[1]:
             # One value per channel: torch refuses; the layer's formula
             # (zero variance, correction 1) applies.
-            return _batch_norm_single(h, mean._value, variance._value, g, b, momentum, epsilon)
-        return F.batch_norm(h, mean._value, variance._value, g, b, train, momentum, epsilon)
+            return _batch_norm_single(h, mean.value, variance.value, g, b, momentum, epsilon)
+        return F.batch_norm(h, mean.value, variance.value, g, b, train, momentum, epsilon)
 
     def make(ins, out, in_place):
         (i,) = ins
@@ -385,7 +385,7 @@ def _lower_input_normalization(planner, layer, node):
 def _lower_flatten(planner, layer, node):
     src = single_input(node)
     x = planner.value(src, KERAS)
-    channels_first = layer._channels_first and len(src.shape) > 2
+    channels_first = layer.data_format == "channels_first" and len(src.shape) > 2
     rank = len(src.shape)
 
     def make(ins, out, in_place):
@@ -407,7 +407,7 @@ def _lower_reshape(planner, layer, node):
     flatten = planner.producer.get(id(src))
     if flatten is not None and type(flatten.operation) is keras.layers.Flatten:
         original = single_input(flatten)
-        pure = not (flatten.operation._channels_first and len(original.shape) > 2)
+        pure = not (flatten.operation.data_format == "channels_first" and len(original.shape) > 2)
         if pure and tuple(original.shape[1:]) == tuple(node.outputs[0].shape[1:]):
             # Reshape(Flatten(t)) == t: keep `t` in the layout it has.
             layout = planner.natural(original)
@@ -443,11 +443,11 @@ def _lower_dense(planner, layer, node):
         def fn(values, training):
             h = values[i]
             if bias is not None and two_d:
-                y = torch.addmm(bias._value, h, kernel._value)
+                y = torch.addmm(bias.value, h, kernel.value)
             else:
-                y = torch.matmul(h, kernel._value)
+                y = torch.matmul(h, kernel.value)
                 if bias is not None:
-                    y = y + bias._value
+                    y = y + bias.value
             values[out] = y if activation is None else activation(y)
 
         return fn

@@ -72,24 +72,25 @@ def relayout_kernels(model, *owners):
 def retrack(model, *owners):
     """Refreshes the `nn.Module` parameter views after variables were re-stored."""
     for module in [*_all_layers(model), model, *owners]:
-        if hasattr(module, "_torch_params"):
-            module._track_variables()
+        if isinstance(module, keras.Layer):
+            module.torch_params.update({variable.path: variable.value for variable in module.variables})
 
 
 def match_layout(target, source):
     """Gives the variable `target` the storage strides of `source` (same shape)."""
     if tuple(target.shape) == tuple(source.shape):
-        _restride(target, source._value.stride())
+        _restride(target, source.value.stride())
 
 
 def _restride(variable, strides):
     """Re-stores a Keras torch variable with `strides`; its values are kept."""
-    current = variable._value
+    current = variable.value
     if current.stride() == tuple(strides):
         return False
     with torch.no_grad():
         data = torch.empty_strided(current.shape, strides, dtype=current.dtype, device=current.device)
         data.copy_(current)
+    # Private Keras: no public way re-stores a variable (`assign` copies into the old storage); tests/test_keras_pins.py.
     variable._value = torch.nn.Parameter(data, requires_grad=current.requires_grad)
     return True
 
@@ -130,9 +131,7 @@ class LoweredModel:
         self._blocks = [None]
         planner = _Planner(functional, memory_format, self._blocks)
         self._program, self._input_slot, self._output_slots, self._num_slots = planner.plan()
-        self._single_output = len(functional.outputs) == 1 and not isinstance(
-            getattr(functional, "_outputs_struct", None), (list, tuple)
-        )
+        self._single_output = len(functional.outputs) == 1 and not isinstance(functional.output, (list, tuple))
         # Keras casts inputs to the dtype of the model's `Input` first.
         self._input_dtype = getattr(torch, keras.backend.standardize_dtype(functional.inputs[0].dtype))
 
@@ -177,6 +176,8 @@ def lower(model, memory_format="contiguous"):
 
 
 def _functional(model):
+    # Private Keras: no public way reaches the graph's nodes (`_nodes_by_depth`) or a Sequential's functional
+    # model (`_functional`); tests/test_keras_pins.py.
     if isinstance(model, keras.Sequential):
         inner = getattr(model, "_functional", None)
         if inner is None:
