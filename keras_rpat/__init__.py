@@ -22,6 +22,7 @@ trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1, momentum=0.9, weight_de
 """
 
 import importlib as _importlib
+import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
@@ -38,11 +39,10 @@ from keras_rpat._version import __version__  # noqa: E402
 # every module of `_REGISTERED` (so `keras.saving.load_model` then finds all of
 # keras_rpat's classes); an unsupported backend is then an `ImportError`
 # (`_checks.check_keras_backend`, loaded then: it imports NumPy).
-# `config` holds plain switches: it loads alone (the command line sets them before any Keras).
 _REGISTERED = ("attacks", "autoattack", "layers", "losses", "optimizers", "trainer")
-_KERAS_FREE = ("config",)
-_MODULES = ("attacks", "autoattack", "callbacks", "datasets", "evaluation", "layers", "losses", "models")
-_MODULES += ("config", "optimizers", "presets")
+# Modules that import no Keras load alone (the command line reads them before any framework).
+_KERAS_FREE = ("cli", "config", "method_presets", "recipes")
+_LOADING = []  # the public name whose first use is loading the API now
 _NAMES = {
     "FGSM": "attacks",
     "PGD": "attacks",
@@ -64,16 +64,23 @@ _NAMES = {
 
 
 def __getattr__(name):
-    if (name in _MODULES or name in _NAMES) and name not in _KERAS_FREE:
-        _importlib.import_module("keras_rpat._checks").check_keras_backend()
-        for module in _REGISTERED:
-            _importlib.import_module(f"keras_rpat.{module}")
-    if name in _MODULES:
-        value = _importlib.import_module(f"keras_rpat.{name}")
-    elif name in _NAMES:
-        value = getattr(_importlib.import_module(f"keras_rpat.{_NAMES[name]}"), name)
+    if name in _NAMES:
+        module = _NAMES[name]
+    elif not name.startswith("_") and _importlib_util.find_spec(f"keras_rpat.{name}") is not None:
+        module = name  # a submodule, e.g. `keras_rpat.losses` or `keras_rpat.trainer`
     else:
         raise AttributeError(f"module 'keras_rpat' has no attribute {name!r}")
+    if name in __all__ and module not in _KERAS_FREE and not _LOADING:
+        _LOADING.append(name)
+        try:
+            _importlib.import_module("keras_rpat._checks").check_keras_backend()
+            for registered in _REGISTERED:
+                _importlib.import_module(f"keras_rpat.{registered}")
+        finally:
+            _LOADING.pop()
+    value = _importlib.import_module(f"keras_rpat.{module}")
+    if name in _NAMES:
+        value = getattr(value, name)
     globals()[name] = value
     return value
 

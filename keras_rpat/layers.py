@@ -127,7 +127,7 @@ class BatchNorm(keras.layers.BatchNormalization):
             )
             return ops.cast(outputs, self.compute_dtype)
 
-        axes = self._reduction_axes
+        axes = self._axes_but_channels(inputs)
 
         n = self._num_reduced(inputs)
         global_moments = rpat_backend.synchronized_moments(inputs, axes)
@@ -191,10 +191,15 @@ class BatchNorm(keras.layers.BatchNormalization):
         shape[self.axis] = -1
         return ops.reshape(vector, shape)
 
+    def _axes_but_channels(self, inputs):
+        """The axes the batch statistics reduce over: every axis but `self.axis`."""
+        rank = len(inputs.shape)
+        return [i for i in range(rank) if i != self.axis % rank]
+
     def _num_reduced(self, inputs):
         shape = ops.shape(inputs)
         n = 1
-        for axis in self._reduction_axes:
+        for axis in self._axes_but_channels(inputs):
             n = n * shape[axis]
         return n
 

@@ -173,6 +173,9 @@ class SGD(keras.optimizers.Optimizer):
 
     exclude_from_weight_decay.__doc__ = keras.optimizers.Optimizer.exclude_from_weight_decay.__doc__
 
+    # Private Keras (no public hook): SGD overrides `_apply_weight_decay` and `_backend_update_step` and
+    # calls `_use_weight_decay` / `_get_variable_index`; pinned by
+    # tests/test_keras_pins.py::test_the_optimizer_methods_sgd_overrides_and_calls_are_the_ones_it_was_written_for.
     def _apply_weight_decay(self, variables):
         # Weight decay is coupled and happens inside `update_step`; the base
         # class' decoupled decay must not run on top of it.

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 import keras_rpat
+import keras_rpat.backend  # an internal module: imported by name (the package loads its public API on first use)
 from testing import float64_precision
 
 BATCH = 8

@@ -248,7 +248,6 @@ PINNED_PRIVATE_KERAS = {
     + "test_the_optimizer_methods_sgd_overrides_and_calls_are_the_ones_it_was_written_for",
     ("optimizers.py", "_use_weight_decay"): PINS
     + "test_the_optimizer_methods_sgd_overrides_and_calls_are_the_ones_it_was_written_for",
-    ("layers.py", "_reduction_axes"): PINS + "test_batch_normalization_reduces_over_every_axis_but_its_own",
 }
 # Names Keras uses privately that the package defines for itself, on classes where Keras does not.
 OWN_NAMES = {"_step", "_values", "_broadcast"}

@@ -28,7 +28,6 @@ PRIVATE_USES = (
     "reads `_training_metadata_path`; its `_save_model` replaces Keras' (called only by the hooks RunBackup overrides)",
     "optimizers.py: SGD overrides `Optimizer._backend_update_step` and `_apply_weight_decay`, calls "
     "`_get_variable_index` and `_use_weight_decay`",
-    "layers.py: BatchNorm reads `BatchNormalization._reduction_axes`",
 )
 
 
@@ -190,10 +189,3 @@ def test_the_optimizer_methods_sgd_overrides_and_calls_are_the_ones_it_was_writt
     # The index of a variable in the order the optimizer was built with, and whether weight decay applies to it.
     assert [optimizer._get_variable_index(v) for v in (b, a)] == [1, 0]
     assert [optimizer._use_weight_decay(v) for v in (a, b)] == [True, False]
-
-
-@pytest.mark.parametrize("axis, reduced", [(-1, [0, 1, 2]), (1, [0, 2, 3])])
-def test_batch_normalization_reduces_over_every_axis_but_its_own(axis, reduced):
-    layer = keras.layers.BatchNormalization(axis=axis)
-    layer.build((None, 4, 5, 6))
-    assert list(layer._reduction_axes) == reduced
