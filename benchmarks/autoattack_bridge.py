@@ -29,7 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if keras.config.backend() != "torch":
         raise SystemExit("run with KERAS_BACKEND=torch: the bridge is the torch backend's")
-    keras.utils.set_random_seed(0)
+    keras_rpat.backend.set_random_seed(0)
     model = keras_rpat.models.get(args.arch, num_classes=10, input_shape=(args.size, args.size, 3))
     x = np.random.default_rng(0).uniform(size=(args.images, args.size, args.size, 3)).astype("float32")
     y = np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)  # every image is attacked

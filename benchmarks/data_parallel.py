@@ -145,9 +145,9 @@ def worker(args):
     rank 0 writes its figures to `args.worker`."""
     if args.backend == "tensorflow":
         return tensorflow_worker(args)
-    import keras
+    import keras_rpat
 
-    keras.utils.set_random_seed(0)
+    keras_rpat.backend.set_random_seed(0)
     if args.autoattack:
         return autoattack_worker(args)
     return torch_worker(args)

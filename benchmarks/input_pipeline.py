@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 # keras_rpat first: it makes torch the default backend when KERAS_BACKEND is unset.
+from keras_rpat import backend as rpat_backend  # noqa: E402, I001
 from keras_rpat import datasets  # noqa: E402, I001
 
 import keras  # noqa: E402
@@ -102,7 +103,7 @@ def run_throughput(args):
 
 
 def run_synthetic_check(args):
-    keras.utils.set_random_seed(0)
+    rpat_backend.set_random_seed(0)
     ds = datasets.load("synthetic")
     train, test = datasets.make_datasets(ds, batch_size=64, pipeline="bench")
     model = keras.Sequential(

@@ -44,7 +44,7 @@ def main(argv=None):
 
     from keras_rpat import attacks, datasets, evaluation, losses, models, optimizers
 
-    keras.utils.set_random_seed(args.seed)
+    keras_rpat.backend.set_random_seed(args.seed)
     if args.smoke:
         data = datasets.load("synthetic", n_train=256, n_test=128, image_size=16, contrast=0.3)
         args.epochs, args.n_pgd, arch_kwargs = 2, 64, {"widths": (8, 16, 16)}

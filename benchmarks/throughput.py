@@ -121,7 +121,7 @@ def _make(config, name, args, shape, x, y, device):
                 return ref(xt)
 
         return (lambda: step(xt, yt)), forward
-    keras.utils.set_random_seed(0)
+    keras_rpat.backend.set_random_seed(0)
     classifier = build_keras_model(name, size)
     options = {}
     if config.startswith("keras_"):

@@ -6,6 +6,7 @@ import keras
 
 from keras_rpat import _io
 from keras_rpat import attacks, datasets, evaluation, models, presets
+from keras_rpat import backend as rpat_backend
 
 DEMO_METHODS = ("pgd_at", "pgd_at+rpat")
 
@@ -30,7 +31,7 @@ def run_demo(
     data = datasets.load("synthetic", n_train=n_train, n_test=n_test, seed=seed, contrast=contrast)
     rows = []
     for method in methods:
-        keras.utils.set_random_seed(seed)
+        rpat_backend.set_random_seed(seed)
         preset = presets.get(method).with_epochs(epochs)
         classifier = models.get("small_cnn", num_classes=data.num_classes, input_shape=data.image_shape, widths=widths)
         pgd20 = attacks.PGD("linf", 8 / 255, 2 / 255, num_steps=evaluation.PGD_EVAL_STEPS, seed=seed)

@@ -302,3 +302,25 @@ def test_every_pinned_private_keras_name_names_an_existing_pin_test():
     for pin in set(PINNED_PRIVATE_KERAS.values()):
         path, name = pin.split("::")
         assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), pin
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's seeding (tensorflow seeds through Keras)")
+def test_seeding_a_torch_run_imports_no_tensorflow_and_fixes_the_streams_keras_would(tmp_path):
+    """`backend.set_random_seed` leaves TensorFlow unimported on torch, and the streams keras_rpat draws from
+    (Python's `random`: a `SeedGenerator(None)`'s seed; NumPy; torch) are those `keras.utils.set_random_seed` gives."""
+    code = (
+        "import json, random, sys\n"
+        "import keras, numpy as np, torch\n"
+        "import keras_rpat.backend\n"
+        "def draws():\n"
+        "    seed = int(keras.ops.convert_to_numpy(keras.random.SeedGenerator(None).state)[0])\n"
+        "    return [seed, random.random(), float(np.random.rand()), float(torch.rand(()))]\n"
+        "keras_rpat.backend.set_random_seed(7)\n"
+        "ours = draws()\n"
+        "no_tf = 'tensorflow' not in sys.modules\n"
+        "keras.utils.set_random_seed(7)\n"
+        "print(json.dumps({'no_tf': no_tf, 'same': ours == draws(), 'ours': ours}))\n"
+    )
+    found = last_json(run_python(code, tmp_path, KERAS_BACKEND="torch"))
+    assert found["no_tf"], found
+    assert found["same"], found

@@ -235,6 +235,21 @@ def place_generator(generator):
         place(generator)
 
 
+def set_random_seed(seed):
+    """Seeds every random stream keras_rpat draws from (Python's `random`, from which a
+    `keras.random.SeedGenerator(None)` takes its seed, NumPy and the backend), as
+    `keras.utils.set_random_seed` does.
+
+    On torch it leaves TensorFlow alone unless it is imported already: Keras seeds (and
+    so imports) TensorFlow whenever it is installed, for `tf.data` pipelines, which
+    keras_rpat's torch runs do not use; the import costs about 400 MB and, measured on
+    a CPU, a slower torch step (docs/guides/performance.md). Keras' own global
+    `SeedGenerator` (`keras.random` ops called with `seed=None`, which keras_rpat never
+    makes) is reset only where `keras.utils.set_random_seed` runs.
+    """
+    get_backend().set_random_seed(int(seed))
+
+
 def device_name():
     """A short description of the device Keras computes on (`"cpu"`, `"cuda:0"`...)."""
     return get_backend().device_name()

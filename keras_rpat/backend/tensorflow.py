@@ -112,6 +112,12 @@ def random_beta(concentration1, concentration0, dtype, seed):
     return keras.random.beta((), concentration1, concentration0, dtype=dtype, seed=seed)
 
 
+def set_random_seed(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
 def device_name():
     gpus = tf.config.list_logical_devices("GPU")
     return gpus[0].name if gpus else "cpu"

@@ -1,7 +1,11 @@
 """PyTorch implementations of the backend hooks (see `keras_rpat.backend`)."""
 
 import contextlib
+import random
+import sys
 
+import keras
+import numpy as np
 import torch
 
 from keras_rpat.backend import torch_distributed
@@ -91,6 +95,15 @@ def replica_share(x):
 
 def synchronized_moments(x, axes):
     return torch_distributed.synchronized_moments(x, axes)
+
+
+def set_random_seed(seed):
+    if "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def device_name():

@@ -10,11 +10,11 @@ import dataclasses
 import os
 import warnings
 
-import keras
 
 from keras_rpat import _checks
 from keras_rpat import _names
 from keras_rpat import autoattack
+from keras_rpat import backend as rpat_backend
 from keras_rpat import datasets
 from keras_rpat import evaluation
 from keras_rpat import losses as losses_lib
@@ -133,7 +133,7 @@ class Run:
 
 def build_run(spec, data_dir=None, cache=None):
     """The preset, data, model and compiled trainer of a run (seeded with `spec.seed`)."""
-    keras.utils.set_random_seed(spec.seed)
+    rpat_backend.set_random_seed(spec.seed)
     preset = build_preset(spec)
     ds = _load_dataset(spec, data_dir, {} if cache is None else cache)
     if spec.batch_size > len(ds.x_train):
