@@ -35,10 +35,11 @@ from keras_rpat._version import __version__  # noqa: E402
 
 # The public API loads on first use (PEP 562), so that `import keras_rpat`
 # imports neither Keras nor a framework, and the `keras-rpat` command answers
-# `--help` or a usage error without them. The first name used loads Keras and
-# every module of `_REGISTERED` (so `keras.saving.load_model` then finds all of
-# keras_rpat's classes); an unsupported backend is then an `ImportError`
-# (`_checks.check_keras_backend`, loaded then: it imports NumPy).
+# `--help` or a usage error without them. The first public name used (one of
+# `__all__`) loads Keras and every module of `_REGISTERED` (so
+# `keras.saving.load_model` then finds all of keras_rpat's classes); an unsupported
+# backend is then an `ImportError` (`_checks.check_keras_backend`, loaded then: it
+# imports NumPy). Any other submodule (`keras_rpat.trainer`) loads by itself.
 _REGISTERED = ("attacks", "autoattack", "layers", "losses", "optimizers", "trainer")
 # Modules that import no Keras load alone (the command line reads them before any framework).
 _KERAS_FREE = ("cli", "config", "method_presets", "recipes")
