@@ -52,11 +52,17 @@ class Batch:
     def __init__(self, x, y, sample_weight=None):
         self.x, self.y, self.sample_weight = x, y, sample_weight
 
+    def scope(self):
+        """The context in which this device's part of the step runs (a data-parallel batch: its shard)."""
+        return contextlib.nullcontext()
+
     def __enter__(self):
+        self._entered = self.scope()
+        self._entered.__enter__()
         return self
 
     def __exit__(self, *exc_info):
-        return False
+        return self._entered.__exit__(*exc_info)
 
     @property
     def metric_weight(self):

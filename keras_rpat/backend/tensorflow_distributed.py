@@ -291,15 +291,9 @@ class ReplicaBatch(Batch):
         self.replica = replica
         self.shard = shard
         self.loss_share = loss_share  # `total` and `terms` are then the replica's shares: metric weight 1
-        self._scope = None
 
-    def __enter__(self):
-        self._scope = shard_scope(self.shard)
-        self._scope.__enter__()
-        return self
-
-    def __exit__(self, *exc_info):
-        return self._scope.__exit__(*exc_info)
+    def scope(self):
+        return shard_scope(self.shard)
 
     def reduce(self, gradients, variables, metric_sums):
         # The gradients: summed over the replicas by `optimizer.apply`.

@@ -211,15 +211,9 @@ class RankBatch(Batch):
         super().__init__(x, y, sample_weight)
         self.shard = shard
         self.loss_weight = shard.weight
-        self._scope = None
 
-    def __enter__(self):
-        self._scope = shard_scope(self.shard)
-        self._scope.__enter__()
-        return self
-
-    def __exit__(self, *exc_info):
-        return self._scope.__exit__(*exc_info)
+    def scope(self):
+        return shard_scope(self.shard)
 
     def reduce(self, gradients, variables, metric_sums):
         return all_reduce_step(list(gradients), variables, metric_sums)
