@@ -38,6 +38,14 @@ MODEL_NAMES = (
     "wide_resnet34_10",
     "wide_resnet28_10",
     "small_cnn",
+    # RobustBench's networks beyond the paper's
+    "preact_resnet18_robustbench",
+    "dm_wide_resnet",
+    "dm_wide_resnet28_10",
+    "dm_wide_resnet34_10",
+    "dm_wide_resnet34_20",
+    "dm_wide_resnet70_16",
+    "dm_preact_resnet18",
 )
 
 
@@ -61,6 +69,13 @@ MODEL_ALIASES.update(
         "wideresnet28": "wide_resnet28_10",
         "wrn28": "wide_resnet28_10",
         "smallconvnet": "small_cnn",
+        "robustbenchpreactresnet18": "preact_resnet18_robustbench",
+        "dmwrn": "dm_wide_resnet",
+        "dmwrn2810": "dm_wide_resnet28_10",
+        "dmwrn3410": "dm_wide_resnet34_10",
+        "dmwrn3420": "dm_wide_resnet34_20",
+        "dmwrn7016": "dm_wide_resnet70_16",
+        "dmresnet18": "dm_preact_resnet18",
     }
 )
 
@@ -71,8 +86,7 @@ def list_models():
     Example:
 
     >>> keras_rpat.models.list_models()
-    ['preact_resnet18', 'resnet18', 'resnet18_bottleneck', 'small_cnn',
-     'wide_resnet28_10', 'wide_resnet34_10']
+    ['dm_preact_resnet18', 'dm_wide_resnet', 'dm_wide_resnet28_10', ..., 'wide_resnet34_10']
     """
     return sorted(MODEL_NAMES)
 

@@ -7,6 +7,7 @@ logits (relative 1e-4) in inference and in training mode (batch statistics).
 The shipped `keras_rpat.torch_models` are checked against the same references.
 """
 
+import contextlib
 import subprocess
 import sys
 
@@ -26,9 +27,11 @@ from torch_reference_models import TorchPreActBlock
 from torch_reference_models import TorchResNet
 from torch_reference_models import TorchWideResNet
 
+import torch_reference_models as rb
 from keras_rpat import models
 from keras_rpat import torch_models
 from keras_rpat.cli import main
+from testing import float64_precision
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
@@ -221,3 +224,180 @@ def test_the_torch_modules_import_without_keras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------
+# RobustBench's CIFAR families (its code, transcribed in torch_reference_models.py)
+# ----------------------------------------------------------------------------
+
+# RobustBench pools with avg_pool2d(8) / avg_pool2d(4): its networks take 32x32 images.
+RB_SIZE = 32
+# One image: the 18-layer networks take seconds per float64 forward (BatchNorm still has >= 16 values a channel).
+RB_BATCH = 1
+# family -> (RobustBench's module, keras_rpat's name and builder options, options of the shipped twin).
+# Options that the checkpoint tells (bias_last, a DMWideResNet's depth and width) are not given: from_torch
+# reads them off the keys.
+RB_FAMILIES = {
+    "DMWideResNet-16-1": (
+        lambda: rb.RBDMWideResNet(NUM_CLASSES, depth=16, width=1, activation_fn=rb.RBSwish),
+        ("dm_wide_resnet", {}),
+        {"depth": 16, "width": 1},
+    ),
+    "DMWideResNet-10-2-cifar100": (  # CIFAR-100 statistics inside, as RobustBench's CIFAR-100 entries
+        lambda: rb.RBDMWideResNet(
+            100, depth=10, width=2, activation_fn=nn.SiLU, mean=rb.RB_CIFAR100_MEAN, std=rb.RB_CIFAR100_STD
+        ),
+        ("dm_wide_resnet", {}),
+        {"depth": 10, "width": 2},
+    ),
+    "DMPreActResNet-18": (
+        lambda: rb.RBDMPreActResNet(NUM_CLASSES, depth=18, activation_fn=rb.RBSwish),
+        ("dm_preact_resnet18", {}),
+        {},
+    ),
+    "PreActResNet18()": (lambda: rb.rb_preact_resnet18(NUM_CLASSES), ("preact_resnet18_robustbench", {}), {}),
+    "WideResNet(sub_block1=True)": (
+        lambda: rb.RBWideResNet(10, NUM_CLASSES, 2, sub_block1=True),
+        ("wide_resnet", {"depth": 10, "widen_factor": 2}),
+        {"depth": 10, "widen_factor": 2, "sub_block1": True},
+    ),
+    "WideResNet(bias_last=False)": (
+        lambda: rb.RBWideResNet(10, NUM_CLASSES, 2, bias_last=False),
+        ("wide_resnet", {"depth": 10, "widen_factor": 2, "bias_last": False}),
+        {"depth": 10, "widen_factor": 2, "bias_last": False},
+    ),
+}
+# float32 runs only the small networks; RobustBench's 18-layer ones run in float64.
+RB_FLOAT32 = ("DMWideResNet-16-1", "WideResNet(sub_block1=True)")
+# float32: a 24-bit mantissa (6e-8) through <= 18 layers of sums of up to 4,608 products and batch-statistics
+# BatchNorm gives ~1e-6 relative (measured <= 5e-7); float64 gives ~1e-15.
+RB_TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+
+
+def _keras_from_robustbench(name, options, state_dict, num_classes):
+    shape = dict(input_shape=(RB_SIZE, RB_SIZE, 3), data_format="channels_last")
+    if name == "wide_resnet":  # the WideResNet of any size is a builder, not a registered name
+        return models.from_torch(models.wide_resnet(num_classes=num_classes, **shape, **options), state_dict)
+    return models.from_torch(name, state_dict, num_classes=num_classes, **shape, **options)
+
+
+@pytest.mark.parametrize(
+    "family, dtype", [(f, "float64") for f in sorted(RB_FAMILIES)] + [(f, "float32") for f in RB_FLOAT32]
+)
+def test_robustbench_families_round_trip_with_equal_logits(family, dtype):
+    build_rb, (name, options), twin_options = RB_FAMILIES[family]
+    tolerance = RB_TOLERANCE[dtype]
+    with float64_precision() if dtype == "float64" else contextlib.nullcontext():
+        torch.manual_seed(0)
+        reference = _randomized(build_rb())
+        num_classes = next(m for m in reference.modules() if isinstance(m, nn.Linear)).out_features
+        x = np.random.default_rng(1).uniform(0, 1, (RB_BATCH, RB_SIZE, RB_SIZE, 3)).astype(dtype)
+
+        # torch -> Keras: RobustBench's state_dict gives RobustBench's logits, in training mode (batch statistics)
+        # and then in inference mode with the running statistics both updated.
+        model = _keras_from_robustbench(name, options, reference.state_dict(), num_classes)
+        expected = {}
+        for training in (True, False):
+            expected[training] = _keras_logits(model, x, training)
+            assert expected[training].dtype == dtype
+            error = _rel_err(expected[training], _torch_logits(reference, x, training))
+            assert error < tolerance, (training, error)
+
+        # Keras -> torch: exactly RobustBench's keys (sub_block1 included), which load strictly into its module
+        # and into the shipped twin, with the same logits.
+        arrays = models.torch_state_dict(model, reference.state_dict().keys())
+        assert list(arrays) == list(reference.state_dict())
+        twin = torch_models.get(name, num_classes=num_classes, **twin_options)
+        assert list(twin.state_dict()) == list(arrays)
+        # (RobustBench's training-mode logits were compared above, with these weights.)
+        for module, modes in ((build_rb(), (False,)), (twin, (False, True))):
+            module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, strict=True)
+            for training in modes:
+                error = _rel_err(_torch_logits(module, x, training), expected[training])
+                assert error < tolerance, (type(module).__name__, training, error)
+
+
+@pytest.mark.parametrize(
+    "family, build_rb, twin",
+    [
+        ("ResNet18()", rb.rb_resnet18, "resnet18"),
+        ("ResNet(Bottleneck, [2, 2, 2, 2])", rb.rb_resnet18_bottleneck, "resnet18_bottleneck"),
+        ("PreActResNet(PreActBlockV2, bn_before_fc=True)", rb.rb_preact_resnet18_v2, "preact_resnet18"),
+        ("WideResNet()", lambda num_classes: rb.RBWideResNet(10, num_classes, 2), "wide_resnet"),
+    ],
+)
+@float64_precision()
+def test_the_shipped_twins_of_robustbench_families_keras_already_covers(family, build_rb, twin):
+    # Keras <-> these twins is the parity of test_models.py and the layouts above: RobustBench's module and the
+    # twin have the same keys and, with the same weights, the same logits (float64, plain torch).
+    torch.manual_seed(0)
+    reference = _randomized(build_rb(num_classes=NUM_CLASSES))
+    options = {"depth": 10, "widen_factor": 2} if twin == "wide_resnet" else {}
+    shipped = torch_models.get(twin, num_classes=NUM_CLASSES, **options)
+    shipped.load_state_dict(reference.state_dict(), strict=True)
+    x = np.random.default_rng(1).uniform(0, 1, (RB_BATCH, RB_SIZE, RB_SIZE, 3))
+    for training in (False, True):
+        assert _rel_err(_torch_logits(shipped, x, training), _torch_logits(reference, x, training)) < 1e-12, training
+
+
+def test_a_deepmind_checkpoint_converts_and_exports_through_the_command_line(tmp_path):
+    # A RobustBench DMWideResNet-10-1 (SiLU, CIFAR-10 statistics inside) saved through DataParallel: convert needs
+    # neither --normalize nor the size (read off the keys), export writes RobustBench's keys back.
+    torch.manual_seed(0)
+    reference = _randomized(rb.RBDMWideResNet(NUM_CLASSES, depth=10, width=1, activation_fn=rb.RBSwish))
+    path = tmp_path / "dm.pt"
+    torch.save({"model_state_dict": {"module." + k: v for k, v in reference.state_dict().items()}}, path)
+    keras_path = tmp_path / "dm.keras"
+    result = invoke(
+        main, ["convert", path, "--arch", "DM-WideResNet", "--num-classes", NUM_CLASSES, "--out", keras_path]
+    )
+    assert result.exit_code == 0, result.output
+    model = keras.saving.load_model(keras_path, compile=False)
+    assert model.name == "dm_wide_resnet10_1"
+    assert model.get_layer("input_normalization").mean == rb.RB_CIFAR10_MEAN
+    x = np.random.default_rng(4).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    expected = _torch_logits(reference, x, False)
+    assert _rel_err(_keras_logits(model, x, False), expected) < RB_TOLERANCE["float32"]
+
+    out = tmp_path / "exported.pt"
+    result = invoke(main, ["export", keras_path, "--format", "torch", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "torch_models.get('dm_wide_resnet'" in result.output and "depth=10, width=1" in result.output
+    again = rb.RBDMWideResNet(NUM_CLASSES, depth=10, width=1, activation_fn=rb.RBSwish)
+    again.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    assert _rel_err(_torch_logits(again, x, False), expected) < RB_TOLERANCE["float32"]
+
+
+def test_export_writes_the_sub_block1_layout_of_trades_and_mart(tmp_path):
+    path = tmp_path / "wrn.keras"
+    model = models.wide_resnet(depth=10, widen_factor=1, num_classes=NUM_CLASSES, bias_last=False)
+    _randomize_keras_batchnorm(model)
+    model.save(path)
+    out = tmp_path / "wrn.pt"
+    result = invoke(main, ["export", path, "--format", "torch", "--sub-block1", "--out", out])
+    assert result.exit_code == 0, result.output
+    target = rb.RBWideResNet(10, NUM_CLASSES, 1, sub_block1=True, bias_last=False)
+    state = torch.load(out, weights_only=True)
+    assert list(state) == list(target.state_dict())
+    target.load_state_dict(state, strict=True)
+    for key, value in state.items():  # the group forward never calls holds block1's weights
+        if key.startswith("sub_block1."):
+            torch.testing.assert_close(value, state["block1." + key[len("sub_block1.") :]], rtol=0, atol=0)
+    x = np.random.default_rng(5).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    assert _rel_err(_torch_logits(target, x, False), _keras_logits(model, x, False)) < RB_TOLERANCE["float32"]
+
+    small = tmp_path / "small.keras"
+    models.small_cnn(num_classes=NUM_CLASSES, input_shape=(SIZE, SIZE, 3)).save(small)
+    result = invoke(main, ["export", small, "--format", "torch", "--sub-block1"])
+    assert result.exit_code == 2 and "--sub-block1 is a WideResNet layout" in result.output
+    assert "Traceback" not in result.output
+
+
+def _randomize_keras_batchnorm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)]
+            )

@@ -3,11 +3,13 @@
 ```
 keras-rpat convert model.pt --arch preact_resnet18 --normalize cifar10 --out model.keras
 keras-rpat export model.keras --format torch --out model.pt     # loads into keras_rpat.torch_models
+keras-rpat export wrn.keras --format torch --sub-block1         # RobustBench's WideResNet(sub_block1=True)
 keras-rpat export model.keras --format onnx --out model.onnx    # Keras' own ONNX export
 ```
 """
 
 import os
+import re
 
 import click
 import numpy as np
@@ -34,11 +36,15 @@ def _frameworks():
 
 
 def _normalize(ctx, param, value):
-    if value is None or value.lower() == "none":
-        return None
-    if value.lower().replace("-", "").replace("_", "") == "cifar10":
-        return "cifar10"
-    raise click.BadParameter(f"must be none or cifar10. Received: {value!r}", ctx=ctx, param=param)
+    """`{}` when not given (the network's default), else `{"normalize": None | "cifar10" | "cifar100"}`."""
+    if value is None:
+        return {}
+    if value.lower() == "none":
+        return {"normalize": None}
+    key = value.lower().replace("-", "").replace("_", "")
+    if key in ("cifar10", "cifar100"):
+        return {"normalize": key}
+    raise click.BadParameter(f"must be none, cifar10 or cifar100. Received: {value!r}", ctx=ctx, param=param)
 
 
 def _keras_out(ctx, param, value):
@@ -55,10 +61,10 @@ def _keras_out(ctx, param, value):
 @click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
     "--normalize",
-    default="none",
+    default=None,
     callback=_normalize,
-    show_default=True,
-    help="Input normalization the network was trained with: none (Bench) or cifar10 (SOTAs/ReBAT, RobustBench).",
+    help="Input normalization the network was trained with: none (Bench), cifar10 (SOTAs/ReBAT, RobustBench) "
+    "or cifar100. Default: none, but the dataset's statistics inside DeepMind's networks (dm_*), as RobustBench.",
 )
 @click.option("--stem-stride", type=click.IntRange(min=1), default=1, show_default=True, help="2 for Tiny-ImageNet.")
 @click.option("--out", type=opt.OUT_FILE, callback=_keras_out, required=True, help="The .keras file to write.")
@@ -66,37 +72,25 @@ def convert_command(checkpoint, arch, num_classes, normalize, stem_stride, out):
     """Convert a PyTorch checkpoint (.pt) into a .keras model.
 
     Reads a state_dict written by the reference code bases (RPAT_Benchmarks,
-    RPAT_SOTAs/ReBAT, TRADES/MART) or RobustBench (PreActResNet-18 with
-    PreActBlockV2 and bn_before_fc, WideResNet), with or without DataParallel's
-    `module.` prefix, and writes a Keras model with the same logits. Keys that
-    do not fit the architecture are listed.
+    RPAT_SOTAs/ReBAT, TRADES/MART) or RobustBench (every CIFAR family:
+    ResNet-18, PreActResNet-18 in both forms, WideResNet with or without
+    sub_block1 and bias_last, DeepMind's DMWideResNet and DMPreActResNet),
+    with or without DataParallel's `module.` prefix, and writes a Keras model
+    with the same logits. Keys that do not fit the architecture are listed.
 
     Example: keras-rpat convert model.pt --arch preact_resnet18 --normalize cifar10 --out model.keras
+
+    Example: keras-rpat convert Gowal2020Uncovering_70_16.pt --arch dm_wide_resnet70_16 --out gowal.keras
     """
     _, models, torch_models = _frameworks()
     click.echo(opt.backend_line())
     try:
         state_dict = torch_models.load_state_dict(checkpoint)
-        model = models.from_torch(
-            arch,
-            state_dict,
-            num_classes=num_classes,
-            normalize=normalize,
-            stem_stride=stem_stride,
-            **_widths_of(arch, state_dict),
-        )
+        model = models.from_torch(arch, state_dict, num_classes=num_classes, stem_stride=stem_stride, **normalize)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     _io.atomic_save_model(model, out)
     click.echo(f"Loaded {len(state_dict)} tensors into {arch} ({model.count_params():,} weights). Wrote {out}")
-
-
-def _widths_of(arch, state_dict):
-    """small_cnn's `widths`, read off the checkpoint (what `export` writes for a smoke run's (4, 8, 8) model)."""
-    keys = [f"conv{i}.weight" for i in (1, 2, 3)]
-    if arch != "small_cnn" or not all(k in state_dict for k in keys):
-        return {}
-    return {"widths": tuple(int(state_dict[k].shape[0]) for k in keys)}
 
 
 def _normalization_of(model):
@@ -112,8 +106,14 @@ def _normalization_of(model):
 @click.option("--format", "fmt", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
 @click.option("--arch", callback=opt.canonical_arch, default=None, help="Architecture. Default: the model's name.")
 @click.option("--out", type=opt.OUT_FILE, default=None, help="Default: MODEL with .pt / .onnx.")
+@click.option(
+    "--sub-block1",
+    is_flag=True,
+    help="WideResNets, --format torch: also write the sub_block1 group that forward never calls (a copy of "
+    "block1), the layout of RobustBench's WideResNet(sub_block1=True), TRADES and MART.",
+)
 @evaluate.unsafe_deserialization_option()
-def export_command(model_path, fmt, arch, out, unsafe_deserialization):
+def export_command(model_path, fmt, arch, out, sub_block1, unsafe_deserialization):
     """Export a .keras model as a PyTorch state_dict or ONNX.
 
     --format torch writes a state_dict that `keras_rpat.torch_models.get(ARCH,
@@ -139,18 +139,24 @@ def export_command(model_path, fmt, arch, out, unsafe_deserialization):
             raise click.ClickException(f"Keras' ONNX export failed: {type(e).__name__}: {e}") from None
         click.echo(f"Wrote {out}")
         return
-    arch = arch or opt.canonical_arch(None, None, model.name)
+    arch = arch or _arch_of(model)
+    if sub_block1 and not arch.startswith("wide_resnet"):
+        raise click.UsageError(f"--sub-block1 is a WideResNet layout; {model.name!r} exports as {arch!r}.")
     normalize = _normalization_of(model)
     num_classes = int(model.get_layer("logits").units)
     options = _torch_options(model, arch)
+    if sub_block1:
+        options["sub_block1"] = True
     net = torch_models.get(arch, num_classes=num_classes, normalize=normalize, **options)
     try:
         arrays = models.torch_state_dict(model, net.state_dict().keys())
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    torch_models.load_arrays(net, arrays)  # strict=True: fails here rather than in the user's code
+        torch_models.load_arrays(net, arrays)  # strict=True: fails here rather than in the user's code
+    except (ValueError, RuntimeError) as e:  # RuntimeError: torch's size mismatch (another --arch)
+        raise click.ClickException(f"{str(e).strip()}\nExport with the architecture the model was built with (--arch).")
     torch_models.save_state_dict(arrays, out)
-    extra = "".join(f", {k}={v!r}" for k, v in options.items() if (k, v) != ("stem_stride", 1))
+    extra = "".join(
+        f", {k}={v!r}" for k, v in options.items() if (k, v) not in (("stem_stride", 1), ("bias_last", True))
+    )
     click.echo(
         f"Wrote {out}: {len(arrays)} tensors. Load it with: net = keras_rpat.torch_models.get({arch!r}, "
         f"num_classes={num_classes}"
@@ -160,9 +166,34 @@ def export_command(model_path, fmt, arch, out, unsafe_deserialization):
     )
 
 
+def _arch_of(model):
+    """The torch module's name for `model`: its canonical name, or the family of a WideResNet of another size."""
+    try:
+        return opt.canonical_arch(None, None, model.name)
+    except click.BadParameter:
+        family = re.fullmatch(r"(dm_wide_resnet|wide_resnet)\d+_\d+", model.name)
+        if family is None:
+            raise
+        return family.group(1)
+
+
 def _torch_options(model, arch):
-    """The builder options a torch module needs beyond the name (small_cnn's widths, the stem stride)."""
-    options = {"stem_stride": int(model.get_layer("conv1").strides[0])}
+    """The builder options a torch module needs beyond the name: the stem stride, and what the name leaves open
+    (small_cnn's widths, a WideResNet's classifier bias and size, DeepMind's activation)."""
+    keras = _frameworks()[0]
+    stem = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    options = {"stem_stride": int(stem.strides[0])}
     if arch == "small_cnn":
         options["widths"] = tuple(int(model.get_layer(f"conv{i}").filters) for i in (1, 2, 3))
+    if arch.startswith("wide_resnet"):
+        options["bias_last"] = bool(model.get_layer("logits").use_bias)
+    if arch == "wide_resnet":
+        blocks = sum(re.fullmatch(r"block1_layer_\d+_conv1", layer.name) is not None for layer in model.layers)
+        options.update(depth=6 * blocks + 4, widen_factor=int(model.get_layer("block3_layer_0_conv1").filters) // 64)
+    if arch == "dm_wide_resnet":
+        blocks = sum(re.fullmatch(r"layer_0_block_\d+_conv_0", layer.name) is not None for layer in model.layers)
+        options.update(depth=6 * blocks + 4, width=int(model.get_layer("layer_2_block_0_conv_0").filters) // 64)
+    if arch.startswith("dm_"):
+        final = model.get_layer("relu")
+        options["activation"] = "relu" if isinstance(final, keras.layers.ReLU) else final.get_config()["activation"]
     return options

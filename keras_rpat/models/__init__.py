@@ -1,4 +1,4 @@
-"""Image classifiers of the RPAT paper, as functional Keras models.
+"""Image classifiers of the RPAT paper and of the RobustBench leaderboard, as functional Keras models.
 
 Every builder returns a `keras.Model` that maps images (pixels in `[0, 1]`)
 to logits (no softmax) and contains three named layers used by RPAT:
@@ -23,17 +23,35 @@ normalization is `keras_rpat.layers.BatchNorm` (PyTorch semantics); weights
 use PyTorch's default initialisers (WideResNet convolutions: Kaiming-normal,
 fan-out; WideResNet classifier bias: zeros).
 
+RobustBench's networks beyond the paper's: its default `PreActResNet18()`
+(`preact_resnet18_robustbench`), `WideResNet(bias_last=False)` (`bias_last`
+of the WideResNets) and DeepMind's SiLU networks of Gowal et al. 2020,
+Rebuffi et al. 2021 and Wang et al. 2023 (`dm_wide_resnet`,
+`dm_preact_resnet18`), which normalise their input inside the network and
+keep DeepMind's layer names (`init_conv`, `layer_0_block_0_batchnorm_0`,
+..., `logits`). Every RobustBench CIFAR family loads from and exports to its
+PyTorch `state_dict` (`from_torch`, `torch_state_dict`), the unused
+`sub_block1` group of RobustBench's `WideResNet(sub_block1=True)` (TRADES,
+MART) included.
+
 One module a job: `builder` (the shared arguments and layers), `resnet`,
-`wide_resnet`, `small_cnn` (the architectures by family), `registry`
+`wide_resnet`, `small_cnn`, `dm_resnet` (the architectures by family), `registry`
 (`get` by name), `features` (`feature_model`) and `torch_checkpoints`
 (PyTorch `state_dict`s in and out).
 """
 
 from keras_rpat._names import canonical_model_name as canonical_name
 from keras_rpat._names import list_models
+from keras_rpat.models.dm_resnet import dm_preact_resnet18
+from keras_rpat.models.dm_resnet import dm_wide_resnet
+from keras_rpat.models.dm_resnet import dm_wide_resnet28_10
+from keras_rpat.models.dm_resnet import dm_wide_resnet34_10
+from keras_rpat.models.dm_resnet import dm_wide_resnet34_20
+from keras_rpat.models.dm_resnet import dm_wide_resnet70_16
 from keras_rpat.models.features import feature_model
 from keras_rpat.models.registry import get
 from keras_rpat.models.resnet import preact_resnet18
+from keras_rpat.models.resnet import preact_resnet18_robustbench
 from keras_rpat.models.resnet import resnet18
 from keras_rpat.models.resnet import resnet18_bottleneck
 from keras_rpat.models.small_cnn import small_cnn
@@ -52,10 +70,17 @@ __all__ = [
     "resnet18",
     "resnet18_bottleneck",
     "preact_resnet18",
+    "preact_resnet18_robustbench",
     "wide_resnet",
     "wide_resnet34_10",
     "wide_resnet28_10",
     "small_cnn",
+    "dm_wide_resnet",
+    "dm_wide_resnet28_10",
+    "dm_wide_resnet34_10",
+    "dm_wide_resnet34_20",
+    "dm_wide_resnet70_16",
+    "dm_preact_resnet18",
     "from_torch",
     "load_torch_weights",
     "torch_state_dict",

@@ -10,20 +10,40 @@ from keras_rpat import layers as rpat_layers
 PAPER = 'Wang & Liu, "Failure Cases Are Better Learned But Boundary Says Sorry", ICCV 2025.'
 
 
+# RobustBench's CIFAR-100 statistics (its DM networks normalise CIFAR-100 inputs with these).
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+_NAMED_STATISTICS = {
+    "cifar10": (rpat_layers.CIFAR10_MEAN, rpat_layers.CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
+_NORMALIZE_VALUES = 'None, "cifar10", "cifar100" or a `(mean, std)` pair'
+
+
 def resolve_normalize(normalize):
+    """`normalize` -> `None` or a `(mean, std)` pair."""
     if normalize is None:
         return None
     if isinstance(normalize, str):
-        if normalize.lower().replace("-", "").replace("_", "") == "cifar10":
-            return rpat_layers.CIFAR10_MEAN, rpat_layers.CIFAR10_STD
-        raise ValueError(
-            f'`normalize` must be None, "cifar10" or a `(mean, std)` pair. Received: normalize={normalize!r}'
-        )
+        statistics = _NAMED_STATISTICS.get(normalize.lower().replace("-", "").replace("_", ""))
+        if statistics is not None:
+            return statistics
+        raise ValueError(f"`normalize` must be {_NORMALIZE_VALUES}. Received: normalize={normalize!r}")
     if isinstance(normalize, dict) and set(normalize) == {"mean", "std"}:
         return normalize["mean"], normalize["std"]
     if isinstance(normalize, (tuple, list)) and len(normalize) == 2:
         return normalize[0], normalize[1]
-    raise ValueError(f'`normalize` must be None, "cifar10" or a `(mean, std)` pair. Received: normalize={normalize!r}')
+    raise ValueError(f"`normalize` must be {_NORMALIZE_VALUES}. Received: normalize={normalize!r}")
+
+
+def check_wide_resnet_depth(depth):
+    """A WideResNet's depth: `depth - 4` a positive multiple of 6 (blocks of two convolutions, three groups)."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 10 or (depth - 4) % 6:
+        raise ValueError(
+            "`depth` must be an integer such that `depth - 4` is a positive "
+            f"multiple of 6 (10, 16, 22, 28, 34, ...). Received: depth={depth!r}"
+        )
+    return int(depth)
 
 
 class Config:
@@ -95,10 +115,15 @@ class Config:
             )(x)
         return inputs, x
 
-    def conv(self, x, filters, kernel_size, strides, name):
+    def conv(self, x, filters, kernel_size, strides, name, pad_end=False):
+        """A bias-free convolution; strided ones are padded by `kernel_size // 2` on both sides, as
+        PyTorch's `padding=k // 2` does, or only after the image with `pad_end=True` (DeepMind's
+        `F.pad(x, (0, 1, 0, 1))` before a stride-2 3x3 convolution)."""
         if kernel_size > 1 and strides > 1:
-            # PyTorch pads symmetrically; Keras "same" would pad (0, 1).
-            x = keras.layers.ZeroPadding2D(kernel_size // 2, data_format=self.data_format, name=name + "_pad")(x)
+            # Keras "same" pads by the image size ((0, 1) on even sizes): the padding is explicit.
+            pad = kernel_size // 2
+            padding = ((0, pad), (0, pad)) if pad_end else pad
+            x = keras.layers.ZeroPadding2D(padding, data_format=self.data_format, name=name + "_pad")(x)
             padding = "valid"
         else:
             padding = "same" if kernel_size > 1 else "valid"
@@ -119,6 +144,12 @@ class Config:
     def relu(self, x, name):
         return keras.layers.ReLU(name=name)(x)
 
+    def activation(self, x, activation, name):
+        """`"relu"` (a `ReLU` layer, as `relu`) or `"silu"` (`x * sigmoid(x)`, an `Activation` layer)."""
+        if activation == "relu":
+            return self.relu(x, name)
+        return keras.layers.Activation(activation, name=name)(x)
+
     def third_to_last(self, x):
         """Flattened stage output, kept on the main path (see module doc)."""
         shape = tuple(x.shape[1:])
@@ -126,13 +157,14 @@ class Config:
         flat = keras.layers.Flatten(data_format="channels_last", name="third_to_last")(x)
         return keras.layers.Reshape(shape, name="third_to_last_reshape")(flat)
 
-    def head(self, x, inputs, name, bias_initializer=None):
+    def head(self, x, inputs, name, bias_initializer=None, use_bias=True):
         features = keras.layers.GlobalAveragePooling2D(data_format=self.data_format, name="penultimate")(x)
         fan_in = int(features.shape[-1])
         if bias_initializer is None:
             bias_initializer = rpat_layers.TorchBiasUniform(fan_in)
         logits = keras.layers.Dense(
             self.num_classes,
+            use_bias=use_bias,
             kernel_initializer=rpat_layers.torch_kernel_initializer(),
             bias_initializer=bias_initializer,
             name="logits",
@@ -140,7 +172,7 @@ class Config:
         return keras.Model(inputs, logits, name=name)
 
 
-COMMON_ARGS = """
+INPUT_ARGS = """
         num_classes: Positive integer, number of classes (logits).
             Defaults to `10`.
         input_shape: Shape of one image without the batch axis. Defaults to
@@ -149,17 +181,28 @@ COMMON_ARGS = """
         data_format: `"channels_last"` or `"channels_first"`; `None` uses
             `keras.config.image_data_format()`.
         stem_stride: Stride of the first convolution: `1` for CIFAR, `2`
-            for 64x64 Tiny-ImageNet. Does not change the parameter count.
+            for 64x64 Tiny-ImageNet. Does not change the parameter count."""
+
+COMMON_ARGS = (
+    INPUT_ARGS
+    + """
         normalize: `None` (no input normalization, the Bench pipeline),
-            `"cifar10"` (the CIFAR-10 mean/std, the SOTAs/ReBAT pipeline) or a
+            `"cifar10"` (the CIFAR-10 mean/std, the SOTAs/ReBAT pipeline),
+            `"cifar100"` (RobustBench's CIFAR-100 mean/std) or a
             `(mean, std)` pair. Adds a parameter-free
             `keras_rpat.layers.InputNormalization` as the first layer.
         name: Name of the returned model."""
+)
 
 
 def document(text):
+    """Fills `{common_args}` (every argument of `Config` and `name`) or `{input_args}` (all but
+    `normalize` and `name`, for builders that document those themselves) into a docstring."""
+
     def decorate(fn):
-        fn.__doc__ = text.replace("{common_args}", COMMON_ARGS.strip("\n"))
+        fn.__doc__ = text.replace("{common_args}", COMMON_ARGS.strip("\n")).replace(
+            "{input_args}", INPUT_ARGS.strip("\n")
+        )
         return fn
 
     return decorate

@@ -36,15 +36,21 @@ def _bottleneck_block(cfg, x, in_planes, planes, stride, prefix):
     return cfg.relu(out, prefix + "_out"), expanded
 
 
-def _preact_block(cfg, x, in_planes, planes, stride, prefix):
+def _preact_block(cfg, x, in_planes, planes, stride, prefix, shortcut_on_input=False):
     out = cfg.relu(cfg.bn(x, prefix + "_bn1"), prefix + "_relu1")
     shortcut = x
     if stride != 1 or in_planes != planes:
-        shortcut = cfg.conv(out, planes, 1, stride, prefix + "_shortcut_0")
+        # The projection takes the pre-activated input (RobustBench's PreActBlockV2), or the block's
+        # input itself (its PreActBlock, in its PreActResNet18()).
+        shortcut = cfg.conv(x if shortcut_on_input else out, planes, 1, stride, prefix + "_shortcut_0")
     out = cfg.conv(out, planes, 3, stride, prefix + "_conv1")
     out = cfg.relu(cfg.bn(out, prefix + "_bn2"), prefix + "_relu2")
     out = cfg.conv(out, planes, 3, 1, prefix + "_conv2")
     return keras.layers.Add(name=prefix + "_add")([out, shortcut]), planes
+
+
+def _preact_block_input_shortcut(cfg, x, in_planes, planes, stride, prefix):
+    return _preact_block(cfg, x, in_planes, planes, stride, prefix, shortcut_on_input=True)
 
 
 def _resnet(cfg, block, stem_bn, final_bn, name):
@@ -183,3 +189,43 @@ def preact_resnet18(
 ):
     cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
     return _resnet(cfg, _preact_block, stem_bn=False, final_bn=True, name=name)
+
+
+@document(
+    """RobustBench's default `PreActResNet18()` (`PreActResNet(PreActBlock, [2, 2, 2, 2])`).
+
+    The network of Andriushchenko & Flammarion 2020 on the leaderboard. As
+    `preact_resnet18` but for two things: a projection shortcut is the 1x1
+    convolution of the block's *input* (not of its pre-activation), and no
+    BN -> ReLU precedes the pooling (the last block's sum is pooled). Same
+    layer names (`conv1`, `layer1_0_bn1`, ..., `linear`) without `bn`.
+    11,171,146 trainable parameters for 10 classes.
+
+    Args:
+{common_args}
+
+    Returns:
+        A `keras.Model` from images to logits.
+
+    Example:
+
+    >>> model = keras_rpat.models.get("preact_resnet18_robustbench")
+    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
+
+    References:
+
+    - Andriushchenko & Flammarion, "Understanding and Improving Fast
+      Adversarial Training", NeurIPS 2020.
+    - He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
+    """
+)
+def preact_resnet18_robustbench(
+    num_classes=10,
+    input_shape=None,
+    data_format=None,
+    stem_stride=1,
+    normalize=None,
+    name="preact_resnet18_robustbench",
+):
+    cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
+    return _resnet(cfg, _preact_block_input_shortcut, stem_bn=False, final_bn=False, name=name)

@@ -1,12 +1,11 @@
 """WideResNets (WRN-34-10, WRN-28-10, any depth and width), as in the RPAT code bases."""
 
-import numbers
-
 import keras
 
 from keras_rpat import _checks
 from keras_rpat.models.builder import PAPER
 from keras_rpat.models.builder import Config
+from keras_rpat.models.builder import check_wide_resnet_depth
 from keras_rpat.models.builder import document
 
 
@@ -40,6 +39,8 @@ def _wide_block(cfg, x, in_planes, out_planes, stride, prefix):
         depth: Integer, total depth; `depth - 4` must be a positive multiple
             of 6 (34 for WRN-34-10, 28 for WRN-28-10). Defaults to `34`.
         widen_factor: Positive integer width multiplier. Defaults to `10`.
+        bias_last: Whether the classifier has a bias. `False` is
+            RobustBench's `WideResNet(bias_last=False)`. Defaults to `True`.
 {common_args}
 
     Returns:
@@ -67,12 +68,10 @@ def wide_resnet(
     stem_stride=1,
     normalize=None,
     name=None,
+    bias_last=True,
 ):
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 10 or (depth - 4) % 6:
-        raise ValueError(
-            "`depth` must be an integer such that `depth - 4` is a positive "
-            f"multiple of 6 (10, 16, 22, 28, 34, ...). Received: depth={depth!r}"
-        )
+    depth = check_wide_resnet_depth(depth)
+    use_bias = _checks.check_bool(bias_last, "bias_last")
     widen_factor = _checks.check_positive_int(widen_factor, "widen_factor")
     cfg = Config(
         num_classes,
@@ -103,7 +102,7 @@ def wide_resnet(
         if group == 2:
             x = cfg.third_to_last(x)
     x = cfg.relu(cfg.bn(x, "bn1"), "relu")
-    return cfg.head(x, inputs, name, bias_initializer="zeros")
+    return cfg.head(x, inputs, name, bias_initializer="zeros", use_bias=use_bias)
 
 
 @document(
@@ -112,6 +111,8 @@ def wide_resnet(
     46,160,474 trainable parameters for 10 classes. See `wide_resnet`.
 
     Args:
+        bias_last: Whether the classifier has a bias (see `wide_resnet`).
+            Defaults to `True`.
 {common_args}
 
     Returns:
@@ -136,6 +137,7 @@ def wide_resnet34_10(
     stem_stride=1,
     normalize=None,
     name="wide_resnet34_10",
+    bias_last=True,
 ):
     return wide_resnet(
         34,
@@ -146,6 +148,7 @@ def wide_resnet34_10(
         stem_stride=stem_stride,
         normalize=normalize,
         name=name,
+        bias_last=bias_last,
     )
 
 
@@ -155,6 +158,8 @@ def wide_resnet34_10(
     36,479,194 trainable parameters for 10 classes. See `wide_resnet`.
 
     Args:
+        bias_last: Whether the classifier has a bias (see `wide_resnet`).
+            Defaults to `True`.
 {common_args}
 
     Returns:
@@ -179,6 +184,7 @@ def wide_resnet28_10(
     stem_stride=1,
     normalize=None,
     name="wide_resnet28_10",
+    bias_last=True,
 ):
     return wide_resnet(
         28,
@@ -189,4 +195,5 @@ def wide_resnet28_10(
         stem_stride=stem_stride,
         normalize=normalize,
         name=name,
+        bias_last=bias_last,
     )
