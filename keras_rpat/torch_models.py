@@ -38,8 +38,9 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 _NAMED_STATISTICS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
 
-# Keys under which training scripts store the weights in a checkpoint dict.
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "state")
+# Keys under which training scripts store the weights in a checkpoint dict ("last": the files of RobustBench's
+# Andriushchenko2020Understanding and Kireev2021Effectiveness hold "last" and "best"; RobustBench loads "last").
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "state", "last")
 
 
 def _conv(in_planes, out_planes, kernel_size, stride=1):

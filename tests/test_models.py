@@ -18,6 +18,7 @@ from torch import nn
 
 from keras_rpat import layers as rpat_layers
 from keras_rpat import models
+from keras_rpat import torch_models
 from testing import float64_precision
 
 # Keras' torch backend converts tensors with `np.array(tensor)`, which NumPy 2
@@ -172,7 +173,14 @@ def test_stem_stride_two_on_tiny_imagenet():
 
 def test_list_models():
     assert models.list_models() == [
+        "dm_preact_resnet18",
+        "dm_wide_resnet",
+        "dm_wide_resnet28_10",
+        "dm_wide_resnet34_10",
+        "dm_wide_resnet34_20",
+        "dm_wide_resnet70_16",
         "preact_resnet18",
+        "preact_resnet18_robustbench",
         "resnet18",
         "resnet18_bottleneck",
         "small_cnn",
@@ -193,6 +201,11 @@ def test_list_models():
         ("ResNet18", "resnet18"),
         ("resnet18-bottleneck", "resnet18_bottleneck"),
         ("small-cnn", "small_cnn"),
+        ("dm_wideresnet_28_10", "dm_wide_resnet28_10"),
+        ("DM-WRN-70-16", "dm_wide_resnet70_16"),
+        ("DMWideResNet", "dm_wide_resnet"),
+        ("DMPreActResNet18", "dm_preact_resnet18"),
+        ("robustbench_preact_resnet18", "preact_resnet18_robustbench"),
     ],
 )
 def test_aliases(alias, canonical):
@@ -468,7 +481,7 @@ def _copy_keras_to_torch(kmodel, tmodel):
         for name, module in tmodel.named_modules():
             if not isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
                 continue
-            kname = "logits" if name in ("linear", "fc") else name.replace(".", "_")
+            kname = "logits" if name in ("linear", "fc", "logits") else name.replace(".", "_")
             layer = kmodel.get_layer(kname)
             weights = [torch.from_numpy(w) for w in layer.get_weights()]
             if isinstance(module, nn.Conv2d):
@@ -682,3 +695,198 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(_np(loaded(x, training=True)), _np(model(x, training=True)))
     features = models.feature_model(loaded)
     assert tuple(features.outputs[2].shape) == (None, 16 * 16 * 16)
+
+
+# ----------------------------------------------------------------------------
+# RobustBench's networks (its code: torch_reference_models.py, second half)
+# ----------------------------------------------------------------------------
+
+import torch_reference_models as rb  # noqa: E402
+
+
+def wide_resnet_parameters(depth, width, num_classes, bias_last=True):
+    """Trainable parameters of a WideResNet (ours, RobustBench's and DeepMind's alike), counted by hand.
+
+    Stem conv3x3 3->16; per group (16 -> 16k -> 32k -> 64k) a first block BN(in) conv3x3(in->out) BN(out)
+    conv3x3(out->out) plus a 1x1 projection when the width changes, then n - 1 blocks of out channels;
+    final BN and the linear classifier. For WRN-28-10 (n = 4): 432 + 1,640,672 + 6,968,000 + 27,862,400
+    + 7,690 = 36,479,194.
+    """
+    n = (depth - 4) // 6
+    channels = (16, 16 * width, 32 * width, 64 * width)
+    total = 3 * 16 * 9
+    for c_in, c_out in zip(channels, channels[1:]):
+        total += 2 * c_in + 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + (c_in * c_out if c_in != c_out else 0)
+        total += (n - 1) * (4 * c_out + 18 * c_out * c_out)
+    return total + 2 * channels[3] + channels[3] * num_classes + (num_classes if bias_last else 0)
+
+
+# name: (RobustBench's module, {num_classes: trainable}, BatchNorm buffers), counted from RobustBench's
+# definitions (written down here; the test recounts them from its code on the meta device).
+ROBUSTBENCH_COUNTS = {
+    "dm_wide_resnet28_10": (
+        lambda c: rb.RBDMWideResNet(c, 28, 10, rb.RBSwish),
+        {10: 36_479_194, 100: 36_536_884},
+        17_952,
+    ),
+    "dm_wide_resnet34_10": (
+        lambda c: rb.RBDMWideResNet(c, 34, 10, rb.RBSwish),
+        {10: 46_160_474, 100: 46_218_164},
+        22_432,
+    ),
+    "dm_wide_resnet34_20": (
+        lambda c: rb.RBDMWideResNet(c, 34, 20, rb.RBSwish),
+        {10: 184_531_674, 100: 184_646_964},
+        44_832,
+    ),
+    "dm_wide_resnet70_16": (
+        lambda c: rb.RBDMWideResNet(c, 70, 16, rb.RBSwish),
+        {10: 266_796_506, 100: 266_888_756},
+        78_880,
+    ),
+    "dm_preact_resnet18": (
+        lambda c: rb.RBDMPreActResNet(c, 18, 0, rb.RBSwish),
+        {10: 12_548_426, 100: 12_594_596},
+        7_808,
+    ),
+    "preact_resnet18_robustbench": (rb.rb_preact_resnet18, {10: 11_171_146, 100: 11_217_316}, 6_784),
+    "wide_resnet34_10(bias_last=False)": (
+        lambda c: rb.RBWideResNet(34, c, 10, bias_last=False),
+        {10: 46_160_464, 100: 46_218_064},
+        22_432,
+    ),
+}
+
+
+def _torch_counts(module):
+    buffers = sum(b.numel() for n, b in module.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return sum(p.numel() for p in module.parameters()), buffers
+
+
+@pytest.mark.parametrize("name", sorted(ROBUSTBENCH_COUNTS))
+def test_robustbench_parameter_counts_from_its_definitions(name):
+    build, trainable, buffers = ROBUSTBENCH_COUNTS[name]
+    twin_name, _, option = name.partition("(")
+    twin_options = {"bias_last": False} if option else {}
+    for num_classes, count in trainable.items():
+        with torch.device("meta"):  # shapes only: a WRN-70-16 costs nothing
+            assert _torch_counts(build(num_classes)) == (count, buffers)
+            twin = torch_models.get(twin_name, num_classes=num_classes, **twin_options)
+        assert _torch_counts(twin) == (count, buffers)
+        if "wide_resnet" in name:
+            depth, width = (int(v) for v in twin_name.rpartition("resnet")[2].split("_"))
+            assert wide_resnet_parameters(depth, width, num_classes, bias_last=not option) == count
+
+
+def test_the_wide_resnet_formula_by_hand_and_against_the_keras_builders():
+    assert wide_resnet_parameters(28, 10, 10) == 432 + 1_640_672 + 6_968_000 + 27_862_400 + 7_690 == 36_479_194
+    # Both block kinds (identity and projection shortcut, widths 1 and 2), both families, without a bias.
+    for depth, width in ((10, 1), (16, 2)):
+        dm = models.get("dm_wide_resnet", depth=depth, width=width, num_classes=7)
+        assert _count(dm.trainable_weights) == wide_resnet_parameters(depth, width, 7)
+        ours = models.wide_resnet(depth=depth, widen_factor=width, num_classes=7, bias_last=False)
+        assert _count(ours.trainable_weights) == wide_resnet_parameters(depth, width, 7, bias_last=False)
+        assert ours.get_layer("logits").bias is None
+
+
+@pytest.mark.parametrize("name", ["dm_wide_resnet28_10", "dm_preact_resnet18", "preact_resnet18_robustbench"])
+def test_robustbench_keras_parameter_counts_and_feature_layers(name):
+    _, trainable, buffers = ROBUSTBENCH_COUNTS[name]
+    model = models.get(name)
+    assert model.name == name
+    assert (_count(model.trainable_weights), _count(model.non_trainable_weights)) == (trainable[10], buffers)
+    penultimate, third = {
+        "dm_wide_resnet28_10": (640, (16, 16, 320)),
+        "dm_preact_resnet18": (512, (8, 8, 256)),
+        "preact_resnet18_robustbench": (512, (8, 8, 256)),
+    }[name]
+    assert model.get_layer("penultimate").output.shape == (None, penultimate)
+    assert model.get_layer("third_to_last").output.shape == (None, int(np.prod(third)))
+    assert all(not layer.use_bias for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+
+
+@pytest.mark.parametrize(
+    "name, depth, width",
+    [("dm_wide_resnet28_10", 28, 10), ("dm_wide_resnet34_10", 34, 10), ("dm_wide_resnet34_20", 34, 20)]
+    + [("dm_wide_resnet70_16", 70, 16)],
+)
+def test_dm_wide_resnet_presets_are_their_size(name, depth, width, monkeypatch):
+    # The large presets are counted on RobustBench's side above; here each builds `dm_wide_resnet` of its size
+    # (a WRN-70-16 would take 1 GB and many seconds to build).
+    from keras_rpat.models import dm_resnet
+
+    calls = []
+    monkeypatch.setattr(dm_resnet, "dm_wide_resnet", lambda *args, **kwargs: calls.append((args, kwargs)))
+    models.get(name, num_classes=100, normalize=None)
+    ((args, kwargs),) = calls
+    assert args == (depth, width)
+    assert kwargs["name"] == name and kwargs["num_classes"] == 100 and kwargs["normalize"] is None
+
+
+def test_deepmind_networks_normalise_inside_with_the_dataset_statistics():
+    cifar10 = models.dm_wide_resnet(depth=10, width=1)
+    cifar100 = models.dm_wide_resnet(depth=10, width=1, num_classes=100)
+    assert cifar10.layers[1].name == "input_normalization"
+    layer = cifar10.get_layer("input_normalization")
+    assert (layer.mean, layer.std) == (rb.RB_CIFAR10_MEAN, rb.RB_CIFAR10_STD)
+    layer = cifar100.get_layer("input_normalization")
+    assert (layer.mean, layer.std) == (rb.RB_CIFAR100_MEAN, rb.RB_CIFAR100_STD)
+    mine = models.get("dm_wide_resnet", depth=10, width=1, normalize=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    assert mine.get_layer("input_normalization").std == (0.25, 0.25, 0.25)
+    outside = models.get("dm_wide_resnet", depth=10, width=1, normalize=None)
+    assert "input_normalization" not in [layer.name for layer in outside.layers]
+    # The paper's networks still default to none, and take RobustBench's CIFAR-100 statistics by name.
+    assert "input_normalization" not in [layer.name for layer in models.get("small_cnn").layers]
+    layer = models.get("small_cnn", normalize="CIFAR-100").get_layer("input_normalization")
+    assert (layer.mean, layer.std) == (rb.RB_CIFAR100_MEAN, rb.RB_CIFAR100_STD)
+    assert (torch_models.CIFAR100_MEAN, torch_models.CIFAR100_STD) == (rb.RB_CIFAR100_MEAN, rb.RB_CIFAR100_STD)
+
+
+def test_deepmind_network_arguments():
+    relu = models.dm_wide_resnet(depth=10, width=1, activation="relu")
+    assert isinstance(relu.get_layer("relu"), keras.layers.ReLU)
+    assert models.dm_wide_resnet(depth=10, width=1).get_layer("relu").get_config()["activation"] == "silu"
+    with pytest.raises(ValueError, match='`activation` must be "silu" or "relu". Received: activation=\'gelu\''):
+        models.dm_preact_resnet18(activation="gelu")
+    with pytest.raises(ValueError, match="`depth`.*Received: depth=12"):
+        models.get("dm_wide_resnet", depth=12)
+    with pytest.raises(ValueError, match="`width`"):
+        models.get("dm_wide_resnet", depth=10, width=0)
+    with pytest.raises(ValueError, match='`normalize` must be None, "cifar10", "cifar100"'):
+        models.get("dm_wide_resnet", depth=10, width=1, normalize="imagenet")
+    with pytest.raises(ValueError, match="`bias_last` must be True or False"):
+        models.get("wide_resnet28_10", bias_last="no")
+
+
+@float64_precision()
+def test_dm_wide_resnet_parity_of_features_and_batchnorm_statistics():
+    """Proxy features and the running statistics' update vs RobustBench's DMWideResNet, float64 (logits in both
+    directions for every RobustBench family: test_torch_checkpoints.py). Depth 16 width 1: identity and projection
+    shortcuts, stride-2 convolutions padded after the image."""
+    name, options, stage3 = "dm_wide_resnet", {"depth": 16, "width": 1}, "layer.1"
+    keras.utils.set_random_seed(0)
+    kmodel = models.get(name, num_classes=7, data_format="channels_last", **options)
+    _randomize_batchnorm(kmodel)
+    tmodel = rb.RBDMWideResNet(7, 16, 1, rb.RBSwish)
+    torch_modules = _copy_keras_to_torch(kmodel, tmodel)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3))
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    captured = {}
+    tmodel.get_submodule(stage3).register_forward_hook(lambda m, i, o: captured.__setitem__("third", o))
+    tmodel.get_submodule("logits").register_forward_hook(lambda m, i, o: captured.__setitem__("pen", i[0]))
+    tmodel.eval()
+    with torch.no_grad():
+        ref = tmodel(x_t).numpy()
+    logits, penultimate, third = models.feature_model(kmodel)(x, training=False)
+    assert _rel_err(_np(logits), ref) <= 1e-12
+    assert _rel_err(_np(penultimate), captured["pen"].numpy()) <= 1e-12
+    assert _rel_err(_np(third), captured["third"].numpy().transpose(0, 2, 3, 1).reshape(2, -1)) <= 1e-12
+    tmodel.train()
+    with torch.no_grad():
+        ref = tmodel(x_t).numpy()
+    assert _rel_err(_np(kmodel(x, training=True)), ref) <= 1e-12
+    for layer in kmodel.layers:
+        if isinstance(layer, rpat_layers.BatchNorm):
+            mean, var = layer.get_weights()[2:]
+            assert _rel_err(mean, torch_modules[layer.name].running_mean.numpy()) <= 1e-12, layer.name
+            assert _rel_err(var, torch_modules[layer.name].running_var.numpy()) <= 1e-12, layer.name

@@ -401,3 +401,9 @@ def _randomize_keras_batchnorm(model, seed=0):
             layer.set_weights(
                 [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)]
             )
+
+
+def test_a_checkpoint_of_last_and_best_weights_gives_the_last_as_robustbench_loads_it():
+    # RobustBench's Andriushchenko2020Understanding (its PreActResNet18()) is saved as {"last": ..., "best": ...}.
+    last, best = {"conv1.weight": torch.zeros(1)}, {"conv1.weight": torch.ones(1)}
+    assert torch_models.unwrap_checkpoint({"last": last, "best": best}) is last
