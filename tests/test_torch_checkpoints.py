@@ -326,6 +326,7 @@ def test_robustbench_families_round_trip_with_equal_logits(family, dtype):
         ("WideResNet()", lambda num_classes: rb.RBWideResNet(10, num_classes, 2), "wide_resnet"),
     ],
 )
+@pytest.mark.skipif(BACKEND != "torch", reason="plain torch, the same on every backend: run once")
 @float64_precision()
 def test_the_shipped_twins_of_robustbench_families_keras_already_covers(family, build_rb, twin):
     # Keras <-> these twins is the parity of test_models.py and the layouts above: RobustBench's module and the
@@ -407,3 +408,18 @@ def test_a_checkpoint_of_last_and_best_weights_gives_the_last_as_robustbench_loa
     # RobustBench's Andriushchenko2020Understanding (its PreActResNet18()) is saved as {"last": ..., "best": ...}.
     last, best = {"conv1.weight": torch.zeros(1)}, {"conv1.weight": torch.ones(1)}
     assert torch_models.unwrap_checkpoint({"last": last, "best": best}) is last
+
+
+def test_from_torch_reads_the_options_a_checkpoint_tells():
+    from keras_rpat.models import torch_checkpoints
+
+    with torch.device("meta"):  # keys and shapes only
+        no_bias = torch_models.get("wide_resnet28_10", bias_last=False, sub_block1=True).state_dict()
+        gowal = {"module." + k: v for k, v in torch_models.get("dm_wide_resnet70_16").state_dict().items()}
+        small = torch_models.get("small_cnn", widths=(4, 8, 8)).state_dict()
+        preact = torch_models.get("dm_preact_resnet18").state_dict()
+    read = torch_checkpoints._options_from_state_dict
+    assert read("wide_resnet28_10", no_bias) == {"bias_last": False}
+    assert read("dm_wide_resnet", gowal) == {"depth": 70, "width": 16}
+    assert read("small_cnn", small) == {"widths": (4, 8, 8)}
+    assert read("dm_preact_resnet18", preact) == {}

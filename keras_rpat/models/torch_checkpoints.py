@@ -180,7 +180,7 @@ def torch_state_dict(model, keys):
 
 
 def _shape(state, key):
-    return tuple(_as_numpy(state[key]).shape) if key in state else None
+    return tuple(state[key].shape) if key in state else None  # a tensor's or an array's
 
 
 def _options_from_state_dict(name, state_dict):
