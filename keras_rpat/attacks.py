@@ -420,8 +420,7 @@ class RestartedPGD(PGD):
 
     Args:
         restarts: number of random starts (>= 1; 1 is `PGD`).
-        norm, epsilon, step_size, num_steps, random_start, style, loss,
-            training, schedule, seed: see `PGD`.
+        *args, **kwargs: the arguments of `PGD`.
 
     Example:
 

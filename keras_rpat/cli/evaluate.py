@@ -404,7 +404,7 @@ def eval_command(
     architecture,
     verbose,
 ):
-    """Clean, PGD-20 (CW-20, PGD-20x5...) and AutoAttack accuracy of a saved model, with Mean and NRR."""
+    """Clean, PGD-20 and AutoAttack accuracy of a saved model, with Mean and NRR."""
     _evaluate_saved_model(
         model_path,
         dataset,
