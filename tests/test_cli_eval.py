@@ -238,3 +238,6 @@ def test_eval_robustbench_json(files, monkeypatch):
     assert "add autoattack to --attacks" in res.output and "--robustbench-json" in res.output
     res = invoke(cli_evaluate.eval_command, [*args, "--robustbench-json", files / "model.keras"])
     assert res.exit_code == 2 and "would destroy it" in res.output
+    with pytest.warns(UserWarning, match="--architecture WRN-x is only written by --robustbench-json"):
+        res = invoke(cli_evaluate.eval_command, [*args, "--architecture", "WRN-x"])
+    assert res.exit_code == 0, res.output

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 
 import click
@@ -286,6 +287,8 @@ def _evaluate_saved_model(
             f"(e.g. --attacks clean,autoattack). Received: --attacks {','.join(settings['attacks'])}",
             param_hint="'--robustbench-json'",
         )
+    if architecture is not None and robustbench_json is None:
+        warnings.warn(f"--architecture {architecture} is only written by --robustbench-json, which is not given.")
     outputs = {"--out": out, "--state": settings.get("aa_state_path"), "--robustbench-json": robustbench_json}
     _check_not_overwritten(model_path, dataset, outputs)
     pgd_path = settings.get("pgd_state_path")
