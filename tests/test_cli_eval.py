@@ -169,28 +169,28 @@ def test_autoattack_bad_attack_name(files):
 def test_eval_cw_and_restarts_resume_from_their_state_files(files, monkeypatch):
     out, state = files / "variants.json", files / "variants_state.json"
     args = [files / "model.keras", "--dataset", files / "data.npz", "--n", "12", "--batch-size", "8"]
-    args += ["--attacks", "clean,cw2,PGD-2x2", "--state", state, "--out", out]
+    args += ["--attacks", "clean,cw1,PGD-1x2", "--state", state, "--out", out]
     res = invoke(cli_evaluate.eval_command, args)
     assert res.exit_code == 0, res.output
-    assert "clean, cw2, pgd2x2" in res.output and "CW-2 " in res.output and "PGD-2x2 " in res.output
+    assert "clean, cw1, pgd1x2" in res.output and "CW-1 " in res.output and "PGD-1x2 " in res.output
     result = json.loads(out.read_text())
-    assert list(result["pgd_variants"]) == ["cw2", "pgd2x2"] and result["pgd20"] is None
-    assert result["pgd_variants"]["pgd2x2"] == {
-        "accuracy": result["pgd_variants"]["pgd2x2"]["accuracy"],
+    assert list(result["pgd_variants"]) == ["cw1", "pgd1x2"] and result["pgd20"] is None
+    assert result["pgd_variants"]["pgd1x2"] == {
+        "accuracy": result["pgd_variants"]["pgd1x2"]["accuracy"],
         "loss": "ce",
-        "num_steps": 2,
+        "num_steps": 1,
         "restarts": 2,
     }
-    assert result["robust_source"] in ("cw2", "pgd2x2")
-    for name in ("cw2", "pgd2x2"):  # each PGD evaluation's state beside --state
+    assert result["robust_source"] in ("cw1", "pgd1x2")
+    for name in ("cw1", "pgd1x2"):  # each PGD evaluation's state beside --state
         saved = json.loads((files / f"variants_state.pgd.{name}.json").read_text())
-        assert saved["done"] == 12 and saved["attack"]["loss"] == ("cw" if name == "cw2" else "ce")
+        assert saved["done"] == 12 and saved["attack"]["loss"] == ("cw" if name == "cw1" else "ce")
     # The same numbers as the library with the same settings.
     model = keras.saving.load_model(files / "model.keras")
     with np.load(files / "data.npz") as d:
         idx = (np.arange(12) * 20) // 12
         x, y = d["x_test"][idx].astype("float32") / 255, d["y_test"][idx]
-    expected = evaluation.evaluate(model, x, y, attacks="cw2,pgd2x2", batch_size=8)
+    expected = evaluation.evaluate(model, x, y, attacks="cw1,pgd1x2", batch_size=8)
     assert result["pgd_variants"] == expected.pgd_variants
     # A rerun with the finished states attacks nothing and gives the same result.
     monkeypatch.setattr(attacks.PGD, "perturb", lambda *a: pytest.fail("a finished evaluation ran again"))
