@@ -6,6 +6,8 @@ here only: `models`, `losses`, `datasets`, `evaluation` and `autoattack`
 import it from here. The methods (presets) are rows of `method_presets`.
 """
 
+import re
+
 from keras_rpat import _checks
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "canonical_model_name",
     "list_models",
     "parse_attacks",
+    "pgd_evaluation",
 ]
 
 # ---------------------------------------------------------------------------
@@ -138,14 +141,14 @@ DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "synthetic")
 EVALUATION_ATTACKS = ("clean", "pgd20", "autoattack")
 # The reference protocol's PGD steps (PGD-20).
 PGD_EVAL_STEPS = 20
-ATTACK_ALIASES = {
-    "clean": "clean",
-    "pgd20": "pgd20",
-    "pgd-20": "pgd20",
-    "pgd": "pgd20",
-    "autoattack": "autoattack",
-    "aa": "autoattack",
-}
+ATTACK_ALIASES = {"clean": "clean", "autoattack": "autoattack", "aa": "autoattack"}
+# PGD evaluations by name: `pgdN` / `cwN` (N steps; cw: the CW margin loss), `pgdNxR` / `cwNxR` (R restarts).
+PGD_EVALUATION_LOSSES = {"pgd": "ce", "cw": "cw"}
+_PGD_EVALUATION = re.compile(r"(pgd|cw)(?:-?([0-9]+))?(?:x([0-9]+))?")
+_VALID_EVALUATIONS = (
+    "clean, autoattack (aa), pgdN and cwN (N steps of PGD on the cross-entropy or the CW margin loss: pgd20, cw20), "
+    "pgdNxR and cwNxR (R restarts, the worst case per image: pgd20x5)"
+)
 # The perturbations of the perception analysis (Figures 2 and 5).
 PERTURBATIONS = ("random", "pgd20")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -157,8 +160,37 @@ EVAL_BATCH_SIZE = 256
 AA_BATCH_SIZE = 250
 
 
+def pgd_evaluation(name):
+    """`(loss, num_steps, restarts)` of a canonical PGD evaluation name (`"cw20"` -> `("cw", 20, 1)`), else `None`."""
+    match = _PGD_EVALUATION.fullmatch(name)
+    if match is None:
+        return None
+    kind, steps, restarts = match.groups()
+    return PGD_EVALUATION_LOSSES[kind], int(steps or PGD_EVAL_STEPS), int(restarts or 1)
+
+
+def _canonical_evaluation(name):
+    """`"PGD-20"` -> `"pgd20"`, `"pgd"` -> `"pgd20"`, `"cw20x1"` -> `"cw20"`, `"aa"` -> `"autoattack"`."""
+    key = str(name).strip().lower()
+    if key in ATTACK_ALIASES:
+        return ATTACK_ALIASES[key]
+    match = _PGD_EVALUATION.fullmatch(key)
+    if match is None:
+        raise ValueError(f"Unknown evaluation {name!r}. Valid: {_VALID_EVALUATIONS}.")
+    kind, steps, restarts = match.groups()
+    steps, restarts = int(steps or PGD_EVAL_STEPS), int(restarts or 1)
+    if steps < 1 or restarts < 1:
+        raise ValueError(
+            f"Invalid evaluation {name!r}: its steps N and restarts R (pgdNxR) must be at least 1, e.g. pgd20x5."
+        )
+    return f"{kind}{steps}" + (f"x{restarts}" if restarts > 1 else "")
+
+
 def parse_attacks(attacks):
-    """Canonical evaluation names (`"pgd"` -> `"pgd20"`, `"aa"` -> `"autoattack"`), in order, once each.
+    """Canonical evaluation names, in order, once each.
+
+    `"aa"` is `"autoattack"`; a PGD evaluation is `pgdN` or `cwN` (N steps, default 20:
+    `"pgd"` and `"PGD-20"` are `"pgd20"`), with R restarts `pgdNxR` (`"cw20x1"` is `"cw20"`).
 
     Args:
         attacks: a list or a comma-separated string.
@@ -166,12 +198,7 @@ def parse_attacks(attacks):
     attacks = _checks.split_list(attacks)
     out = []
     for name in attacks:
-        key = ATTACK_ALIASES.get(str(name).lower())
-        if key is None:
-            raise ValueError(
-                f"Unknown evaluation {name!r}. Valid: {list(EVALUATION_ATTACKS)} "
-                "(comma-separated on the command line: clean,pgd20,autoattack)."
-            )
+        key = _canonical_evaluation(name)
         if key not in out:
             out.append(key)
     if not out:

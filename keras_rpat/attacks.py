@@ -17,6 +17,7 @@ with `style`:
 """
 
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -32,7 +33,9 @@ from keras_rpat._checks import parse_epsilon  # noqa: F401
 from keras_rpat._checks import validate_images
 
 STYLES = ("advertorch", "trades", "sotas")
-ATTACK_LOSSES = ("ce", "kl")
+ATTACK_LOSSES = ("ce", "kl", "cw")
+# The confidence (kappa) of the CW loss in the reference evaluation scripts (CAT, FAT, MART, GAIRAT).
+CW_CONFIDENCE = 50.0
 
 
 def _batch_norms(v):
@@ -66,6 +69,30 @@ def kl_from_logits(target_logits, logits):
     """
     log_t = ops.log_softmax(target_logits, axis=-1)
     return ops.sum(ops.exp(log_t) * (log_t - ops.log_softmax(logits, axis=-1)), axis=-1)
+
+
+def cw_loss(y, logits, confidence=CW_CONFIDENCE):
+    """Per-sample Carlini-Wagner margin loss, maximised by `PGD(loss="cw")`.
+
+    `min(max_{i != y} z_i - z_y - confidence, 0)`: the margin of the best other
+    class over the label, capped at `confidence`, minus `confidence` (the reference
+    `cwloss`: `-clamp(z_y - max_{i != y} z_i + confidence, min=0)`). Its gradient is the
+    margin's until the image is misclassified by `confidence` logits. Soft labels
+    (CutMix) count as their most likely class.
+    """
+    num_classes = logits.shape[-1]
+    label = ops.argmax(_soft_targets(y, logits), axis=-1)
+    is_label = ops.cast(ops.one_hot(label, num_classes), "bool")
+    other = ops.max(ops.where(is_label, ops.full_like(logits, -np.inf), logits), axis=-1)
+    real = ops.sum(ops.where(is_label, logits, ops.zeros_like(logits)), axis=-1)
+    return ops.minimum(other - real - confidence, 0.0)
+
+
+# The batch loss PGD maximises for a `loss` of logits and labels (the reference reductions).
+_LABEL_LOSSES = {
+    "ce": lambda y, logits: ops.mean(cross_entropy(y, logits)),
+    "cw": lambda y, logits: ops.sum(cw_loss(y, logits)),
+}
 
 
 def _check_call(model, x, y):
@@ -234,9 +261,10 @@ class PGD(Attack):
         style: `"advertorch"` (default), `"trades"` or `"sotas"`: the start
             and projection order of the three reference code bases; see the
             module docstring.
-        loss: `"ce"` (cross-entropy, mean over the batch) or `"kl"` (the
+        loss: `"ce"` (cross-entropy, mean over the batch), `"kl"` (the
             TRADES attack: summed `KL(p(x) || p(x'))` with the clean
-            prediction computed once).
+            prediction computed once) or `"cw"` (the CW margin loss `cw_loss`,
+            summed over the batch: PGD-CW).
         training: run BatchNorm in training mode during the attack (ReBAT).
         schedule: per-epoch parameter overrides (see `Attack`).
         seed: seed of the random start.
@@ -366,7 +394,7 @@ class PGD(Attack):
         else:
 
             def loss_fn(x_adv):
-                return ops.mean(cross_entropy(y, self._logits(model, x_adv)))
+                return _LABEL_LOSSES[self.loss](y, self._logits(model, x_adv))
 
         delta = self._init_delta(x)
         for _ in range(self.num_steps):
@@ -378,6 +406,59 @@ class PGD(Attack):
             with rpat_backend.no_grad():
                 self._logits(model, x + delta)
         return x + delta
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class RestartedPGD(PGD):
+    """PGD from `restarts` random starts, the worst case per image (PGD-20 x 5).
+
+    Runs `PGD.perturb` `restarts` times, each from its own random start drawn
+    from the attack's stream, and keeps for each image the first restart's
+    `x_adv` that the model misclassifies (its prediction in the attack's
+    `training` mode), else the last restart's: an image survives only if it
+    survives every restart. Costs `restarts` PGD runs and `restarts - 1` forwards.
+
+    Args:
+        restarts: number of random starts (>= 1; 1 is `PGD`).
+        *args, **kwargs: the arguments of `PGD`.
+
+    Example:
+
+    ```python
+    attack = keras_rpat.attacks.RestartedPGD("linf", 8/255, 2/255, num_steps=20, restarts=5)
+    ```
+    """
+
+    def __init__(self, *args, restarts=5, **kwargs):
+        self.restarts = _checks.check_positive_int(restarts, "restarts")
+        super().__init__(*args, **kwargs)
+        if self.restarts > 1 and not self.random_start:
+            warnings.warn(
+                f"RestartedPGD(restarts={self.restarts}, random_start=False) runs the same attack "
+                f"{self.restarts} times; pass random_start=True.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def get_config(self):
+        return {**super().get_config(), "restarts": self.restarts}
+
+    def perturb(self, model, x, y):
+        best = fooled = None
+        for restart in range(self.restarts):
+            x_adv = super().perturb(model, x, y)
+            if best is not None:
+                mask = ops.reshape(fooled, (-1,) + (1,) * (len(x.shape) - 1))
+                best = ops.where(mask, best, x_adv)
+            else:
+                best = x_adv
+            if restart < self.restarts - 1:  # the last restart's prediction decides nothing
+                with rpat_backend.no_grad():
+                    logits = self._logits(model, x_adv)
+                label = ops.argmax(_soft_targets(y, logits), axis=-1)
+                now = ops.not_equal(ops.argmax(logits, axis=-1), label)
+                fooled = now if fooled is None else ops.logical_or(fooled, now)
+        return best
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")

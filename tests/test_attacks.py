@@ -636,6 +636,7 @@ ATTACK_CONFIGS = [
     attacks.MARTAttack("l2", 0.5, 0.1, 5, seed=1),
     attacks.FGSM(4 / 255, random_start=True, seed=2),
     attacks.RandomNoise(8 / 255, seed=4),
+    attacks.RestartedPGD("linf", 8 / 255, 2 / 255, 20, loss="cw", seed=5, restarts=3),
 ]
 
 
@@ -665,3 +666,95 @@ def test_fgsm_round_trip_keeps_its_shape():
 def test_bad_value_in_schedule_fails_at_construction():
     with pytest.raises(ValueError, match="epsilon"):
         attacks.PGD(schedule={100: {"epsilon": -1.0}})
+
+
+# ---------------------------------------------------------------------------
+# The CW margin loss and restarts
+# ---------------------------------------------------------------------------
+
+
+def np_cw_loss(y, z, confidence):
+    """The reference `cwloss` per sample: `-clamp(z_y - max_{i != y} z_i + confidence, min=0)` (one-hot, -10000 mask)."""
+    onehot = np.eye(z.shape[1])[y]
+    real = np.sum(onehot * z, axis=1)
+    other = np.max((1.0 - onehot) * z - onehot * 10000.0, axis=1)
+    return -np.maximum(real - other + confidence, 0.0)
+
+
+def test_cw_loss_matches_the_reference_formula():
+    rng = np.random.default_rng(0)
+    z = 30.0 * rng.standard_normal((64, 10))  # margins beyond +-50: the cap is reached
+    y = rng.integers(0, 10, 64)
+    for confidence in (50.0, 0.0):
+        got = to_np(attacks.cw_loss(y, keras.ops.convert_to_tensor(z.astype("float32")), confidence=confidence))
+        expected = np_cw_loss(y, z.astype("float32").astype(np.float64), confidence)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4)
+    capped = np_cw_loss(y, z, 50.0) == 0.0
+    assert 0 < capped.sum() < len(y)  # both branches of the clamp are exercised
+    # Soft labels count as their most likely class.
+    soft = 0.1 / 9 * np.ones((64, 10))
+    soft[np.arange(64), y] = 0.9
+    np.testing.assert_array_equal(
+        to_np(attacks.cw_loss(soft, keras.ops.convert_to_tensor(z))),
+        to_np(attacks.cw_loss(y, keras.ops.convert_to_tensor(z))),
+    )
+
+
+def cw_sum_grad(x, y, w, b, confidence=attacks.CW_CONFIDENCE):
+    """d/dx of sum_i min(max_{j != y_i} z_ij - z_iy - confidence, 0) for z = W^T flat(x) + b."""
+    z = linear_logits(x, w, b)
+    masked = np.where(np.eye(w.shape[1], dtype=bool)[y], -np.inf, z)
+    other = np.argmax(masked, axis=1)
+    active = (masked[np.arange(len(y)), other] - z[np.arange(len(y)), y] - confidence) < 0
+    return (active[:, None] * (w[:, other] - w[:, y]).T).reshape(x.shape)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_on_the_cw_loss_matches_numpy(norm, monkeypatch):
+    x, y, w, b = linear_problem(seed=3)
+    eps, step = BUDGETS[norm]
+    attack = attacks.PGD(norm, eps, step, 2, random_start=False, loss="cw")
+    rec = Recorder(monkeypatch)
+    x_adv = to_np(attack(linear_model(w, b), x, y))
+    x64 = x.astype(np.float64)
+    expected, grads = np_pgd(x64, lambda xa: cw_sum_grad(xa, y, w, b), norm, "advertorch", eps, step, 2)
+    if norm == "linf":
+        _check_no_sign_ambiguity(grads)
+    np.testing.assert_allclose(x_adv, expected, rtol=0, atol=1e-5)
+    for xi, loss in zip(rec.inputs, rec.losses):  # the batch loss is the summed CW loss
+        np.testing.assert_allclose(loss, np_cw_loss(y, linear_logits(xi, w, b), 50.0).sum(), rtol=1e-5)
+    ce_attack = attacks.PGD(norm, eps, step, 2, random_start=False, loss="ce")
+    assert not np.allclose(to_np(ce_attack(linear_model(w, b), x, y)), x_adv, atol=1e-5)  # the loss mattered
+
+
+@float64_precision()
+def test_restarts_keep_the_first_fooling_start_else_the_last():
+    """In float64: `RestartedPGD(restarts=3)` against three single-start runs of `PGD` drawing the same starts."""
+    x, _, w, b = linear_problem(seed=2, batch=32, classes=2, w_scale=0.3)
+    model = linear_model(w, b)
+    x = x.astype(np.float64)
+    y = np.argmax(to_np(model(x)), axis=-1)  # all correct; a short step, so the start decides (0.4 of them flip)
+    settings = dict(norm="linf", epsilon=0.2, step_size=0.01, num_steps=1, seed=7)
+    single = attacks.PGD(**settings)
+    runs = [to_np(single(model, x, y)) for _ in range(3)]  # one stream: the starts of restarts 1, 2, 3
+    fooled = np.array([np.argmax(to_np(model(r)), axis=-1) != y for r in runs])
+    first = np.where(fooled.any(axis=0), np.argmax(fooled, axis=0), 2)  # first fooling restart, else the last
+    expected = np.stack([runs[first[i]][i] for i in range(len(y))])
+    # The set-up discriminates: images fooled only by a later start, images no start fools.
+    assert (fooled[1:].any(axis=0) & ~fooled[0]).sum() >= 2 and (~fooled.any(axis=0)).sum() >= 2
+    x_adv = to_np(attacks.RestartedPGD(**settings, restarts=3)(model, x, y))
+    np.testing.assert_allclose(x_adv, expected, rtol=0, atol=1e-12)
+    robust = np.argmax(to_np(model(x_adv)), axis=-1) == y
+    np.testing.assert_array_equal(robust, ~fooled.any(axis=0))  # robust only if every start fails
+    one = attacks.RestartedPGD(**settings, restarts=1)(model, x, y)
+    np.testing.assert_allclose(to_np(one), to_np(attacks.PGD(**settings)(model, x, y)), rtol=0, atol=0)
+
+
+def test_restarted_pgd_arguments():
+    for bad in (0, -1, 2.5, True, "5"):
+        with pytest.raises(ValueError, match=r"`restarts` must be a positive integer\. Received: restarts="):
+            attacks.RestartedPGD(restarts=bad)
+    with pytest.warns(UserWarning, match="runs the same attack 3 times; pass random_start=True"):
+        attacks.RestartedPGD(random_start=False, restarts=3)
+    with pytest.raises(ValueError, match="Unknown attack `loss`"):
+        attacks.PGD(loss="margin")

@@ -164,3 +164,80 @@ def test_autoattack_bad_attack_name(files):
         cli_evaluate.autoattack_command, [files / "model.keras", "--dataset", files / "data.npz", "--attacks", "pgd"]
     )
     assert res.exit_code == 2 and "Unknown AutoAttack attack 'pgd'" in res.output
+
+
+def test_eval_cw_and_restarts_resume_from_their_state_files(files, monkeypatch):
+    out, state = files / "variants.json", files / "variants_state.json"
+    args = [files / "model.keras", "--dataset", files / "data.npz", "--n", "12", "--batch-size", "8"]
+    args += ["--attacks", "clean,cw1,PGD-1x2", "--state", state, "--out", out]
+    res = invoke(cli_evaluate.eval_command, args)
+    assert res.exit_code == 0, res.output
+    assert "clean, cw1, pgd1x2" in res.output and "CW-1 " in res.output and "PGD-1x2 " in res.output
+    result = json.loads(out.read_text())
+    assert list(result["pgd_variants"]) == ["cw1", "pgd1x2"] and result["pgd20"] is None
+    assert result["pgd_variants"]["pgd1x2"] == {
+        "accuracy": result["pgd_variants"]["pgd1x2"]["accuracy"],
+        "loss": "ce",
+        "num_steps": 1,
+        "restarts": 2,
+    }
+    assert result["robust_source"] in ("cw1", "pgd1x2")
+    for name in ("cw1", "pgd1x2"):  # each PGD evaluation's state beside --state
+        saved = json.loads((files / f"variants_state.pgd.{name}.json").read_text())
+        assert saved["done"] == 12 and saved["attack"]["loss"] == ("cw" if name == "cw1" else "ce")
+    # The same numbers as the library with the same settings.
+    model = keras.saving.load_model(files / "model.keras")
+    with np.load(files / "data.npz") as d:
+        idx = (np.arange(12) * 20) // 12
+        x, y = d["x_test"][idx].astype("float32") / 255, d["y_test"][idx]
+    expected = evaluation.evaluate(model, x, y, attacks="cw1,pgd1x2", batch_size=8)
+    assert result["pgd_variants"] == expected.pgd_variants
+    # A rerun with the finished states attacks nothing and gives the same result.
+    monkeypatch.setattr(attacks.PGD, "perturb", lambda *a: pytest.fail("a finished evaluation ran again"))
+    again = invoke(cli_evaluate.eval_command, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(out.read_text())["pgd_variants"] == result["pgd_variants"]
+
+
+@pytest.mark.parametrize(
+    "attacks_option, message",
+    [
+        ("clean,pgd20x0", "Invalid evaluation 'pgd20x0': its steps N and restarts R (pgdNxR) must be at least 1"),
+        ("clean,cw0", "Invalid evaluation 'cw0'"),
+        ("clean,pgd20y5", "Unknown evaluation 'pgd20y5'. Valid: clean, autoattack (aa), pgdN and cwN"),
+    ],
+)
+def test_eval_bad_attack_names(files, attacks_option, message):
+    res = invoke(
+        cli_evaluate.eval_command, [files / "model.keras", "--dataset", files / "data.npz", "--attacks", attacks_option]
+    )
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()) and "pgdNxR" in res.output and "Traceback" not in res.output
+
+
+def test_eval_robustbench_json(files, monkeypatch):
+    from keras_rpat import autoattack
+
+    # AutoAttack itself is tested elsewhere: here its accuracy only has to reach the record.
+    monkeypatch.setattr(autoattack, "run_autoattack", lambda *a, **k: (37.5, None))
+    out, record_path = files / "aa_result.json", files / "model_info.json"
+    args = [files / "model.keras", "--dataset", files / "data.npz", "--n", "8", "--attacks", "clean,aa"]
+    res = invoke(cli_evaluate.eval_command, [*args, "--out", out, "--robustbench-json", record_path])
+    assert res.exit_code == 0, res.output
+    assert f"Wrote {record_path}" in res.output
+    result, record = json.loads(out.read_text()), json.loads(record_path.read_text())
+    assert record["clean_acc"] == f"{result['clean']:.2f}" and record["autoattack_acc"] == "37.50"
+    assert (record["eps"], record["threat_model"], record["n_examples"]) == ("8/255", "Linf", 8)
+    assert (record["architecture"], record["dataset"]) == ("small_cnn", "data")
+    assert record["footnote"] == "Evaluated on 8 of the 20 test images."
+    res = invoke(cli_evaluate.eval_command, [*args, "--robustbench-json", record_path, "--architecture", "WRN-x"])
+    assert res.exit_code == 0 and json.loads(record_path.read_text())["architecture"] == "WRN-x"
+    # Without AutoAttack there is no record to write: refused before any work.
+    res = invoke(cli_evaluate.eval_command, [*args[:-1], "clean,pgd20", "--robustbench-json", record_path])
+    assert res.exit_code == 2, res.output
+    assert "add autoattack to --attacks" in res.output and "--robustbench-json" in res.output
+    res = invoke(cli_evaluate.eval_command, [*args, "--robustbench-json", files / "model.keras"])
+    assert res.exit_code == 2 and "would destroy it" in res.output
+    with pytest.warns(UserWarning, match="--architecture WRN-x is only written by --robustbench-json"):
+        res = invoke(cli_evaluate.eval_command, [*args, "--architecture", "WRN-x"])
+    assert res.exit_code == 0, res.output

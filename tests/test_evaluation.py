@@ -11,6 +11,7 @@ import keras_rpat  # noqa: F401  (selects the default backend before keras)
 import decimal
 import json
 import os
+import re
 import warnings
 
 import keras
@@ -22,6 +23,7 @@ from keras_rpat import attacks, evaluation, models
 
 from testing import BACKEND  # noqa: E402
 from testing import float64_precision  # noqa: E402
+from testing import to_np  # noqa: E402
 
 
 def tiny_cnn(num_classes=4, data_format="channels_last", seed=0, softmax=False):
@@ -676,3 +678,174 @@ def test_evaluate_with_autoattack_and_trainer():
     assert result.autoattack <= result.clean and result.robust_source == "autoattack"
     assert result.autoattack_attacks == ["apgd-ce"] and result.autoattack_version == "custom"
     assert (result.mean, result.nrr) == pytest.approx(evaluation.mean_nrr(result.clean, result.autoattack))
+
+
+# ---------------------------------------------------------------------------
+# PGD variants: the CW loss and restarts (cw20, pgd20x5), the RobustBench record
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given, canonical",
+    [
+        ("clean,pgd,aa", ["clean", "pgd20", "autoattack"]),
+        ("PGD-20,cw20,cw-20", ["pgd20", "cw20"]),
+        ("pgd20x5,cw10x3,pgd50,cw", ["pgd20x5", "cw10x3", "pgd50", "cw20"]),
+        ("pgd20x1,pgdx5", ["pgd20", "pgd20x5"]),
+    ],
+)
+def test_parse_attacks_names_pgd_variants(given, canonical):
+    assert evaluation.parse_attacks(given) == canonical
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("pgd0", "Invalid evaluation 'pgd0': its steps N and restarts R (pgdNxR) must be at least 1"),
+        ("cw20x0", "Invalid evaluation 'cw20x0'"),
+        ("pgd20x", "Unknown evaluation 'pgd20x'. Valid: clean, autoattack (aa), pgdN and cwN"),
+        ("fgsm", "Unknown evaluation 'fgsm'"),
+    ],
+)
+def test_parse_attacks_bad_names(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        evaluation.parse_attacks(f"clean,{name}")
+    assert "pgdNxR" in str(info.value) and "\n" not in str(info.value)
+
+
+def _boundary_problem(n=32):
+    """Two classes, linear logits, the `n` of 256 images nearest the boundary, labels = predictions: at eps 0.5
+    and a step of 0.01 the random start decides."""
+    model, w, b = two_class_linear()
+    x = np.random.default_rng(5).uniform(0.0, 1.0, size=(256, 4, 4, 3)).astype("float32")
+    logits = x.reshape(len(x), -1).astype(np.float64) @ w + b
+    x = x[np.argsort(np.abs(logits[:, 1] - logits[:, 0]))[:n]]
+    return model, x, np.argmax(x.reshape(n, -1).astype(np.float64) @ w + b, -1)
+
+
+@float64_precision()
+def test_evaluate_restarts_are_the_worst_case_of_single_starts_batch_by_batch():
+    """In float64: `pgd1x3` counts an image robust iff each of 3 single-start PGD runs (the same stream,
+    batch by batch) leaves it correct; `cw1` is `pgd_accuracy(loss="cw")`; Mean / NRR take the lowest."""
+    model, x, y = _boundary_problem()
+    settings = dict(epsilon=0.5, step_size=0.01, batch_size=16, seed=7)
+    result = evaluation.evaluate(model, x, y, attacks="clean,pgd1x3,cw1,pgd1", **settings)
+    single = evaluation.evaluation_pgd("linf", 0.5, 0.01, 1, seed=7)
+    survived = np.ones(len(x), bool)
+    for start in (0, 16):
+        xb, yb = x[start : start + 16].astype(np.float64), y[start : start + 16]
+        for _ in range(3):
+            survived[start : start + 16] &= np.argmax(to_np(model(single(model, xb, yb))), -1) == yb
+    worst = 100.0 * survived.mean()
+    cw = evaluation.pgd_accuracy(model, x, y, "linf", 0.5, 0.01, 1, 16, seed=7, loss="cw")
+    assert result.pgd_variants == {
+        "pgd1x3": {"accuracy": pytest.approx(worst), "loss": "ce", "num_steps": 1, "restarts": 3},
+        "cw1": {"accuracy": pytest.approx(cw), "loss": "cw", "num_steps": 1, "restarts": 1},
+        "pgd1": {"accuracy": result.pgd_variants["pgd1"]["accuracy"], "loss": "ce", "num_steps": 1, "restarts": 1},
+    }
+    assert worst < result.pgd_variants["pgd1"]["accuracy"]  # the restarts found more (the test discriminates)
+    assert result.robust_source == "pgd1x3" and result.pgd20 is None and result.num_steps is None
+    assert (result.mean, result.nrr) == pytest.approx(evaluation.mean_nrr(result.clean, worst))
+    assert "PGD-1x3 " in result.summary() and "CW-1 " in result.summary()
+
+
+def test_num_steps_overrides_the_names_and_warns_on_duplicates():
+    model, x, y = _boundary_problem(8)
+    with pytest.warns(UserWarning, match="the evaluations 'pgd20' and 'pgd5' are the same attack \\(PGD-1\\)"):
+        result = evaluation.evaluate(model, x, y, attacks="pgd20,pgd5,cw3x2", num_steps=1)
+    assert result.num_steps == 1 and result.pgd_variants["pgd5"]["num_steps"] == 1
+    assert result.pgd_variants["cw3x2"]["num_steps"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        result = evaluation.evaluate(model, x, y, attacks="cw3,pgd2")
+    assert (result.pgd_variants["cw3"]["num_steps"], result.pgd_variants["pgd2"]["num_steps"]) == (3, 2)
+
+
+def test_pgd_variants_resume_after_an_interruption(tmp_path, monkeypatch):
+    from keras_rpat import _resume
+
+    model, x, y = _boundary_problem(16)
+    settings = dict(attacks="clean,pgd2x2,cw2", epsilon=0.5, step_size=0.01, batch_size=8, seed=3)
+    whole = evaluation.evaluate(model, x, y, **settings, pgd_state_path=tmp_path / "whole.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.cw2.json", "whole.pgd2x2.json"]
+    save, saves = _resume.StateFile.save, []
+
+    def save_then_stop(self):
+        save(self)
+        saves.append(self.path)
+        if len(saves) == 3:  # pgd2x2's two batches, then cw2's first
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_resume.StateFile, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(model, x, y, **settings, pgd_state_path=tmp_path / "stopped.json")
+    monkeypatch.undo()
+    perturbed = []
+    for cls in (attacks.PGD, attacks.RestartedPGD):
+        monkeypatch.setattr(
+            cls,
+            "perturb",
+            lambda self, m, xb, yb, perturb=cls.perturb: perturbed.append(self.loss) or perturb(self, m, xb, yb),
+        )
+    resumed = evaluation.evaluate(model, x, y, **settings, pgd_state_path=tmp_path / "stopped.json")
+    assert perturbed == ["cw"]  # only cw2's second batch was left
+    assert resumed.pgd_variants == whole.pgd_variants
+    for name in ("pgd2x2", "cw2"):
+        stopped = json.loads((tmp_path / f"stopped.{name}.json").read_text())
+        assert stopped == json.loads((tmp_path / f"whole.{name}.json").read_text())
+    (tmp_path / "bad.cw2.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.cw2.json is not a keras_rpat PGD evaluation state file"):
+        evaluation.evaluate(model, x, y, **settings, pgd_state_path=tmp_path / "bad.json")
+
+
+def test_eval_result_with_pgd_variants():
+    variants = {
+        "cw20": {"accuracy": 45.0, "loss": "cw", "num_steps": 20, "restarts": 1},
+        "pgd20x5": {"accuracy": 48.0, "loss": "ce", "num_steps": 20, "restarts": 5},
+    }
+    r = evaluation.EvalResult(clean=80.0, pgd20=50.0, n=100, pgd_variants=variants)
+    assert r.robust_source == "cw20" and (r.mean, r.nrr) == pytest.approx(evaluation.mean_nrr(80.0, 45.0))
+    assert "PGD-20 50.00, CW-20 45.00, PGD-20x5 48.00, Mean" in r.summary()
+    assert evaluation.EvalResult.from_dict(json.loads(r.to_json())) == r
+    assert evaluation.EvalResult(clean=80.0, autoattack=47.0, pgd_variants=variants).robust_source == "autoattack"
+    old = {"clean": 80.0, "pgd20": 50.0, "n": 100}  # a result file written before pgd_variants
+    assert evaluation.EvalResult.from_dict(old).pgd_variants == {}
+
+
+def test_robustbench_record(tmp_path):
+    from keras_rpat.evaluation import robustbench
+
+    result = evaluation.EvalResult(
+        clean=84.921, autoattack=53.076, n=1000, epsilon=8 / 255, autoattack_version="standard"
+    )
+    result.autoattack_attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    path = evaluation.write_robustbench_json(tmp_path / "rb.json", result, "cifar10", "WideResNet-34-10", 10000)
+    record = json.loads(path.read_text())
+    assert sorted(os.listdir(tmp_path)) == ["rb.json"]  # written atomically: no temporary file left
+    assert list(record)[:13] == list(robustbench.ROBUSTBENCH_FIELDS)
+    assert record["clean_acc"] == "84.92" and record["autoattack_acc"] == "53.08" and record["eps"] == "8/255"
+    assert (record["dataset"], record["architecture"], record["threat_model"]) == (
+        "cifar10",
+        "WideResNet-34-10",
+        "Linf",
+    )
+    assert record["n_examples"] == 1000 and record["number_forward_passes"] == 1
+    assert record["footnote"] == "Evaluated on 1000 of the 10000 test images."
+    assert all(record[k] is None for k in ("link", "name", "authors", "venue", "reported", "additional_data"))
+    l2 = evaluation.EvalResult(
+        clean=90.0, autoattack=70.0, n=10000, norm="l2", epsilon=0.5, autoattack_version="custom"
+    )
+    l2.autoattack_attacks = ["apgd-ce"]
+    record = evaluation.robustbench_record(l2, "cifar10", "ResNet-18", 10000)
+    assert (record["eps"], record["threat_model"]) == ("0.5", "L2")
+    assert record["footnote"] == "AutoAttack version 'custom' (apgd-ce), not the standard one."
+    with pytest.raises(ValueError, match="holds the AutoAttack accuracy"):
+        evaluation.robustbench_record(evaluation.EvalResult(clean=90.0, pgd20=50.0), "cifar10", "ResNet-18")
+    names = ["wide_resnet28_10", "wide_resnet34_10", "preact_resnet18", "resnet18", "small_cnn"]
+    assert [robustbench.architecture_name(n) for n in names] == [
+        "WideResNet-28-10",
+        "WideResNet-34-10",
+        "PreActResNet-18",
+        "ResNet-18",
+        "small_cnn",
+    ]

@@ -3,6 +3,8 @@
 ```
 keras-rpat eval MODEL.keras --dataset cifar10 --attacks clean,pgd20,autoattack \\
     --norm linf --epsilon 8/255 --out result.json
+keras-rpat eval MODEL.keras --dataset cifar10 --attacks clean,cw20,pgd20x5,autoattack \\
+    --state eval_state.json --robustbench-json model_info.json
 keras-rpat autoattack MODEL.keras --dataset cifar10 --n 1000 \\
     --attacks apgd-ce,apgd-t --state aa_state.json --out aa.json
 ```
@@ -20,6 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 
 import click
@@ -242,12 +245,12 @@ def _synthetic_like(model):
     return options
 
 
-def _check_not_overwritten(model_path, dataset, out, state):
-    """`--out` and `--state` are written: neither may be an input of the command, nor the other."""
+def _check_not_overwritten(model_path, dataset, outputs):
+    """The files of `outputs` (`{option: path}`) are written: none may be an input of the command, nor another."""
     inputs = [("the MODEL", model_path)]
     if str(dataset).lower().endswith(".npz"):
         inputs.append(("the --dataset", dataset))
-    for option, path in (("--out", out), ("--state", state)):
+    for option, path in outputs.items():
         for what, other in inputs:
             if path is not None and other is not None and os.path.realpath(path) == os.path.realpath(other):
                 raise click.BadParameter(
@@ -257,17 +260,43 @@ def _check_not_overwritten(model_path, dataset, out, state):
         inputs.append((f"the {option}", path))
 
 
-def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=False, **settings):
+def _pgd_state_path(state, attacks):
+    """The `pgd_state_path` of `--state STATE` (`STATE` is AutoAttack's): `<STATE without extension>.pgd.json`,
+    when a PGD evaluation runs."""
+    if state is None or not any(_names.pgd_evaluation(name) for name in attacks):
+        return None
+    root, ext = os.path.splitext(os.fspath(state))
+    return f"{root}.pgd{ext or '.json'}"
+
+
+def _evaluate_saved_model(
+    model_path, dataset, n, out, unsafe_deserialization=False, robustbench_json=None, architecture=None, **settings
+):
     """Loads MODEL and the test split, runs `keras_rpat.evaluation.evaluate(**settings)`, prints and saves.
 
     `settings` are `evaluate`'s own keyword arguments (`attacks`, `norm`,
-    `epsilon`, ...), passed through unchanged.
+    `epsilon`, ...), passed through unchanged. With `robustbench_json`, the
+    result is also written there as a RobustBench record (`architecture`: its
+    architecture; default: from the model's name).
     """
     from keras_rpat import evaluation  # imports Keras; loaded when a command runs
 
-    _check_not_overwritten(model_path, dataset, out, settings.get("aa_state_path"))
+    if robustbench_json is not None and "autoattack" not in settings["attacks"]:
+        raise click.BadParameter(
+            "the RobustBench record holds the AutoAttack accuracy: add autoattack to --attacks "
+            f"(e.g. --attacks clean,autoattack). Received: --attacks {','.join(settings['attacks'])}",
+            param_hint="'--robustbench-json'",
+        )
+    if architecture is not None and robustbench_json is None:
+        warnings.warn(f"--architecture {architecture} is only written by --robustbench-json, which is not given.")
+    outputs = {"--out": out, "--state": settings.get("aa_state_path"), "--robustbench-json": robustbench_json}
+    _check_not_overwritten(model_path, dataset, outputs)
+    pgd_path = settings.get("pgd_state_path")
+    pgd_names = [name for name in settings["attacks"] if pgd_path and _names.pgd_evaluation(name)]
     try:
         _resume.check_state_file(settings.get("aa_state_path"), _resume.AUTOATTACK)
+        for name in pgd_names:
+            _resume.check_state_file(evaluation.metrics.pgd_state_file(pgd_path, name), _resume.PGD)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--state'") from None
     if settings["epsilon"] is None:
@@ -293,7 +322,8 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
         + ", ".join(settings["attacks"])
         + (f" ({launch.world_size} ranks)" if launch.world_size > 1 else "")
     )
-    settings["aa_state_path"] = launch_lib.rank_file(settings.get("aa_state_path"), launch.rank)  # one writer per file
+    for key in ("aa_state_path", "pgd_state_path"):  # one writer per file
+        settings[key] = launch_lib.rank_file(settings.get(key), launch.rank)
     settings["verbose"] = settings.get("verbose", False) and launch.primary
     try:
         result = evaluation.evaluate(model, x, y, **settings)
@@ -305,6 +335,10 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
     if out is not None and launch.primary:
         result.save(out)
         echo(f"Wrote {out}")
+    if robustbench_json is not None and launch.primary:
+        architecture = architecture or evaluation.robustbench.architecture_name(model.name)
+        evaluation.write_robustbench_json(robustbench_json, result, data.name, architecture, len(data.x_test))
+        echo(f"Wrote {robustbench_json} (RobustBench model_info: fill in link, name, authors, venue, reported)")
     return result
 
 
@@ -321,14 +355,36 @@ def _evaluate_saved_model(model_path, dataset, n, out, unsafe_deserialization=Fa
     type=opt.EVALUATIONS,
     default="clean,pgd20",
     show_default=True,
-    help="Comma-separated: clean, pgd20, autoattack.",
+    help="Comma-separated: clean, pgd20, autoattack; cwN (N-step PGD on the CW margin loss: cw20); pgdNxR, cwNxR "
+    "(R random starts, the worst case per image: pgd20x5); pgdN.",
 )
 @click.option("--step-size", type=opt.FRACTION, default=None, help="PGD step, e.g. 2/255. Default: epsilon/4.")
 @click.option(
-    "--num-steps", type=click.IntRange(min=1), default=_names.PGD_EVAL_STEPS, show_default=True, help="PGD steps."
+    "--num-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps of every PGD evaluation. Default: the number in its name (pgd20, cw20, pgd20x5: 20).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=_names.EVAL_BATCH_SIZE, show_default=True)
-@opt.state_option()
+@click.option(
+    "--state",
+    type=opt.OUT_FILE,
+    default=None,
+    help="State file: rerun with it to resume. AutoAttack keeps STATE, the PGD evaluations STATE.pgd.json "
+    "(pgd20) and STATE.pgd.NAME.json (e.g. cw20) beside it (STATE without its extension).",
+)
+@click.option(
+    "--robustbench-json",
+    type=opt.OUT_FILE,
+    default=None,
+    help="Also write the result as a RobustBench model_info record (clean and AutoAttack accuracy, eps, "
+    "architecture, threat model, number of images). Needs autoattack in --attacks.",
+)
+@click.option(
+    "--architecture",
+    default=None,
+    help="The architecture named in --robustbench-json. Default: from the model's name (e.g. WideResNet-28-10).",
+)
 @click.option(
     "--verbose", is_flag=True, help="Print the progress of PGD (elapsed, ETA, accuracy so far) and AutoAttack."
 )
@@ -347,6 +403,8 @@ def eval_command(
     num_steps,
     batch_size,
     state,
+    robustbench_json,
+    architecture,
     verbose,
 ):
     """Clean, PGD-20 and AutoAttack accuracy of a saved model, with Mean and NRR."""
@@ -356,6 +414,8 @@ def eval_command(
         n,
         out,
         unsafe_deserialization,
+        robustbench_json,
+        architecture,
         attacks=list(attacks),
         norm=norm,
         epsilon=epsilon,
@@ -364,6 +424,7 @@ def eval_command(
         batch_size=batch_size,
         seed=seed,
         aa_state_path=state,
+        pgd_state_path=_pgd_state_path(state, attacks),
         verbose=verbose,
     )
 

@@ -3,8 +3,9 @@
 Everything here is `keras.ops` and NumPy, so it runs unchanged on every
 supported backend; AutoAttack runs through `keras_rpat.autoattack`. One
 module a job: `metrics` (the accuracies, `evaluate`, `EvalResult`),
-`perception` (the paper's perception analysis) and `provenance` (what a
-results file records besides its numbers). All accuracies are in percent.
+`perception` (the paper's perception analysis), `provenance` (what a
+results file records besides its numbers) and `robustbench` (a result as a
+RobustBench `model_info` record). All accuracies are in percent.
 """
 
 from keras_rpat._checks import infer_data_format
@@ -27,6 +28,8 @@ from keras_rpat.evaluation.metrics import pgd_accuracy
 from keras_rpat.evaluation.perception import PerceptionResult
 from keras_rpat.evaluation.perception import perception_analysis
 from keras_rpat.evaluation.provenance import provenance
+from keras_rpat.evaluation.robustbench import robustbench_record
+from keras_rpat.evaluation.robustbench import write_robustbench_json
 
 __all__ = [
     "EVALUATION_ATTACKS",
@@ -44,4 +47,6 @@ __all__ = [
     "perception_analysis",
     "pgd_accuracy",
     "provenance",
+    "robustbench_record",
+    "write_robustbench_json",
 ]

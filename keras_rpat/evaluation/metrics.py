@@ -17,19 +17,23 @@ The protocol (docs/algorithms.md#evaluation-protocol):
 * **PGD-20**: 20-step PGD with a random start, in the run's norm, budget and
   step (`step_size` defaults to `epsilon / 4`: 2/255 for L-inf 8/255, 32/255
   for L2 128/255), inference mode, one restart, the advertorch algorithm.
+  Beyond the protocol, `cw20` is the same PGD on the CW margin loss
+  (`attacks.cw_loss`) and `pgd20x5` (`cw20x5`) its worst case over 5 random
+  starts per image (`attacks.RestartedPGD`).
 * **AutoAttack**: the standard version (APGD-CE, APGD-T, FAB-T, Square) in the
   run's norm.
 * **Mean** = `(clean + robust) / 2` and **NRR** = `2 clean robust / (clean +
-  robust)`, with `robust` the AutoAttack accuracy when it was run, else PGD-20.
+  robust)`, with `robust` the AutoAttack accuracy when it was run, else the
+  lowest PGD accuracy (PGD-20, CW-20, ...).
 
 All accuracies are in percent.
 """
 
 import dataclasses
 import math
+import os
 import time
 import warnings
-
 
 import numpy as np
 from keras import ops
@@ -44,6 +48,7 @@ from keras_rpat import fast_path
 from keras_rpat._names import EVAL_BATCH_SIZE
 from keras_rpat._names import PGD_EVAL_STEPS
 from keras_rpat._names import parse_attacks
+from keras_rpat._names import pgd_evaluation
 from keras_rpat._progress import Progress
 from keras_rpat.evaluation.provenance import JSONResult
 from keras_rpat.evaluation.provenance import provenance
@@ -124,19 +129,30 @@ def attack_function(model, attack, clean=False):
     return attacked
 
 
-def evaluation_pgd(norm, epsilon, step_size, num_steps, seed):
-    """The evaluation PGD: advertorch style, random start, CE, inference mode (docs/algorithms.md#evaluation-protocol)."""
-    return attacks_lib.PGD(
-        norm=norm,
-        epsilon=epsilon,
-        step_size=step_size,
-        num_steps=num_steps,
-        random_start=True,
-        style="advertorch",
-        loss="ce",
-        training=False,
-        seed=seed,
-    )
+def evaluation_pgd(norm, epsilon, step_size, num_steps, seed, loss="ce", restarts=1):
+    """The evaluation PGD: advertorch style, random start, inference mode (docs/algorithms.md#evaluation-protocol);
+    CE (`loss="cw"`: the CW margin), one random start (`restarts=R`: `attacks.RestartedPGD`)."""
+    if loss not in ("ce", "cw"):
+        raise ValueError(f"The evaluation PGD's `loss` is 'ce' or 'cw' (the CW margin). Received: loss={loss!r}")
+    settings = dict(norm=norm, epsilon=epsilon, step_size=step_size, num_steps=num_steps, random_start=True)
+    settings.update(style="advertorch", loss=loss, training=False, seed=seed)
+    if _checks.check_positive_int(restarts, "restarts") > 1:
+        return attacks_lib.RestartedPGD(**settings, restarts=restarts)
+    return attacks_lib.PGD(**settings)
+
+
+def pgd_label(loss, num_steps, restarts=1):
+    """`"PGD-20"`, `"CW-20"`, `"PGD-20x5"`: an evaluation PGD's name in summaries."""
+    return f"{'CW' if loss == 'cw' else 'PGD'}-{num_steps}" + (f"x{restarts}" if restarts > 1 else "")
+
+
+def pgd_state_file(path, name):
+    """The state file of the PGD evaluation `name` of `evaluate(..., pgd_state_path=path)`: `path` for `"pgd20"`,
+    the file beside it with `.<name>` before the extension for the others (`pgd_state.json` -> `pgd_state.cw20.json`)."""
+    if path is None or name == "pgd20":
+        return path
+    root, ext = os.path.splitext(os.fspath(path))
+    return f"{root}.{name}{ext}"
 
 
 def attack_correct(model, attack, x, y, batch_size, progress=None, state_path=None):
@@ -210,13 +226,17 @@ def pgd_accuracy(
     batch_size=EVAL_BATCH_SIZE,
     seed=0,
     state_path=None,
+    loss="ce",
+    restarts=1,
 ):
     """Robust accuracy (percent) under PGD with a random start (PGD-20).
 
     The Bench evaluation attack (advertorch `PGDAttack`, docs/algorithms.md#attacks,
     #evaluation-protocol): uniform random start in the ball, `num_steps` steps of size
     `step_size` on the batch-mean cross-entropy, projection and [0, 1] clip
-    after every step, one restart, BatchNorm in inference mode.
+    after every step, one restart, BatchNorm in inference mode. `loss="cw"`
+    maximises the CW margin instead (PGD-CW); `restarts=R` counts an image as
+    robust only if it survives R random starts (`attacks.RestartedPGD`).
 
     Args:
         model: a Keras model (or an `RPATTrainer`).
@@ -232,6 +252,8 @@ def pgd_accuracy(
         state_path: JSON file recording the finished batches (and the random
             state); an interrupted evaluation restarted with the same file
             resumes after its last finished batch, with the same result.
+        loss: `"ce"` (cross-entropy) or `"cw"` (the CW margin loss).
+        restarts: random starts per image (the worst case counts).
 
     Returns:
         The robust accuracy in percent.
@@ -240,6 +262,7 @@ def pgd_accuracy(
 
     ```python
     rob = keras_rpat.evaluation.pgd_accuracy(model, x_test, y_test, "linf", 8/255)
+    cw_x5 = keras_rpat.evaluation.pgd_accuracy(model, x_test, y_test, "linf", 8/255, loss="cw", restarts=5)
     ```
 
     References:
@@ -247,7 +270,7 @@ def pgd_accuracy(
           Attacks, ICLR 2018.
     """
     model = _checks.evaluation_model(model)
-    attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
+    attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed, loss, restarts)
     x, y, _, _ = _checks.check_data(model, x, y)
     check_logits(_forward(model, x[: min(len(x), 64)]))
     return percent(attack_correct(model, attack, x, y, batch_size, state_path=state_path), len(x))
@@ -364,13 +387,15 @@ class EvalResult(JSONResult):
 
     Accuracies are in percent; a metric that was not computed is `None`.
     `mean` and `nrr` are computed from `clean` and the strongest robust
-    accuracy available (AutoAttack if run, else PGD-20); `robust_source` says
-    which.
+    accuracy available (AutoAttack if run, else the lowest PGD accuracy);
+    `robust_source` says which.
 
     Attributes:
         clean: clean accuracy.
         pgd20: PGD-`num_steps` accuracy.
         autoattack: AutoAttack accuracy.
+        pgd_variants: the other PGD evaluations (`cw20`, `pgd20x5`, `pgd50`...):
+            `{name: {"accuracy", "loss", "num_steps", "restarts"}}`.
         mean: `(clean + robust) / 2`.
         nrr: `2 clean robust / (clean + robust)`.
         norm, epsilon, step_size, num_steps: the threat model (`step_size`
@@ -379,7 +404,7 @@ class EvalResult(JSONResult):
         attacks: the evaluations run, e.g. `["clean", "pgd20"]`.
         autoattack_version: AutoAttack version (`"standard"`, `"custom"`...).
         autoattack_attacks: the AutoAttack attacks run.
-        robust_source: `"autoattack"`, `"pgd20"` or `None`.
+        robust_source: `"autoattack"`, `"pgd20"`, a `pgd_variants` name or `None`.
         provenance: versions, backend, device, UTC time, git SHA, wall time.
     """
 
@@ -398,13 +423,16 @@ class EvalResult(JSONResult):
     autoattack_attacks: list = None
     robust_source: str = None
     provenance: dict = dataclasses.field(default_factory=dict)
+    pgd_variants: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         robust, source = None, None
+        pgd = [("pgd20", self.pgd20)] if self.pgd20 is not None else []
+        pgd += [(name, v["accuracy"]) for name, v in (self.pgd_variants or {}).items()]
         if self.autoattack is not None:
             robust, source = self.autoattack, "autoattack"
-        elif self.pgd20 is not None:
-            robust, source = self.pgd20, "pgd20"
+        elif pgd:
+            source, robust = min(pgd, key=lambda item: item[1])
         if self.robust_source is None:
             self.robust_source = source
         if self.clean is not None and robust is not None and (self.mean is None or self.nrr is None):
@@ -413,7 +441,11 @@ class EvalResult(JSONResult):
     def summary(self):
         """A one-line human-readable summary."""
         parts = [f"n={self.n}", f"{self.norm} eps={self.epsilon * 255:.4g}/255"]
-        for name in ("clean", "pgd20", "autoattack", "mean", "nrr"):
+        for name in ("clean", "pgd20", "variants", "autoattack", "mean", "nrr"):
+            if name == "variants":
+                for v in (self.pgd_variants or {}).values():
+                    parts.append(f"{pgd_label(v['loss'], v['num_steps'], v['restarts'])} {v['accuracy']:.2f}")
+                continue
             value = getattr(self, name)
             if value is not None:
                 label = {"pgd20": f"PGD-{self.num_steps}", "autoattack": "AA"}.get(name, name.capitalize())
@@ -431,7 +463,7 @@ def evaluate(
     norm="linf",
     epsilon=8 / 255,
     step_size=None,
-    num_steps=PGD_EVAL_STEPS,
+    num_steps=None,
     n=None,
     batch_size=EVAL_BATCH_SIZE,
     seed=0,
@@ -451,17 +483,21 @@ def evaluate(
             weight-averaged model for ReBAT / RPAT++).
         x: test images in the model's layout, float in [0, 1].
         y: integer test labels.
-        attacks: any of `"clean"`, `"pgd20"`, `"autoattack"` (a list or a
-            comma-separated string). The clean accuracy is always computed
-            (Mean and NRR need it).
+        attacks: any of `"clean"`, `"pgd20"`, `"autoattack"` and the PGD
+            variants `"cwN"` (N steps on the CW margin loss), `"pgdNxR"` and
+            `"cwNxR"` (R random starts, the worst case per image), `"pgdN"`
+            (a list or a comma-separated string: `"clean,pgd20,cw20,pgd20x5"`).
+            The clean accuracy is always computed (Mean and NRR need it).
         norm: `"linf"` or `"l2"` (the run's threat model).
         epsilon: budget (`8/255`, L2 `128/255`).
         step_size: PGD step; `None` is `epsilon / 4`.
-        num_steps: PGD steps (20).
+        num_steps: the steps of every PGD evaluation; `None`: the number in
+            its name (`pgd20`, `cw20`: 20). The names stay as given.
         n: evaluate on `n` evenly strided test examples (test sets may be
             sorted by class); `None` uses all.
         batch_size: batch size of the clean and PGD evaluations.
-        seed: seed of the PGD random start and of AutoAttack.
+        seed: seed of the PGD random starts (each PGD evaluation draws its own
+            from it) and of AutoAttack.
         aa_version, aa_attacks, aa_batch_size, aa_state_path, aa_options:
             AutoAttack's `version`, `attacks_to_run`, `batch_size`,
             `state_path` and `options` (see `autoattack_accuracy`).
@@ -470,7 +506,9 @@ def evaluate(
             AutoAttack's progress output.
         pgd_state_path: JSON file recording PGD's finished batches (see
             `pgd_accuracy`'s `state_path`): a killed evaluation rerun with it
-            (and `aa_state_path`) loses at most one batch of each.
+            (and `aa_state_path`) loses at most one batch of each. It is
+            `pgd20`'s; another PGD evaluation keeps its own beside it
+            (`pgd_state.json` -> `pgd_state.cw20.json`: `pgd_state_file`).
 
     Returns:
         An `EvalResult`.
@@ -497,26 +535,33 @@ def evaluate(
     norm = _checks.canonical_norm(norm)
     epsilon = _checks.check_budget(epsilon, "epsilon", norm)
     batch_size = _checks.check_positive_int(batch_size, "batch_size")
-    if "pgd20" in names:
-        _checks.check_positive_int(num_steps, "num_steps")
+    num_steps = _checks.check_positive_int(num_steps, "num_steps", allow_none=True)
     if "autoattack" in names:
         aa_batch_size = _checks.check_positive_int(aa_batch_size, "aa_batch_size")
         autoattack.resolve_attacks(aa_version, aa_attacks)
         aa_options = autoattack.check_options(aa_options)
         _resume.check_state_file(aa_state_path, _resume.AUTOATTACK)
-    attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed)
+    pgd_attacks = _pgd_attacks(names, norm, epsilon, step_size, num_steps, seed)
+    for name in pgd_attacks:
+        _resume.check_state_file(pgd_state_file(pgd_state_path, name), _resume.PGD)
     x, y, _, fmt = _checks.check_data(model, x, y)
     idx = _checks.strided_indices(len(x), n)
     if idx is not None:
         x, y = x[idx], y[idx]
     correct = clean_correct(model, x, y, batch_size)
     result = {"clean": percent(correct, len(x))}
-    if "pgd20" in names:
-        job = rpat_backend.distributed_context()
-        shown = verbose and (job is None or job.is_primary)  # one progress line in a data-parallel job
-        progress = Progress(f"PGD-{attack.num_steps}", len(x)) if shown else None
-        correct = attack_correct(model, attack, x, y, batch_size, progress, state_path=pgd_state_path)
-        result["pgd20"] = percent(correct, len(x))
+    variants = {}
+    job = rpat_backend.distributed_context()
+    shown = verbose and (job is None or job.is_primary)  # one progress line in a data-parallel job
+    for name, attack in pgd_attacks.items():
+        restarts = getattr(attack, "restarts", 1)
+        progress = Progress(pgd_label(attack.loss, attack.num_steps, restarts), len(x)) if shown else None
+        state_path = pgd_state_file(pgd_state_path, name)
+        accuracy = percent(attack_correct(model, attack, x, y, batch_size, progress, state_path=state_path), len(x))
+        if name == "pgd20":
+            result["pgd20"] = accuracy
+        else:
+            variants[name] = dict(accuracy=accuracy, loss=attack.loss, num_steps=attack.num_steps, restarts=restarts)
     aa_attack_list = None
     if "autoattack" in names:
         aa_attack_list = autoattack.resolve_attacks(aa_version, aa_attacks)
@@ -542,11 +587,34 @@ def evaluate(
         autoattack=result.get("autoattack"),
         norm=norm,
         epsilon=epsilon,
-        step_size=attack.step_size if "pgd20" in names else None,
-        num_steps=attack.num_steps if "pgd20" in names else None,
+        step_size=next(iter(pgd_attacks.values())).step_size if pgd_attacks else None,
+        num_steps=pgd_attacks["pgd20"].num_steps if "pgd20" in pgd_attacks else None,
         n=int(len(x)),
         attacks=names,
         autoattack_version=aa_version if "autoattack" in names else None,
         autoattack_attacks=aa_attack_list,
         provenance=provenance(model, elapsed=time.time() - start),
+        pgd_variants=variants,
     )
+
+
+def _pgd_attacks(names, norm, epsilon, step_size, num_steps, seed):
+    """`{name: attack}` of the PGD evaluations among `names`, in order (`num_steps` overrides the names' steps)."""
+    evaluation_pgd(norm, epsilon, step_size, num_steps or PGD_EVAL_STEPS, seed)  # checks the values even without PGD
+    out, seen = {}, {}
+    for name in names:
+        spec = pgd_evaluation(name)
+        if spec is None:
+            continue
+        loss, steps, restarts = spec
+        spec = (loss, num_steps or steps, restarts)
+        if spec in seen:
+            warnings.warn(
+                f"With num_steps={num_steps}, the evaluations {seen[spec]!r} and {name!r} are the same attack "
+                f"({pgd_label(*spec)}) and run twice.",
+                UserWarning,
+                stacklevel=3,
+            )
+        seen.setdefault(spec, name)
+        out[name] = evaluation_pgd(norm, epsilon, step_size, spec[1], seed, loss, restarts)
+    return out
