@@ -122,7 +122,7 @@ class RPATTrainer(keras.Model):
             lowered into torch kernels over the same variables (exact: the
             same arithmetic, fewer kernels; see docs/guides/performance.md). A
             classifier it cannot lower runs on the Keras path, with one log
-            line naming the reason. Ignored on tensorflow. `None` (default)
+            line naming the reason. Ignored on tensorflow and jax. `None` (default)
             means `True` unless `keras_rpat.config.set_fast_path_default(False)` was called
             (the CLI's `keras-rpat --no-fast-path`).
         capture: with the fast path on CUDA, capture the whole step in one
