@@ -160,7 +160,7 @@ L2_BUDGET_LIMIT = 10.0
 _LARGE_L2_ALLOWED = [False]
 
 
-KERAS_BACKENDS = ("torch", "tensorflow")
+KERAS_BACKENDS = ("torch", "tensorflow", "jax")
 
 
 def check_keras_backend():
@@ -178,8 +178,8 @@ def check_keras_backend():
         received = "KERAS_BACKEND"
     if backend not in KERAS_BACKENDS:
         raise ImportError(
-            f"keras_rpat supports the Keras backends torch and tensorflow. Received: {received}={backend!r}. "
-            "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow before importing Keras, or unset it."
+            f"keras_rpat supports the Keras backends torch, tensorflow and jax. Received: {received}={backend!r}. "
+            "Set KERAS_BACKEND=torch (the default), tensorflow or jax before importing Keras, or unset it."
         )
     return backend
 

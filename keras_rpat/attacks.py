@@ -396,10 +396,11 @@ class PGD(Attack):
             def loss_fn(x_adv):
                 return _LABEL_LOSSES[self.loss](y, self._logits(model, x_adv))
 
-        delta = self._init_delta(x)
-        for _ in range(self.num_steps):
+        def step(delta):
             _, grad = rpat_backend.input_gradient(loss_fn, x + delta)
-            delta = self._step(x, delta, grad)
+            return self._step(x, delta, grad)
+
+        delta = rpat_backend.loop(self.num_steps, step, self._init_delta(x))
         if self.training and self.style == "sotas":
             # `attack_pgd` ends with one more forward (its max-loss selection);
             # in training mode its only effect is one more BatchNorm update.

@@ -122,7 +122,7 @@ class RPATTrainer(keras.Model):
             lowered into torch kernels over the same variables (exact: the
             same arithmetic, fewer kernels; see docs/guides/performance.md). A
             classifier it cannot lower runs on the Keras path, with one log
-            line naming the reason. Ignored on tensorflow. `None` (default)
+            line naming the reason. Ignored on tensorflow and jax. `None` (default)
             means `True` unless `keras_rpat.config.set_fast_path_default(False)` was called
             (the CLI's `keras-rpat --no-fast-path`).
         capture: with the fast path on CUDA, capture the whole step in one
@@ -231,6 +231,9 @@ class RPATTrainer(keras.Model):
             if [tuple(v.shape) for v in self.teacher.weights] != [tuple(v.shape) for v in classifier.weights]:
                 raise ValueError("Could not clone the classifier for weight averaging: variable shapes differ.")
         self._seed_generator = keras.random.SeedGenerator(seed)
+        # The attacks' random streams are state of the trainer's steps (JAX's compiled step carries them).
+        streams = [a.seed_generator for a in (self.attack, self.eval_attack) if a is not None]
+        self._attack_seed_generators = list({id(g): g for g in streams}.values())
         for attack in (self.attack, self.eval_attack):
             if attack is not None:
                 attack.build_state()
@@ -390,7 +393,8 @@ class RPATTrainer(keras.Model):
         return self._phase
 
     # ------------------------------------------------------------------ step
-    def _unpack(self, data):
+    def unpack(self, data):
+        """A batch's `(x, y, sample_weight)` as tensors: float32 images (float64 under a float64 policy)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # float32 pixels, or float64 under a float64 dtype policy.
         x = ops.convert_to_tensor(x, dtype="float64" if self.classifier.dtype == "float64" else "float32")
@@ -511,10 +515,10 @@ class RPATTrainer(keras.Model):
             self._aux.engine = fast_path_lib.trainer_engine(self) or rpat_backend.train_engine(self)
         return self._aux.engine
 
-    def train_step(self, data):
-        """What `fit` runs on a batch: `step` on its tensors, run by `self.engine`."""
-        x, y, sample_weight = self._unpack(data)
-        return self.engine.run(x, y, sample_weight)
+    def train_step(self, *args):
+        """What `fit` runs on a batch (`data`): `step` on its tensors, run by `self.engine`. On JAX,
+        Keras passes the variables' values first and takes them back: `(state, data) -> (logs, state)`."""
+        return self.engine.train_step(*args)
 
     def step(self, x, y, sample_weight=None):
         """The train step, written once for every engine (`keras_rpat.backend.engine`); returns the logs:
@@ -579,8 +583,13 @@ class RPATTrainer(keras.Model):
             offset += 2
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
-        x, y, sample_weight = self._unpack(data)
+    def test_step(self, *args):
+        """What `evaluate` runs on a batch: `evaluation_step`, run by `self.engine` (on JAX as `train_step`)."""
+        return self.engine.test_step(*args)
+
+    def evaluation_step(self, x, y, sample_weight=None):
+        """`evaluate`'s step: the loss and clean accuracy of the evaluation model, and the
+        accuracy under `eval_attack`; returns the logs."""
         model = self._evaluation_forward()
         # Under a tf.distribute strategy: this replica's share of the batch, and the
         # attack's random starts are rows of the one-device draw.

@@ -72,8 +72,8 @@ def test_frameworks_are_imported_only_in_backend_bridge_and_data():
 def test_unsupported_backend_error_names_the_supported_ones(monkeypatch):
     from keras_rpat import backend
 
-    monkeypatch.setattr(keras.config, "backend", lambda: "jax")
-    with pytest.raises(RuntimeError, match="torch.*tensorflow"):
+    monkeypatch.setattr(keras.config, "backend", lambda: "numpy")  # a Keras backend keras_rpat does not support
+    with pytest.raises(RuntimeError, match="'numpy'.*torch.*tensorflow.*jax"):
         backend.get_backend()
 
 

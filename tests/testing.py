@@ -42,7 +42,7 @@ def float64_precision():
     Sets `floatx` and the global dtype policy to float64 (so `keras.Input`,
     the layers' variables and `keras.random` are float64), torch's default
     dtype (plain-PyTorch reference modules; on tensorflow when the test has
-    imported torch) and, on the torch backend, a test-only patch of Keras' type promotion: Keras 3's `result_type` maps
+    imported torch), JAX's `jax_enable_x64` and, on the torch backend, a test-only patch of Keras' type promotion: Keras 3's `result_type` maps
     float64 to float32 on torch (`BIT64_TO_BIT32_DTYPE`, "aligned with JAX's
     default"), so `ops.matmul` (Dense), `ops.mean` and `ops.var` would compute
     float64 inputs in float32 (a float64 ResNet then matches torch float64 to
@@ -68,6 +68,8 @@ def float64_precision():
     if BACKEND == "torch":
         import torch
     torch_dtype = None if torch is None else torch.get_default_dtype()
+    # jax: float64 arrays exist only with `jax_enable_x64` (else silently float32).
+    x64 = jax_x64(True) if BACKEND == "jax" else None
     try:
         keras.config.set_floatx("float64")
         keras.config.set_dtype_policy("float64")
@@ -83,6 +85,17 @@ def float64_precision():
         keras_dtypes.BIT64_TO_BIT32_DTYPE["float64"] = promoted
         if torch_dtype is not None:
             torch.set_default_dtype(torch_dtype)
+        if x64 is not None:
+            jax_x64(x64)
+
+
+def jax_x64(enabled):
+    """Sets JAX's `jax_enable_x64`; returns its previous value."""
+    import jax
+
+    previous = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", enabled)
+    return previous
 
 
 def to_np(x):

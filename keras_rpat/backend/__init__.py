@@ -14,7 +14,7 @@ import keras
 
 from keras_rpat import _io
 
-SUPPORTED_BACKENDS = ("torch", "tensorflow")
+SUPPORTED_BACKENDS = ("torch", "tensorflow", "jax")
 # The environment `torchrun` gives each process of a job (read by `torch_distributed.initialize`).
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -60,8 +60,8 @@ def get_backend():
         raise RuntimeError(
             f"keras_rpat supports the Keras backends {SUPPORTED_BACKENDS}; the "
             f"active backend is {name!r}. Set the environment variable "
-            "KERAS_BACKEND=torch (the default for keras_rpat) or "
-            "KERAS_BACKEND=tensorflow before importing keras or keras_rpat."
+            "KERAS_BACKEND=torch (the default for keras_rpat), tensorflow or jax "
+            "before importing keras or keras_rpat."
         )
     return importlib.import_module(f"keras_rpat.backend.{name}")
 
@@ -78,6 +78,17 @@ def input_gradient(loss_fn, x):
 def no_grad():
     """A context in which forward passes record no gradient."""
     return get_backend().no_grad()
+
+
+def loop(num_steps, body, carry):
+    """`carry = body(carry)` `num_steps` times (a Python int): a Python loop, or on JAX one
+    `jax.lax.fori_loop` (compiled once) that carries the variables `body` reads and assigns."""
+    run = getattr(get_backend(), "loop", None)
+    if run is not None:
+        return run(num_steps, body, carry)
+    for _ in range(num_steps):
+        carry = body(carry)
+    return carry
 
 
 def train_engine(trainer):

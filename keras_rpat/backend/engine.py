@@ -21,9 +21,9 @@ batch and nothing to reduce for a process alone (this module);
 
 The engines: `backend.torch_engine.TorchEngine` (the Keras path on torch),
 `keras_rpat.fast_path.runtime.FastRuntime` (the torch fast path) and
-`backend.tensorflow.TensorFlowEngine`. A JAX engine is one more subclass:
-`gradients` with `jax.value_and_grad` over the variables' values in a
-`keras.StatelessScope`, `run` jitting the step.
+`backend.tensorflow.TensorFlowEngine` and `backend.jax_engine.JaxEngine`
+(`gradients` with `jax.value_and_grad` over the variables' values, the step
+over Keras' stateless state in one `jax.jit`).
 """
 
 import contextlib
@@ -98,6 +98,15 @@ class Engine:
 
     def __init__(self, trainer):
         self.trainer = trainer
+
+    def train_step(self, data):
+        """What `fit` runs on a batch (`RPATTrainer.train_step`): `run` on its tensors. (JAX's
+        engine takes the variables' values too, as Keras' JAX trainer passes them.)"""
+        return self.run(*self.trainer.unpack(data))
+
+    def test_step(self, data):
+        """What `evaluate` runs on a batch: `trainer.evaluation_step` on its tensors."""
+        return self.trainer.evaluation_step(*self.trainer.unpack(data))
 
     def run(self, x, y, sample_weight):
         """Runs `trainer.step(x, y, sample_weight)` and returns its logs."""

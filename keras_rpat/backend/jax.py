@@ -1,0 +1,106 @@
+"""JAX implementations of the backend hooks (see `keras_rpat.backend`).
+
+keras_rpat's attacks and train step read and assign Keras variables; on JAX they run
+as pure functions through `jax_state` (nested `keras.StatelessScope`s), and the
+train step as one `jax.jit`-compiled function (`jax_engine.JaxEngine`). Many devices
+are `keras.distribution`'s (`jax_distributed`).
+"""
+
+import contextlib
+import random
+
+import jax
+import keras
+import numpy as np
+
+from keras_rpat.backend import jax_distributed
+from keras_rpat.backend import jax_engine
+from keras_rpat.backend import jax_state
+
+
+def input_gradient(loss_fn, x):
+    x = jax.lax.stop_gradient(x)
+    loss, _, grad = jax_state.value_and_grad(lambda x: (loss_fn(x), None), x)
+    return jax.lax.stop_gradient(loss), jax.lax.stop_gradient(grad)
+
+
+def no_grad():
+    # JAX differentiates only what `jax.grad` is given; callers wrap outputs in `stop_gradient`.
+    return contextlib.nullcontext()
+
+
+def loop(num_steps, body, carry):
+    return jax_state.fori_loop(num_steps, body, carry)
+
+
+def assign_moving_average(targets, sources, decay):
+    for t, s in zip(targets, sources):
+        value = keras.ops.cast(s.value, t.dtype)
+        if (isinstance(decay, (int, float)) and decay == 0.0) or "float" not in str(t.dtype):
+            t.assign(value)
+        else:
+            t.assign(decay * t.value + (1.0 - decay) * value)
+
+
+def train_engine(trainer):
+    return jax_engine.JaxEngine(trainer)
+
+
+def initialize_distributed(owner=None, strategy=None):
+    return jax_distributed.initialize(strategy)
+
+
+def distributed_context(owner=None):
+    return jax_distributed.context()
+
+
+def map_rows(fn, arrays, owner=None, seed_generators=()):
+    # Under a keras.distribution the arrays are global: every process computes (and returns) all rows.
+    return tuple(keras.ops.convert_to_numpy(o) for o in fn(*map(keras.ops.convert_to_tensor, arrays)))
+
+
+def all_gather_object(value):
+    return jax_distributed.all_gather_object(value)
+
+
+def from_primary(value):
+    return jax_distributed.from_primary(value)
+
+
+def worker_failure(error):
+    return None
+
+
+@contextlib.contextmanager
+def replica_share(x):
+    # A jitted step over a keras.distribution computes on the global batch: the one-device step.
+    yield 1.0
+
+
+def synchronized_moments(x, axes):
+    # The global batch is one array (sharded by keras.distribution): BatchNorm's own moments are global.
+    return None
+
+
+def random_uniform(shape, minval, maxval, dtype, seed):
+    return keras.random.uniform(shape, minval=minval, maxval=maxval, dtype=dtype, seed=seed)
+
+
+def random_normal(shape, mean, stddev, dtype, seed):
+    return keras.random.normal(shape, mean=mean, stddev=stddev, dtype=dtype, seed=seed)
+
+
+def random_beta(concentration1, concentration0, dtype, seed):
+    return keras.random.beta((), concentration1, concentration0, dtype=dtype, seed=seed)
+
+
+def set_random_seed(seed):
+    # JAX draws only from keras.random SeedGenerators (seeded from Python's `random` when made with
+    # `seed=None`); TensorFlow, which `keras.utils.set_random_seed` imports when installed, is not used.
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def device_name():
+    device = jax.devices()[0]
+    return "cpu" if device.platform == "cpu" else f"{device.platform}:{device.id} ({device.device_kind})"
