@@ -827,3 +827,146 @@ def test_tf_dead_worker_error_names_the_worker_and_the_fix(monkeypatch):
     )
     assert keras_rpat.backend.worker_failure(tf.errors.InvalidArgumentError(None, None, "bad shape")) is None
     assert keras_rpat.backend.worker_failure(ValueError("task:1")) is None
+
+
+# ---------------------------------------------------------------------------- keras.distribution (jax)
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution's data parallelism is tested on jax")
+# ReBAT attacks with BatchNorm in training mode; pgd_at+rpat takes two views. The Keras path: jax has no other.
+JAX_RUNS = ["pgd_at+rpat", "rebat"]
+TWO_DEVICES = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()}
+
+
+def _start_jax(args, env, stdout=subprocess.DEVNULL):
+    from keras_rpat.backend import jax_distributed
+
+    variables = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    for name in jax_distributed.PROCESS_VARIABLES:
+        variables.pop(name, None)
+    command = [sys.executable, *map(str, args)]
+    return subprocess.Popen(command, env=variables | env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory):
+    """One process, a DataParallel over 2 CPU devices: both JAX_RUNS, then the evaluation."""
+    out = tmp_path_factory.mktemp("keras_distribution") / "two.npz"
+    job = _Job(out, [_start_jax([HERE / "distributed_jax.py", out, *JAX_RUNS], TWO_DEVICES)])
+    yield job
+    job.stop()
+
+
+@jax_only
+@pytest.mark.parametrize("method", JAX_RUNS)
+def test_two_jax_devices_take_the_one_device_steps(two_devices, method):
+    results = two_devices.wait()
+    _assert_same_steps(_one_process(f"{method}:keras"), results, method)
+    # Every traced step saw the global batch of 8 images split into 2 shards of 4.
+    shards = json.loads(str(results["shards"]))["train"]
+    assert shards and all(s == [[4, 8, 8, 3]] for s in shards), shards
+
+
+def _assert_same_jax_evaluation(one, many, rows):
+    names = [k for k in one if k.startswith("eval/")]
+    assert len(names) == 8
+    for name in names:
+        np.testing.assert_allclose(many[name], one[name], rtol=1e-9, atol=0, err_msg=name)
+    assert one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0  # the attack flipped images
+    # Every evaluation batch (8, 8, then the last 6 of 22 images) was split in halves over the devices.
+    shards = json.loads(str(many["shards"]))["eval"]
+    assert shards and all(s[0][0] in rows and s[0][1:] == [8, 8, 3] for s in shards), shards
+
+
+@jax_only
+def test_two_jax_devices_evaluate_as_one_device(two_devices):
+    _assert_same_jax_evaluation(distributed_worker.evaluate_pgd(), two_devices.wait(), (4, 3))
+
+
+@jax_only
+def test_two_jax_devices_context_provenance_and_sync_batchnorm_false(two_devices):
+    results = two_devices.wait()
+    assert json.loads(str(results["context"])) == [0, 2, "keras.distribution", 1]
+    provenance = json.loads(str(results["provenance"]))
+    _assert_provenance(provenance, "keras.distribution", 2, distributed_worker.BATCH // 2, sync_batchnorm=True)
+    refused = str(results["sync_batchnorm_false"])
+    assert "sync_batchnorm=False asks each device to normalise with its own rows" in refused, refused
+    assert "Build the trainer with sync_batchnorm=True" in refused, refused
+
+
+@jax_only
+def test_jax_sync_batchnorm_without_a_distribution_names_the_fix():
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="sync_batchnorm=True.*keras.distribution.DataParallel"):
+        trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
+
+
+@torch_only
+def test_cli_distribution_on_torch_names_torchrun(tmp_path):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    result = invoke(main, [*_SMOKE_TRAIN, "--distribution", "data_parallel", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "--distribution data_parallel is keras.distribution's, for the jax backend" in result.output
+    assert "torchrun" in result.output and "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@jax_only
+@pytest.mark.parametrize(
+    "options, environment, message",
+    [
+        (["--strategy", "mirrored"], {}, "--strategy mirrored is tf.distribute's.*use --distribution data_parallel"),
+        (["--sync-batchnorm"], {}, "--sync-batchnorm needs a data-parallel job.*--distribution data_parallel"),
+        (
+            ["--distribution", "data_parallel"],
+            {"KERAS_DISTRIBUTION_NUM_PROCESSES": "2"},
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES, .*KERAS_DISTRIBUTION_PROCESS_ID unset",
+        ),
+    ],
+    ids=["strategy", "sync_batchnorm_alone", "processes_half_described"],
+)
+def test_cli_jax_distribution_mistakes_name_the_fix(options, environment, message, tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.backend import jax_distributed
+    from keras_rpat.cli import main
+
+    for name in jax_distributed.PROCESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    result = invoke(main, [*_SMOKE_TRAIN, *options, "--out", tmp_path / "out"])
+    assert result.exit_code == 2 and re.search(message, result.output), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@jax_only
+def test_two_jax_devices_eval_command_writes_the_one_device_results(tmp_path):
+    """`keras-rpat eval --distribution data_parallel` on 2 devices writes the one-device figures."""
+    import keras
+    from testing import invoke
+
+    from keras_rpat import _io
+    from keras_rpat.cli import main
+
+    keras.utils.set_random_seed(0)
+    with float64_precision():  # jax keeps float64 weights only with jax_enable_x64
+        distributed_worker.float64_eval_model().save(tmp_path / "model.keras")
+    x, y = distributed_worker.eval_images()
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    command = ["eval", tmp_path / "model.keras", "--dataset", tmp_path / "data.npz", "--epsilon", "3/255"]
+    command += ["--attacks", "clean,pgd20", "--num-steps", "3", "--batch-size", "8"]
+    distribution = ["--distribution", "data_parallel", "--out", tmp_path / "two.json"]
+    job = _start_jax([HERE / "distributed_cli.py", "--float64", *command, *distribution], TWO_DEVICES, subprocess.PIPE)
+    with float64_precision():
+        one = invoke(main, [*command, "--out", tmp_path / "one.json"])  # meanwhile, one device
+    assert one.exit_code == 0, one.output
+    stdout, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr[-4000:]
+    want, got = _io.read_json(tmp_path / "one.json"), _io.read_json(tmp_path / "two.json")
+    found = _differences(want, got)
+    assert not found, found[:5]
+    assert 0 < got["pgd20"] < got["clean"] == 100, got  # the attack flipped some images (the test can fail)
+    assert got["provenance"]["engine"] == "keras.distribution" and got["provenance"]["world_size"] == 2, got
