@@ -881,6 +881,33 @@ def test_two_jax_devices_evaluate_as_one_device(two_devices):
     _assert_same_jax_evaluation(distributed_worker.evaluate_pgd(), two_devices.wait(), (4, 3))
 
 
+@pytest.fixture(scope="module")
+def two_jax_processes(tmp_path_factory):
+    """2 processes of one CPU device each (jax.distributed over localhost, gloo), each feeding its rows."""
+    folder = tmp_path_factory.mktemp("jax_processes")
+    environments = _processes(f"127.0.0.1:{_free_port()}")
+    processes = [
+        _start_jax([HERE / "distributed_jax.py", folder / f"process{i}.npz", JAX_RUNS[0]], env)
+        for i, env in enumerate(environments)
+    ]
+    job = _Job(folder / "process0.npz", processes)
+    yield job
+    job.stop()
+
+
+@jax_only
+@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 jax processes, ~60 s CPU)")
+def test_two_jax_processes_take_the_one_device_steps_and_evaluate_as_it(two_jax_processes):
+    results = two_jax_processes.wait()
+    _assert_same_steps(_one_process(f"{JAX_RUNS[0]}:keras"), results, JAX_RUNS[0])
+    shards = json.loads(str(results["shards"]))["train"]  # each process's 4 rows: one shard of the global 8
+    assert shards and all(s == [[4, 8, 8, 3]] for s in shards), shards
+    _assert_same_jax_evaluation(distributed_worker.evaluate_pgd(), results, (4, 3))
+    assert json.loads(str(results["context"])) == [0, 2, "keras.distribution", 2]
+    _assert_rank_0s_view(results)  # share_folder, from_primary, check_same_on_all_ranks over multihost_utils
+    assert not os.path.exists(str(two_jax_processes.out).replace("process0", "process1"))  # process 0 writes
+
+
 @jax_only
 def test_two_jax_devices_context_provenance_and_sync_batchnorm_false(two_devices):
     results = two_devices.wait()
@@ -942,9 +969,26 @@ def test_cli_jax_distribution_mistakes_name_the_fix(options, environment, messag
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+def _processes(address, count=2):
+    """The environment of each of `count` jax processes joined at `address`."""
+    common = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": address, "KERAS_DISTRIBUTION_NUM_PROCESSES": str(count)}
+    return [common | {"KERAS_DISTRIBUTION_PROCESS_ID": str(i)} for i in range(count)]
+
+
 @jax_only
-def test_two_jax_devices_eval_command_writes_the_one_device_results(tmp_path):
-    """`keras-rpat eval --distribution data_parallel` on 2 devices writes the one-device figures."""
+@pytest.mark.parametrize(
+    "processes",
+    [
+        1,
+        pytest.param(
+            2, marks=pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 jax processes)")
+        ),
+    ],
+    ids=["two_devices", "two_processes"],
+)
+def test_jax_eval_command_writes_the_one_device_results(processes, tmp_path):
+    """`keras-rpat eval --distribution data_parallel` on 2 devices (one process, or one device in each of
+    2 processes: process 0 prints and writes) writes the one-device figures."""
     import keras
     from testing import invoke
 
@@ -958,15 +1002,22 @@ def test_two_jax_devices_eval_command_writes_the_one_device_results(tmp_path):
     np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x, y_test=y)
     command = ["eval", tmp_path / "model.keras", "--dataset", tmp_path / "data.npz", "--epsilon", "3/255"]
     command += ["--attacks", "clean,pgd20", "--num-steps", "3", "--batch-size", "8"]
-    distribution = ["--distribution", "data_parallel", "--out", tmp_path / "two.json"]
-    job = _start_jax([HERE / "distributed_cli.py", "--float64", *command, *distribution], TWO_DEVICES, subprocess.PIPE)
+    two = [HERE / "distributed_cli.py", "--float64", *command, "--distribution", "data_parallel"]
+    environments = [TWO_DEVICES] if processes == 1 else _processes(f"127.0.0.1:{_free_port()}")
+    jobs = [_start_jax([*two, "--out", tmp_path / "two.json"], env, subprocess.PIPE) for env in environments]
     with float64_precision():
         one = invoke(main, [*command, "--out", tmp_path / "one.json"])  # meanwhile, one device
     assert one.exit_code == 0, one.output
-    stdout, stderr = job.communicate(timeout=300)
-    assert job.returncode == 0, stderr[-4000:]
+    printed = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-4000:]
+        printed.append(stdout)
+    assert "(2 ranks)" in printed[0] and all("Evaluating" not in p for p in printed[1:]), printed  # process 0 prints
     want, got = _io.read_json(tmp_path / "one.json"), _io.read_json(tmp_path / "two.json")
     found = _differences(want, got)
     assert not found, found[:5]
     assert 0 < got["pgd20"] < got["clean"] == 100, got  # the attack flipped some images (the test can fail)
-    assert got["provenance"]["engine"] == "keras.distribution" and got["provenance"]["world_size"] == 2, got
+    provenance = got["provenance"]
+    assert provenance["engine"] == "keras.distribution" and provenance["world_size"] == 2, provenance
+    assert provenance["device"] == "2 x cpu:0", provenance  # the weights, on both devices

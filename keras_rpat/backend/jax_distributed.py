@@ -14,7 +14,8 @@ Several processes (hosts) join one job with `keras.distribution.initialize`
 variables (`initialize(strategy="data_parallel")`, the CLI's `--distribution`).
 Keras then feeds each process's share of every global batch to the step
 (`jax.make_array_from_process_local_data`): `fit` must be given this process's
-rows of each batch. The objects the processes agree on (`all_gather_object`,
+rows of each batch (the `DataParallel` made here has `auto_shard_dataset=False`;
+Keras' default shards a `tf.data.Dataset` over the processes, and takes no other data). The objects the processes agree on (`all_gather_object`,
 `from_primary`) travel as pickled bytes through `jax.experimental.multihost_utils`.
 """
 
@@ -53,7 +54,10 @@ def initialize(strategy=None, owner=None):
             )
         if keras.distribution.distribution() is None:
             _join_processes()
-            keras.distribution.set_distribution(keras.distribution.DataParallel())
+            # Several processes: each feeds its share of every batch (Keras shards only a tf.data.Dataset itself).
+            keras.distribution.set_distribution(
+                keras.distribution.DataParallel(auto_shard_dataset=jax.process_count() == 1)
+            )
     found = context()
     if found is not None and getattr(owner, "sync_batchnorm", True) is False:
         raise DistributedError(

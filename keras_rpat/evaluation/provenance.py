@@ -49,7 +49,9 @@ def _device_of(model=None):
         try:
             weights = model.weights
             if weights:
-                return str(weights[0].value.device)
+                device = weights[0].value.device
+                spread = sorted(getattr(device, "device_set", ()), key=str)  # jax: a sharding over devices
+                return f"{len(spread)} x {spread[0]}" if len(spread) > 1 else str(spread[0] if spread else device)
         except Exception:
             pass
     try:
