@@ -1021,3 +1021,20 @@ def test_jax_eval_command_writes_the_one_device_results(processes, tmp_path):
     provenance = got["provenance"]
     assert provenance["engine"] == "keras.distribution" and provenance["world_size"] == 2, provenance
     assert provenance["device"] == "2 x cpu:0", provenance  # the weights, on both devices
+
+
+@jax_only
+def test_cli_training_in_several_jax_processes_names_the_fix(tmp_path, monkeypatch):
+    """The CLI gives every process the whole dataset, and Keras on jax wants each process's share: refused."""
+    import jax
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    job = keras_rpat.backend.Context(rank=0, world_size=2, local_rank=0, backend="keras.distribution")
+    monkeypatch.setattr(keras_rpat.backend, "initialize_distributed", lambda *args, **kwargs: job)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    result = invoke(main, [*_SMOKE_TRAIN, "--distribution", "data_parallel", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "Training with 2 jax processes is not supported by the CLI yet" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
