@@ -1,5 +1,7 @@
 """Data-parallel training and evaluation: 2 ranks x B/2 equal 1 process x B (torch.distributed
-under torchrun), 2 replicas x B/2 equal 1 device x B (tf.distribute on tensorflow).
+under torchrun), 2 replicas x B/2 equal 1 device x B (tf.distribute on tensorflow), 2 devices
+x B/2 equal 1 device x B (keras.distribution on jax: a process with 2 CPU devices,
+tests/distributed_jax.py; opt-in, 2 processes of one device each).
 
 The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: training
 steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
