@@ -953,8 +953,9 @@ def test_cli_distribution_on_torch_names_torchrun(tmp_path):
             {"KERAS_DISTRIBUTION_NUM_PROCESSES": "2"},
             "KERAS_DISTRIBUTION_JOB_ADDRESSES, .*KERAS_DISTRIBUTION_PROCESS_ID unset",
         ),
+        ([], {"KERAS_DISTRIBUTION_NUM_PROCESSES": "two"}, "Received: KERAS_DISTRIBUTION_NUM_PROCESSES='two'"),
     ],
-    ids=["strategy", "sync_batchnorm_alone", "processes_half_described"],
+    ids=["strategy", "sync_batchnorm_alone", "processes_half_described", "processes_not_a_number"],
 )
 def test_cli_jax_distribution_mistakes_name_the_fix(options, environment, message, tmp_path, monkeypatch):
     from testing import invoke

@@ -68,9 +68,20 @@ def initialize(strategy=None, owner=None):
     return found
 
 
+def requested_processes():
+    """The processes `KERAS_DISTRIBUTION_NUM_PROCESSES` names (1 when unset)."""
+    raw = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise DistributedError(
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES must be a positive number of processes. "
+            f"Received: KERAS_DISTRIBUTION_NUM_PROCESSES={raw!r}."
+        )
+    return int(raw)
+
+
 def _join_processes():
     """`keras.distribution.initialize()` when the environment names a job of several processes."""
-    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") or 1) <= 1 or jax.distributed.is_initialized():
+    if requested_processes() <= 1 or jax.distributed.is_initialized():
         return
     missing = [name for name in PROCESS_VARIABLES if not os.environ.get(name, "").strip()]
     if missing:

@@ -181,10 +181,12 @@ def _join_job():
             )
     if strategy is None and backend == "tensorflow" and os.environ.get("TF_CONFIG", "").strip():
         strategy = "multiworker"
-    if backend == "jax":
-        several = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") or 1) > 1
-        strategy = distribution or ("data_parallel" if several else None)
     try:
+        if backend == "jax":
+            from keras_rpat.backend import jax_distributed
+
+            several = jax_distributed.requested_processes() > 1
+            strategy = distribution or ("data_parallel" if several else None)
         return rpat_backend.initialize_distributed(strategy=strategy), backend
     except ValueError as e:
         raise click.UsageError(str(e)) from None
