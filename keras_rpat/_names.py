@@ -155,6 +155,8 @@ AA_VERSIONS = ("standard", "plus", "rand", "custom")
 # The reference evaluation's batch sizes (PGD and clean; AutoAttack).
 # tf.distribute strategies of `--strategy` (one host's devices; the hosts of TF_CONFIG).
 TF_STRATEGIES = ("mirrored", "multiworker")
+# keras.distribution layouts of `--distribution` on jax (every device of the job, the batch split over them).
+JAX_DISTRIBUTIONS = ("data_parallel",)
 
 EVAL_BATCH_SIZE = 256
 AA_BATCH_SIZE = 250

@@ -721,7 +721,9 @@ class RPATTrainer(keras.Model):
             raise ValueError(
                 "`sync_batchnorm=True` needs a data-parallel job, but this process runs alone. Launch it with "
                 "`torchrun --nproc_per_node=N ...` (torch, one process per device), or build and fit the trainer "
-                "in a tf.distribute strategy's scope with several replicas (tensorflow), or pass sync_batchnorm=False."
+                "in a tf.distribute strategy's scope with several replicas (tensorflow), or build it after "
+                "keras.distribution.set_distribution(keras.distribution.DataParallel()) on several devices (jax), "
+                "or pass sync_batchnorm=False."
             )
         return job
 

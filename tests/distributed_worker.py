@@ -62,9 +62,9 @@ class Batches(keras.utils.PyDataset):
 
 
 @float64_precision()
-def train(method, sync_batchnorm, fast_path, strategy=None):
-    """Trains `method` for `STEPS` steps in float64 (built in `strategy`'s scope, if given);
-    returns `{name: array}` of variables and logs."""
+def train(method, sync_batchnorm, fast_path, strategy=None, data=None):
+    """Trains `method` for `STEPS` steps in float64 (built in `strategy`'s scope, if given) on `data`
+    (default `Batches()`); returns `{name: array}` of variables and logs."""
     keras.utils.set_random_seed(0)
     preset = keras_rpat.presets.get(method)
     attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": ATTACK_STEPS, "seed": 1})
@@ -80,7 +80,7 @@ def train(method, sync_batchnorm, fast_path, strategy=None):
         )
         trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.05, momentum=0.9, weight_decay=5e-4))
     initial = {f"{method}/initial/{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.trainable_weights}
-    history = trainer.fit(Batches(), epochs=1, verbose=0, shuffle=False)
+    history = trainer.fit(Batches() if data is None else data, epochs=1, verbose=0, shuffle=False)
     out = dict(initial)
     out |= {f"{method}/var/{v.path}": keras.ops.convert_to_numpy(v.value) for v in trainer.weights}
     for name, values in history.history.items():

@@ -1,5 +1,7 @@
 """Data-parallel training and evaluation: 2 ranks x B/2 equal 1 process x B (torch.distributed
-under torchrun), 2 replicas x B/2 equal 1 device x B (tf.distribute on tensorflow).
+under torchrun), 2 replicas x B/2 equal 1 device x B (tf.distribute on tensorflow), 2 devices
+x B/2 equal 1 device x B (keras.distribution on jax: a process with 2 CPU devices,
+tests/distributed_jax.py; opt-in, 2 processes of one device each).
 
 The torchrun job (tests/distributed_worker.py, gloo, one thread per rank: training
 steps, AutoAttack, PGD, perception) costs two interpreter starts and runs while the
@@ -827,3 +829,215 @@ def test_tf_dead_worker_error_names_the_worker_and_the_fix(monkeypatch):
     )
     assert keras_rpat.backend.worker_failure(tf.errors.InvalidArgumentError(None, None, "bad shape")) is None
     assert keras_rpat.backend.worker_failure(ValueError("task:1")) is None
+
+
+# ---------------------------------------------------------------------------- keras.distribution (jax)
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution's data parallelism is tested on jax")
+# ReBAT attacks with BatchNorm in training mode; pgd_at+rpat takes two views. The Keras path: jax has no other.
+JAX_RUNS = ["pgd_at+rpat", "rebat"]
+TWO_DEVICES = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()}
+
+
+def _start_jax(args, env, stdout=subprocess.DEVNULL):
+    from keras_rpat.backend import jax_distributed
+
+    variables = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    for name in jax_distributed.PROCESS_VARIABLES:
+        variables.pop(name, None)
+    command = [sys.executable, *map(str, args)]
+    return subprocess.Popen(command, env=variables | env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory):
+    """One process, a DataParallel over 2 CPU devices: both JAX_RUNS, then the evaluation."""
+    out = tmp_path_factory.mktemp("keras_distribution") / "two.npz"
+    job = _Job(out, [_start_jax([HERE / "distributed_jax.py", out, *JAX_RUNS], TWO_DEVICES)])
+    yield job
+    job.stop()
+
+
+@jax_only
+@pytest.mark.parametrize("method", JAX_RUNS)
+def test_two_jax_devices_take_the_one_device_steps(two_devices, method):
+    results = two_devices.wait()
+    _assert_same_steps(_one_process(f"{method}:keras"), results, method)
+    # Every traced step saw the global batch of 8 images split into 2 shards of 4.
+    shards = json.loads(str(results["shards"]))["train"]
+    assert shards and all(s == [[4, 8, 8, 3]] for s in shards), shards
+
+
+def _assert_same_jax_evaluation(one, many, rows):
+    names = [k for k in one if k.startswith("eval/")]
+    assert len(names) == 8
+    for name in names:
+        np.testing.assert_allclose(many[name], one[name], rtol=1e-9, atol=0, err_msg=name)
+    assert one["eval/pgd20"] < 100 and one["eval/perception_n_failure"] > 0  # the attack flipped images
+    # Every evaluation batch (8, 8, then the last 6 of 22 images) was split in halves over the devices.
+    shards = json.loads(str(many["shards"]))["eval"]
+    assert shards and all(s[0][0] in rows and s[0][1:] == [8, 8, 3] for s in shards), shards
+
+
+@jax_only
+def test_two_jax_devices_evaluate_as_one_device(two_devices):
+    _assert_same_jax_evaluation(distributed_worker.evaluate_pgd(), two_devices.wait(), (4, 3))
+
+
+@pytest.fixture(scope="module")
+def two_jax_processes(tmp_path_factory):
+    """2 processes of one CPU device each (jax.distributed over localhost, gloo), each feeding its rows."""
+    folder = tmp_path_factory.mktemp("jax_processes")
+    environments = _processes(f"127.0.0.1:{_free_port()}")
+    processes = [
+        _start_jax([HERE / "distributed_jax.py", folder / f"process{i}.npz", JAX_RUNS[0]], env)
+        for i, env in enumerate(environments)
+    ]
+    job = _Job(folder / "process0.npz", processes)
+    yield job
+    job.stop()
+
+
+@jax_only
+@pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 jax processes, ~60 s CPU)")
+def test_two_jax_processes_take_the_one_device_steps_and_evaluate_as_it(two_jax_processes):
+    results = two_jax_processes.wait()
+    _assert_same_steps(_one_process(f"{JAX_RUNS[0]}:keras"), results, JAX_RUNS[0])
+    shards = json.loads(str(results["shards"]))["train"]  # each process's 4 rows: one shard of the global 8
+    assert shards and all(s == [[4, 8, 8, 3]] for s in shards), shards
+    _assert_same_jax_evaluation(distributed_worker.evaluate_pgd(), results, (4, 3))
+    assert json.loads(str(results["context"])) == [0, 2, "keras.distribution", 2]
+    _assert_rank_0s_view(results)  # share_folder, from_primary, check_same_on_all_ranks over multihost_utils
+    assert not os.path.exists(str(two_jax_processes.out).replace("process0", "process1"))  # process 0 writes
+
+
+@jax_only
+def test_two_jax_devices_context_provenance_and_sync_batchnorm_false(two_devices):
+    results = two_devices.wait()
+    assert json.loads(str(results["context"])) == [0, 2, "keras.distribution", 1]
+    provenance = json.loads(str(results["provenance"]))
+    _assert_provenance(provenance, "keras.distribution", 2, distributed_worker.BATCH // 2, sync_batchnorm=True)
+    refused = str(results["sync_batchnorm_false"])
+    assert "sync_batchnorm=False asks each device to normalise with its own rows" in refused, refused
+    assert "Build the trainer with sync_batchnorm=True" in refused, refused
+
+
+@jax_only
+def test_jax_sync_batchnorm_without_a_distribution_names_the_fix():
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="sync_batchnorm=True.*keras.distribution.DataParallel"):
+        trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
+
+
+@torch_only
+def test_cli_distribution_on_torch_names_torchrun(tmp_path):
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    result = invoke(main, [*_SMOKE_TRAIN, "--distribution", "data_parallel", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "--distribution data_parallel is keras.distribution's, for the jax backend" in result.output
+    assert "torchrun" in result.output and "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@jax_only
+@pytest.mark.parametrize(
+    "options, environment, message",
+    [
+        (["--strategy", "mirrored"], {}, "--strategy mirrored is tf.distribute's.*use --distribution data_parallel"),
+        (["--sync-batchnorm"], {}, "--sync-batchnorm needs a data-parallel job.*--distribution data_parallel"),
+        (
+            ["--distribution", "data_parallel"],
+            {"KERAS_DISTRIBUTION_NUM_PROCESSES": "2"},
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES, .*KERAS_DISTRIBUTION_PROCESS_ID unset",
+        ),
+        ([], {"KERAS_DISTRIBUTION_NUM_PROCESSES": "two"}, "Received: KERAS_DISTRIBUTION_NUM_PROCESSES='two'"),
+    ],
+    ids=["strategy", "sync_batchnorm_alone", "processes_half_described", "processes_not_a_number"],
+)
+def test_cli_jax_distribution_mistakes_name_the_fix(options, environment, message, tmp_path, monkeypatch):
+    from testing import invoke
+
+    from keras_rpat.backend import jax_distributed
+    from keras_rpat.cli import main
+
+    for name in jax_distributed.PROCESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    result = invoke(main, [*_SMOKE_TRAIN, *options, "--out", tmp_path / "out"])
+    assert result.exit_code == 2 and re.search(message, result.output), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def _processes(address, count=2):
+    """The environment of each of `count` jax processes joined at `address`."""
+    common = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": address, "KERAS_DISTRIBUTION_NUM_PROCESSES": str(count)}
+    return [common | {"KERAS_DISTRIBUTION_PROCESS_ID": str(i)} for i in range(count)]
+
+
+@jax_only
+@pytest.mark.parametrize(
+    "processes",
+    [
+        1,
+        pytest.param(
+            2, marks=pytest.mark.skipif(not MULTIWORKER, reason="set KERAS_RPAT_TEST_MULTIWORKER=1 (2 jax processes)")
+        ),
+    ],
+    ids=["two_devices", "two_processes"],
+)
+def test_jax_eval_command_writes_the_one_device_results(processes, tmp_path):
+    """`keras-rpat eval --distribution data_parallel` on 2 devices (one process, or one device in each of
+    2 processes: process 0 prints and writes) writes the one-device figures."""
+    import keras
+    from testing import invoke
+
+    from keras_rpat import _io
+    from keras_rpat.cli import main
+
+    keras.utils.set_random_seed(0)
+    with float64_precision():  # jax keeps float64 weights only with jax_enable_x64
+        distributed_worker.float64_eval_model().save(tmp_path / "model.keras")
+    x, y = distributed_worker.eval_images()
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    command = ["eval", tmp_path / "model.keras", "--dataset", tmp_path / "data.npz", "--epsilon", "3/255"]
+    command += ["--attacks", "clean,pgd20", "--num-steps", "3", "--batch-size", "8"]
+    two = [HERE / "distributed_cli.py", "--float64", *command, "--distribution", "data_parallel"]
+    environments = [TWO_DEVICES] if processes == 1 else _processes(f"127.0.0.1:{_free_port()}")
+    jobs = [_start_jax([*two, "--out", tmp_path / "two.json"], env, subprocess.PIPE) for env in environments]
+    with float64_precision():
+        one = invoke(main, [*command, "--out", tmp_path / "one.json"])  # meanwhile, one device
+    assert one.exit_code == 0, one.output
+    printed = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-4000:]
+        printed.append(stdout)
+    assert "(2 ranks)" in printed[0] and all("Evaluating" not in p for p in printed[1:]), printed  # process 0 prints
+    want, got = _io.read_json(tmp_path / "one.json"), _io.read_json(tmp_path / "two.json")
+    found = _differences(want, got)
+    assert not found, found[:5]
+    assert 0 < got["pgd20"] < got["clean"] == 100, got  # the attack flipped some images (the test can fail)
+    provenance = got["provenance"]
+    assert provenance["engine"] == "keras.distribution" and provenance["world_size"] == 2, provenance
+    assert provenance["device"] == "2 x cpu:0", provenance  # the weights, on both devices
+
+
+@jax_only
+def test_cli_training_in_several_jax_processes_names_the_fix(tmp_path, monkeypatch):
+    """The CLI gives every process the whole dataset, and Keras on jax wants each process's share: refused."""
+    import jax
+    from testing import invoke
+
+    from keras_rpat.cli import main
+
+    job = keras_rpat.backend.Context(rank=0, world_size=2, local_rank=0, backend="keras.distribution")
+    monkeypatch.setattr(keras_rpat.backend, "initialize_distributed", lambda *args, **kwargs: job)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    result = invoke(main, [*_SMOKE_TRAIN, "--distribution", "data_parallel", "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "Training with 2 jax processes is not supported by the CLI yet" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 class DistributedError(ValueError):
     """A data-parallel job that cannot run as configured (the message says how to fix it).
 
-    Raised by both backends' data-parallel modules (torchrun, tf.distribute).
+    Raised by the backends' data-parallel modules (torchrun, tf.distribute, keras.distribution).
     """
 
 
@@ -31,10 +31,12 @@ class Context:
     """A data-parallel job, as `initialize_distributed` returns it.
 
     Attributes:
-        rank: this process's rank (torchrun) or worker index (tf.distribute; 0 is the chief).
-        world_size: the ranks, or the replicas in sync.
-        local_rank: the rank on this host (torchrun's `LOCAL_RANK`; 0 on tensorflow).
-        backend: `"gloo"` / `"nccl"` on torch, `"mirrored"` / `"multiworker"` on tensorflow.
+        rank: this process's rank (torchrun), worker index (tf.distribute; 0 is the chief) or
+            `jax.process_index()` (jax).
+        world_size: the ranks, the replicas in sync, or the devices on the mesh's batch axis (jax).
+        local_rank: the rank on this host (torchrun's `LOCAL_RANK`; 0 on tensorflow and jax).
+        backend: `"gloo"` / `"nccl"` on torch, `"mirrored"` / `"multiworker"` on tensorflow,
+            `"keras.distribution"` on jax.
         strategy: the `tf.distribute` strategy (tensorflow), else `None`.
     """
 
@@ -100,7 +102,9 @@ def train_engine(trainer):
 def initialize_distributed(owner=None, strategy=None):
     """Joins the data-parallel job this process runs in: `torchrun`'s on torch; on
     tensorflow the strategy `owner` (a model) was built under, the current one, or
-    a new one named by `strategy` (`"mirrored"`, `"multiworker"`; the CLI's `--strategy`).
+    a new one named by `strategy` (`"mirrored"`, `"multiworker"`; the CLI's `--strategy`);
+    on jax the `keras.distribution` in force, or a new one named by `strategy`
+    (`"data_parallel"`: the CLI's `--distribution`), and `owner` (a trainer) must have `sync_batchnorm=True`.
 
     Returns its context (`rank`, `world_size`: ranks or replicas, `local_rank`,
     `backend`, `is_primary`), or `None` for a process that runs alone.

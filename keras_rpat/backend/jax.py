@@ -47,7 +47,7 @@ def train_engine(trainer):
 
 
 def initialize_distributed(owner=None, strategy=None):
-    return jax_distributed.initialize(strategy)
+    return jax_distributed.initialize(strategy, owner)
 
 
 def distributed_context(owner=None):
@@ -55,8 +55,8 @@ def distributed_context(owner=None):
 
 
 def map_rows(fn, arrays, owner=None, seed_generators=()):
-    # Under a keras.distribution the arrays are global: every process computes (and returns) all rows.
-    return tuple(keras.ops.convert_to_numpy(o) for o in fn(*map(keras.ops.convert_to_tensor, arrays)))
+    # The step's random draws are the global batch's: the one-device rows, with or without a distribution.
+    return jax_distributed.map_rows(fn, arrays)
 
 
 def all_gather_object(value):

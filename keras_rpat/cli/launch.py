@@ -1,5 +1,6 @@
 """Joining a data-parallel job from the CLI: `torchrun ... -m keras_rpat.cli train|recipe` on
-torch, `--strategy mirrored|multiworker` (or `TF_CONFIG`) on tensorflow.
+torch, `--strategy mirrored|multiworker` (or `TF_CONFIG`) on tensorflow, `--distribution
+data_parallel` (or the `KERAS_DISTRIBUTION_*` variables of several processes) on jax.
 
 Every rank (torch process, or tf.distribute worker) runs the whole command on
 the same data; the training steps are data-parallel
@@ -23,27 +24,38 @@ from keras_rpat.cli import options as opt
 
 __all__ = ["Launch", "data_parallel_options", "join", "join_evaluation", "rank_file", "strategy_option"]
 
-# The --strategy of the command being run (set by its callback on every invocation).
-_REQUESTED = {"strategy": None}
+# The --strategy and --distribution of the command being run (set by their callbacks on every invocation).
+_REQUESTED = {"strategy": None, "distribution": None}
 
 
-def _remember_strategy(ctx, param, value):
-    _REQUESTED["strategy"] = value
+def _remember(ctx, param, value):
+    _REQUESTED[param.name] = value
     return value
 
 
 def strategy_option():
-    """`--strategy` (read by `join` and `join_evaluation`)."""
-    return click.option(
+    """`--strategy` (tensorflow) and `--distribution` (jax), read by `join` and `join_evaluation`."""
+    strategy = click.option(
         "--strategy",
         type=click.Choice(_names.TF_STRATEGIES),
         default=None,
         expose_value=False,
-        callback=_remember_strategy,
+        callback=_remember,
         help="tensorflow: run with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
         "TF_CONFIG (the default when TF_CONFIG is set), else of the Slurm job step (srun). On torch, launch with "
         "torchrun instead.",
     )
+    distribution = click.option(
+        "--distribution",
+        type=click.Choice(_names.JAX_DISTRIBUTIONS),
+        default=None,
+        expose_value=False,
+        callback=_remember,
+        help="jax: run with keras.distribution. data_parallel: the batch split over every local device (and "
+        "the processes of KERAS_DISTRIBUTION_*, the default when they name several); BatchNorm statistics are "
+        "the global batch's.",
+    )
+    return lambda f: strategy(distribution(f))
 
 
 def data_parallel_options():
@@ -101,14 +113,13 @@ def join(out, sync_batchnorm, config, batch_size):
     every rank, and the global `batch_size` must split evenly over them.
     Called when a run starts: it loads Keras and the backend.
     """
-    job, tensorflow = _join_job()
+    job, backend = _join_job()
     if job is None:
         if sync_batchnorm:
-            how = (
-                "--strategy mirrored on a host with several GPUs, or several hosts with TF_CONFIG"
-                if tensorflow
-                else "`torchrun --nproc_per_node=N -m keras_rpat.cli ...`"
-            )
+            how = {
+                "tensorflow": "--strategy mirrored on a host with several GPUs, or several hosts with TF_CONFIG",
+                "jax": "--distribution data_parallel on a host with several devices",
+            }.get(backend, "`torchrun --nproc_per_node=N -m keras_rpat.cli ...`")
             raise click.UsageError(
                 "--sync-batchnorm needs a data-parallel job, but this command runs on one device. "
                 f"Launch it with {how}, or drop --sync-batchnorm."
@@ -119,6 +130,9 @@ def join(out, sync_batchnorm, config, batch_size):
             f"--batch-size {batch_size} (the global batch) does not split over {job.world_size} devices. Pick a "
             f"multiple of {job.world_size}, e.g. --batch-size {max(job.world_size, batch_size - batch_size % job.world_size)}."
         )
+    if backend == "jax":
+        _check_one_process_feeds_jax(job)
+        sync_batchnorm = True  # a keras.distribution step on jax normalises over the global batch
     rpat_config.set_sync_batchnorm_default(bool(sync_batchnorm))
     _check_same_configuration({"config": config, "sync_batchnorm": sync_batchnorm})
     return Launch(rank_folder(out, job.rank), job.rank, job.world_size)
@@ -142,26 +156,53 @@ def rank_file(path, rank):
     return os.path.join(parent, f".{name}.rank{rank}")
 
 
+_HOW = {
+    "torch": "launch one process per device with `torchrun --nproc_per_node=N -m keras_rpat.cli ...`",
+    "tensorflow": "use --strategy mirrored (this host's devices) or multiworker (TF_CONFIG)",
+    "jax": "use --distribution data_parallel (every local device)",
+}
+
+
 def _join_job():
-    """Joins torchrun's job or the requested tf.distribute strategy: `(context or None, tensorflow?)`."""
+    """Joins torchrun's job, the requested tf.distribute strategy or keras.distribution (jax):
+    `(context or None, the Keras backend's name)`."""
     import keras
 
     from keras_rpat import backend as rpat_backend
 
-    strategy = _REQUESTED["strategy"]
-    tensorflow = keras.config.backend() == "tensorflow"
-    if strategy is not None and not tensorflow:
-        raise click.UsageError(
-            f"--strategy {strategy} is tf.distribute's, for the tensorflow backend (KERAS_BACKEND=tensorflow). "
-            f"On {keras.config.backend()}, launch one process per device with "
-            "`torchrun --nproc_per_node=N -m keras_rpat.cli ...` and drop --strategy."
-        )
-    if strategy is None and tensorflow and os.environ.get("TF_CONFIG", "").strip():
+    backend = keras.config.backend()
+    strategy, distribution = _REQUESTED["strategy"], _REQUESTED["distribution"]
+    for option, value, owner in (("--strategy", strategy, "tensorflow"), ("--distribution", distribution, "jax")):
+        if value is not None and backend != owner:
+            what = "tf.distribute's" if owner == "tensorflow" else "keras.distribution's"
+            raise click.UsageError(
+                f"{option} {value} is {what}, for the {owner} backend (KERAS_BACKEND={owner}). "
+                f"On {backend}, {_HOW.get(backend, _HOW['torch'])} and drop {option}."
+            )
+    if strategy is None and backend == "tensorflow" and os.environ.get("TF_CONFIG", "").strip():
         strategy = "multiworker"
     try:
-        return rpat_backend.initialize_distributed(strategy=strategy), tensorflow
+        if backend == "jax":
+            from keras_rpat.backend import jax_distributed
+
+            several = jax_distributed.requested_processes() > 1
+            strategy = distribution or ("data_parallel" if several else None)
+        return rpat_backend.initialize_distributed(strategy=strategy), backend
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+
+
+def _check_one_process_feeds_jax(job):
+    """Training from the CLI feeds every process the whole dataset; Keras on jax wants each process's share."""
+    import jax
+
+    if jax.process_count() > 1:
+        raise click.UsageError(
+            f"Training with {jax.process_count()} jax processes is not supported by the CLI yet (Keras feeds "
+            "each process its share of every batch; the recipes give every process the whole dataset). "
+            "Train with one process per job (--distribution data_parallel uses all of its local devices); "
+            "`keras-rpat eval` runs over several processes."
+        )
 
 
 def _check_same_configuration(config):

@@ -49,7 +49,9 @@ def _device_of(model=None):
         try:
             weights = model.weights
             if weights:
-                return str(weights[0].value.device)
+                device = weights[0].value.device
+                spread = sorted(getattr(device, "device_set", ()), key=str)  # jax: a sharding over devices
+                return f"{len(spread)} x {spread[0]}" if len(spread) > 1 else str(spread[0] if spread else device)
         except Exception:
             pass
     try:
@@ -74,8 +76,8 @@ def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
         A JSON-serialisable dict. `engine` is `"single-process"`, or the
         data-parallel job's: `"torch.distributed"` (with `process_group`,
         `"gloo"` or `"nccl"`), `"tf.distribute.MirroredStrategy"` or
-        `"tf.distribute.MultiWorkerMirroredStrategy"`; `world_size` counts its
-        ranks (torch) or replicas in sync (tensorflow).
+        `"tf.distribute.MultiWorkerMirroredStrategy"` or `"keras.distribution"` (jax);
+        `world_size` counts its ranks (torch), replicas in sync (tensorflow) or devices (jax).
     """
     info = {
         "keras_rpat": __version__,
@@ -98,6 +100,7 @@ def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
 _ENGINES = {
     "mirrored": "tf.distribute.MirroredStrategy",
     "multiworker": "tf.distribute.MultiWorkerMirroredStrategy",
+    "keras.distribution": "keras.distribution",  # jax
 }
 
 
