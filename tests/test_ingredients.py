@@ -388,6 +388,25 @@ def test_a_run_with_every_ingredient_builds_them():
     assert set(method_presets.INGREDIENT_OPTIONS) <= set(method_presets.OPTION_TYPES)
 
 
+def test_train_command_passes_the_ingredient_flags_to_the_run(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(cli_train.recipes, "run_single", lambda spec, *a, **k: ran.append(spec) or {})
+    flags = ["--label-smoothing", "0.1", "--lr-schedule", "cosine", "--nesterov"]
+    flags += ["--weight-decay-exclude", "batchnorm", "--ema", "0.995"]
+    result = invoke(
+        cli_train.train_command, ["--method", "trades+rpat", "--dataset", "cifar10", "--out", tmp_path / "x", *flags]
+    )
+    assert result.exit_code == 0, result.output
+    [spec] = ran
+    assert spec.options == {
+        "label_smoothing": 0.1,
+        "lr_schedule": "cosine",
+        "nesterov": True,
+        "weight_decay_exclude": "batchnorm",
+        "ema": 0.995,
+    }
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
