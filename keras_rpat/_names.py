@@ -18,12 +18,14 @@ __all__ = [
     "DISTANCES",
     "EVAL_BATCH_SIZE",
     "EVALUATION_ATTACKS",
+    "LR_SCHEDULES",
     "MODEL_NAMES",
     "PERTURBATIONS",
     "PGD_EVAL_STEPS",
     "PROXIES",
     "TEACHER_TRAINING",
     "WA_START_EPOCH",
+    "WEIGHT_DECAY_EXCLUSIONS",
     "canonical_model_name",
     "list_models",
     "parse_attacks",
@@ -130,6 +132,14 @@ WA_START_EPOCH = 105
 # BatchNorm mode of the weight-averaged teacher's forwards: a recipe / command-line value ->
 # `WeightAveraging(teacher_training=...)`. "first_epoch" is the reference code's (docs/algorithms.md#teacher-mode).
 TEACHER_TRAINING = {"inference": False, "first_epoch": "first_epoch", "always": True}
+
+# ---------------------------------------------------------------------------
+# Optimisation (keras_rpat.optimizers; the presets' `schedule`, `weight_decay_exclude`)
+# ---------------------------------------------------------------------------
+
+LR_SCHEDULES = ("multistep", "piecewise", "cosine")
+# The trainable variables `SGD(weight_decay_exclude=...)` leaves out of the weight decay.
+WEIGHT_DECAY_EXCLUSIONS = ("batchnorm", "batchnorm_and_bias")
 
 # ---------------------------------------------------------------------------
 # Datasets and evaluations

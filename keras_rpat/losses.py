@@ -90,6 +90,29 @@ def js_per_sample(u, v, temperature=1.0):
     return 0.5 * (kl_pm + kl_qm)
 
 
+def _check_label_smoothing(label_smoothing):
+    return _checks.check_range(label_smoothing, "label_smoothing", 0, 1, high_open=True)
+
+
+def _label_smoothing_config(loss):
+    """`{"label_smoothing": eps}` if `eps` > 0, else `{}`: the config of a loss without it is the one it always was."""
+    return {"label_smoothing": loss.label_smoothing} if loss.label_smoothing else {}
+
+
+def smoothed_cross_entropy(y, logits, label_smoothing=0.0):
+    """Per-sample cross-entropy with label smoothing, as PyTorch's `F.cross_entropy(label_smoothing=eps)`.
+
+    The target is `(1 - eps) * onehot(y) + eps / C` (soft labels `t`: `(1 - eps) * t + eps / C`), so the
+    value is `(1 - eps) * CE(y, z) + eps * mean_c(-log softmax(z)_c)`: the `SmoothCrossEntropyLoss` of
+    Wang et al. 2023 (`core/utils/utils.py` of github.com/wzekai99/DM-Improves-AT). `eps = 0` is `CE`.
+    """
+    ce = cross_entropy(y, logits)
+    if not label_smoothing:
+        return ce
+    uniform = -ops.mean(_log_softmax(logits), axis=-1)
+    return (1.0 - label_smoothing) * ce + label_smoothing * uniform
+
+
 def _flat(z):
     if len(z.shape) > 2:
         return ops.reshape(z, (ops.shape(z)[0], -1))
@@ -165,12 +188,19 @@ class CrossEntropy(ViewLoss):
     Args:
         view: which view to classify (`"clean"` for standard training).
         start_epoch, reduction, name, dtype: see `ViewLoss`.
+        label_smoothing: float in `[0, 1)`: the target becomes
+            `(1 - eps) * onehot(y) + eps / C`, as PyTorch's
+            `F.cross_entropy(label_smoothing=eps)` (`smoothed_cross_entropy`;
+            0.1 in Wang et al. 2023). Defaults to `0.0`.
     """
 
-    def __init__(self, view="clean", start_epoch=0, reduction="sum_over_batch_size", name=None, dtype=None):
+    def __init__(
+        self, view="clean", start_epoch=0, reduction="sum_over_batch_size", name=None, dtype=None, label_smoothing=0.0
+    ):
         if view not in GRADIENT_VIEWS:
             raise ValueError(f"Unknown `view`: {view!r}. Expected one of {GRADIENT_VIEWS}.")
         self.view = view
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
         super().__init__(start_epoch, reduction, name or f"ce_{view}", dtype)
 
     @property
@@ -178,10 +208,10 @@ class CrossEntropy(ViewLoss):
         return (self.view,)
 
     def call(self, y_true, views):
-        return cross_entropy(y_true, views[self.view])
+        return smoothed_cross_entropy(y_true, views[self.view], self.label_smoothing)
 
     def get_config(self):
-        return {**super().get_config(), "view": self.view}
+        return {**super().get_config(), "view": self.view, **_label_smoothing_config(self)}
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
@@ -190,6 +220,7 @@ class AdversarialCrossEntropy(CrossEntropy):
 
     Args:
         start_epoch, reduction, name, dtype: see `ViewLoss`.
+        label_smoothing: see `CrossEntropy`.
 
     Example:
 
@@ -199,8 +230,17 @@ class AdversarialCrossEntropy(CrossEntropy):
     ```
     """
 
-    def __init__(self, start_epoch=0, reduction="sum_over_batch_size", name="adv_ce", dtype=None, view="adv"):
-        super().__init__(view=view, start_epoch=start_epoch, reduction=reduction, name=name, dtype=dtype)
+    def __init__(
+        self, start_epoch=0, reduction="sum_over_batch_size", name="adv_ce", dtype=None, view="adv", label_smoothing=0.0
+    ):
+        super().__init__(
+            view=view,
+            start_epoch=start_epoch,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            label_smoothing=label_smoothing,
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
@@ -218,6 +258,8 @@ class TRADES(ViewLoss):
         beta: weight of the KL term (6.0).
         reuse_clean_forward: skip the second clean forward.
         start_epoch, reduction, name, dtype: see `ViewLoss`.
+        label_smoothing: of the clean CE term (the KL term is not smoothed),
+            as Wang et al. 2023's `trades_loss`; see `CrossEntropy`.
 
     References:
         - Zhang et al., Theoretically Principled Trade-off between Robustness
@@ -232,10 +274,12 @@ class TRADES(ViewLoss):
         reduction="sum_over_batch_size",
         name="trades",
         dtype=None,
+        label_smoothing=0.0,
     ):
         super().__init__(start_epoch, reduction, name, dtype)
         self.beta = _checks.check_range(beta, "beta", low=0)
         self.reuse_clean_forward = bool(reuse_clean_forward)
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
 
     @property
     def required_views(self):
@@ -243,11 +287,16 @@ class TRADES(ViewLoss):
 
     def call(self, y_true, views):
         target = views["clean"] if self.reuse_clean_forward else views["clean_kl"]
-        natural = cross_entropy(y_true, views["clean"])
+        natural = smoothed_cross_entropy(y_true, views["clean"], self.label_smoothing)
         return natural + self.beta * kl_per_sample(target, views["adv"])
 
     def get_config(self):
-        return {**super().get_config(), "beta": self.beta, "reuse_clean_forward": self.reuse_clean_forward}
+        return {
+            **super().get_config(),
+            "beta": self.beta,
+            "reuse_clean_forward": self.reuse_clean_forward,
+            **_label_smoothing_config(self),
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
@@ -265,6 +314,8 @@ class MART(ViewLoss):
     Args:
         beta: weight of the KL term (6.0).
         start_epoch, reduction, name, dtype: see `ViewLoss`.
+        label_smoothing: of the `CE(z(x'), y)` term only (the margin and KL
+            terms are not smoothed); see `CrossEntropy`.
 
     References:
         - Wang et al., Improving Adversarial Robustness Requires Revisiting
@@ -273,9 +324,12 @@ class MART(ViewLoss):
 
     views = ("clean", "adv")
 
-    def __init__(self, beta=6.0, start_epoch=0, reduction="sum_over_batch_size", name="mart", dtype=None):
+    def __init__(
+        self, beta=6.0, start_epoch=0, reduction="sum_over_batch_size", name="mart", dtype=None, label_smoothing=0.0
+    ):
         super().__init__(start_epoch, reduction, name, dtype)
         self.beta = _checks.check_range(beta, "beta", low=0)
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
 
     def call(self, y_true, views):
         z_clean, z_adv = views["clean"], views["adv"]
@@ -293,7 +347,7 @@ class MART(ViewLoss):
         first, second = top2[:, 0], top2[:, 1]
         new_y = ops.where(ops.equal(first, y), second, first)
         p_new = ops.sum(adv_probs * ops.one_hot(new_y, num_classes, dtype=z_adv.dtype), axis=-1)
-        loss_adv = cross_entropy(y, z_adv) - ops.log(1.0001 - p_new + 1e-12)
+        loss_adv = smoothed_cross_entropy(y, z_adv, self.label_smoothing) - ops.log(1.0001 - p_new + 1e-12)
         nat_log = _log_softmax(z_clean)
         nat_probs = ops.exp(nat_log)
         true_probs = ops.sum(nat_probs * onehot, axis=-1)
@@ -301,7 +355,7 @@ class MART(ViewLoss):
         return loss_adv + self.beta * kl * (1.0000001 - true_probs)
 
     def get_config(self):
-        return {**super().get_config(), "beta": self.beta}
+        return {**super().get_config(), "beta": self.beta, **_label_smoothing_config(self)}
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")

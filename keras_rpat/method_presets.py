@@ -18,6 +18,7 @@ from keras_rpat import _names
 __all__ = [
     "BENCH_SETTINGS",
     "BUDGETS",
+    "INGREDIENT_OPTIONS",
     "L2_STEP_SIZE",
     "OPTION_TYPES",
     "RPAT_LOSS",
@@ -30,6 +31,7 @@ __all__ = [
     "list_presets",
     "method_presets",
     "methods_with_option",
+    "option_defaults",
     "preset_settings",
     "row",
 ]
@@ -45,7 +47,10 @@ BUDGETS = {
 # `stronger_attack` option).
 STRONGER_ATTACK = {100: {"epsilon": 10 / 255, "num_steps": 12}}
 
-# The Bench pipeline's settings: zero padding, no normalisation, 110 epochs, x0.1 at epochs 100 and 105.
+# The Bench pipeline's settings: zero padding, no normalisation, 110 epochs, x0.1 at epochs 100 and 105,
+# and none of the leaderboard's ingredients (INGREDIENT_OPTIONS): no label smoothing, heavy-ball momentum,
+# weight decay on every variable. `warmup_fraction` is the cosine schedule's warm-up share and
+# `ema_warmup_fraction` the dynamic EMA's (Wang et al. 2023: 2.5 % of training each).
 BENCH_SETTINGS = {
     "post_step_clean_forward": False,
     "pipeline": "bench",
@@ -56,6 +61,11 @@ BENCH_SETTINGS = {
     "lr_factor": 1.5,
     "arch": "resnet18_bottleneck",
     "normalize": None,
+    "label_smoothing": 0.0,
+    "nesterov": False,
+    "weight_decay_exclude": None,
+    "warmup_fraction": 0.025,
+    "ema_warmup_fraction": 0.025,
 }
 # The SOTAs pipeline's settings (ReBAT, RPAT++, WA): reflect padding, CIFAR-10 mean/std inside the
 # model, 200 epochs of per-iteration piecewise decay, and ReBAT's extra clean forward after each step.
@@ -84,9 +94,22 @@ RPAT_OPTIONS = {
     "alpha_sampling": ("alpha_sampling", "fixed"),
     "rp_weight": ("weight", RPAT_LOSS["config"]["weight"]),
 }
+# The training ingredients of the leaderboard's recipes (Wang et al. 2023), run options of every method,
+# and their "off" values: `presets.Preset.with_ingredients` applies them (docs/guides/leaderboard.md).
+#   label_smoothing: of every cross-entropy term; lr_schedule: replaces the preset's ("cosine": cosine
+#   decay with warm-up); nesterov: Nesterov momentum; weight_decay_exclude: variables without weight
+#   decay; ema: tau of a weight average with the dynamic decay min(tau, (1 + t) / (10 + t)).
+INGREDIENT_OPTIONS = {
+    "label_smoothing": 0.0,
+    "lr_schedule": None,
+    "nesterov": False,
+    "weight_decay_exclude": None,
+    "ema": None,
+}
 # Every run option a recipe method (or `keras-rpat train`) may set, and its type: bool, float,
-# "fraction" (a pixel budget such as 32/255) or the tuple of its valid strings. `l2_step_size` applies
-# to every method, the RPAT_OPTIONS to a `+rpat` preset, the others to the rows that list them.
+# "fraction" (a pixel budget such as 32/255) or the tuple of its valid strings. `l2_step_size` and the
+# INGREDIENT_OPTIONS apply to every method, the RPAT_OPTIONS to a `+rpat` preset, the others to the
+# rows that list them.
 OPTION_TYPES = {
     "cutmix": bool,
     "stronger_attack": bool,
@@ -99,6 +122,11 @@ OPTION_TYPES = {
     "rp_weight": float,
     "l2_step_size": "fraction",
     "teacher_training": tuple(_names.TEACHER_TRAINING),
+    "label_smoothing": float,
+    "lr_schedule": _names.LR_SCHEDULES,
+    "nesterov": bool,
+    "weight_decay_exclude": _names.WEIGHT_DECAY_EXCLUSIONS,
+    "ema": float,
 }
 
 
@@ -322,6 +350,14 @@ def preset_settings(name):
 def budget(name, norm):
     """The budget (epsilon, step_size, num_steps) of a preset in a threat model (`"linf"` or `"l2"`)."""
     return dict(row(name)["budgets"][norm])
+
+
+def option_defaults(name):
+    """The value of every run option a preset uses when a run does not set it (`lr_schedule`: its schedule)."""
+    defaults = {option: default for option, (_, default) in RPAT_OPTIONS.items()}
+    defaults.update(INGREDIENT_OPTIONS, lr_schedule=row(name)["settings"]["schedule"])
+    defaults.update(row(name)["options"])
+    return defaults
 
 
 def methods_with_option(option):

@@ -9,7 +9,9 @@ as soon as the learning rate decays. `SGD` below reproduces PyTorch exactly.
 
 The schedules reproduce the two learning-rate rules of the reference code:
 `MultiStepDecay` (Bench, `MultiStepLR` stepped once per epoch) and
-`PiecewiseDecay` (SOTAs / ReBAT, per iteration).
+`PiecewiseDecay` (SOTAs / ReBAT, per iteration), and the leaderboard's
+cosine schedule with warm-up, `WarmupCosineDecay` (Wang et al. 2023,
+`OneCycleLR` stepped once per epoch).
 
 Everything here is written with `keras.ops` only, without Python branches on
 tensor values, so a whole training step can be traced into one graph.
@@ -22,10 +24,13 @@ import numbers
 import keras
 from keras import ops
 
+from keras_rpat._names import WEIGHT_DECAY_EXCLUSIONS
+
 __all__ = [
     "SGD",
     "MultiStepDecay",
     "PiecewiseDecay",
+    "WarmupCosineDecay",
     "bench_milestones",
     "scale_epoch",
     "scale_milestones",
@@ -60,10 +65,13 @@ class SGD(keras.optimizers.Optimizer):
     This differs from `keras.optimizers.SGD`, whose `weight_decay` is
     decoupled (`theta -= lr * wd * theta`, outside the gradient) and whose
     velocity has the learning rate folded in. `weight_decay` is therefore not
-    passed to the Keras base class; it is applied to the gradient of every
-    trainable variable, batch-normalization scales and offsets and biases
-    included, as in the reference code. Variables can still be excluded with
-    `exclude_from_weight_decay()` before the optimizer is built.
+    passed to the Keras base class; by default it is applied to the gradient
+    of every trainable variable, batch-normalization scales and offsets and
+    biases included, as in the reference code. `weight_decay_exclude` leaves
+    the normalization scales and offsets (`gamma`, `beta`), and optionally the
+    biases, out, as a PyTorch parameter group with `weight_decay=0`; other
+    variables can be excluded with `exclude_from_weight_decay()` before the
+    optimizer is built.
 
     On the torch backend the update runs as a handful of `torch._foreach_*`
     kernels over all variables at once (the same arithmetic); other backends
@@ -85,6 +93,13 @@ class SGD(keras.optimizers.Optimizer):
             `False`.
         dampening: float in `[0, 1]`. Dampening for momentum. Defaults to
             `0.0`.
+        weight_decay_exclude: which variables get no weight decay: `None`
+            (none, the RPAT reference code), `"batchnorm"` (the 1-D `gamma`
+            and `beta` of the normalization layers: `group_weight` of Wang et
+            al. 2023's `watrain.py`, which puts every parameter named
+            `batchnorm` in a `weight_decay=0` group) or `"batchnorm_and_bias"`
+            (those and every variable named `bias`, as Gowal et al. 2020 decay
+            the weights only). Defaults to `None`.
         **kwargs: Other keyword arguments of `keras.optimizers.Optimizer`
             (`name`, `clipnorm`, `clipvalue`, `global_clipnorm`, `use_ema`,
             `ema_momentum`, `ema_overwrite_frequency`, `loss_scale_factor`,
@@ -118,6 +133,7 @@ class SGD(keras.optimizers.Optimizer):
         weight_decay=5e-4,
         nesterov=False,
         dampening=0.0,
+        weight_decay_exclude=None,
         **kwargs,
     ):
         if _is_number(learning_rate):
@@ -140,12 +156,18 @@ class SGD(keras.optimizers.Optimizer):
                 "`dampening` == 0. Received: "
                 f"momentum={momentum}, dampening={dampening}"
             )
+        if weight_decay_exclude is not None and weight_decay_exclude not in WEIGHT_DECAY_EXCLUSIONS:
+            raise ValueError(
+                f"`weight_decay_exclude` must be None or one of {WEIGHT_DECAY_EXCLUSIONS}. "
+                f"Received: weight_decay_exclude={weight_decay_exclude!r}"
+            )
         # Keras' own `weight_decay` is decoupled: keep it off the base class.
         super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.nesterov = nesterov
         self.dampening = float(dampening)
+        self.weight_decay_exclude = weight_decay_exclude
         # Private switch for the torch `_foreach` fast path (tests turn it off
         # to compare it with the per-variable path).
         self._use_foreach = True
@@ -164,7 +186,16 @@ class SGD(keras.optimizers.Optimizer):
             self.momentums = self.add_optimizer_variables(variables, "momentum")
         # Decided once, in Python, so the update step has no per-variable
         # look-ups to trace.
-        self._decay_flags = tuple(self._use_weight_decay(v) for v in variables)
+        self._decay_flags = tuple(self._use_weight_decay(v) and not self._excluded(v) for v in variables)
+
+    def _excluded(self, variable):
+        """Whether `weight_decay_exclude` leaves `variable` out of the weight decay."""
+        if self.weight_decay_exclude is None:
+            return False
+        name = variable.name.rsplit("/", 1)[-1]
+        if name in ("gamma", "beta") and len(variable.shape) == 1:  # a normalization layer's scale / offset
+            return True
+        return self.weight_decay_exclude == "batchnorm_and_bias" and name == "bias"
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         if self.built:
@@ -245,6 +276,7 @@ class SGD(keras.optimizers.Optimizer):
                 "weight_decay": self.weight_decay,
                 "nesterov": self.nesterov,
                 "dampening": self.dampening,
+                "weight_decay_exclude": self.weight_decay_exclude,
             }
         )
         return config
@@ -450,6 +482,153 @@ class PiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
             "steps_per_epoch": self.steps_per_epoch,
             "milestones": list(self.milestones),
             "factor": self.factor,
+        }
+
+
+WARMUP_SHAPES = ("cosine", "linear")
+
+
+@keras.saving.register_keras_serializable(package="keras_rpat")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay after a warm-up, as the leaderboard's recipes train (Wang et al. 2023).
+
+    The schedule of `torch.optim.lr_scheduler.OneCycleLR(max_lr,
+    pct_start=warmup_fraction, total_steps=epochs)` with its defaults
+    (`div_factor=25`, `final_div_factor=1e4`, two phases, cosine annealing),
+    stepped once per epoch: the `--scheduler cosinew` default of Wang et al.
+    2023's `core/utils/train.py` (`Trainer.init_scheduler`) and `train-wa.py`.
+    With the 0-based counter `u` (the epoch `step // steps_per_epoch`, or the
+    optimizer step itself if `per_epoch=False`), `total` counters (`epochs`,
+    or `epochs * steps_per_epoch`) and `w = warmup_fraction * total - 1`:
+
+    ```python
+    start = max_learning_rate / div_factor
+    final = start / final_div_factor
+    if u <= w:  # warm-up: start -> max_learning_rate
+        lr = anneal(start, max_learning_rate, u / w)
+    else:       # decay: max_learning_rate -> final
+        lr = anneal(max_learning_rate, final, min((u - w) / (total - 1 - w), 1))
+    # anneal(a, b, p) = b + (a - b) / 2 * (1 + cos(pi * p))
+    ```
+
+    `warmup="linear"` makes the warm-up linear, `a + (b - a) * p`, as Gowal
+    et al. 2020 warm up (the decay stays cosine). With 400 epochs the
+    warm-up covers the (0-based) epochs 0-9 (`w = 9`) and the decay reaches
+    `final` in the last epoch. A warm-up shorter than one counter (`w < 0`,
+    e.g. under 40 epochs at 2.5 % per epoch) starts the decay part-way, as
+    `OneCycleLR` does; `w = 0` (where `OneCycleLR` divides by zero) starts at
+    `max_learning_rate`. Past the end the rate stays at `final`.
+
+    Args:
+        max_learning_rate: float >= 0. The peak learning rate (`--lr`, 0.2
+            at batch size 512 in Wang et al. 2023).
+        epochs: int > 0. Length of the run in epochs.
+        steps_per_epoch: int > 0. Optimizer steps per epoch.
+        warmup_fraction: float in `[0, 1)`. Share of the run spent warming up
+            (`pct_start`; 0.025). Defaults to `0.025`.
+        warmup: `"cosine"` (`OneCycleLR`) or `"linear"`. Defaults to
+            `"cosine"`.
+        div_factor: float >= 1. `max_learning_rate / div_factor` is the first
+            rate. Defaults to `25.0`.
+        final_div_factor: float >= 1. The last rate is the first one divided
+            by it. Defaults to `1e4`.
+        per_epoch: bool. Whether the rate changes once per epoch (the
+            reference) or at every step. Defaults to `True`.
+
+    Example:
+
+    ```python
+    schedule = keras_rpat.optimizers.WarmupCosineDecay(
+        0.1, epochs=400, steps_per_epoch=391
+    )
+    optimizer = keras_rpat.optimizers.SGD(schedule, nesterov=True)
+    ```
+
+    References:
+        - [Wang et al., 2023](https://arxiv.org/abs/2302.04638), *Better
+          Diffusion Models Further Improve Adversarial Training*
+          (github.com/wzekai99/DM-Improves-AT, `core/utils/train.py`).
+        - [PyTorch `OneCycleLR`](
+          https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.OneCycleLR.html).
+        - [Gowal et al., 2020](https://arxiv.org/abs/2010.03593),
+          *Uncovering the Limits of Adversarial Training against Norm-Bounded
+          Adversarial Examples* (linear warm-up).
+    """
+
+    def __init__(
+        self,
+        max_learning_rate,
+        epochs,
+        steps_per_epoch,
+        warmup_fraction=0.025,
+        warmup="cosine",
+        div_factor=25.0,
+        final_div_factor=1e4,
+        per_epoch=True,
+    ):
+        super().__init__()
+        if not _is_number(max_learning_rate) or not max_learning_rate >= 0:
+            raise ValueError(
+                f"`max_learning_rate` must be a float >= 0. Received: max_learning_rate={max_learning_rate}"
+            )
+        if not _is_int(epochs) or epochs <= 0:
+            raise ValueError(f"`epochs` must be an integer > 0. Received: epochs={epochs}")
+        steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
+        if not _is_number(warmup_fraction) or not 0 <= warmup_fraction < 1:
+            raise ValueError(f"`warmup_fraction` must be in [0, 1). Received: warmup_fraction={warmup_fraction}")
+        if warmup not in WARMUP_SHAPES:
+            raise ValueError(f"`warmup` must be one of {WARMUP_SHAPES}. Received: warmup={warmup!r}")
+        for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            if not _is_number(value) or not value >= 1:
+                raise ValueError(f"`{name}` must be a float >= 1. Received: {name}={value}")
+        if not isinstance(per_epoch, bool):
+            raise ValueError(f"`per_epoch` must be a bool. Received: per_epoch={per_epoch!r}")
+        self.max_learning_rate = float(max_learning_rate)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = steps_per_epoch
+        self.warmup_fraction = float(warmup_fraction)
+        self.warmup = warmup
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.per_epoch = per_epoch
+
+    def __call__(self, step):
+        dtype = keras.backend.floatx()
+        step = ops.convert_to_tensor(step)
+        if self.per_epoch:
+            total = self.epochs
+            counter = ops.cast(ops.floor_divide(step, self.steps_per_epoch), dtype)
+        else:
+            total = self.epochs * self.steps_per_epoch
+            counter = ops.cast(step, dtype)
+        peak = self.max_learning_rate
+        start = peak / self.div_factor
+        final = start / self.final_div_factor
+        warmup_end = self.warmup_fraction * total - 1  # OneCycleLR's `end_step` of its first phase
+        # Decided in Python (constants), so the schedule has no branch on tensor values.
+        rising = ops.divide(counter, warmup_end) if warmup_end > 0 else ops.ones_like(counter)
+        rising = ops.clip(rising, 0.0, 1.0)
+        # anneal(a, b, p) = b + (a - b) * cos(pi p / 2)**2 = b + (a - b) * sin(pi (1 - p) / 2)**2: the decay
+        # takes `1 - p` from the steps left, so float32 keeps the small final rates (no cancellation in
+        # `1 + cos(pi p)` near p = 1).
+        if self.warmup == "cosine":
+            warm = peak + (start - peak) * ops.square(ops.cos(math.pi / 2 * rising))
+        else:
+            warm = start + (peak - start) * rising
+        left = ops.clip(ops.divide((total - 1) - counter, total - 1 - warmup_end), 0.0, 1.0)
+        decay = final + (peak - final) * ops.square(ops.sin(math.pi / 2 * left))
+        return ops.where(ops.less_equal(counter, warmup_end), warm, decay)
+
+    def get_config(self):
+        return {
+            "max_learning_rate": self.max_learning_rate,
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "warmup_fraction": self.warmup_fraction,
+            "warmup": self.warmup,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
+            "per_epoch": self.per_epoch,
         }
 
 

@@ -22,6 +22,11 @@ row's objects.
 
 Budgets: L-inf epsilon 8/255, step 2/255; L2 epsilon 128/255, step 32/255 (the
 paper; docs/algorithms.md#l2-step-size: `l2_step_size=15/255` gives the upstream convention).
+
+`preset.with_ingredients(...)` adds the leaderboard's training ingredients to any
+preset: label smoothing, the cosine schedule with warm-up, Nesterov momentum, no
+weight decay on BatchNorm (and bias) variables, the dynamic-decay EMA
+(docs/guides/leaderboard.md).
 """
 
 import copy
@@ -34,6 +39,8 @@ from keras_rpat import attacks as attacks_lib
 from keras_rpat import losses as losses_lib
 from keras_rpat import method_presets as table
 from keras_rpat import optimizers
+from keras_rpat._names import LR_SCHEDULES
+from keras_rpat._names import WEIGHT_DECAY_EXCLUSIONS
 from keras_rpat.method_presets import BENCH_SETTINGS
 from keras_rpat.method_presets import BUDGETS  # noqa: F401  (public: the threat models' budgets)
 from keras_rpat.method_presets import L2_STEP_SIZE  # noqa: F401  (public: the paper's L2 step)
@@ -65,14 +72,25 @@ class Preset:
             (reflect padding, CIFAR-10 mean/std inside the model).
         two_view: Consistency-AT's two augmented views per image.
         epochs: the paper's schedule length (110 Bench, 200 SOTAs).
-        schedule: `"multistep"` (x0.1 per epoch at milestones) or
-            `"piecewise"` (per-iteration division by `lr_factor`).
+        schedule: `"multistep"` (x0.1 per epoch at milestones),
+            `"piecewise"` (per-iteration division by `lr_factor`) or
+            `"cosine"` (`optimizers.WarmupCosineDecay`: cosine decay after a
+            warm-up of `warmup_fraction` of the run, per epoch).
         milestones: learning-rate milestones (epochs).
         lr_factor: divisor of the piecewise schedule (1.5).
         learning_rate, momentum, weight_decay: SGD settings.
         norm: `"linf"` or `"l2"`.
         arch: the paper's default architecture for this method.
         normalize: input normalisation inside the model (`"cifar10"` or None).
+        label_smoothing: of every cross-entropy term (`CrossEntropy`,
+            `AdversarialCrossEntropy`, TRADES' and MART's CE); 0: none.
+        nesterov: Nesterov momentum in the SGD.
+        weight_decay_exclude: `None`, `"batchnorm"` or
+            `"batchnorm_and_bias"` (`optimizers.SGD(weight_decay_exclude=...)`).
+        warmup_fraction: the cosine schedule's warm-up share of the run.
+        ema_warmup_fraction: a dynamic-decay weight averaging copies the
+            online model for this share of the run's steps
+            (`WeightAveraging(warmup_steps=...)`, set by `build_trainer`).
     """
 
     name: str
@@ -92,32 +110,60 @@ class Preset:
     norm: str = "linf"
     arch: str = BENCH_SETTINGS["arch"]
     normalize: Optional[str] = BENCH_SETTINGS["normalize"]
+    label_smoothing: float = BENCH_SETTINGS["label_smoothing"]
+    nesterov: bool = BENCH_SETTINGS["nesterov"]
+    weight_decay_exclude: Optional[str] = BENCH_SETTINGS["weight_decay_exclude"]
+    warmup_fraction: float = BENCH_SETTINGS["warmup_fraction"]
+    ema_warmup_fraction: float = BENCH_SETTINGS["ema_warmup_fraction"]
 
     # -- builders -----------------------------------------------------------
-    def build_trainer(self, classifier, **overrides):
-        """Returns an `RPATTrainer` for `classifier` (not compiled)."""
+    def build_trainer(self, classifier, steps_per_epoch=None, **overrides):
+        """Returns an `RPATTrainer` for `classifier` (not compiled).
+
+        `steps_per_epoch` is needed by a dynamic-decay weight averaging's
+        warm-up (`ema_warmup_fraction`).
+        """
         kwargs = dict(
             attack=copy.deepcopy(self.attack),
-            losses=[l.__class__.from_config(l.get_config()) for l in self.losses],
-            weight_averaging=copy.deepcopy(self.weight_averaging),
+            losses=[_with_label_smoothing(l, self.label_smoothing or None) for l in self.losses],
+            weight_averaging=self._weight_averaging(steps_per_epoch),
             post_step_clean_forward=self.post_step_clean_forward,
         )
         kwargs.update(overrides)
         return RPATTrainer(classifier, **kwargs)
+
+    def _weight_averaging(self, steps_per_epoch):
+        wa = copy.deepcopy(self.weight_averaging)
+        if wa is None or not wa.dynamic_decay:
+            return wa
+        if steps_per_epoch is None:
+            raise ValueError(
+                f"The preset {self.name!r} warms its EMA up for {self.ema_warmup_fraction:g} of the run's steps: "
+                "pass `steps_per_epoch` to `build_trainer` (e.g. len(train_seq))."
+            )
+        steps_per_epoch = _checks.check_positive_int(steps_per_epoch, "steps_per_epoch")
+        wa.warmup_steps = self.ema_warmup_fraction * self.epochs * steps_per_epoch
+        return wa
 
     def learning_rate_schedule(self, steps_per_epoch):
         if self.schedule == "piecewise":
             return optimizers.PiecewiseDecay(
                 self.learning_rate, steps_per_epoch, milestones=self.milestones, factor=self.lr_factor
             )
+        if self.schedule == "cosine":
+            return optimizers.WarmupCosineDecay(
+                self.learning_rate, self.epochs, steps_per_epoch, warmup_fraction=self.warmup_fraction
+            )
         return optimizers.MultiStepDecay(self.learning_rate, self.milestones, steps_per_epoch, gamma=0.1)
 
     def optimizer(self, steps_per_epoch):
-        """Torch-style SGD with this preset's schedule."""
+        """Torch-style SGD with this preset's schedule, momentum and weight decay."""
         return optimizers.SGD(
             self.learning_rate_schedule(steps_per_epoch),
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            nesterov=self.nesterov,
+            weight_decay_exclude=self.weight_decay_exclude,
         )
 
     # -- derived presets ----------------------------------------------------
@@ -136,6 +182,58 @@ class Preset:
                 f"Unknown preset field(s) {unknown}. Valid fields: {[f.name for f in dataclasses.fields(self)]}"
             )
         return dataclasses.replace(copy.deepcopy(self), **copy.deepcopy(changes))
+
+    def with_ingredients(
+        self, label_smoothing=None, lr_schedule=None, nesterov=None, weight_decay_exclude=None, ema=None
+    ):
+        """The same preset with the leaderboard's training ingredients (`None`: unchanged).
+
+        Args:
+            label_smoothing: float in `[0, 1)`, of every cross-entropy term
+                (0.1 in Wang et al. 2023).
+            lr_schedule: `"multistep"`, `"piecewise"` or `"cosine"` (cosine
+                decay after a warm-up of 2.5 % of the run, per epoch).
+            nesterov: bool, Nesterov momentum.
+            weight_decay_exclude: `"batchnorm"` or `"batchnorm_and_bias"`.
+            ema: float in `(0, 1)`, the `tau` of a weight average with the
+                dynamic decay `min(tau, (1 + t) / (10 + t))` after a warm-up
+                of 2.5 % of the run (0.995 in Wang et al. 2023). A preset
+                with weight averaging (ReBAT, RPAT++, WA) keeps its start
+                epoch and teacher mode; the others get one from epoch 0,
+                which `evaluate()` reports.
+
+        Example:
+
+        ```python
+        preset = keras_rpat.presets.get("trades+rpat").with_ingredients(
+            label_smoothing=0.1, lr_schedule="cosine", nesterov=True,
+            weight_decay_exclude="batchnorm", ema=0.995,
+        )
+        ```
+        """
+        changes = {}
+        if label_smoothing is not None:
+            changes["label_smoothing"] = _checks.check_range(label_smoothing, "label_smoothing", 0, 1, high_open=True)
+            changes["losses"] = [_with_label_smoothing(l, changes["label_smoothing"]) for l in self.losses]
+        if lr_schedule is not None:
+            if lr_schedule not in LR_SCHEDULES:
+                raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}. Received: lr_schedule={lr_schedule!r}")
+            changes["schedule"] = lr_schedule
+        if nesterov is not None:
+            changes["nesterov"] = _checks.check_bool(nesterov, "nesterov")
+        if weight_decay_exclude is not None:
+            if weight_decay_exclude not in WEIGHT_DECAY_EXCLUSIONS:
+                raise ValueError(
+                    f"`weight_decay_exclude` must be one of {WEIGHT_DECAY_EXCLUSIONS}. "
+                    f"Received: weight_decay_exclude={weight_decay_exclude!r}"
+                )
+            changes["weight_decay_exclude"] = weight_decay_exclude
+        if ema is not None:
+            tau = _checks.check_range(ema, "ema", 0, 1, low_open=True, high_open=True)
+            config = {"start_epoch": 0} if self.weight_averaging is None else self.weight_averaging.get_config()
+            config.update(decay=tau, dynamic_decay=True)
+            changes["weight_averaging"] = WeightAveraging(**config)
+        return self.with_options(**changes)
 
     def with_epochs(self, epochs):
         """The same preset on a shorter (or longer) schedule.
@@ -169,7 +267,23 @@ class Preset:
         """A one-line human description."""
         attack = "none" if self.attack is None else repr(self.attack)
         losses = " + ".join(f"{l.__class__.__name__}" for l in self.losses)
-        return f"{self.name}: attack={attack}; losses={losses}; {self.epochs} epochs, {self.schedule} LR"
+        extras = [f"label smoothing {self.label_smoothing:g}"] if self.label_smoothing else []
+        extras += ["Nesterov"] if self.nesterov else []
+        extras += [f"no weight decay on {self.weight_decay_exclude}"] if self.weight_decay_exclude else []
+        wa = self.weight_averaging
+        if wa is not None and wa.dynamic_decay:
+            extras.append(f"EMA tau {wa.decay:g} (dynamic decay, warm-up {self.ema_warmup_fraction:g} of the run)")
+        return f"{self.name}: attack={attack}; losses={losses}; {self.epochs} epochs, {self.schedule} LR" + "".join(
+            f"; {e}" for e in extras
+        )
+
+
+def _with_label_smoothing(loss, label_smoothing):
+    """A copy of `loss`, with `label_smoothing` (unless None) if it is a cross-entropy term."""
+    config = loss.get_config()
+    if label_smoothing is not None and hasattr(loss, "label_smoothing"):
+        config["label_smoothing"] = label_smoothing
+    return loss.__class__.from_config(config)
 
 
 # ---------------------------------------------------------------------------

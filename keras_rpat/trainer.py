@@ -493,7 +493,8 @@ class RPATTrainer(keras.Model):
             with rpat_backend.no_grad():
                 self._classifier_forward()(x, training=True)
         if self.teacher is not None:
-            rpat_backend.assign_moving_average(self.teacher.weights, self.classifier.weights, self._wa_decay)
+            decay = self.weight_averaging.step_decay(self._wa_decay, self.optimizer.iterations)
+            rpat_backend.assign_moving_average(self.teacher.weights, self.classifier.weights, decay)
 
     def update_metrics(self, y, total, terms, views):
         """Updates the trackers with one step's loss, terms and accuracies; returns the logs."""

@@ -39,7 +39,8 @@ def assign_moving_average(targets, sources, decay):
         if (isinstance(decay, (int, float)) and decay == 0.0) or "float" not in str(t.dtype):
             t.assign(value)
         else:
-            t.assign(decay * t.value + (1.0 - decay) * value)
+            d = decay if isinstance(decay, (int, float)) else keras.ops.cast(decay, t.dtype)  # a tensor decay
+            t.assign(d * t.value + (1.0 - d) * value)
 
 
 def train_engine(trainer):

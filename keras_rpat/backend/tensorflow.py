@@ -29,7 +29,8 @@ def assign_moving_average(targets, sources, decay):
         if (isinstance(decay, (int, float)) and decay == 0.0) or not tf.as_dtype(t.dtype).is_floating:
             t.assign(value)
         else:
-            t.assign(decay * t.value + (1.0 - decay) * value)
+            d = tf.cast(decay, t.dtype) if tf.is_tensor(decay) else decay  # a dynamic decay is a float32 tensor
+            t.assign(d * t.value + (1.0 - d) * value)
 
 
 class TensorFlowEngine(engine.Engine):

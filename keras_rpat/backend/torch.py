@@ -45,6 +45,9 @@ def assign_moving_average(targets, sources, decay):
         s = [p[1].to(p[0].dtype) for p in floats]
         if isinstance(decay, (int, float)) and decay == 0.0:
             torch._foreach_copy_(t, s)
+        elif torch.is_tensor(decay):  # a dynamic decay, computed on the device: no host sync
+            weights = {dtype: (1.0 - decay).to(dtype) for dtype in {x.dtype for x in t}}
+            torch._foreach_lerp_(t, s, [weights[x.dtype] for x in t])
         else:
             # t = decay * t + (1 - decay) * s == t + (1 - decay) * (s - t)
             torch._foreach_lerp_(t, s, 1.0 - decay)

@@ -89,10 +89,43 @@ _METHOD_OPTIONS = [
         help="L2 attack step (default 32/255; 15/255 is the upstream convention).",
     ),
 ]
+# The leaderboard's training ingredients (`method_presets.INGREDIENT_OPTIONS`; every method takes them;
+# docs/guides/leaderboard.md).
+_INGREDIENT_OPTIONS = [
+    click.option(
+        "--label-smoothing",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=None,
+        help="Label smoothing of every cross-entropy term (0.1 in Wang et al. 2023). Default: none.",
+    ),
+    click.option(
+        "--lr-schedule",
+        type=click.Choice(list(method_presets.OPTION_TYPES["lr_schedule"])),
+        default=None,
+        help="Learning-rate schedule; cosine: cosine decay after a 2.5% warm-up, per epoch (Wang et al. 2023). "
+        "Default: the preset's.",
+    ),
+    click.option("--nesterov", is_flag=True, help="Nesterov momentum (torch.optim.SGD(nesterov=True))."),
+    click.option(
+        "--weight-decay-exclude",
+        type=click.Choice(list(method_presets.OPTION_TYPES["weight_decay_exclude"])),
+        default=None,
+        help="No weight decay on the BatchNorm scales and offsets (batchnorm, Wang et al. 2023), or on those "
+        "and the biases (batchnorm_and_bias). Default: decay every variable.",
+    ),
+    click.option(
+        "--ema",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=None,
+        metavar="TAU",
+        help="Evaluate an EMA of the weights with the dynamic decay min(TAU, (1+t)/(10+t)) after a 2.5% warm-up "
+        "(0.995 in Wang et al. 2023); ReBAT / RPAT++ / WA: their teacher's decay. Default: none.",
+    ),
+]
 
 
 def _method_options(f):
-    return opt.apply(_METHOD_OPTIONS, f)
+    return opt.apply(_METHOD_OPTIONS + _INGREDIENT_OPTIONS, f)
 
 
 @click.command("train")

@@ -43,6 +43,7 @@ def build_preset(spec):
     if spec.smoke and preset.attack is not None and hasattr(preset.attack, "num_steps"):
         changes["attack"] = _with_steps(preset.attack, SMOKE["train_steps"])
     preset = preset.with_options(**changes)
+    preset = preset.with_ingredients(**{k: opts[k] for k in method_presets.INGREDIENT_OPTIONS if k in opts})
     if spec.epochs != preset.epochs:
         preset = preset.with_epochs(spec.epochs)
     return preset
@@ -151,7 +152,7 @@ def build_run(spec, data_dir=None, cache=None):
         cutmix=bool(spec.options.get("cutmix", False)),
         seed=spec.seed,
     )
-    trainer = preset.build_trainer(model, seed=spec.seed)
+    trainer = preset.build_trainer(model, steps_per_epoch=len(train_seq), seed=spec.seed)
     trainer.compile(optimizer=preset.optimizer(len(train_seq)))
     x_test = _checks.to_float01(ds.x_test)
     return Run(preset, ds, model, train_seq, trainer, x_test, ds.y_test)

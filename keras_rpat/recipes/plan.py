@@ -497,8 +497,7 @@ def _format_result_line(r, recipe):
 
 def canonical_options(method, norm):
     """Options without the values the preset uses anyway."""
-    defaults = {option: default for option, (_, default) in method_presets.RPAT_OPTIONS.items()}
-    defaults.update(method_presets.row(method.preset)["options"])
+    defaults = method_presets.option_defaults(method.preset)
     out = {}
     for key, value in method.options.items():
         if key == "l2_step_size" and norm != "l2":

@@ -609,6 +609,10 @@ def _validate_options(mw, m, preset_name, config):
         _err(mw, f"option `lr_factor` must be >= 1. Received: {options['lr_factor']}")
     if "beta" in options and options["beta"] < 0:
         _err(mw, f"option `beta` (weight of the BoAT / RPAT++ term) must be >= 0. Received: {options['beta']}")
+    if "label_smoothing" in options and not 0.0 <= options["label_smoothing"] < 1.0:
+        _err(mw, f"option `label_smoothing` must be in [0, 1) (0.1 is usual). Received: {options['label_smoothing']}")
+    if "ema" in options and not 0.0 < options["ema"] < 1.0:
+        _err(mw, f"option `ema` (the EMA decay tau) must be in (0, 1) (0.995 is usual). Received: {options['ema']}")
     return options
 
 
@@ -622,7 +626,7 @@ def _check_options_apply(mw, options, preset_name):
                     mw,
                     f"option `{key}` configures the RobustPerception term, but preset {preset_name!r} has none (use a '+rpat' preset).",
                 )
-        elif key != "l2_step_size" and key not in accepted:
+        elif key != "l2_step_size" and key not in method_presets.INGREDIENT_OPTIONS and key not in accepted:
             methods = method_presets.methods_with_option(key)
             if key == "teacher_training":
                 what = f"sets the weight-averaged teacher's mode: it applies to the presets {methods} only"
