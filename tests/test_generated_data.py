@@ -114,6 +114,29 @@ def test_npy_header_version_2_and_fortran_order(tmp_path):
     np.testing.assert_array_equal(g.labels, y[:, 0])
 
 
+def test_merge_parts_in_bounded_memory(tmp_path):
+    x, y = _images(600, 5, size=32), np.repeat(np.arange(10), 60)  # sorted by class, as the EDM sets
+    parts = [str(tmp_path / f"part{i}.npz") for i in range(3)]
+    for path, rows in zip(parts, np.split(np.arange(600), [250, 400])):  # part0 holds classes 0-4 only
+        np.savez(path, image=x[rows], label=y[rows])
+    merged = str(tmp_path / "merged.npz")
+    tracemalloc.start()
+    try:
+        D.merge_generated(parts, merged, num_classes=10, chunk_rows=16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 250_000, peak  # the images are 1.8 MB, the largest part 0.8 MB; a chunk is 16 images (49 KB)
+    with np.load(merged) as f:  # an ordinary .npz
+        np.testing.assert_array_equal(f["image"], x)
+        np.testing.assert_array_equal(f["label"], y)
+    assert isinstance(D.GeneratedData.open(merged, num_classes=10).images, np.memmap)
+    assert sorted(os.listdir(tmp_path)) == ["merged.npz", "part0.npz", "part1.npz", "part2.npz"]  # no temporary left
+    np.savez(parts[1], image=_images(3, 0), label=np.zeros(3, int))
+    with pytest.raises(ValueError, match="one shape"):
+        D.merge_generated(parts, merged, num_classes=10)
+
+
 # ---------------------------------------------------------------------------
 # The batches
 # ---------------------------------------------------------------------------

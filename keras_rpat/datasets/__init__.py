@@ -29,6 +29,7 @@ from keras_rpat.datasets.dataset import Dataset
 from keras_rpat.datasets.dataset import default_data_dir
 from keras_rpat.datasets.generated import GeneratedData
 from keras_rpat.datasets.generated import find_generated  # noqa: F401  (public, outside __all__, like find_npz)
+from keras_rpat.datasets.generated import merge_generated
 from keras_rpat.datasets.loading import list_datasets
 from keras_rpat.datasets.loading import load
 from keras_rpat.datasets.npz import find_npz  # noqa: F401  (public, outside __all__, as before)
@@ -48,6 +49,7 @@ __all__ = [
     "list_datasets",
     "load",
     "make_datasets",
+    "merge_generated",
     "validate_images",
     "validate_labels",
 ]

@@ -3,7 +3,8 @@
 `GeneratedData.open(path)` maps the `image` (uint8, NHWC) and `label` arrays of
 an uncompressed `.npz` file (the format of Wang et al. 2023's EDM sets, written
 by `np.savez`) without reading them: a batch reads only its own rows, so sets of
-1M (3 GB) to 50M images need no RAM. `mix_rows` is the batch composition of
+1M (3 GB) to 50M images need no RAM; `merge_generated` joins the parts of a
+split set (20M, 50M) into one file the same way. `mix_rows` is the batch composition of
 their `SemiSupervisedSampler` (DM-Improves-AT, `core/data/semisup.py`), made a
 function of `(seed, epoch, batch index)` so that it resumes mid-epoch.
 """
@@ -16,6 +17,7 @@ import zipfile
 import numpy as np
 
 from keras_rpat import _checks
+from keras_rpat import _io
 from keras_rpat._checks import validate_images
 from keras_rpat._checks import validate_labels
 
@@ -187,6 +189,51 @@ class GeneratedData:
         """`(images, labels)` of the rows `ids` (sorted reads: a mapped file is read in order)."""
         ids = np.sort(np.asarray(ids, dtype=np.int64))
         return np.asarray(self.images[ids]), self.labels[ids]
+
+
+def merge_generated(parts, path, num_classes, chunk_rows=16384):
+    """Writes the parts of a split set (e.g. `20m_part1.npz`, `20m_part2.npz`) as one uncompressed `.npz`.
+
+    The parts are memory-mapped and copied `chunk_rows` images at a time, so
+    the memory used stays about `chunk_rows` images (50 MB for 32x32x3)
+    whatever the set's size, unlike loading and concatenating them; the file
+    is written atomically (`path` appears complete or not at all).
+
+    Args:
+        parts: the `.npz` files, in order.
+        path: the merged file.
+        num_classes: the number of classes (labels are checked against it).
+        chunk_rows: images copied at a time.
+
+    Returns:
+        `path`.
+    """
+    if isinstance(parts, (str, os.PathLike)) or not parts:
+        raise ValueError(f"`parts` must be a non-empty list of .npz files. Received: parts={parts!r}")
+    chunk_rows = _checks.check_positive_int(chunk_rows, "chunk_rows")
+    with warnings.catch_warnings():  # a part may hold some classes only (the sets are sorted by class)
+        warnings.filterwarnings("ignore", message=".*the generated labels only reach class")
+        sets = [GeneratedData.open(p, num_classes) for p in parts]
+    shapes = sorted({s.image_shape for s in sets})
+    if len(shapes) > 1:
+        raise ValueError(f"The parts must hold images of one shape. Received: image shapes {shapes} in {list(parts)}")
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    _io.check_free_space(folder, sum(s.images.nbytes + s.labels.nbytes for s in sets), "the merged set")
+    with _io.atomic_path(path, suffix=".npz") as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key, arrays in (("image", [s.images for s in sets]), ("label", [s.labels for s in sets])):
+                shape = (sum(len(a) for a in arrays), *arrays[0].shape[1:])
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(arrays[0].dtype),
+                    "fortran_order": False,
+                    "shape": shape,
+                }
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array_header_1_0(f, header)
+                    for a in arrays:
+                        for start in range(0, len(a), chunk_rows):
+                            f.write(np.ascontiguousarray(a[start : start + chunk_rows]).tobytes())
+    return path
 
 
 def check_fraction(generated_fraction, generated):
