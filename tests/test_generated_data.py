@@ -326,6 +326,12 @@ def test_recipe_and_run_settings(tmp_path):
     assert "0.7 of each batch generated" in spec.describe()
     with pytest.raises(FileNotFoundError, match="1m.npz"):
         experiment.preflight([spec], None)  # before any training
+    document, _ = schema.read_recipe("table3")
+    document["config"].update(generated_data="edm/1m.npz", generated_fraction=0.5)
+    recipe = recipes.Recipe.from_dict(document)
+    assert {json.dumps(r.generated) for r in recipe.runs()} == {'{"path": "edm/1m.npz", "fraction": 0.5}'}
+    assert "generated_fraction: 0.5" in recipe.describe()
+    assert all("generated" not in r.to_dict() for r in recipes.load_recipe("table3").runs())
 
 
 def test_cli_train_smoke_mixes_generated_data(tmp_path):
