@@ -702,9 +702,10 @@ def single_run(
         raise RecipeError(
             f"generated_fraction={generated_fraction!r} needs generated data: pass generated_data (--generated-data)."
         )
-    config = {} if generated_data is None else {"generated_data": os.fspath(generated_data)}
+    config = {}
     if generated_data is not None:
-        config["generated_fraction"] = GENERATED_FRACTION if generated_fraction is None else generated_fraction
+        fraction = GENERATED_FRACTION if generated_fraction is None else generated_fraction
+        config = {"generated_data": os.fspath(generated_data), "generated_fraction": fraction}
     generated = generated_setting(validate_generated("train", config))
     preset = presets.get(method, norm=norm)
     m.id = method
