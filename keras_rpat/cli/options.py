@@ -302,6 +302,25 @@ def tensorboard_option():
     )
 
 
+def generated_data_options():
+    """`--generated-data FILE` and `--generated-fraction F`: generated images mixed into every training batch."""
+    data = click.option(
+        "--generated-data",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="An uncompressed .npz of generated images (`image` uint8 N x H x W x C, `label`), memory-mapped and "
+        "mixed into every training batch, e.g. the EDM sets of Wang et al. 2023 (docs/guides/data.md#generated). "
+        "A relative path is also looked up in --data-dir.",
+    )
+    fraction = click.option(
+        "--generated-fraction",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=None,
+        help="Share of each batch taken from --generated-data. Default 0.7 (Wang et al. 2023's --unsup-fraction).",
+    )
+    return lambda f: data(fraction(f))
+
+
 def apply(options, f):
     """Applies a list of Click decorators so that they show in list order in `--help`."""
     for option in reversed(options):

@@ -169,6 +169,7 @@ def _method_options(f):
     help="Checkpoints to evaluate.",
 )
 @_method_options
+@opt.generated_data_options()
 @click.option("--smoke", is_flag=True, help="Tiny synthetic data, tiny CNN, 1 epoch: checks the pipeline in seconds.")
 @click.option(
     "--overwrite", is_flag=True, help="Replace a run folder of another configuration (and re-run from scratch)."

@@ -9,6 +9,9 @@ Everything here is NumPy, so it behaves identically under every Keras backend:
   `model.fit` / `model.evaluate` with float32 batches in [0, 1], applying the
   reference augmentations (random crop after 4-pixel zero or reflect padding,
   horizontal flip, the two-view transform of Consistency-AT, and CutMix).
+* `GeneratedData` memory-maps extra labelled images (the `.npz` sets of
+  diffusion-model images of Wang et al. 2023) that `TrainSequence` mixes into
+  every batch at `generated_fraction`.
 * `validate_images` / `validate_labels` are the input checks that other modules
   reuse.
 
@@ -16,14 +19,17 @@ Pixel values are always in [0, 1] once they leave this package; images are store
 as `uint8` (HWC) in memory whenever that is lossless.
 
 One module a job: `dataset` (the container), `loading` (`load` by name),
-`cifar`, `npz`, `tiny_imagenet`, `synthetic` (one loader each) and `pipeline`
-(the sequences).
+`cifar`, `npz`, `tiny_imagenet`, `synthetic` (one loader each), `generated`
+(the generated set and its batch mix) and `pipeline` (the sequences).
 """
 
 from keras_rpat._checks import validate_images
 from keras_rpat._checks import validate_labels
 from keras_rpat.datasets.dataset import Dataset
 from keras_rpat.datasets.dataset import default_data_dir
+from keras_rpat.datasets.generated import GeneratedData
+from keras_rpat.datasets.generated import find_generated  # noqa: F401  (public, outside __all__, like find_npz)
+from keras_rpat.datasets.generated import merge_generated
 from keras_rpat.datasets.loading import list_datasets
 from keras_rpat.datasets.loading import load
 from keras_rpat.datasets.npz import find_npz  # noqa: F401  (public, outside __all__, as before)
@@ -37,11 +43,13 @@ __all__ = [
     "BatchesFrom",
     "Dataset",
     "EvalSequence",
+    "GeneratedData",
     "TrainSequence",
     "default_data_dir",
     "list_datasets",
     "load",
     "make_datasets",
+    "merge_generated",
     "validate_images",
     "validate_labels",
 ]

@@ -8,6 +8,8 @@ pair of them.
 """
 
 import math
+import os
+import warnings
 
 import keras
 import numpy as np
@@ -15,6 +17,7 @@ import numpy as np
 from keras_rpat import _checks
 from keras_rpat._checks import validate_images
 from keras_rpat._checks import validate_labels
+from keras_rpat.datasets import generated as generated_lib
 from keras_rpat.datasets.dataset import Dataset
 from keras_rpat.datasets.loading import load
 
@@ -113,6 +116,15 @@ class TrainSequence(keras.utils.PyDataset):
     `(B, num_classes)` (cross-entropy with it equals the mixed loss
     `lam * CE(y_a) + (1 - lam) * CE(y_b)`).
 
+    With `generated` data and `generated_fraction=f > 0` (Wang et al. 2023's
+    sampler; docs/guides/data.md#generated) every batch holds
+    `int(batch_size * f)` generated images, drawn uniformly with replacement,
+    and `batch_size - int(batch_size * f)` real ones, taken in the epoch's
+    shuffled order, in shuffled positions; the last batch is filled up with
+    generated images. An epoch keeps `ceil(N / batch_size)` batches, so it
+    sees a fresh random part of the real images. Both sources get the same
+    augmentation, drawn per image.
+
     Args:
         x: training images `(N, H, W, C)`, `uint8` in [0, 255] or float in [0, 1].
         y: integer labels `(N,)` or `(N, 1)`.
@@ -126,6 +138,12 @@ class TrainSequence(keras.utils.PyDataset):
         num_classes: number of classes (required with `cutmix=True`).
         seed: integer seed of all random draws.
         data_format: `"channels_last"` (NHWC) or `"channels_first"` (NCHW output).
+        generated: extra labelled images: the path of an `.npz` file with
+            `image` (uint8, NHWC) and `label` arrays (memory-mapped, so it may
+            be far larger than the RAM), a `GeneratedData`, or a tuple
+            `(images, labels)`. Requires `num_classes`.
+        generated_fraction: the share of each batch's images taken from
+            `generated`, in [0, 1) (0.7 in Wang et al. 2023).
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset`.
 
@@ -152,6 +170,8 @@ class TrainSequence(keras.utils.PyDataset):
         num_classes=None,
         seed=0,
         data_format="channels_last",
+        generated=None,
+        generated_fraction=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -192,8 +212,43 @@ class TrainSequence(keras.utils.PyDataset):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.seed = int(seed)
         self.data_format = data_format
+        self.generated_fraction = generated_lib.check_fraction(generated_fraction, generated)
+        self.generated = self._open_generated(generated)
+        self.num_generated = generated_lib.generated_per_batch(self.batch_size, self.generated_fraction)
+        if self.generated_fraction > 0 and self.num_generated == 0:
+            warnings.warn(
+                f"generated_fraction={self.generated_fraction:g} of batch_size={self.batch_size} rounds down to no "
+                "generated image per batch (int(batch_size * generated_fraction) = 0). Use a larger batch or fraction.",
+                stacklevel=2,
+            )
         self.epoch = 0
         self._order = self._make_order()
+
+    def _open_generated(self, generated):
+        if generated is None:
+            return None
+        if self.num_classes is None:
+            raise ValueError(
+                "`num_classes` is required with `generated` data (its labels are checked against it). "
+                "Received: num_classes=None"
+            )
+        image_shape = self.x.shape[1:]
+        if isinstance(generated, generated_lib.GeneratedData):
+            if generated.num_classes != self.num_classes or generated.image_shape != image_shape:
+                raise ValueError(
+                    f"`generated` must match the training data. Received: {generated!r} with num_classes="
+                    f"{generated.num_classes} for training images of shape {image_shape} and "
+                    f"num_classes={self.num_classes}."
+                )
+            return generated
+        if isinstance(generated, tuple) and len(generated) == 2:
+            return generated_lib.GeneratedData(*generated, self.num_classes, image_shape)
+        if isinstance(generated, (str, os.PathLike)):
+            return generated_lib.GeneratedData.open(generated, self.num_classes, image_shape)
+        raise ValueError(
+            "`generated` must be the path of an .npz file, a `GeneratedData` or a tuple (images, labels). "
+            f"Received: generated of type {type(generated).__name__}"
+        )
 
     def get_config(self):
         """The augmentation settings (everything but the arrays), for logs."""
@@ -209,6 +264,9 @@ class TrainSequence(keras.utils.PyDataset):
             "num_classes": self.num_classes,
             "seed": self.seed,
             "data_format": self.data_format,
+            "generated": None if self.generated is None else self.generated.name,
+            "num_generated_images": 0 if self.generated is None else len(self.generated),
+            "generated_fraction": self.generated_fraction,
         }
 
     def _make_order(self):
@@ -241,8 +299,7 @@ class TrainSequence(keras.utils.PyDataset):
             index += n_batches
         if not 0 <= index < n_batches:
             raise IndexError(f"Batch index out of range: {index} for {n_batches} batches.")
-        ids = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        xb, yb = self.x[ids], self.y[ids]
+        xb, yb = self._rows(index)
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
         if self.two_view:
             v1 = _random_crop_flip(xb, rng, self.pad, self.pad_mode, self.flip)
@@ -259,6 +316,20 @@ class TrainSequence(keras.utils.PyDataset):
                 xb = np.ascontiguousarray(xb.transpose(0, 3, 1, 2))
             return xb, yb
         return _batch_to_float(xb, self.data_format), yb
+
+    def _rows(self, index):
+        """The images (not augmented) and labels of batch `index`."""
+        if not self.num_generated:
+            ids = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+            return self.x[ids], self.y[ids]
+        mix = np.random.default_rng([self.seed, self.epoch, index, 2])
+        real, gen, perm = generated_lib.mix_rows(
+            self._order, len(self.generated), self.batch_size, self.num_generated, index, mix
+        )
+        xg, yg = self.generated.rows(gen)
+        if self.x.dtype != np.uint8:  # real images stored as float32 in [0, 1]
+            xg = _checks.to_float01(xg)
+        return np.concatenate([self.x[real], xg])[perm], np.concatenate([self.y[real], yg])[perm]
 
 
 class BatchesFrom(keras.utils.PyDataset):
@@ -373,6 +444,8 @@ def make_datasets(
     seed=0,
     test_batch_size=None,
     data_format="channels_last",
+    generated=None,
+    generated_fraction=0.0,
     **kwargs,
 ):
     """Builds the training and test sequences of a reference pipeline.
@@ -392,6 +465,10 @@ def make_datasets(
         seed: seed of the training order and augmentations.
         test_batch_size: test batch size (`None`: the pipeline's, 100 or 128).
         data_format: `"channels_last"` or `"channels_first"`.
+        generated: extra labelled training images mixed into every batch (an
+            `.npz` path with `image` and `label`, a `GeneratedData` or a tuple
+            `(images, labels)`; see `TrainSequence`).
+        generated_fraction: their share of each batch, in [0, 1).
         **kwargs: passed to both sequences (`workers`, `use_multiprocessing`,
             `max_queue_size`).
 
@@ -423,6 +500,8 @@ def make_datasets(
         num_classes=dataset.num_classes,
         seed=seed,
         data_format=data_format,
+        generated=generated,
+        generated_fraction=generated_fraction,
         **kwargs,
     )
     test = EvalSequence(

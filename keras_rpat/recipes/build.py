@@ -90,6 +90,24 @@ def _load_dataset(spec, data_dir, cache):
     return cache[key]
 
 
+def _load_generated(spec, ds, data_dir):
+    """The run's generated data (memory-mapped), or None; a smoke run mixes in synthetic images instead."""
+    if spec.generated is None:
+        return None
+    if spec.smoke:  # the file may not exist where a smoke run checks the pipeline (e.g. a fresh clone)
+        stand_in = datasets.load(
+            "synthetic",
+            n_train=SMOKE["n_train"],
+            n_test=1,
+            num_classes=ds.num_classes,
+            image_size=SMOKE["image_size"],
+            seed=1,
+        )
+        name = f"synthetic stand-in for {spec.generated['path']}"
+        return datasets.GeneratedData(stand_in.x_train, stand_in.y_train, ds.num_classes, ds.image_shape, name=name)
+    return datasets.GeneratedData.open(spec.generated["path"], ds.num_classes, ds.image_shape, data_dir=data_dir)
+
+
 def _build_model(spec, preset, ds):
     if spec.smoke:
         return models.get(
@@ -151,6 +169,8 @@ def build_run(spec, data_dir=None, cache=None):
         two_view=preset.two_view,
         cutmix=bool(spec.options.get("cutmix", False)),
         seed=spec.seed,
+        generated=_load_generated(spec, ds, data_dir),
+        generated_fraction=0.0 if spec.generated is None else spec.generated["fraction"],
     )
     trainer = preset.build_trainer(model, steps_per_epoch=len(train_seq), seed=spec.seed)
     trainer.compile(optimizer=preset.optimizer(len(train_seq)))

@@ -50,6 +50,9 @@ from keras_rpat.recipes.plan import SMOKE
 from keras_rpat.recipes.schema import RecipeError
 from keras_rpat.recipes.plan import RunSpec
 from keras_rpat.recipes.plan import canonical_options
+from keras_rpat.recipes.schema import GENERATED_FRACTION
+from keras_rpat.recipes.schema import generated_setting
+from keras_rpat.recipes.schema import validate_generated
 from keras_rpat.recipes.schema import validate_methods
 
 __all__ = ["preflight", "run_experiment", "single_run"]
@@ -93,6 +96,8 @@ def _resolved_config(spec, preset, model, ds, train_seq, eval_settings):
                 "batch_size": spec.batch_size,
                 "steps_per_epoch": len(train_seq),
                 "cutmix": bool(spec.options.get("cutmix", False)),
+                "generated": spec.generated
+                and {**spec.generated, "n": len(train_seq.generated), "per_batch": train_seq.num_generated},
             },
             "evaluation": eval_settings,
         }
@@ -638,7 +643,17 @@ TRAIN_BATCH_SIZE = 128
 
 
 def single_run(
-    method, dataset, arch=None, norm="linf", seed=0, epochs=None, batch_size=None, smoke=False, **run_options
+    method,
+    dataset,
+    arch=None,
+    norm="linf",
+    seed=0,
+    epochs=None,
+    batch_size=None,
+    smoke=False,
+    generated_data=None,
+    generated_fraction=None,
+    **run_options,
 ):
     """The `RunSpec` of one training run outside a recipe (`keras-rpat train`).
 
@@ -659,6 +674,10 @@ def single_run(
         epochs: default: the preset's (1 with `smoke`).
         batch_size: default 128 (32 with `smoke`).
         smoke: tiny synthetic data and model.
+        generated_data: an `.npz` of generated images (`image`, `label`)
+            mixed into every training batch (Wang et al. 2023), or None.
+        generated_fraction: their share of each batch, in (0, 1); default
+            0.7 (Wang et al. 2023) when `generated_data` is given.
         **run_options: method options; options that are `None` or `False`
             are left out.
 
@@ -679,6 +698,15 @@ def single_run(
         [m] = validate_methods("train", [raw], {"norms": [norm], "perception": None})
     except RecipeError as e:
         raise RecipeError(str(e).replace("train methods[0]: ", "")) from None
+    if generated_data is None and generated_fraction is not None:
+        raise RecipeError(
+            f"generated_fraction={generated_fraction!r} needs generated data: pass generated_data (--generated-data)."
+        )
+    config = {}
+    if generated_data is not None:
+        fraction = GENERATED_FRACTION if generated_fraction is None else generated_fraction
+        config = {"generated_data": os.fspath(generated_data), "generated_fraction": fraction}
+    generated = generated_setting(validate_generated("train", config))
     preset = presets.get(method, norm=norm)
     m.id = method
     spec_options = canonical_options(m, norm)
@@ -702,6 +730,7 @@ def single_run(
         checkpoints=checkpoints,
         l2_step_size=spec_options.get("l2_step_size", method_presets.L2_STEP_SIZE),
         smoke=smoke,
+        generated=generated,
         fingerprint={"recipe": "train", "epochs": epochs, "batch_size": batch_size, "smoke": smoke},
         run_dir="",
     )
@@ -712,6 +741,8 @@ def preflight(runs, data_dir):
     data_dir = None if data_dir is None else os.fspath(data_dir)
     for dataset in sorted({r.dataset for r in runs if not r.smoke and str(r.dataset).lower().endswith(".npz")}):
         datasets.find_npz(dataset, data_dir)
+    for path in sorted({r.generated["path"] for r in runs if not r.smoke and r.generated is not None}):
+        datasets.find_generated(path, data_dir)
     if any(r.smoke for r in runs) or not any(r.dataset == "tiny_imagenet" for r in runs):
         return
     datasets.find_tiny_imagenet(data_dir)

@@ -20,6 +20,7 @@ from keras_rpat.recipes.schema import CONFIG_KEYS
 from keras_rpat.recipes.schema import METRIC_LABELS
 from keras_rpat.recipes.schema import METRICS
 from keras_rpat.recipes.schema import RecipeError
+from keras_rpat.recipes.schema import generated_setting
 from keras_rpat.recipes.schema import parse_seeds
 
 __all__ = ["SMOKE", "Recipe", "RunSpec", "canonical_options", "load_recipe", "run_cell", "smoke_description"]
@@ -119,6 +120,8 @@ class RunSpec:
         perception: perception-analysis settings (Figures 2 and 5) or None.
         perturbation: the perception perturbation of this run.
         smoke: tiny synthetic smoke run.
+        generated: generated data mixed into every batch, `{"path": ...,
+            "fraction": ...}` (`keras_rpat.datasets.TrainSequence`), or None.
         fingerprint: the configuration fingerprint of the output folder.
         run_dir: the run's folder relative to the output folder.
     """
@@ -144,6 +147,7 @@ class RunSpec:
     perception: dict = None
     perturbation: str = None
     smoke: bool = False
+    generated: dict = None
     fingerprint: dict = dataclasses.field(default_factory=dict)
     run_dir: str = ""
 
@@ -153,6 +157,8 @@ class RunSpec:
         out["methods"] = list(self.methods)
         out["eval_attacks"] = list(self.eval_attacks)
         out["checkpoints"] = list(self.checkpoints)
+        if out["generated"] is None:  # runs without generated data keep the fingerprint they had before it existed
+            del out["generated"]
         return out
 
     def run_fingerprint(self):
@@ -171,9 +177,10 @@ class RunSpec:
                 f"{what} [smoke: small_cnn on synthetic data, standing in for {self.arch} on {self.dataset}] "
                 f"{self.norm} seed {self.seed}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
             )
+        generated = "" if self.generated is None else f", {self.generated['fraction']:g} of each batch generated"
         return (
             f"{what} {self.dataset} {self.arch} {self.norm} "
-            f"seed {self.seed}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+            f"seed {self.seed}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}{generated}"
         )
 
 
@@ -440,6 +447,7 @@ class Recipe:
                             perception=copy.deepcopy(self.config["perception"]),
                             perturbation=m.perturbation,
                             smoke=bool(smoke),
+                            generated=generated_setting(self.config),
                             fingerprint=dict(fingerprint),
                             run_dir=f"{m.id}/{run_cell(setup['dataset'], setup['arch'], n, smoke)}/seed{seed}",
                         )

@@ -123,6 +123,8 @@ CONFIG_KEYS = (
     "l2_step_size",
     "tolerance",
     "perception",
+    "generated_data",
+    "generated_fraction",
 )
 _METHOD_KEYS = ("id", "preset", "label", "row", "group", "options", "perturbation", "expect")
 _EXPECTATIONS = ("failure > success", "failure < success")
@@ -405,7 +407,34 @@ def _validate_config(where, config):
     )
     out["tolerance"] = _number(where, config["tolerance"], "tolerance", 0.0)
     out["perception"] = _validate_perception(f"{where} perception", config.get("perception"), out["checkpoints"])
+    out.update(validate_generated(where, config))
     return out
+
+
+# Wang et al. 2023's `--unsup-fraction` (DM-Improves-AT, core/utils/parser.py).
+GENERATED_FRACTION = 0.7
+
+
+def validate_generated(where, config):
+    """`generated_data` (an `.npz` of generated images) and `generated_fraction` (their share of a batch): both or neither."""
+    path, fraction = config.get("generated_data"), config.get("generated_fraction")
+    if path is None and fraction is None:
+        return {}
+    if path is None or fraction is None:
+        given, missing = (
+            ("generated_data", "generated_fraction") if fraction is None else ("generated_fraction", "generated_data")
+        )
+        _err(where, f'`{given}` needs `{missing}` (e.g. generated_data = "1m.npz", generated_fraction = 0.7).')
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        _err(where, f"`generated_fraction` must be a number in (0, 1). Received: generated_fraction={fraction!r}")
+    return {"generated_data": _str(where, path, "generated_data"), "generated_fraction": float(fraction)}
+
+
+def generated_setting(config):
+    """A run's generated data, `{"path": ..., "fraction": ...}`, from a validated config (None without)."""
+    if "generated_data" not in config:
+        return None
+    return {"path": config["generated_data"], "fraction": config["generated_fraction"]}
 
 
 def _validate_layout(where, layout, methods):
