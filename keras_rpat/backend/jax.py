@@ -8,6 +8,7 @@ are `keras.distribution`'s (`jax_distributed`).
 
 import contextlib
 import random
+import weakref
 
 import jax
 import keras
@@ -56,7 +57,51 @@ def distributed_context(owner=None):
 
 def map_rows(fn, arrays, owner=None, seed_generators=()):
     # Under a keras.distribution the arrays are global: every process computes (and returns) all rows.
-    return tuple(keras.ops.convert_to_numpy(o) for o in fn(*map(keras.ops.convert_to_tensor, arrays)))
+    variables = _row_state(owner, seed_generators)
+    outputs = _compiled_rows(fn, variables)(*map(keras.ops.convert_to_tensor, arrays))
+    return tuple(keras.ops.convert_to_numpy(o) for o in outputs)
+
+
+# `map_rows`' compiled functions, per `fn` (an evaluation loop makes its `fn` once and maps every batch).
+_COMPILED_ROWS = weakref.WeakKeyDictionary()
+
+
+def _row_state(owner, seed_generators):
+    """The variables `map_rows`' `fn` reads: `owner`'s (a model's weights, its layers' random
+    streams) and the states of `seed_generators`, each once."""
+    variables = list(getattr(owner, "variables", ())) + [g.state for g in seed_generators]
+    return list({id(v): v for v in variables}.values())
+
+
+def _compiled_rows(fn, variables):
+    """`fn` as one `jax.jit`-compiled pure function over `variables`' values, called like `fn`:
+    it reads them in a `jax_state.RecordingScope` and its assignments (the attacks' random
+    streams) are made to them after each call, so the streams advance as in an eager call."""
+    cached = _COMPILED_ROWS.get(fn)
+    if cached is not None and cached[0] == [id(v) for v in variables]:
+        return cached[1]
+
+    def pure(values, *tensors):
+        with jax_state.RecordingScope(list(zip(variables, values))) as scope:
+            outputs = tuple(fn(*tensors))
+        unknown = [v.path for key, v in scope.assigned.items() if key not in scope_keys]
+        if unknown:
+            raise ValueError(
+                f"map_rows: `fn` assigned variables that are not part of its state: {unknown}. "
+                "Pass the model that owns them as `owner`, or their SeedGenerators as `seed_generators`."
+            )
+        return outputs, {i: scope.get_current_value(v) for i, v in enumerate(variables) if id(v) in scope.assigned}
+
+    scope_keys = {id(v) for v in variables}
+    compiled = jax.jit(pure)
+
+    def call(*tensors):
+        outputs, assigned = compiled([v.value for v in variables], *tensors)
+        jax_state.assign([(variables[i], value) for i, value in assigned.items()])
+        return outputs
+
+    _COMPILED_ROWS[fn] = ([id(v) for v in variables], call)
+    return call
 
 
 def all_gather_object(value):

@@ -74,14 +74,15 @@ def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
         A JSON-serialisable dict. `engine` is `"single-process"`, or the
         data-parallel job's: `"torch.distributed"` (with `process_group`,
         `"gloo"` or `"nccl"`), `"tf.distribute.MirroredStrategy"` or
-        `"tf.distribute.MultiWorkerMirroredStrategy"`; `world_size` counts its
-        ranks (torch) or replicas in sync (tensorflow).
+        `"tf.distribute.MultiWorkerMirroredStrategy"` or `"keras.distribution"` (jax);
+        `world_size` counts its ranks (torch), replicas in sync (tensorflow) or devices (jax).
     """
     info = {
         "keras_rpat": __version__,
         "keras": keras.__version__,
         "torch": _package_version("torch"),
         "tensorflow": _package_version("tensorflow") or _package_version("tensorflow-cpu"),
+        "jax": _package_version("jax"),
         "pyautoattack": _package_version("pyautoattack"),
         "numpy": np.__version__,
         "backend": keras.config.backend(),
@@ -98,6 +99,7 @@ def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
 _ENGINES = {
     "mirrored": "tf.distribute.MirroredStrategy",
     "multiworker": "tf.distribute.MultiWorkerMirroredStrategy",
+    "keras.distribution": "keras.distribution",
 }
 
 
