@@ -21,8 +21,9 @@ RECIPES = recipes.list_recipes()
 
 # On torch every recipe runs whole in smoke mode except Tables 1 and 2, one dataset
 # each (53 runs). Under tensorflow every AutoAttack evaluation runs in a PyTorch
-# subprocess (about 6 s each, two per run: best and final checkpoints), so the
-# tensorflow suite runs a representative narrowed subset instead: Figure 2
+# subprocess (about 6 s each, two per run: best and final checkpoints), and under
+# jax every run compiles its steps anew, so these suites run a representative
+# narrowed subset instead: Figure 2
 # whole (clean, random-noise and PGD-AT training, perception analysis, no
 # AutoAttack), Figure 5 (the stride-2 Tiny-ImageNet path), the SOTAs pipeline
 # with L2, weight averaging and AutoAttack (Table 3) and CutMix (Table 4).
@@ -43,7 +44,11 @@ TF_SUBSET = {
     "table3": (["--arch", "preactresnet18", "--dataset", "cifar10", "--norm", "l2", "--method", "rpat_plus_plus"], 1),
     "table4": (["--method", "RPAT++*"], 1),
 }
-if BACKEND == "tensorflow":
+SUBSET_REASONS = {
+    "tensorflow": "AutoAttack runs in a subprocess per evaluation under tensorflow",
+    "jax": "every run compiles its steps under jax",
+}
+if BACKEND in SUBSET_REASONS:
     SMOKE_CASES = [
         pytest.param(
             name,
@@ -51,9 +56,7 @@ if BACKEND == "tensorflow":
             id=name,
             marks=()
             if name in TF_SUBSET
-            else pytest.mark.skip(
-                reason="AutoAttack runs in a subprocess per evaluation under tensorflow; the whole recipe is smoke-tested on torch"
-            ),
+            else pytest.mark.skip(reason=f"{SUBSET_REASONS[BACKEND]}; the whole recipe is smoke-tested on torch"),
         )
         for name in RECIPES
     ]

@@ -259,9 +259,15 @@ def test_map_rows_equals_the_eager_attack_and_advances_its_random_stream_alike()
 
     model = tiny_cnn(num_classes=4, seed=1)
     x, y = images(10, seed=2)
-    mapped_attack, eager_attack = (metrics.evaluation_pgd("linf", 8 / 255, 2 / 255, 3, seed=5) for _ in range(2))
-    mapped = metrics.attack_function(model, mapped_attack, clean=True)
+    mapped_attack, eager_attack = (metrics.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, seed=5) for _ in range(2))
+    attacked = metrics.attack_function(model, mapped_attack, clean=True)
     eager = metrics.attack_function(model, eager_attack, clean=True)
+    traced = []
+
+    def mapped(xb, yb):
+        traced.append(tuple(xb.shape))
+        return attacked(xb, yb)
+
     for sl in (slice(0, 6), slice(6, 10), slice(0, 6)):
         got = rpat_backend.map_rows(mapped, (x[sl], y[sl]), model, (mapped_attack.seed_generator,))
         expected = eager(ops.convert_to_tensor(x[sl]), ops.convert_to_tensor(y[sl]))
@@ -274,6 +280,8 @@ def test_map_rows_equals_the_eager_attack_and_advances_its_random_stream_alike()
         )
     # The clean logits differ from the attacked ones (the attack did something).
     assert np.abs(got[0] - got[1]).max() > 1e-3
+    # jax runs `fn`'s Python once per batch shape (then the compiled function), the others once per batch.
+    assert len(traced) == (2 if BACKEND == "jax" else 3)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="only jax's map_rows compiles fn over a fixed set of variables")

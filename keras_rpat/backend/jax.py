@@ -57,8 +57,12 @@ def distributed_context(owner=None):
 
 def map_rows(fn, arrays, owner=None, seed_generators=()):
     # Under a keras.distribution the arrays are global: every process computes (and returns) all rows.
-    variables = _row_state(owner, seed_generators)
-    outputs = _compiled_rows(fn, variables)(*map(keras.ops.convert_to_tensor, arrays))
+    tensors = tuple(map(keras.ops.convert_to_tensor, arrays))
+    # `fn.jit_compile = False`: `fn` keeps Python state (its Python would run once per batch shape), run it eagerly.
+    if getattr(fn, "jit_compile", True):
+        outputs = _compiled_rows(fn, _row_state(owner, seed_generators))(*tensors)
+    else:
+        outputs = fn(*tensors)
     return tuple(keras.ops.convert_to_numpy(o) for o in outputs)
 
 

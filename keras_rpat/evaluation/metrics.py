@@ -121,6 +121,9 @@ def attack_function(model, attack, clean=False):
             logits = (_fast(model)(x_adv, training=False),)
             return ((_fast(model)(xb, training=False),) + logits) if clean else logits
 
+    # On jax `map_rows` compiles `attacked`, whose Python then runs once per batch shape: keras_rpat's attacks
+    # are functions of their tensors and SeedGenerator; another `Attack` may keep Python state, so runs eagerly.
+    attacked.jit_compile = type(attack).__module__ == attacks_lib.__name__
     return attacked
 
 
