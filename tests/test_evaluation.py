@@ -253,35 +253,43 @@ def test_pgd20_equals_closed_form_on_linear_model():
 def test_map_rows_equals_the_eager_attack_and_advances_its_random_stream_alike():
     """Evaluation maps `fn` over batches with `backend.map_rows` (on jax one `jax.jit`-compiled pure
     function over the model's and the attack's variables): the same logits and random streams as
-    `fn` called eagerly, batch after batch (two batch shapes, the first again)."""
+    `fn` called eagerly, batch after batch (two batch shapes, the first again), and for a second
+    evaluation with a new attack of the same settings (on jax the same compiled function)."""
     from keras_rpat import backend as rpat_backend
     from keras_rpat.evaluation import metrics
 
     model = tiny_cnn(num_classes=4, seed=1)
     x, y = images(10, seed=2)
-    mapped_attack, eager_attack = (metrics.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, seed=5) for _ in range(2))
-    attacked = metrics.attack_function(model, mapped_attack, clean=True)
-    eager = metrics.attack_function(model, eager_attack, clean=True)
     traced = []
 
-    def mapped(xb, yb):
-        traced.append(tuple(xb.shape))
-        return attacked(xb, yb)
+    def evaluate(seed, slices):
+        mapped_attack, eager_attack = (metrics.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, seed=seed) for _ in "ab")
+        attacked = metrics.attack_function(model, mapped_attack, clean=True)
+        eager = metrics.attack_function(model, eager_attack, clean=True)
 
-    for sl in (slice(0, 6), slice(6, 10), slice(0, 6)):
-        got = rpat_backend.map_rows(mapped, (x[sl], y[sl]), model, (mapped_attack.seed_generator,))
-        expected = eager(ops.convert_to_tensor(x[sl]), ops.convert_to_tensor(y[sl]))
-        for g, e in zip(got, expected, strict=True):
-            assert g.dtype == np.float64
-            np.testing.assert_allclose(g, ops.convert_to_numpy(e), rtol=1e-9, atol=1e-12)
-        np.testing.assert_array_equal(
-            ops.convert_to_numpy(mapped_attack.seed_generator.state.value),
-            ops.convert_to_numpy(eager_attack.seed_generator.state.value),
-        )
-    # The clean logits differ from the attacked ones (the attack did something).
-    assert np.abs(got[0] - got[1]).max() > 1e-3
+        def mapped(xb, yb):
+            traced.append(tuple(xb.shape))
+            return attacked(xb, yb)
+
+        mapped.jit_key = attacked.jit_key
+        for sl in slices:
+            got = rpat_backend.map_rows(mapped, (x[sl], y[sl]), model, (mapped_attack.seed_generator,))
+            expected = eager(ops.convert_to_tensor(x[sl]), ops.convert_to_tensor(y[sl]))
+            for g, e in zip(got, expected, strict=True):
+                assert g.dtype == np.float64
+                np.testing.assert_allclose(g, ops.convert_to_numpy(e), rtol=1e-9, atol=1e-12)
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(mapped_attack.seed_generator.state.value),
+                ops.convert_to_numpy(eager_attack.seed_generator.state.value),
+            )
+        # The clean logits differ from the attacked ones (the attack did something).
+        assert np.abs(got[0] - got[1]).max() > 1e-3
+
+    evaluate(5, (slice(0, 6), slice(6, 10), slice(0, 6)))
     # jax runs `fn`'s Python once per batch shape (then the compiled function), the others once per batch.
     assert len(traced) == (2 if BACKEND == "jax" else 3)
+    evaluate(7, (slice(6, 10),))  # another random stream, a shape compiled already
+    assert len(traced) == (2 if BACKEND == "jax" else 4)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="only jax's map_rows compiles fn over a fixed set of variables")

@@ -59,14 +59,19 @@ def map_rows(fn, arrays, owner=None, seed_generators=()):
     # Under a keras.distribution the arrays are global: every process computes (and returns) all rows.
     tensors = tuple(map(keras.ops.convert_to_tensor, arrays))
     # `fn.jit_compile = False`: `fn` keeps Python state (its Python would run once per batch shape), run it eagerly.
-    if getattr(fn, "jit_compile", True):
-        outputs = _compiled_rows(fn, _row_state(owner, seed_generators))(*tensors)
-    else:
-        outputs = fn(*tensors)
-    return tuple(keras.ops.convert_to_numpy(o) for o in outputs)
+    if not getattr(fn, "jit_compile", True):
+        return tuple(keras.ops.convert_to_numpy(o) for o in fn(*tensors))
+    variables = _row_state(owner, seed_generators)
+    # `fn.jit_key`: the `fn`s of `owner` with one key compute the same function of their variables' values
+    # (e.g. one attack's, made anew for each evaluation): they share one compiled function.
+    key = getattr(fn, "jit_key", None)
+    holder, key = (fn, None) if key is None or owner is None else (owner, (key, len(variables)))
+    compiled = _COMPILED_ROWS.setdefault(holder, {}).setdefault(key, _CompiledRows())
+    return tuple(keras.ops.convert_to_numpy(o) for o in compiled(fn, variables, tensors))
 
 
-# `map_rows`' compiled functions, per `fn` (an evaluation loop makes its `fn` once and maps every batch).
+# `map_rows`' compiled functions: per `owner` and `fn.jit_key`, else per `fn`. (An evaluation loop makes
+# its `fn` once and maps every batch; an evaluation each epoch makes it anew.)
 _COMPILED_ROWS = weakref.WeakKeyDictionary()
 
 
@@ -77,18 +82,23 @@ def _row_state(owner, seed_generators):
     return list({id(v): v for v in variables}.values())
 
 
-def _compiled_rows(fn, variables):
-    """`fn` as one `jax.jit`-compiled pure function over `variables`' values, called like `fn`:
-    it reads them in a `jax_state.RecordingScope` and its assignments (the attacks' random
-    streams) are made to them after each call, so the streams advance as in an eager call."""
-    cached = _COMPILED_ROWS.get(fn)
-    if cached is not None and cached[0] == [id(v) for v in variables]:
-        return cached[1]
+class _CompiledRows:
+    """`fn(*tensors)` as one `jax.jit`-compiled pure function of its variables' values, traced
+    anew for each new batch shape: `fn` reads them in a `jax_state.RecordingScope` and its
+    assignments (the attacks' random streams) are made to the variables after each call, so the
+    streams advance as in an eager call. It keeps no reference to `fn` or its variables between
+    calls (`_COMPILED_ROWS` holds it by its owner, weakly)."""
 
-    def pure(values, *tensors):
+    def __init__(self):
+        self.current = None  # `(fn, variables)` of the call in progress
+        self.compiled = jax.jit(self.pure)
+
+    def pure(self, values, *tensors):
+        fn, variables = self.current
         with jax_state.RecordingScope(list(zip(variables, values))) as scope:
             outputs = tuple(fn(*tensors))
-        unknown = [v.path for key, v in scope.assigned.items() if key not in scope_keys]
+        known = {id(v) for v in variables}
+        unknown = [v.path for key, v in scope.assigned.items() if key not in known]
         if unknown:
             raise ValueError(
                 f"map_rows: `fn` assigned variables that are not part of its state: {unknown}. "
@@ -96,16 +106,14 @@ def _compiled_rows(fn, variables):
             )
         return outputs, {i: scope.get_current_value(v) for i, v in enumerate(variables) if id(v) in scope.assigned}
 
-    scope_keys = {id(v) for v in variables}
-    compiled = jax.jit(pure)
-
-    def call(*tensors):
-        outputs, assigned = compiled([v.value for v in variables], *tensors)
+    def __call__(self, fn, variables, tensors):
+        self.current = (fn, variables)
+        try:
+            outputs, assigned = self.compiled([v.value for v in variables], *tensors)
+        finally:
+            self.current = None
         jax_state.assign([(variables[i], value) for i, value in assigned.items()])
         return outputs
-
-    _COMPILED_ROWS[fn] = ([id(v) for v in variables], call)
-    return call
 
 
 def all_gather_object(value):
