@@ -126,7 +126,7 @@ def attack_function(model, attack, clean=False):
     # On jax `map_rows` compiles `attacked`, whose Python then runs once per batch shape: keras_rpat's attacks
     # are functions of their tensors and SeedGenerator (their settings in the key: one compiled function for
     # all evaluations with them); another `Attack` may keep Python state, so runs eagerly.
-    attacked.jit_compile = type(attack).__module__ == attacks_lib.__name__
+    attacked.jit_compile = type(attack).__module__ == attacks_lib.__name__ and "perturb" not in vars(attack)
     settings = {k: v for k, v in attack.get_config().items() if k != "seed"}  # the seed: the generator's value
     attacked.jit_key = ("attack", clean, type(attack).__name__, json.dumps(settings, sort_keys=True, default=repr))
     return attacked
