@@ -72,6 +72,8 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
+        if hasattr(loss, "shape") and tuple(loss.shape) == ():
+            loss = float(loss)  # a 0-d array: Keras' JAX trainer hands callbacks its logs unconverted
         if loss is None or not isinstance(loss, (int, float)) or math.isfinite(loss):
             return
         self.model.stop_training = True

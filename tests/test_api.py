@@ -9,13 +9,14 @@ import keras
 import pytest
 
 PACKAGE = pathlib.Path(keras_rpat.__file__).parent
-# The backend, the torch fast path (its entry points stay torch-free), the torch side of AutoAttack (its
+# The backend, the torch fast path (its entry points stay torch-free), the torch side of AutoAttack and its JAX bridge (its
 # facade stays torch-free), the data pipeline and the plain PyTorch modules that exported checkpoints load into.
 FRAMEWORK_ALLOWED = {
     "backend",
     "fast_path",
     "autoattack/torch_bridge.py",
     "autoattack/cascade.py",
+    "autoattack/jax_bridge.py",
     "datasets/cifar.py",
     "torch_models.py",
 }

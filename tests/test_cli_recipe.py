@@ -16,13 +16,15 @@ from keras_rpat import recipes
 from keras_rpat.cli import main
 
 from testing import BACKEND  # noqa: E402
+from testing import imported  # noqa: E402
 
 RECIPES = recipes.list_recipes()
 
 # On torch every recipe runs whole in smoke mode except Tables 1 and 2, one dataset
 # each (53 runs). Under tensorflow every AutoAttack evaluation runs in a PyTorch
-# subprocess (about 6 s each, two per run: best and final checkpoints), so the
-# tensorflow suite runs a representative narrowed subset instead: Figure 2
+# subprocess (about 6 s each, two per run: best and final checkpoints), and under
+# jax every run compiles its steps anew, so these suites run a representative
+# narrowed subset instead: Figure 2
 # whole (clean, random-noise and PGD-AT training, perception analysis, no
 # AutoAttack), Figure 5 (the stride-2 Tiny-ImageNet path), the SOTAs pipeline
 # with L2, weight averaging and AutoAttack (Table 3) and CutMix (Table 4).
@@ -43,7 +45,11 @@ TF_SUBSET = {
     "table3": (["--arch", "preactresnet18", "--dataset", "cifar10", "--norm", "l2", "--method", "rpat_plus_plus"], 1),
     "table4": (["--method", "RPAT++*"], 1),
 }
-if BACKEND == "tensorflow":
+SUBSET_REASONS = {
+    "tensorflow": "AutoAttack runs in a subprocess per evaluation under tensorflow",
+    "jax": "every run compiles its steps under jax",
+}
+if BACKEND in SUBSET_REASONS:
     SMOKE_CASES = [
         pytest.param(
             name,
@@ -51,9 +57,7 @@ if BACKEND == "tensorflow":
             id=name,
             marks=()
             if name in TF_SUBSET
-            else pytest.mark.skip(
-                reason="AutoAttack runs in a subprocess per evaluation under tensorflow; the whole recipe is smoke-tested on torch"
-            ),
+            else pytest.mark.skip(reason=f"{SUBSET_REASONS[BACKEND]}; the whole recipe is smoke-tested on torch"),
         )
         for name in RECIPES
     ]
@@ -240,6 +244,55 @@ def test_smoke_run_of_every_recipe(tmp_path, name, args, n_runs):
     # Re-running the same command skips the finished runs.
     again = invoke(["recipe", name, "--smoke", "--out", str(out), "--verbose", "0"] + args)
     assert again.exit_code == 0 and f"({n_runs} already done)" in again.output
+
+
+# What differs between two backends' runs of one recipe: the backend, its device and versions; the random
+# generators' states (torch's device generators, the others' SeedGenerator variables); the weights' hash.
+BACKEND_DEPENDENT = ("provenance", "random_state", "model_sha256")
+
+
+def _assert_same_document(ours, torch_doc, where):
+    """The same JSON document but for `BACKEND_DEPENDENT` and numbers (the backends draw the initial weights
+    and the random starts from their own generators, so losses and accuracies differ): same keys, same strings."""
+    if isinstance(ours, dict):
+        assert isinstance(torch_doc, dict) and ours.keys() == torch_doc.keys(), (where, ours.keys() ^ torch_doc.keys())
+        for key in ours:
+            if key not in BACKEND_DEPENDENT:
+                _assert_same_document(ours[key], torch_doc[key], f"{where}/{key}")
+    elif isinstance(ours, list) and all(isinstance(v, (bool, int, float)) for v in ours + torch_doc):
+        pass  # per-image outcomes, robust-image orders
+    elif isinstance(ours, list):
+        assert isinstance(torch_doc, list) and len(ours) == len(torch_doc), where
+        for i, (a, b) in enumerate(zip(ours, torch_doc)):
+            _assert_same_document(a, b, f"{where}[{i}]")
+    elif isinstance(ours, (bool, int, float)) and not isinstance(ours, bool):
+        assert isinstance(torch_doc, (int, float)) and not isinstance(torch_doc, bool), where
+    else:
+        assert ours == torch_doc, where
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="compares the jax suite's run with a torch run (in a subprocess)")
+def test_a_smoke_recipe_on_jax_writes_the_files_and_json_it_writes_on_torch(tmp_path):
+    args = ["recipe", "table3", "--smoke", *TF_SUBSET["table3"][0], "--verbose", "0", "--out"]
+    result = invoke(args + [str(tmp_path / "jax")])
+    assert result.exit_code == 0, result.output
+    _, process = imported(args + [tmp_path / "torch"], backend="torch")
+    assert process.returncode == 0, process.stdout + process.stderr
+    files = {
+        b: sorted(p.relative_to(tmp_path / b) for p in (tmp_path / b).rglob("*") if p.is_file())
+        for b in ("jax", "torch")
+    }
+    assert files["jax"] == files["torch"] and len(files["jax"]) > 15
+    documents = [f for f in files["jax"] if f.suffix == ".json"]
+    assert {"config.json", "table3.json", "results.json", "eval_final.json", "aa_state_best.json"} <= {
+        f.name for f in documents
+    }
+    for name in documents:
+        ours, torch_doc = (json.loads((tmp_path / b / name).read_text()) for b in ("jax", "torch"))
+        _assert_same_document(ours, torch_doc, str(name))
+    ours, torch_doc = (json.loads((tmp_path / b / "config.json").read_text()) for b in ("jax", "torch"))
+    assert ours == torch_doc  # numbers too: the same plan
 
 
 def test_out_of_another_configuration_is_refused_unless_overwrite(tmp_path):

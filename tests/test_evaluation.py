@@ -251,6 +251,63 @@ def test_pgd20_equals_closed_form_on_linear_model():
     assert 0 < got < clean
 
 
+@float64_precision()
+def test_map_rows_equals_the_eager_attack_and_advances_its_random_stream_alike():
+    """Evaluation maps `fn` over batches with `backend.map_rows` (on jax one `jax.jit`-compiled pure
+    function over the model's and the attack's variables): the same logits and random streams as
+    `fn` called eagerly, batch after batch (two batch shapes, the first again), and for a second
+    evaluation with a new attack of the same settings (on jax the same compiled function)."""
+    from keras_rpat import backend as rpat_backend
+    from keras_rpat.evaluation import metrics
+
+    model = tiny_cnn(num_classes=4, seed=1)
+    x, y = images(10, seed=2)
+    traced = []
+
+    def evaluate(seed, slices):
+        mapped_attack, eager_attack = (metrics.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, seed=seed) for _ in "ab")
+        attacked = metrics.attack_function(model, mapped_attack, clean=True)
+        eager = metrics.attack_function(model, eager_attack, clean=True)
+
+        def mapped(xb, yb):
+            traced.append(tuple(xb.shape))
+            return attacked(xb, yb)
+
+        mapped.jit_key = attacked.jit_key
+        for sl in slices:
+            got = rpat_backend.map_rows(mapped, (x[sl], y[sl]), model, (mapped_attack.seed_generator,))
+            expected = eager(ops.convert_to_tensor(x[sl]), ops.convert_to_tensor(y[sl]))
+            for g, e in zip(got, expected, strict=True):
+                assert g.dtype == np.float64
+                np.testing.assert_allclose(g, ops.convert_to_numpy(e), rtol=1e-9, atol=1e-12)
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(mapped_attack.seed_generator.state.value),
+                ops.convert_to_numpy(eager_attack.seed_generator.state.value),
+            )
+        # The clean logits differ from the attacked ones (the attack did something).
+        assert np.abs(got[0] - got[1]).max() > 1e-3
+
+    evaluate(5, (slice(0, 6), slice(6, 10), slice(0, 6)))
+    # jax runs `fn`'s Python once per batch shape (then the compiled function), the others once per batch.
+    assert len(traced) == (2 if BACKEND == "jax" else 3)
+    evaluate(7, (slice(6, 10),))  # another random stream, a shape compiled already
+    assert len(traced) == (2 if BACKEND == "jax" else 4)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="only jax's map_rows compiles fn over a fixed set of variables")
+def test_map_rows_names_a_variable_fn_assigns_outside_its_state():
+    from keras_rpat import backend as rpat_backend
+
+    stray = keras.Variable(0.0, name="stray")
+
+    def fn(xb):
+        stray.assign(stray + 1.0)
+        return (xb,)
+
+    with pytest.raises(ValueError, match="stray"):
+        rpat_backend.map_rows(fn, (np.zeros((2, 3), "float32"),))
+
+
 def test_progress_line_has_elapsed_eta_and_accuracy_so_far():
     times = iter([100.0, 110.0])
     progress = evaluation.Progress("PGD-20", 100, clock=lambda: next(times))
@@ -473,7 +530,8 @@ from keras_rpat import autoattack  # noqa: E402
 from keras_rpat.autoattack import cascade  # noqa: E402
 from keras_rpat.autoattack.torch_bridge import TorchBridge  # noqa: E402
 
-torch_only = pytest.mark.skipif(BACKEND != "torch", reason="TorchBridge runs Keras models on the torch backend")
+# TorchBridge runs the Keras models of torch and jax in this process (tensorflow's: in a PyTorch subprocess).
+bridged = pytest.mark.skipif(BACKEND == "tensorflow", reason="TorchBridge runs Keras models on torch and jax")
 
 
 class PlainTorchCNN(torch.nn.Module):
@@ -501,7 +559,7 @@ def plain_copy(model):
     return PlainTorchCNN(kernel, bias, dense_w, dense_b).eval()
 
 
-@torch_only
+@bridged
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_bridge_logits_equal_keras_logits(data_format):
     model = tiny_cnn(data_format=data_format)
@@ -514,7 +572,41 @@ def test_bridge_logits_equal_keras_logits(data_format):
     expected = ops.convert_to_numpy(model(x_model, training=False))
     np.testing.assert_allclose(out.detach().cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
     assert list(bridge.parameters()) == []  # the Keras model is not a submodule
-    assert str(bridge.device) == str(model.weights[0].value.device)
+    if BACKEND == "torch":
+        assert str(bridge.device) == str(model.weights[0].value.device)
+    else:  # jax: torch's view of JAX's device
+        jax_device = model.weights[0].value.devices().pop()
+        assert str(bridge.device) == ("cpu" if jax_device.platform == "cpu" else f"cuda:{jax_device.id}")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the DLPack hand-over between JAX and torch")
+@float64_precision()
+def test_jax_bridge_shares_memory_through_dlpack_and_gives_jax_input_gradients():
+    import jax
+
+    from keras_rpat.autoattack import jax_bridge
+
+    images_t = torch.rand(4, 3, 6, 6)  # torch's CPU allocations are 64-byte aligned: JAX takes them as they are
+    as_jax = jax_bridge.to_jax(images_t)
+    assert as_jax.unsafe_buffer_pointer() == images_t.data_ptr()
+    back = jax_bridge.to_torch(as_jax + 1.0, torch.device("cpu"))
+    assert back.data_ptr() != images_t.data_ptr()
+    np.testing.assert_array_equal(back.numpy(), images_t.numpy() + 1.0)
+    array = jax.numpy.arange(6.0).reshape(2, 3)
+    assert jax_bridge.to_torch(array, torch.device("cpu")).data_ptr() == array.unsafe_buffer_pointer()
+    # A view JAX cannot take (strided): copied contiguously first, same values.
+    view = images_t[:, :, 1:]
+    np.testing.assert_array_equal(np.asarray(jax_bridge.to_jax(view)), view.numpy())
+
+    # The bridge's input gradient is JAX's gradient of the same function (float64 model, float64 images).
+    model = tiny_cnn(num_classes=4, seed=1)
+    x_nhwc, _ = images(4)
+    weights = np.random.default_rng(0).normal(size=(4, 4))
+    x_t = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).double().requires_grad_()
+    logits = TorchBridge(model)(x_t)
+    (logits * torch.from_numpy(weights)).sum().backward()
+    expected = jax.grad(lambda x: (model(x, training=False) * weights).sum())(jax.numpy.asarray(x_nhwc, "float64"))
+    np.testing.assert_allclose(x_t.grad.numpy(), np.asarray(expected).transpose(0, 3, 1, 2), rtol=1e-12, atol=1e-15)
 
 
 def _reference_autoattack(model, x_nhwc, y, attacks_list, n_iter, eps, batch_size):
@@ -576,7 +668,7 @@ def test_autoattack_matches_pyautoattack_on_plain_torch_model():
     assert np.abs(x_adv - x).max() <= eps + 1e-6  # float32 images
 
 
-@torch_only
+@bridged
 def test_autoattack_prints_progress_with_eta_and_robust_accuracy_so_far(capsys):
     model = tiny_cnn(num_classes=4, seed=1)
     x, y = correctly_classified(model, 12, seed=4)
@@ -590,7 +682,7 @@ def test_autoattack_prints_progress_with_eta_and_robust_accuracy_so_far(capsys):
     assert lines[-1].endswith(f"robust accuracy so far {acc:.2f}%")
 
 
-@torch_only
+@bridged
 def test_autoattack_state_resumes_after_interruption(tmp_path, monkeypatch):
     model = tiny_cnn(num_classes=4, seed=1)
     x, y = correctly_classified(model, 16, seed=4)
@@ -637,7 +729,7 @@ def test_autoattack_state_resumes_after_interruption(tmp_path, monkeypatch):
         autoattack.run_autoattack(model, x, y, state_path=state, **{**kwargs, "epsilon": 4 / 255})
 
 
-@torch_only
+@bridged
 def test_autoattack_probability_warning_reaches_user():
     model = tiny_cnn(softmax=True)
     x, y = images(8)

@@ -29,6 +29,7 @@ import pytest
 import keras_rpat
 from keras_rpat import evaluation
 from keras_rpat import _resume
+from keras_rpat import backend as rpat_backend
 from keras_rpat import recipes
 from keras_rpat.callbacks import DivergenceError
 from keras_rpat.recipes import runner
@@ -152,9 +153,12 @@ def test_a_pgd_evaluation_stopped_after_a_batch_resumes_with_the_same_random_sta
     monkeypatch.undo()
     assert _read(path)["done"] == 8
     attack = pgd()
-    perturbed = []
+    perturbed = []  # the rows of each batch attacked (on jax `perturb` runs compiled, its Python once per shape)
+    map_rows = rpat_backend.map_rows
     monkeypatch.setattr(
-        attack, "perturb", lambda m, xb, yb: perturbed.append(len(xb)) or type(attack).perturb(attack, m, xb, yb)
+        rpat_backend,
+        "map_rows",
+        lambda fn, arrays, *args: perturbed.append(len(arrays[0])) or map_rows(fn, arrays, *args),
     )
     resumed = evaluation.attack_correct(model, attack, x, y, 8, state_path=path)
     assert perturbed == [8, 8] and np.array_equal(resumed, whole)
@@ -238,7 +242,7 @@ def test_state_files_written_before_the_merge_still_resume(tmp_path, monkeypatch
     saved = _read(path)
     assert list(saved) == list(OLD_PGD_STATE) and saved["done"] == 16 and saved["correct"] == resumed.tolist()
     assert {k: saved[k] for k in list(saved)[:7]} == {k: OLD_PGD_STATE[k] for k in list(saved)[:7]}  # the key
-    if not TORCH:  # the file holds tensorflow's random state: the resumed run is the uninterrupted one
+    if not TORCH:  # the file holds the variable, all of tensorflow's (and jax's) random state: the resumed run is the uninterrupted one
         whole = evaluation.attack_correct(model, evaluation.evaluation_pgd("linf", 8 / 255, 2 / 255, 2, 5), x, y, 8)
         assert np.array_equal(resumed, whole)
 
@@ -262,7 +266,7 @@ def test_state_files_written_before_the_merge_still_resume(tmp_path, monkeypatch
     assert list(fresh.state) == list(OLD_AUTOATTACK_STATE) and fresh.state["version"] == "custom"
 
 
-@pytest.mark.skipif(keras.config.backend() != "torch", reason="AutoAttack runs in this process on torch only")
+@pytest.mark.skipif(keras.config.backend() == "tensorflow", reason="AutoAttack runs in this process on torch and jax")
 def test_an_autoattack_run_resumes_a_state_file_written_before_the_merge(tmp_path):
     pytest.importorskip("pyautoattack")
     model, x, y = _fixed_model_and_data()
@@ -282,6 +286,8 @@ def test_an_autoattack_run_resumes_a_state_file_written_before_the_merge(tmp_pat
 # ---------------------------------------------------------------------------
 
 TORCH = keras.config.backend() == "torch"
+# On torch and jax AutoAttack runs in the process that evaluates; on tensorflow in a PyTorch subprocess.
+AUTOATTACK_SUBPROCESS = keras.config.backend() == "tensorflow"
 # 64 smoke images in batches of 8: 8 steps an epoch. Seed 3: the smoke model gets 5 of the 16 evaluation images
 # right on both backends, so AutoAttack (batches of 4 in smoke runs) has 2 batches; PGD has 2 (batches of 8).
 KILL = dict(smoke=True, epochs=2, batch_size=8, seed=3)
@@ -388,7 +394,7 @@ def test_train_killed_mid_pgd_and_between_autoattack_batches_resumes_to_the_unin
     assert len(_read(out / "pgd_state_final.json")["correct"]) == 8 and not (out / "aa_state_final.json").exists()
     # Between two AutoAttack batches: the PGD evaluation is complete, APGD-CE has done the first of its batches of 4.
     # Under tensorflow only the run is killed: its PyTorch subprocess, where AutoAttack runs, must not outlive it.
-    pid_file = None if TORCH else tmp_path / "autoattack.pid"
+    pid_file = tmp_path / "autoattack.pid" if AUTOATTACK_SUBPROCESS else None
     _kill_at(args, "aa_state_final.json", kill=pid_file, current__next_batch=1)
     if pid_file is not None:
         _wait_until_gone(int(pid_file.read_text()), timeout=30)  # the hook holds it for 60 s unless it exits

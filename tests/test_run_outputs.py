@@ -3,7 +3,8 @@
 One smoke run of Figure 4 (one method, two epochs), made in a fresh process
 whose output is not a terminal, is shared by the tests. The outputs do not
 depend on the backend, and AutoAttack under tensorflow runs in a subprocess per
-evaluation, so the run is made on torch only.
+evaluation, so the run is made on torch only (a jax smoke run writes torch's files:
+tests/test_cli_recipe.py).
 """
 
 import csv

@@ -34,6 +34,10 @@ LAZY_IMPORTS = {
         "keras_rpat.autoattack.cascade",
     ): "the cascade imports torch; the facade stays torch-free",
     (
+        "keras_rpat.autoattack.torch_bridge",
+        "keras_rpat.autoattack.jax_bridge",
+    ): "imports jax; the bridge of a torch model needs no JAX",
+    (
         "keras_rpat.optimizers",
         "keras_rpat.backend.torch_optimizers",
     ): "imports torch; the fused SGD step runs on torch only",

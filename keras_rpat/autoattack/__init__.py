@@ -4,9 +4,11 @@
 [0, 1] and return logits. `run_autoattack` validates its arguments here and
 then either
 
-* runs the cascade in this process when the backend is torch
+* runs the cascade in this process when the backend is torch or jax
   (`keras_rpat.autoattack.cascade`, through the
-  `keras_rpat.autoattack.torch_bridge.TorchBridge` view of the Keras model), or
+  `keras_rpat.autoattack.torch_bridge.TorchBridge` view of the Keras model;
+  on jax its logits and input gradients are jitted JAX functions, the tensors
+  handed over through DLPack), or
 * saves the model to a temporary `.keras` file (Keras files are
   backend-independent) and runs the cascade in a PyTorch subprocess
   (`keras_rpat.autoattack.subprocess`); the caller does nothing different.
@@ -131,6 +133,10 @@ def run_autoattack(
     Under TensorFlow on a GPU, let TensorFlow grow its memory
     (`TF_FORCE_GPU_ALLOW_GROWTH=true`) so the PyTorch subprocess has room.
 
+    On jax, AutoAttack runs in this process: on a GPU, let JAX leave memory to PyTorch
+    (`XLA_PYTHON_CLIENT_PREALLOCATE=false`) and install a CUDA build of torch so that the
+    tensors are shared, not copied through the CPU.
+
     Under a tf.distribute strategy of several replicas (the CLI's `--strategy`,
     the current one, or the one `model` was built in) every worker calls it
     alike: it starts a PyTorch subprocess per local replica, which together deal
@@ -161,9 +167,10 @@ def run_autoattack(
     # Images in [0, 1] of the model's input shape, labels within its classes.
     x, y, _, data_format = _checks.check_data(model, x, y, data_format)
     config = AutoAttackConfig(data_format=data_format, **config)
-    if keras.config.backend() == "torch":
+    if keras.config.backend() in ("torch", "jax"):
         import_autoattack()
-        # Imported here: the cascade imports torch, which this facade must not.
+        # Imported here: the cascade imports torch, which this facade must not. (On jax, in this
+        # process too: `TorchBridge` hands the tensors to JAX and back through DLPack.)
         from keras_rpat.autoattack import cascade
 
         return cascade.run(model, x, y, config)

@@ -8,6 +8,7 @@ are `keras.distribution`'s (`jax_distributed`).
 
 import contextlib
 import random
+import weakref
 
 import jax
 import keras
@@ -56,8 +57,68 @@ def distributed_context(owner=None):
 
 
 def map_rows(fn, arrays, owner=None, seed_generators=()):
-    # The step's random draws are the global batch's: the one-device rows, with or without a distribution.
-    return jax_distributed.map_rows(fn, arrays)
+    # The step's random draws are the global batch's: the one-device rows, with or without a distribution
+    # (jax_distributed shards the rows over its devices).
+    return jax_distributed.map_rows(lambda *tensors: _rows(fn, tensors, owner, seed_generators), arrays)
+
+
+def _rows(fn, tensors, owner, seed_generators):
+    # `fn.jit_compile = False`: `fn` keeps Python state (its Python would run once per batch shape), run it eagerly.
+    if not getattr(fn, "jit_compile", True):
+        return tuple(fn(*tensors))
+    variables = _row_state(owner, seed_generators)
+    # `fn.jit_key`: the `fn`s of `owner` with one key compute the same function of their variables' values
+    # (e.g. one attack's, made anew for each evaluation): they share one compiled function.
+    key = getattr(fn, "jit_key", None)
+    holder, key = (fn, None) if key is None or owner is None else (owner, (key, len(variables)))
+    compiled = _COMPILED_ROWS.setdefault(holder, {}).setdefault(key, _CompiledRows())
+    return compiled(fn, variables, tensors)
+
+
+# `map_rows`' compiled functions: per `owner` and `fn.jit_key`, else per `fn`. (An evaluation loop makes
+# its `fn` once and maps every batch; an evaluation each epoch makes it anew.)
+_COMPILED_ROWS = weakref.WeakKeyDictionary()
+
+
+def _row_state(owner, seed_generators):
+    """The variables `map_rows`' `fn` reads: `owner`'s (a model's weights, its layers' random
+    streams) and the states of `seed_generators`, each once."""
+    variables = list(getattr(owner, "variables", ())) + [g.state for g in seed_generators]
+    return list({id(v): v for v in variables}.values())
+
+
+class _CompiledRows:
+    """`fn(*tensors)` as one `jax.jit`-compiled pure function of its variables' values, traced
+    anew for each new batch shape: `fn` reads them in a `jax_state.RecordingScope` and its
+    assignments (the attacks' random streams) are made to the variables after each call, so the
+    streams advance as in an eager call. It keeps no reference to `fn` or its variables between
+    calls (`_COMPILED_ROWS` holds it by its owner, weakly)."""
+
+    def __init__(self):
+        self.current = None  # `(fn, variables)` of the call in progress
+        self.compiled = jax.jit(self.pure)
+
+    def pure(self, values, *tensors):
+        fn, variables = self.current
+        with jax_state.RecordingScope(list(zip(variables, values))) as scope:
+            outputs = tuple(fn(*tensors))
+        known = {id(v) for v in variables}
+        unknown = [v.path for key, v in scope.assigned.items() if key not in known]
+        if unknown:
+            raise ValueError(
+                f"map_rows: `fn` assigned variables that are not part of its state: {unknown}. "
+                "Pass the model that owns them as `owner`, or their SeedGenerators as `seed_generators`."
+            )
+        return outputs, {i: scope.get_current_value(v) for i, v in enumerate(variables) if id(v) in scope.assigned}
+
+    def __call__(self, fn, variables, tensors):
+        self.current = (fn, variables)
+        try:
+            outputs, assigned = self.compiled([v.value for v in variables], *tensors)
+        finally:
+            self.current = None
+        jax_state.assign([(variables[i], value) for i, value in assigned.items()])
+        return outputs
 
 
 def all_gather_object(value):

@@ -30,6 +30,7 @@ All accuracies are in percent.
 """
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -113,6 +114,7 @@ def _logits_function(model):
         with rpat_backend.no_grad():
             return (_fast(model)(ops.cast(xb, _checks.pixel_dtype(model)), training=False),)
 
+    logits_of.jit_key = ("logits",)  # on jax: one compiled function per model (see `attack_function`)
     return logits_of
 
 
@@ -126,6 +128,12 @@ def attack_function(model, attack, clean=False):
             logits = (_fast(model)(x_adv, training=False),)
             return ((_fast(model)(xb, training=False),) + logits) if clean else logits
 
+    # On jax `map_rows` compiles `attacked`, whose Python then runs once per batch shape: keras_rpat's attacks
+    # are functions of their tensors and SeedGenerator (their settings in the key: one compiled function for
+    # all evaluations with them); another `Attack` may keep Python state, so runs eagerly.
+    attacked.jit_compile = type(attack).__module__ == attacks_lib.__name__ and "perturb" not in vars(attack)
+    settings = {k: v for k, v in attack.get_config().items() if k != "seed"}  # the seed: the generator's value
+    attacked.jit_key = ("attack", clean, type(attack).__name__, json.dumps(settings, sort_keys=True, default=repr))
     return attacked
 
 

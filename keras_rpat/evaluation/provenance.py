@@ -84,6 +84,7 @@ def provenance(model=None, elapsed=None, batch_size=None, sync_batchnorm=None):
         "keras": keras.__version__,
         "torch": _package_version("torch"),
         "tensorflow": _package_version("tensorflow") or _package_version("tensorflow-cpu"),
+        "jax": _package_version("jax"),
         "pyautoattack": _package_version("pyautoattack"),
         "numpy": np.__version__,
         "backend": keras.config.backend(),
