@@ -65,6 +65,12 @@ def parse_args(argv=None):
         help="calls before the timed rounds (at least the first, timed apart: it compiles)",
     )
     p.add_argument("--configs", default=None, help="comma list (default: all for the device)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of every backend's kernels (default: each backend's own); 1 on a crowded CPU",
+    )
     p.add_argument("--smoke", action="store_true", help="resnet18, batch 4, 8x8, PGD-2, 2 steps, 2 rounds")
     p.add_argument("--cpu", action="store_true", help=f"the CPU acceptance shapes {CPU_SHAPES}")
     p.add_argument("--out", default=os.path.join(HERE, "throughput.json"))
@@ -85,6 +91,8 @@ def parse_args(argv=None):
     for backend in args.backends.split(","):
         if backend not in ("torch", "tensorflow", "jax"):
             raise SystemExit(f"--backends: expected a comma list of torch, tensorflow, jax, got {backend!r}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads: expected a positive number of threads, got {args.threads}")
     known = set(TORCH_CONFIGS + CUDA_CONFIGS + TF_CONFIGS + JAX_CONFIGS)
     for config in args.configs.split(",") if args.configs else ():
         if config not in known:
@@ -342,6 +350,19 @@ def jax_gpu():
     return True, f"jax {jax.__version__} on {device.platform}:{device.id} ({device.device_kind})"
 
 
+def _thread_env(threads, xla_flags):
+    """The environment that holds torch (OpenMP), TensorFlow and XLA (jax, tf_xla) to `threads` CPU threads."""
+    n = str(threads)
+    flags = f"{xla_flags} --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+    return {
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "TF_NUM_INTRAOP_THREADS": n,
+        "TF_NUM_INTEROP_THREADS": n,
+        "XLA_FLAGS": (flags + f"intra_op_parallelism_threads={n}").strip(),
+    }
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -359,6 +380,8 @@ def main(argv=None):
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
             # JAX would take 75% of a GPU at start-up; torch's reference shares that GPU in the process.
             env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            if args.threads:
+                env.update(_thread_env(args.threads, env.get("XLA_FLAGS", "")))
             proc = subprocess.run(cmd, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"{backend} worker failed with exit code {proc.returncode}")

@@ -98,6 +98,15 @@ def test_throughput_options(bench_path):
         throughput.parse_args(["--configs", "plain_pytorch,jax_jt"])
     with pytest.raises(SystemExit, match="BATCHxSIZExPGD_STEPS"):
         throughput.parse_args(["--shapes", "4x8"])
+    with pytest.raises(SystemExit, match="--threads"):
+        throughput.parse_args(["--threads", "0"])
+    env = throughput._thread_env(1, "--xla_dump_to=/tmp/x")
+    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_dump_to=/tmp/x",
+        "--xla_cpu_multi_thread_eigen=false",
+        "intra_op_parallelism_threads=1",
+    ]
 
 
 @pytest.mark.skipif(keras.config.backend() != "torch", reason="backend-independent: checked on torch")
