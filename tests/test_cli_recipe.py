@@ -20,9 +20,9 @@ from testing import BACKEND  # noqa: E402
 RECIPES = recipes.list_recipes()
 
 # On torch every recipe runs whole in smoke mode except Tables 1 and 2, one dataset
-# each (53 runs). Under tensorflow every AutoAttack evaluation runs in a PyTorch
-# subprocess (about 6 s each, two per run: best and final checkpoints), so the
-# tensorflow suite runs a representative narrowed subset instead: Figure 2
+# each (53 runs). Under tensorflow and jax every AutoAttack evaluation runs in a PyTorch
+# subprocess (about 6 s each, two per run: best and final checkpoints), so their
+# suites run a representative narrowed subset instead: Figure 2
 # whole (clean, random-noise and PGD-AT training, perception analysis, no
 # AutoAttack), Figure 5 (the stride-2 Tiny-ImageNet path), the SOTAs pipeline
 # with L2, weight averaging and AutoAttack (Table 3) and CutMix (Table 4).
@@ -43,7 +43,7 @@ TF_SUBSET = {
     "table3": (["--arch", "preactresnet18", "--dataset", "cifar10", "--norm", "l2", "--method", "rpat_plus_plus"], 1),
     "table4": (["--method", "RPAT++*"], 1),
 }
-if BACKEND == "tensorflow":
+if BACKEND != "torch":
     SMOKE_CASES = [
         pytest.param(
             name,
@@ -52,7 +52,7 @@ if BACKEND == "tensorflow":
             marks=()
             if name in TF_SUBSET
             else pytest.mark.skip(
-                reason="AutoAttack runs in a subprocess per evaluation under tensorflow; the whole recipe is smoke-tested on torch"
+                reason=f"AutoAttack runs in a subprocess per evaluation under {BACKEND}; the whole recipe is smoke-tested on torch"
             ),
         )
         for name in RECIPES
