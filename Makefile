@@ -9,7 +9,7 @@ STAMP := $(VENV)/.keras_rpat-installed
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install lint format graph docs test test-torch test-tensorflow demo bench clean
+.PHONY: install lint format graph docs test test-torch test-tensorflow test-jax demo bench clean
 
 install: $(STAMP)
 
@@ -42,18 +42,27 @@ docs: $(STAMP)
 # TensorFlow runs channels_first convolutions on a CPU only through oneDNN, which it
 # turns on by default only on CPUs with AVX-512; force it on (e.g. AVX2-only AMD EPYC).
 TF_ENV := KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1
+# JAX needs nothing more on a CPU (jax[cpu], from the test extra, finds no accelerator and says nothing).
+JAX_ENV := KERAS_BACKEND=jax
 
+# One suite per backend; the tests marked `cross_backend` (every backend compared, the others in
+# subprocesses) run in the torch suite only (tests/conftest.py).
 test: lint docs
 	@echo "== keras_rpat tests, KERAS_BACKEND=torch"
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 	@echo "== keras_rpat tests, KERAS_BACKEND=tensorflow"
 	$(TF_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	@echo "== keras_rpat tests, KERAS_BACKEND=jax"
+	$(JAX_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 
 test-tensorflow: $(STAMP)
 	$(TF_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-jax: $(STAMP)
+	$(JAX_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/keras-rpat demo

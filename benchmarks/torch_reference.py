@@ -12,6 +12,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from torch_reference_models import (  # noqa: E402
@@ -33,7 +34,19 @@ def build(name, num_classes=10):
         return TorchResNet(TorchPreActBlock, num_classes, preact=True)
     if name == "wide_resnet34_10":
         return TorchWideResNet(34, 10, num_classes)
+    if name == "small_cnn":
+        return torch_small_cnn(num_classes)
     raise ValueError(f"No reference module for {name!r}.")
+
+
+def torch_small_cnn(num_classes=10, widths=(8, 16, 32)):
+    """keras_rpat.models.small_cnn: three conv3x3 -> BN -> ReLU blocks (strides 1, 2, 2), global
+    average pooling and a linear classifier (the benchmarks' tiny model, for tests)."""
+    layers, channels = [], 3
+    for width, stride in zip(widths, (1, 2, 2)):
+        layers += [nn.Conv2d(channels, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
 def make_reference_step(model, epsilon=8 / 255, step_size=2 / 255, num_steps=10, alpha=0.5, weight=1.0):

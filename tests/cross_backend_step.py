@@ -5,7 +5,10 @@ Usage: KERAS_BACKEND=... python tests/cross_backend_step.py OUT.npz
 Weights and data come from NumPy with fixed seeds, every attack starts at `x`
 (random_start=False), and everything runs in float64 (`testing.float64_precision`:
 the PGD sign steps of two float32 backends differ wherever a gradient component is
-at rounding level), so the torch and tensorflow runs must agree to float64 rounding.
+at rounding level), so the torch, tensorflow and jax runs must agree to float64
+rounding. Written per method: the loss (`loss`), the gradient of every trainable
+weight (`g0`, `g1`, ...), the classifier's weights after the step (`w0`, ... with
+the BatchNorm statistics) and the EMA teacher's (`t0`, ...).
 """
 
 import sys
@@ -18,6 +21,7 @@ import numpy as np
 from keras_rpat import attacks, models, optimizers, presets
 from testing import float64_precision
 
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 METHODS = ("pgd_at+rpat", "trades+rpat", "mart+rpat", "consistency_at+rpat", "rebat", "rpat_plus_plus")
 
 
@@ -56,10 +60,18 @@ def run(method):
             loss.start_epoch = 0
     classifier = make_classifier()
     trainer = preset.build_trainer(classifier)
-    trainer.compile(optimizer=optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4))
+    optimizer = optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    trainer.compile(optimizer=optimizer)
     x, y = make_batch()
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in trainer.trainable_variables]
     logs = trainer.train_on_batch(x, y, return_dict=True)
     out = {"loss": np.float64(logs["loss"])}
+    # The first step's momentum buffer is `gradient + weight_decay * weight` (optimizers.SGD; torch's clone).
+    assert len(optimizer.momentums) == len(before)
+    for i, (buffer, w) in enumerate(zip(optimizer.momentums, before)):
+        buffer = keras.ops.convert_to_numpy(buffer)
+        assert buffer.shape == w.shape, (buffer.shape, w.shape)
+        out[f"g{i}"] = buffer - WEIGHT_DECAY * w
     for i, w in enumerate(classifier.get_weights()):
         out[f"w{i}"] = w
     if trainer.teacher is not None:

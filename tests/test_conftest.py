@@ -57,3 +57,18 @@ def test_skip_reasons_say_how_to_run_them(suite):
     result.stdout.fnmatch_lines(["*needs a download: pass --run-download*"])
     if not _gpu():
         result.stdout.fnmatch_lines(["*needs a GPU*"])
+
+
+def test_cross_backend_tests_run_in_one_suite_only(pytester):
+    import keras
+
+    from conftest import CROSS_BACKEND_SUITE
+
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_pair="import pytest\n\n@pytest.mark.cross_backend\ndef test_pair():\n    pass\n")
+    result = pytester.runpytest("--strict-markers", "-rs")
+    if keras.config.backend() == CROSS_BACKEND_SUITE:
+        result.assert_outcomes(passed=1)
+    else:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines([f"*make test runs it in the {CROSS_BACKEND_SUITE} suite*"])

@@ -18,7 +18,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_rpat"
 BACKEND = os.environ.get("KERAS_BACKEND", "torch")
-HEAVY = ("keras", "torch", "tensorflow")
+HEAVY = ("keras", "torch", "tensorflow", "jax")
 
 # Loads every public name of keras_rpat (the modules of a not-yet-merged name are skipped: test_api checks them).
 LOAD_API = (
@@ -100,10 +100,10 @@ _LOAD_EVERYTHING = (
 def everything_loaded(tmp_path_factory):
     home = tmp_path_factory.mktemp("import_purity")
     (home / "keras_home").mkdir()
-    other = "tensorflow" if BACKEND == "torch" else "torch"
+    other = "tensorflow" if BACKEND != "tensorflow" else "torch"
     (home / "keras_home" / "keras.json").write_text(json.dumps({"backend": other}))
-    framework = "torch" if BACKEND == "torch" else "tensorflow"
-    return last_json(run_python(_LOAD_EVERYTHING.format(framework=framework), home, KERAS_BACKEND=BACKEND))
+    # Each backend's framework is the module of its name.
+    return last_json(run_python(_LOAD_EVERYTHING.format(framework=BACKEND), home, KERAS_BACKEND=BACKEND))
 
 
 def test_import_and_api_read_no_sys_argv(everything_loaded):
@@ -146,19 +146,20 @@ def test_an_unsupported_backend_is_an_import_error_that_names_it_and_the_fix(tmp
         "except ImportError as e:\n"
         "    print(e)\n"
     )
-    out = run_python(code, tmp_path, KERAS_BACKEND="jax")
+    # numpy: a Keras backend (inference only) that keras_rpat does not support.
+    out = run_python(code, tmp_path, KERAS_BACKEND="numpy")
     assert out.returncode == 0 and "SystemExit" not in out.stderr, out.stderr
     assert out.stdout.strip() == (
-        "keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND='jax'. "
-        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow before importing Keras, or unset it."
+        "keras_rpat supports the Keras backends torch, tensorflow and jax. Received: KERAS_BACKEND='numpy'. "
+        "Set KERAS_BACKEND=torch (the default), tensorflow or jax before importing Keras, or unset it."
     )
 
 
 def test_keras_imported_first_on_an_unsupported_backend_is_an_import_error(tmp_path):
-    # A stand-in for Keras imported on jax (not installed here): only its `config.backend()` is asked.
+    # A stand-in for Keras imported on its numpy backend: only its `config.backend()` is asked.
     code = (
         "import os, sys, types\n"
-        "sys.modules['keras'] = types.SimpleNamespace(config=types.SimpleNamespace(backend=lambda: 'jax'))\n"
+        "sys.modules['keras'] = types.SimpleNamespace(config=types.SimpleNamespace(backend=lambda: 'numpy'))\n"
         "import keras_rpat\n"
         "assert 'KERAS_BACKEND' not in os.environ\n"  # Keras chose already: no default is set
         "try:\n"
@@ -167,7 +168,7 @@ def test_keras_imported_first_on_an_unsupported_backend_is_an_import_error(tmp_p
         "    print(e)\n"
     )
     out = run_python(code, tmp_path)
-    assert "Received: keras.config.backend()='jax'" in out.stdout, out.stdout + out.stderr
+    assert "Received: keras.config.backend()='numpy'" in out.stdout, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("how", ["keras-rpat", "python -m keras_rpat"])
@@ -182,8 +183,8 @@ def test_the_command_line_refuses_an_unsupported_backend_in_one_line(tmp_path, h
     p = subprocess.run([*command, "recipe", "list"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.splitlines() == [
-        "Error: keras_rpat supports the Keras backends torch and tensorflow. Received: KERAS_BACKEND='foo'. "
-        "Set KERAS_BACKEND=torch (the default) or KERAS_BACKEND=tensorflow before importing Keras, or unset it."
+        "Error: keras_rpat supports the Keras backends torch, tensorflow and jax. Received: KERAS_BACKEND='foo'. "
+        "Set KERAS_BACKEND=torch (the default), tensorflow or jax before importing Keras, or unset it."
     ]
     debug = subprocess.run(
         [*command, "--debug", "recipe", "list"], env=env, capture_output=True, text=True, timeout=120

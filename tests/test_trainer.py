@@ -1,5 +1,6 @@
 """RPATTrainer: reference parity, cross-backend agreement, phases, errors."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from testing import float64_precision
 from testing import np_ce  # noqa: E402
 
 BACKEND = keras.config.backend()
+BACKENDS = ("torch", "tensorflow", "jax")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -185,29 +187,49 @@ def test_two_steps_match_plain_pytorch_reference(fast_path, alpha, alpha_samplin
 
 
 # --------------------------------------------------------------------------
-# torch and tensorflow agree
+# torch, tensorflow and jax agree
 # --------------------------------------------------------------------------
-@pytest.mark.skipif(BACKEND != "torch", reason="runs both backends; the torch suite runs it (make test's budget)")
-def test_torch_and_tensorflow_agree_on_one_step(tmp_path):
-    other = "tensorflow" if BACKEND == "torch" else "torch"
+@pytest.mark.cross_backend
+def test_torch_tensorflow_and_jax_agree_on_one_step(tmp_path):
+    """One step of every method (tests/cross_backend_step.py: same weights, batch and start) on every backend,
+    this one in this process and the others in a subprocess each, at the same time: the loss, every weight's
+    gradient and the weights after the step (BatchNorm statistics and EMA teacher included) agree pairwise to
+    float64 rounding."""
     script = os.path.join(HERE, "cross_backend_step.py")
-    here_out, other_out = tmp_path / "here.npz", tmp_path / "other.npz"
-    env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, script, str(other_out)], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    processes = {}
+    for other in BACKENDS:
+        if other != BACKEND:
+            env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="2")
+            with open(tmp_path / f"{other}.log", "w") as log:
+                command = [sys.executable, script, str(tmp_path / f"{other}.npz")]
+                processes[other] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     sys.path.insert(0, HERE)
     try:
         import cross_backend_step
+
+        cross_backend_step.main(str(tmp_path / f"{BACKEND}.npz"))
+    except BaseException:
+        for process in processes.values():
+            process.kill()
+        raise
     finally:
         sys.path.remove(HERE)
-    cross_backend_step.main(str(here_out))
-    a, b = np.load(here_out), np.load(other_out)
-    assert str(a["backend"]) == BACKEND and str(b["backend"]) == other
-    keys = [k for k in a.files if k != "backend"]
+        for process in processes.values():
+            process.wait(timeout=1800)
+    for other, process in processes.items():
+        assert process.returncode == 0, f"{other}: " + (tmp_path / f"{other}.log").read_text()[-3000:]
+    results = {backend: np.load(tmp_path / f"{backend}.npz") for backend in BACKENDS}
+    assert {backend: str(result["backend"]) for backend, result in results.items()} == {b: b for b in BACKENDS}
+    keys = sorted(k for k in results[BACKEND].files if k != "backend")
     assert {k.split("/")[0] for k in keys} == set(cross_backend_step.METHODS)
-    for key in keys:
-        assert a[key].dtype == np.float64, key
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    assert {k.split("/")[1].rstrip("0123456789") for k in keys} == {"loss", "g", "w", "t"}
+    for a, b in itertools.combinations(BACKENDS, 2):
+        assert sorted(results[a].files) == sorted(results[b].files), (a, b)
+        for key in keys:
+            assert results[a][key].dtype == results[b][key].dtype == np.float64, key
+            np.testing.assert_allclose(
+                results[a][key], results[b][key], rtol=1e-9, atol=1e-12, err_msg=f"{a} vs {b}: {key}"
+            )
 
 
 # --------------------------------------------------------------------------
