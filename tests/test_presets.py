@@ -21,8 +21,8 @@ from keras_rpat.recipes import build
 from keras_rpat.recipes import schema
 
 # fmt: off
-BENCH = {'post_step_clean_forward': False, 'pipeline': 'bench', 'two_view': False, 'epochs': 110, 'schedule': 'multistep', 'milestones': (100, 105), 'lr_factor': 1.5, 'learning_rate': 0.1, 'momentum': 0.9, 'weight_decay': 0.0005, 'arch': 'resnet18_bottleneck', 'normalize': None}
-SOTAS = {'post_step_clean_forward': True, 'pipeline': 'sotas', 'two_view': False, 'epochs': 200, 'schedule': 'piecewise', 'milestones': (100, 150), 'lr_factor': 1.5, 'learning_rate': 0.1, 'momentum': 0.9, 'weight_decay': 0.0005, 'arch': 'preact_resnet18', 'normalize': 'cifar10'}
+BENCH = {'post_step_clean_forward': False, 'pipeline': 'bench', 'two_view': False, 'epochs': 110, 'schedule': 'multistep', 'milestones': (100, 105), 'lr_factor': 1.5, 'learning_rate': 0.1, 'momentum': 0.9, 'weight_decay': 0.0005, 'arch': 'resnet18_bottleneck', 'normalize': None, 'awp': None}
+SOTAS = {'post_step_clean_forward': True, 'pipeline': 'sotas', 'two_view': False, 'epochs': 200, 'schedule': 'piecewise', 'milestones': (100, 150), 'lr_factor': 1.5, 'learning_rate': 0.1, 'momentum': 0.9, 'weight_decay': 0.0005, 'arch': 'preact_resnet18', 'normalize': 'cifar10', 'awp': None}
 EXPECTED = [
     ('clean', {'norm': 'linf'}, dict(BENCH, **{'name': 'clean', 'norm': 'linf', 'attack': None, 'losses': [('CrossEntropy', {'name': 'ce', 'reduction': 'sum_over_batch_size', 'start_epoch': 0, 'view': 'clean'})], 'weight_averaging': None})),
     ('clean', {'norm': 'l2'}, dict(BENCH, **{'name': 'clean', 'norm': 'l2', 'attack': None, 'losses': [('CrossEntropy', {'name': 'ce', 'reduction': 'sum_over_batch_size', 'start_epoch': 0, 'view': 'clean'})], 'weight_averaging': None})),
