@@ -58,6 +58,7 @@ _NAMES = {
     "RPATPlusPlus": "losses",
     "RPATTrainer": "trainer",
     "WeightAveraging": "trainer",
+    "AWP": "trainer",
     "RobustEvaluation": "callbacks",
     "EvalResult": "evaluation",
     "mean_nrr": "evaluation",
@@ -107,6 +108,7 @@ __all__ = [
     # trainer
     "RPATTrainer",
     "WeightAveraging",
+    "AWP",
     "RobustEvaluation",
     # evaluation
     "EvalResult",

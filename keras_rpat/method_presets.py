@@ -127,7 +127,12 @@ OPTION_TYPES = {
     "nesterov": bool,
     "weight_decay_exclude": _names.WEIGHT_DECAY_EXCLUSIONS,
     "ema": float,
+    "awp_gamma": float,
+    "awp_warmup": int,
 }
+# The run options of every method (any losses): the L2 step and adversarial weight perturbation
+# (`keras_rpat.AWP`: `awp_gamma`, and `awp_warmup`, its first epoch of the run, 0 by default).
+EVERY_METHOD_OPTIONS = ("l2_step_size", "awp_gamma", "awp_warmup")
 
 
 def _pgd(style, training=False, **config):

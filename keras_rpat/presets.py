@@ -67,6 +67,8 @@ class Preset:
         attack: the training attack (or `None`).
         losses: list of `keras_rpat.losses.ViewLoss`.
         weight_averaging: a `WeightAveraging` or `None`.
+        awp: a `keras_rpat.AWP` (adversarial weight perturbation) or `None`
+            (no paper method uses it: set it with `with_options(awp=...)`).
         post_step_clean_forward: the ReBAT pipeline's extra clean forward.
         pipeline: `"bench"` (zero padding, no normalisation) or `"sotas"`
             (reflect padding, CIFAR-10 mean/std inside the model).
@@ -97,6 +99,7 @@ class Preset:
     attack: Optional[attacks_lib.Attack]
     losses: list
     weight_averaging: object = None
+    awp: object = None
     post_step_clean_forward: bool = BENCH_SETTINGS["post_step_clean_forward"]
     pipeline: str = BENCH_SETTINGS["pipeline"]
     two_view: bool = BENCH_SETTINGS["two_view"]
@@ -127,6 +130,7 @@ class Preset:
             attack=copy.deepcopy(self.attack),
             losses=[_with_label_smoothing(l, self.label_smoothing or None) for l in self.losses],
             weight_averaging=self._weight_averaging(steps_per_epoch),
+            awp=copy.deepcopy(self.awp),
             post_step_clean_forward=self.post_step_clean_forward,
         )
         kwargs.update(overrides)
@@ -238,8 +242,8 @@ class Preset:
     def with_epochs(self, epochs):
         """The same preset on a shorter (or longer) schedule.
 
-        Learning-rate milestones, the weight-averaging start, loss start epochs
-        and attack schedule epochs scale by `epochs / self.epochs` with
+        Learning-rate milestones, the weight-averaging start, the AWP warm-up, loss
+        start epochs and attack schedule epochs scale by `epochs / self.epochs` with
         `keras_rpat.optimizers.scale_epoch` (ties go to the earlier epoch),
         kept inside the run (at most `epochs - 1`), so that every phase the
         preset schedules still happens.
@@ -256,6 +260,8 @@ class Preset:
         new = copy.deepcopy(self)
         if new.weight_averaging is not None:
             new.weight_averaging.start_epoch = scale(new.weight_averaging.start_epoch)
+        if new.awp is not None:
+            new.awp.warmup_epochs = scale(new.awp.warmup_epochs)
         for loss in new.losses:
             if loss.start_epoch:
                 loss.start_epoch = scale(loss.start_epoch)

@@ -6,7 +6,7 @@ order, and applies the update. The train step (`RPATTrainer.step`) is written
 once, in `keras.ops`; each backend's engine (`keras_rpat.backend.engine`)
 supplies how gradients are taken and reduced. Nothing in the step synchronises with the host or
 branches on a tensor value: every choice that depends on the epoch (attack
-schedule, loss start epochs, weight-averaging warm-up) is made between epochs,
+schedule, loss start epochs, weight-averaging and AWP warm-ups) is made between epochs,
 and the train function is rebuilt when it changes.
 """
 
@@ -19,12 +19,14 @@ from keras import ops
 
 from keras_rpat import _checks
 from keras_rpat import attacks as attacks_lib
+from keras_rpat import awp as awp_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import config as rpat_config
 from keras_rpat import divergence
 from keras_rpat import fast_path as fast_path_lib
 from keras_rpat import losses as losses_lib
 from keras_rpat import weight_averaging as weight_averaging_lib
+from keras_rpat.awp import AWP  # noqa: F401  (re-exported: keras_rpat.trainer.AWP)
 from keras_rpat.weight_averaging import WeightAveraging  # noqa: F401  (re-exported: keras_rpat.trainer.WeightAveraging)
 
 _INPUT_OF_VIEW = {
@@ -109,6 +111,9 @@ class RPATTrainer(keras.Model):
         loss_weights: optional list (or dict by loss name) of multipliers.
         weight_averaging: a `WeightAveraging` (or `True` for the defaults) to
             keep an EMA teacher; needed by `BoAT` and `RPATPlusPlus`.
+        awp: a `keras_rpat.AWP` (or `True` for the defaults): adversarial
+            weight perturbation on the step's own total loss
+            (docs/algorithms.md#adversarial-weight-perturbation).
         post_step_clean_forward: after each update, run one training-mode clean
             forward whose output is unused (it moves the BatchNorm statistics;
             the ReBAT pipeline does this, docs/algorithms.md#post-step-clean-forward).
@@ -167,6 +172,7 @@ class RPATTrainer(keras.Model):
         losses=None,
         loss_weights=None,
         weight_averaging=None,
+        awp=None,
         post_step_clean_forward=False,
         track_clean_accuracy=True,
         eval_attack=None,
@@ -202,6 +208,7 @@ class RPATTrainer(keras.Model):
             )
         self.loss_weights = self._resolve_weights(loss_weights, names)
         self.weight_averaging = weight_averaging_lib.get(weight_averaging)
+        self.awp = awp_lib.get(awp)
         self.post_step_clean_forward = bool(post_step_clean_forward)
         self.track_clean_accuracy = bool(track_clean_accuracy)
         self.seed = seed
@@ -350,10 +357,12 @@ class RPATTrainer(keras.Model):
         wa = self.weight_averaging
         decay = wa.decay_at(epoch) if wa else None
         teacher_training = wa.teacher_training_at(epoch) if wa else None
-        phase = (repr(attack), active, decay, teacher_training)
+        awp_active = self.awp is not None and self.awp.active_at(epoch)
+        phase = (repr(attack), active, decay, teacher_training, awp_active)
         if phase == self._phase:
             return False
         self._phase = phase
+        self._awp_active = awp_active
         self._active_attack = attack
         self._active = active
         self._wa_decay = decay
@@ -389,7 +398,7 @@ class RPATTrainer(keras.Model):
 
     @property
     def phase(self):
-        """What the step depends on besides its inputs (attack, losses, EMA decay); changes between epochs."""
+        """What the step depends on besides its inputs (attack, losses, EMA decay, AWP); changes between epochs."""
         return self._phase
 
     # ------------------------------------------------------------------ step
@@ -487,6 +496,41 @@ class RPATTrainer(keras.Model):
             picked.append([out[0]] + [out[1 + union.index(p)] for p in proxies] if proxies else out[0])
         return picked
 
+    def awp_gradients(self, x, y, x_adv, static_views, batch):
+        """AWP's ascent direction: the gradients of the step's total loss on its views (a forward the step's
+        own forwards then repeat); the BatchNorm statistics (every state of the classifier) it moved are
+        restored, as the reference's proxy copy discards them (docs/algorithms.md#adversarial-weight-perturbation)."""
+        state = self.classifier.non_trainable_variables
+        saved = [ops.copy(v.value) for v in state]
+
+        def loss_fn():
+            total, _, _ = self.view_losses(x, y, x_adv, dict(static_views), batch.sample_weight, batch.loss_share)
+            return total, None
+
+        gradients, _ = self.engine.gradients(loss_fn, self.trainable_weights)
+        with self.engine.update_context():
+            for variable, value in zip(state, saved):
+                variable.assign(value)
+        return gradients
+
+    def perturb_weights(self, gradients):
+        """Adds AWP's perturbation of `gradients` to the weights; returns it (`{index: perturbation}` of
+        `trainable_weights`) for `restore_weights`."""
+        variables = self.trainable_weights
+        perturbation = {}
+        with self.engine.update_context():
+            for i in self.awp.perturbed(variables):
+                if gradients[i] is not None:
+                    perturbation[i] = self.awp.perturbation(variables[i].value, gradients[i])
+                    variables[i].assign_add(perturbation[i])
+        return perturbation
+
+    def restore_weights(self, perturbation):
+        """Removes AWP's `perturbation` (from `perturb_weights`) after the update."""
+        variables = self.trainable_weights
+        for i, delta in perturbation.items():
+            variables[i].assign_sub(delta)
+
     def after_update(self, x):
         """After the optimizer's update: the optional post-step clean forward, then the EMA of the teacher."""
         if self.post_step_clean_forward:
@@ -531,6 +575,9 @@ class RPATTrainer(keras.Model):
             x, y, sample_weight = batch.x, batch.y, batch.sample_weight
             with engine.forward_context(x):
                 x_adv, static_views = self.attack_views(x, y)
+                awp_gradients = self.awp_gradients(x, y, x_adv, static_views, batch) if self._awp_active else None
+            perturbation = None if awp_gradients is None else self.perturb_weights(awp_gradients)
+            with engine.forward_context(x):
 
                 def loss_fn():
                     total, terms, views = self.view_losses(x, y, x_adv, static_views, sample_weight, batch.loss_share)
@@ -543,6 +590,8 @@ class RPATTrainer(keras.Model):
                 gradients, sums = batch.reduce(gradients, variables, sums)
             with engine.update_context():
                 self.optimizer.apply(gradients, variables)
+                if perturbation is not None:
+                    self.restore_weights(perturbation)
                 with engine.forward_context(x):
                     self.after_update(x)
         if not batch.distributed:
@@ -664,6 +713,11 @@ class RPATTrainer(keras.Model):
             self._warn_if_one_class(y)
         _checks.warn_if_softmax(self.classifier)
         job = self.join_distributed()
+        if job is not None and self.awp is not None:
+            raise ValueError(
+                "AWP in a data-parallel job is not supported yet (its ascent gradient would be this device's "
+                "alone). Train on one device, or pass awp=None."
+            )
         if job is not None:
             _check_global_batch(x, batch_size, job.world_size)
         callbacks = list(callbacks or [])
@@ -780,6 +834,7 @@ class RPATTrainer(keras.Model):
             "losses": [ser(l) for l in self.loss_terms],
             "loss_weights": list(self.loss_weights),
             "weight_averaging": None if self.weight_averaging is None else ser(self.weight_averaging),
+            "awp": None if self.awp is None else ser(self.awp),
             "post_step_clean_forward": self.post_step_clean_forward,
             "track_clean_accuracy": self.track_clean_accuracy,
             "eval_attack": attacks_lib.serialize(self.eval_attack),
@@ -796,7 +851,7 @@ class RPATTrainer(keras.Model):
         config = dict(config)
         de = keras.saving.deserialize_keras_object
         config["classifier"] = de(config["classifier"], custom_objects=custom_objects)
-        for key in ("attack", "eval_attack", "weight_averaging"):
+        for key in ("attack", "eval_attack", "weight_averaging", "awp"):
             if config.get(key) is not None:
                 config[key] = de(config[key], custom_objects=custom_objects)
         config["losses"] = [de(l, custom_objects=custom_objects) for l in config["losses"]]

@@ -94,6 +94,7 @@ def _instances():
         losses.BoAT(beta=2.0, start_epoch=3),
         losses.RPATPlusPlus(beta=0.5, alpha=0.4),
         trainer.WeightAveraging(decay=0.99, start_epoch=2, teacher_training=True),
+        trainer.AWP(gamma=0.01, warmup_epochs=3),
     ]
 
 

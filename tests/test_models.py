@@ -376,6 +376,7 @@ def test_batchnorm_momentum_and_epsilon_are_used(lowered):
 
 
 @pytest.mark.parametrize("training", [True, False])
+@float64_precision()  # on jax, float64 exists only with jax_enable_x64
 def test_batchnorm_computes_float64_inputs_in_float64(training):
     # keras.layers.BatchNormalization computes float64 inputs in float32 (1e-7).
     rng = np.random.default_rng(2)

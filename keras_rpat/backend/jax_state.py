@@ -65,11 +65,14 @@ def value_and_grad(fn, x, variables=None):
 
 
 def fori_loop(num_steps, body, carry):
-    """`carry = body(carry)` `num_steps` times (a Python int) as one `jax.lax.fori_loop`, with the
-    variables of the enclosing scope (and those `body` assigns) carried through the loop. Outside
-    a scope (eager), a Python loop: each step's assignments are made to the variables."""
+    """`carry = body(carry)` `num_steps` times (a Python int): inside a traced (jitted) stateless
+    function, one `jax.lax.fori_loop` with the variables of the enclosing scope (and those `body`
+    assigns) carried through the loop; eagerly, a Python loop."""
     outer = current_scope()
-    if outer is None or num_steps <= 1:
+    traced = outer is not None and any(isinstance(v, jax.core.Tracer) for v in outer.state_mapping.values())
+    if not traced or num_steps <= 1:
+        # Eager (outside a scope, or `jit_compile=False`): a fori_loop would be traced and compiled anew at
+        # every call; step by step, each assignment goes to the scope (or the variables) as it is made.
         for _ in range(num_steps):
             carry = body(carry)
         return carry

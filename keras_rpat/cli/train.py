@@ -83,6 +83,19 @@ _METHOD_OPTIONS = [
         "training mode, or first_epoch: training mode in the first averaging epoch only, as the reference code.",
     ),
     click.option(
+        "--awp-gamma",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Adversarial weight perturbation (Wu et al. 2020; any method): its size relative to each weight's "
+        "norm (0.005 with TRADES, 0.01 with PGD-AT). Default: off.",
+    ),
+    click.option(
+        "--awp-warmup",
+        type=click.IntRange(min=0),
+        default=None,
+        help="The first epoch (0-based, of this run) with AWP; needs --awp-gamma. Default 0.",
+    ),
+    click.option(
         "--l2-step-size",
         type=opt.FRACTION,
         default=None,

@@ -14,6 +14,7 @@ import warnings
 from keras_rpat import _checks
 from keras_rpat import _names
 from keras_rpat import autoattack
+from keras_rpat import awp as awp_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import datasets
 from keras_rpat import evaluation
@@ -46,6 +47,15 @@ def build_preset(spec):
     preset = preset.with_ingredients(**{k: opts[k] for k in method_presets.INGREDIENT_OPTIONS if k in opts})
     if spec.epochs != preset.epochs:
         preset = preset.with_epochs(spec.epochs)
+    if "awp_gamma" in opts:  # after `with_epochs`: `awp_warmup` is an epoch of this run, not scaled
+        preset = preset.with_options(awp=awp_lib.AWP(opts["awp_gamma"], warmup_epochs=opts.get("awp_warmup", 0)))
+        if preset.awp.warmup_epochs >= spec.epochs:
+            warnings.warn(
+                f"AWP starts at epoch {preset.awp.warmup_epochs} (0-based), but the run has {spec.epochs} epochs: "
+                f"it never runs. Received: awp_warmup={preset.awp.warmup_epochs}; pass a smaller one.",
+                UserWarning,
+                stacklevel=2,
+            )
     return preset
 
 

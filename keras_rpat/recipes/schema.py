@@ -626,6 +626,8 @@ def _validate_options(mw, m, preset_name, config):
             _str(mw, value, key)
         if kind == "fraction":
             options[key] = _fraction(mw, value, key, "l2")  # the only one: l2_step_size
+        if kind is int:
+            options[key] = _int(mw, value, key, minimum=0)
     _check_options_apply(mw, options, preset_name)
     for key, value in options.items():
         if isinstance(types[key], tuple) and value not in types[key]:
@@ -636,6 +638,13 @@ def _validate_options(mw, m, preset_name, config):
         _err(mw, "option `stronger_attack` is defined for the L-inf threat model only (Table 6).")
     if "lr_factor" in options and options["lr_factor"] < 1.0:
         _err(mw, f"option `lr_factor` must be >= 1. Received: {options['lr_factor']}")
+    if "awp_gamma" in options and not options["awp_gamma"] > 0:
+        _err(
+            mw,
+            f"option `awp_gamma` (AWP's size relative to each weight's norm) must be > 0. Received: {options['awp_gamma']}",
+        )
+    if "awp_warmup" in options and "awp_gamma" not in options:
+        _err(mw, "option `awp_warmup` (AWP's first epoch) needs `awp_gamma` (AWP's size, e.g. 0.005).")
     if "beta" in options and options["beta"] < 0:
         _err(mw, f"option `beta` (weight of the BoAT / RPAT++ term) must be >= 0. Received: {options['beta']}")
     if "label_smoothing" in options and not 0.0 <= options["label_smoothing"] < 1.0:
@@ -655,7 +664,11 @@ def _check_options_apply(mw, options, preset_name):
                     mw,
                     f"option `{key}` configures the RobustPerception term, but preset {preset_name!r} has none (use a '+rpat' preset).",
                 )
-        elif key != "l2_step_size" and key not in method_presets.INGREDIENT_OPTIONS and key not in accepted:
+        elif (
+            key not in method_presets.EVERY_METHOD_OPTIONS
+            and key not in method_presets.INGREDIENT_OPTIONS
+            and key not in accepted
+        ):
             methods = method_presets.methods_with_option(key)
             if key == "teacher_training":
                 what = f"sets the weight-averaged teacher's mode: it applies to the presets {methods} only"
