@@ -55,7 +55,11 @@ class DivergenceGuard(keras.callbacks.Callback):
     ```
     """
 
-    async_safe = True
+    @property
+    def async_safe(self):
+        # Keras' JAX trainer donates the step's buffers to the next step, which a check beside the training
+        # loop can still be reading: on jax the check runs after each step, on the main thread.
+        return keras.config.backend() != "jax"
 
     def __init__(self, hint="", kept=BARE_FIT_STATE):
         super().__init__()
