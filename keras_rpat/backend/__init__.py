@@ -173,6 +173,13 @@ def _flat(value, prefix=""):
     return out
 
 
+def process_count():
+    """The processes of the data-parallel job on jax (a process drives all of its host's devices);
+    elsewhere 1 (torchrun and tf.distribute: see `distributed_context`)."""
+    count = getattr(get_backend(), "process_count", None)
+    return 1 if count is None else count()
+
+
 def all_gather_object(value):
     """Every rank's (process') `value` (picklable), in rank order; `None` for a process alone
     (MirroredStrategy's replicas are one process)."""

@@ -56,6 +56,10 @@ def distributed_context(owner=None):
     return jax_distributed.context()
 
 
+def process_count():
+    return jax_distributed.process_count()
+
+
 def map_rows(fn, arrays, owner=None, seed_generators=()):
     # The step's random draws are the global batch's: the one-device rows, with or without a distribution
     # (jax_distributed shards the rows over its devices).

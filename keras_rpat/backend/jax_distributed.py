@@ -43,9 +43,12 @@ def initialize(strategy=None, owner=None):
     """The `Context` of the `keras.distribution` in force (`None` without one, or for one device).
 
     `strategy="data_parallel"` (the CLI's `--distribution`) first sets a `DataParallel` over every
-    device of the job, joining the processes the `KERAS_DISTRIBUTION_*` variables describe. With
+    device of the job, joining the processes the `KERAS_DISTRIBUTION_*` variables describe (which
+    imply it). With
     `owner` (a trainer), checks that its `sync_batchnorm` is what the jitted step does.
     """
+    if strategy is None and requested_processes() > 1:
+        strategy = "data_parallel"  # the environment names a job of several processes
     if strategy is not None:
         if strategy not in _names.JAX_DISTRIBUTIONS:
             raise DistributedError(
@@ -147,3 +150,8 @@ def from_primary(value):
     padded = np.zeros(length, np.uint8)
     padded[: len(data)] = data
     return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes())
+
+
+def process_count():
+    """The processes of the job (`jax.process_count()`)."""
+    return jax.process_count()

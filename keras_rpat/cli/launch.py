@@ -183,10 +183,7 @@ def _join_job():
         strategy = "multiworker"
     try:
         if backend == "jax":
-            from keras_rpat.backend import jax_distributed
-
-            several = jax_distributed.requested_processes() > 1
-            strategy = distribution or ("data_parallel" if several else None)
+            strategy = distribution  # or the one the KERAS_DISTRIBUTION_* variables of several processes imply
         return rpat_backend.initialize_distributed(strategy=strategy), backend
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -194,11 +191,12 @@ def _join_job():
 
 def _check_one_process_feeds_jax(job):
     """Training from the CLI feeds every process the whole dataset; Keras on jax wants each process's share."""
-    import jax
+    from keras_rpat import backend as rpat_backend
 
-    if jax.process_count() > 1:
+    processes = rpat_backend.process_count()
+    if processes > 1:
         raise click.UsageError(
-            f"Training with {jax.process_count()} jax processes is not supported by the CLI yet (Keras feeds "
+            f"Training with {processes} jax processes is not supported by the CLI yet (Keras feeds "
             "each process its share of every batch; the recipes give every process the whole dataset). "
             "Train with one process per job (--distribution data_parallel uses all of its local devices); "
             "`keras-rpat eval` runs over several processes."
