@@ -13,9 +13,8 @@ round kept), and reported as images/s and as the RATIO to that step:
     tensorflow worker  tf_function, tf_xla (jit_compile=True)
     jax worker         jax_jit (Keras' JAX trainer: the whole step one jax.jit
                        program), jax_eager (compile(jit_compile=False): the
-                       same step dispatched op by op from Python; JAX still
-                       traces and compiles the attack's jax.lax.fori_loop, at
-                       every call)
+                       same step dispatched op by op from Python; the
+                       attack's loop runs step by step)
 
 A forward-only ratio (one inference forward, no gradient, as evaluation runs
 it) is measured the same way. The first call of each configuration (tracing,

@@ -317,6 +317,7 @@ class _Weights(keras.callbacks.Callback):
         self.seen = []
 
     def on_train_batch_end(self, batch, logs=None):
+        self.model  # on jax, reading `self.model` syncs the variables with the running step's state (Keras)
         self.seen.append([np.array(w, np.float64) for w in self.classifier.get_weights()])
 
 
