@@ -24,13 +24,14 @@ import numpy as np
 from keras import ops
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import backend as rpat_backend
 from keras_rpat._checks import NORMS  # noqa: F401  (the norm vocabulary lives in keras_rpat._checks)
 from keras_rpat._checks import allow_large_l2_budgets  # noqa: F401  (the limit lives in keras_rpat._checks)
 from keras_rpat._checks import canonical_norm as _canonical_norm
 from keras_rpat._checks import check_budget as _budget
 from keras_rpat._checks import parse_epsilon  # noqa: F401
-from keras_rpat._checks import validate_images
+from keras_rpat._data_checks import validate_images
 
 STYLES = ("advertorch", "trades", "sotas")
 ATTACK_LOSSES = ("ce", "kl", "cw")
@@ -48,7 +49,7 @@ def _batch_norms(v):
 def _soft_targets(y, logits):
     """Integer labels (B,) or soft labels (B, C) -> float targets (B, C)."""
     num_classes = logits.shape[-1]
-    if _checks.is_soft_labels(y.shape, num_classes):
+    if _data_checks.is_soft_labels(y.shape, num_classes):
         return ops.cast(y, logits.dtype)
     y = ops.reshape(y, (-1,))
     return ops.one_hot(ops.cast(y, "int32"), num_classes, dtype=logits.dtype)
@@ -102,18 +103,18 @@ def _check_call(model, x, y):
     the model's classes); tensors by their dtype; both by their lengths.
     """
     if isinstance(x, np.ndarray):
-        fmt = _checks.infer_data_format(model) if isinstance(model, keras.Model) else None
-        validate_images(x, data_format=fmt or _checks.shape_data_format(x.shape) or "channels_last")
+        fmt = _data_checks.infer_data_format(model) if isinstance(model, keras.Model) else None
+        validate_images(x, data_format=fmt or _data_checks.shape_data_format(x.shape) or "channels_last")
     elif hasattr(x, "dtype"):
-        _checks.check_float_dtype(x)
+        _data_checks.check_float_dtype(x)
     y_shape = tuple(y.shape) if hasattr(y, "shape") else np.shape(y)
-    num_classes = _checks.model_num_classes(model)
-    if isinstance(y, (np.ndarray, list, tuple)) and not _checks.is_soft_labels(y_shape, num_classes):
-        _checks.label_indices(y, num_classes, "y")
+    num_classes = _data_checks.model_num_classes(model)
+    if isinstance(y, (np.ndarray, list, tuple)) and not _data_checks.is_soft_labels(y_shape, num_classes):
+        _data_checks.label_indices(y, num_classes, "y")
     x_shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
     if x_shape and y_shape and None not in (x_shape[0], y_shape[0]) and x_shape[0] != y_shape[0]:
         raise ValueError(f"Images and labels differ in length: x.shape={x_shape}, y.shape={y_shape}.")
-    _checks.warn_if_softmax(model, stacklevel=4)
+    _data_checks.warn_if_softmax(model, stacklevel=4)
 
 
 @keras.saving.register_keras_serializable(package="keras_rpat")
@@ -221,7 +222,7 @@ class Attack:
     # -- call ---------------------------------------------------------------
     def __call__(self, model, x, y):
         _check_call(model, x, y)
-        x = ops.convert_to_tensor(x, dtype=_checks.pixel_dtype(model))
+        x = ops.convert_to_tensor(x, dtype=_data_checks.pixel_dtype(model))
         y = ops.convert_to_tensor(y)
         x_adv = self.perturb(model, x, y)
         return ops.stop_gradient(x_adv)
@@ -384,7 +385,7 @@ class PGD(Attack):
         return self._clip_box(x, delta)
 
     def perturb(self, model, x, y):
-        _checks.check_float_dtype(x)
+        _data_checks.check_float_dtype(x)
         if self.loss == "kl":
             clean_logits = ops.stop_gradient(self._logits(model, x))
 
@@ -514,7 +515,7 @@ class RandomNoise(Attack):
         return {"epsilon": self.epsilon, **super().get_config()}
 
     def perturb(self, model, x, y):
-        _checks.check_float_dtype(x)
+        _data_checks.check_float_dtype(x)
         noise = rpat_backend.random_uniform(ops.shape(x), -self.epsilon, self.epsilon, x.dtype, self.seed_generator)
         return ops.clip(x + noise, 0.0, 1.0)
 

@@ -16,6 +16,7 @@ import time
 import keras
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import _io
 from keras_rpat import _tensorboard
 from keras_rpat import attacks as attacks_lib
@@ -134,10 +135,10 @@ class RobustEvaluation(keras.callbacks.Callback):
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
             raise ValueError(f"`num_steps` must be a positive integer. Received: num_steps={num_steps!r}")
         # Checked now, not after the first epoch: images in [0, 1], integer labels, equal lengths.
-        x_test = _checks.to_numpy(x_test)
-        fmt = _checks.shape_data_format(x_test.shape) or "channels_last"
-        x_test = _checks.validate_images(x_test, "x_test", data_format=fmt)
-        y_test = _checks.label_indices(y_test, None, "y_test")
+        x_test = _data_checks.to_numpy(x_test)
+        fmt = _data_checks.shape_data_format(x_test.shape) or "channels_last"
+        x_test = _data_checks.validate_images(x_test, "x_test", data_format=fmt)
+        y_test = _data_checks.label_indices(y_test, None, "y_test")
         if len(x_test) != len(y_test):
             raise ValueError(
                 f"`x_test` and `y_test` differ in length. Received: len(x_test)={len(x_test)}, len(y_test)={len(y_test)}"
@@ -175,7 +176,7 @@ class RobustEvaluation(keras.callbacks.Callback):
     # ------------------------------------------------------------------ helpers
     def evaluation_model(self):
         """The model that is evaluated and saved."""
-        return _checks.evaluation_model(self.model)
+        return _data_checks.evaluation_model(self.model)
 
     def evaluation_attack(self):
         """The attack used for the robust accuracy."""
@@ -243,7 +244,7 @@ class RobustEvaluation(keras.callbacks.Callback):
         start = time.time()
         model = self.evaluation_model()
         if not self._checked:
-            self.x_test, self.y_test, _, _ = _checks.check_data(model, self.x_test, self.y_test)
+            self.x_test, self.y_test, _, _ = _data_checks.check_data(model, self.x_test, self.y_test)
             self._checked = True
         clean_correct = evaluation.clean_correct(model, self.x_test, self.y_test, self.batch_size)
         robust_correct = evaluation.attack_correct(

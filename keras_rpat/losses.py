@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat._names import ALPHA_SAMPLING
@@ -56,14 +57,14 @@ VIEW_SOURCES = {
 
 def _labels(y_true, num_classes):
     """Integer labels or soft targets -> (B, C) float targets."""
-    if _checks.is_soft_labels(y_true.shape, num_classes):
+    if _data_checks.is_soft_labels(y_true.shape, num_classes):
         return ops.cast(y_true, "float32")
     y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
     return ops.one_hot(y, num_classes, dtype="float32")
 
 
 def _is_soft(y_true, num_classes):
-    return _checks.is_soft_labels(y_true.shape, num_classes)
+    return _data_checks.is_soft_labels(y_true.shape, num_classes)
 
 
 def _log_softmax(z):

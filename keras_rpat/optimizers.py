@@ -24,6 +24,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_rpat import _checks
 from keras_rpat._names import WEIGHT_DECAY_EXCLUSIONS
 
 __all__ = [
@@ -576,8 +577,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
         if not _is_number(warmup_fraction) or not 0 <= warmup_fraction < 1:
             raise ValueError(f"`warmup_fraction` must be in [0, 1). Received: warmup_fraction={warmup_fraction}")
-        if warmup not in WARMUP_SHAPES:
-            raise ValueError(f"`warmup` must be one of {WARMUP_SHAPES}. Received: warmup={warmup!r}")
+        _checks.check_choice(warmup, "warmup", WARMUP_SHAPES)
         for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
             if not _is_number(value) or not value >= 1:
                 raise ValueError(f"`{name}` must be a float >= 1. Received: {name}={value}")

@@ -220,18 +220,13 @@ class Preset:
             changes["label_smoothing"] = _checks.check_range(label_smoothing, "label_smoothing", 0, 1, high_open=True)
             changes["losses"] = [_with_label_smoothing(l, changes["label_smoothing"]) for l in self.losses]
         if lr_schedule is not None:
-            if lr_schedule not in LR_SCHEDULES:
-                raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}. Received: lr_schedule={lr_schedule!r}")
-            changes["schedule"] = lr_schedule
+            changes["schedule"] = _checks.check_choice(lr_schedule, "lr_schedule", LR_SCHEDULES)
         if nesterov is not None:
             changes["nesterov"] = _checks.check_bool(nesterov, "nesterov")
         if weight_decay_exclude is not None:
-            if weight_decay_exclude not in WEIGHT_DECAY_EXCLUSIONS:
-                raise ValueError(
-                    f"`weight_decay_exclude` must be one of {WEIGHT_DECAY_EXCLUSIONS}. "
-                    f"Received: weight_decay_exclude={weight_decay_exclude!r}"
-                )
-            changes["weight_decay_exclude"] = weight_decay_exclude
+            changes["weight_decay_exclude"] = _checks.check_choice(
+                weight_decay_exclude, "weight_decay_exclude", WEIGHT_DECAY_EXCLUSIONS
+            )
         if ema is not None:
             tau = _checks.check_range(ema, "ema", 0, 1, low_open=True, high_open=True)
             config = {"start_epoch": 0} if self.weight_averaging is None else self.weight_averaging.get_config()

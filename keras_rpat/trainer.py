@@ -11,13 +11,13 @@ and the train function is rebuilt when it changes.
 """
 
 import types
-import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import awp as awp_lib
 from keras_rpat import backend as rpat_backend
@@ -43,12 +43,6 @@ _INPUT_OF_VIEW = {
 PRECISIONS = ("float32", "bfloat16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 _PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
-
-
-def _check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
-    return value
 
 
 class _EpochCallback(keras.callbacks.Callback):
@@ -91,7 +85,7 @@ def _check_global_batch(x, batch_size, devices):
 
 def _correct(y, logits):
     pred = ops.argmax(logits, axis=-1)
-    if _checks.is_soft_labels(y.shape, logits.shape[-1]):
+    if _data_checks.is_soft_labels(y.shape, logits.shape[-1]):
         label = ops.argmax(y, axis=-1)
     else:
         label = ops.reshape(y, (-1,))
@@ -216,8 +210,8 @@ class RPATTrainer(keras.Model):
             rpat_config.fast_path_default() if fast_path is None else _checks.check_bool(fast_path, "fast_path")
         )
         self.capture = _checks.check_bool(capture, "capture")
-        self.precision = _check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
-        self.memory_format = _check_choice(memory_format, "memory_format", MEMORY_FORMATS)
+        self.precision = _checks.check_choice(_PRECISIONS.get(precision, precision), "precision", PRECISIONS)
+        self.memory_format = _checks.check_choice(memory_format, "memory_format", MEMORY_FORMATS)
         if sync_batchnorm is None:
             sync_batchnorm = rpat_config.sync_batchnorm_default()
         self.sync_batchnorm = _checks.check_bool(sync_batchnorm, "sync_batchnorm")
@@ -709,9 +703,9 @@ class RPATTrainer(keras.Model):
         _checks.check_positive_int(epochs, "epochs")
         if validate_inputs:
             self.validate_data(x, y)
-            self._validate_validation_data(kwargs.get("validation_data"))
-            self._warn_if_one_class(y)
-        _checks.warn_if_softmax(self.classifier)
+            _data_checks.check_validation_data(self.classifier, self._num_classes, kwargs.get("validation_data"))
+            _data_checks.warn_if_one_class(y, self._num_classes)
+        _data_checks.warn_if_softmax(self.classifier)
         job = self.join_distributed()
         if job is not None and self.awp is not None:
             raise ValueError(
@@ -740,32 +734,13 @@ class RPATTrainer(keras.Model):
         # `fit`'s validation data, checked by `fit`.
         if not kwargs.get("_use_cached_eval_dataset"):
             self.validate_data(x, y)
-            _checks.warn_if_softmax(self.evaluation_model)
+            _data_checks.warn_if_softmax(self.evaluation_model)
         return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict` (the classifier's logits), after checking the images."""
         self.validate_data(x)
         return super().predict(x, *args, **kwargs)
-
-    def _validate_validation_data(self, data):
-        if isinstance(data, (tuple, list)) and data:
-            self.validate_data(data[0], data[1] if len(data) > 1 else None)
-        elif isinstance(data, keras.utils.PyDataset):
-            self.validate_data(data)
-
-    def _warn_if_one_class(self, y):
-        if not isinstance(y, np.ndarray) or y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1) or len(y) < 2:
-            return
-        classes = np.unique(y)
-        if len(classes) == 1:
-            warnings.warn(
-                f"The training labels `y` hold one class ({classes[0]}) of the model's {self._num_classes}: "
-                "the model learns to predict it everywhere, and its accuracy on the same data is 100%. "
-                "Check that the labels were not lost (e.g. zeros) or sorted and cut.",
-                UserWarning,
-                stacklevel=3,
-            )
 
     def join_distributed(self):
         """Joins the data-parallel job this process runs in (torchrun, or the tf.distribute strategy the trainer
@@ -793,36 +768,8 @@ class RPATTrainer(keras.Model):
                 self.optimizer.build(self.trainable_variables)
 
     def validate_data(self, x, y=None):
-        """Checks images and labels (arrays, or the first batch of a PyDataset)."""
-        if isinstance(x, keras.utils.PyDataset):
-            if len(x) == 0:
-                raise ValueError("The training dataset is empty.")
-            batch = x[0]
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        if x is not None and not isinstance(x, np.ndarray) and hasattr(x, "dtype"):
-            _checks.check_float_dtype(x)  # a tensor: its dtype only (its values stay where they are)
-        if x is None or not isinstance(x, np.ndarray):
-            return
-        fmt = self._data_format()
-        _checks.validate_images(x, data_format=fmt)
-        _checks.check_input_shape(self.classifier, x, fmt)
-        _checks.warn_if_binary(x, stacklevel=4)
-        if y is None:
-            return
-        y = np.asarray(y)
-        num_classes = self._num_classes
-        if y.ndim == 2 and num_classes is not None and y.shape[1] == num_classes and y.shape[1] > 1:
-            if not np.issubdtype(y.dtype, np.floating) or y.min() < 0 or not np.allclose(y.sum(1), 1.0, atol=1e-3):
-                raise ValueError(
-                    "Soft labels of shape (N, num_classes) must be float probabilities summing to 1 per row."
-                )
-        elif num_classes is not None:
-            _checks.validate_labels(y, num_classes)
-        if len(y) != len(x):
-            raise ValueError(f"Images and labels differ in length: {len(x)} images, {len(y)} labels.")
-
-    def _data_format(self):
-        return _checks.infer_data_format(self.classifier)
+        """Checks images and labels (arrays, or the first batch of a PyDataset) as `fit` does."""
+        _data_checks.check_training_data(self.classifier, self._num_classes, x, y)
 
     # ------------------------------------------------------------------ config
     def get_config(self):

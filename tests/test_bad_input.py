@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 import keras_rpat
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import autoattack
 from keras_rpat import cli
 from keras_rpat import evaluation
@@ -299,9 +300,9 @@ API_CASES = [
         "num_steps=0",
     ),
     ("aa-options-negative", lambda: autoattack.check_options({"square": {"n_queries": -5}}), "square.n_queries=-5"),
-    ("labels-out-of-range", lambda: _checks.validate_labels([0, 1, 12, 3], 10), r"\[0, 10\).*y\[2\]=12"),
-    ("labels-strings", lambda: _checks.validate_labels(np.array(["cat", "dog"]), 10), "'cat'.*np.unique"),
-    ("labels-soft-float", lambda: _checks.validate_labels(np.array([0.5, 1.0]), 10), r"y\[0\]=0.5.*argmax"),
+    ("labels-out-of-range", lambda: _data_checks.validate_labels([0, 1, 12, 3], 10), r"\[0, 10\).*y\[2\]=12"),
+    ("labels-strings", lambda: _data_checks.validate_labels(np.array(["cat", "dog"]), 10), "'cat'.*np.unique"),
+    ("labels-soft-float", lambda: _data_checks.validate_labels(np.array([0.5, 1.0]), 10), r"y\[0\]=0.5.*argmax"),
     ("out-dir-is-a-file", lambda: _checks.check_writable_dir(__file__, "out"), "is a file"),
     ("out-file-is-a-folder", lambda: _checks.check_writable_file(os.path.dirname(__file__), "out"), "is a folder"),
     ("out-read-only", lambda: _checks.check_writable_dir(READ_ONLY, "out"), "not writable"),

@@ -39,6 +39,7 @@ import numbers
 import keras
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import backend as rpat_backend
 from keras_rpat.autoattack import subprocess as aa_subprocess
 from keras_rpat.autoattack.config import AA_ATTACKS
@@ -147,7 +148,7 @@ def run_autoattack(
         - Croce & Hein, Reliable evaluation of adversarial robustness with an
           ensemble of diverse parameter-free attacks, ICML 2020.
     """
-    model = _checks.evaluation_model(model)
+    model = _data_checks.evaluation_model(model)
     norm = _checks.canonical_norm(norm)
     epsilon = _checks.check_budget(epsilon, "epsilon", norm)
     attacks = resolve_attacks(version, attacks_to_run)
@@ -165,7 +166,7 @@ def run_autoattack(
         return_adversarial=bool(return_adversarial),
     )
     # Images in [0, 1] of the model's input shape, labels within its classes.
-    x, y, _, data_format = _checks.check_data(model, x, y, data_format)
+    x, y, _, data_format = _data_checks.check_data(model, x, y, data_format)
     config = AutoAttackConfig(data_format=data_format, **config)
     if keras.config.backend() in ("torch", "jax"):
         import_autoattack()

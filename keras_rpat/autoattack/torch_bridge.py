@@ -5,7 +5,7 @@ import contextlib
 import keras
 import torch
 
-from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import config as rpat_config
 from keras_rpat import fast_path
 
@@ -82,11 +82,11 @@ class TorchBridge(torch.nn.Module):
                 "keras_rpat.autoattack.run_autoattack, which evaluates "
                 "models of other backends in a PyTorch subprocess."
             )
-        model = _checks.evaluation_model(model)
+        model = _data_checks.evaluation_model(model)
         # Not a registered submodule: `.train()`, `.eval()` and `.to()` leave
         # the Keras model alone.
         object.__setattr__(self, "keras_model", model)
-        self.data_format = _checks.infer_data_format(model, data_format)
+        self.data_format = _data_checks.infer_data_format(model, data_format)
         if keras.config.backend() == "jax":
             from keras_rpat.autoattack import jax_bridge
 

@@ -29,6 +29,7 @@ import click
 import numpy as np
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import _names
 from keras_rpat import _resume
 from keras_rpat import method_presets
@@ -126,7 +127,7 @@ def load_model(path, unsafe_deserialization=False):
         else:
             message = f"{type(e).__name__}: {_shortened(message, 300)}"
         raise click.ClickException(f"Could not load the model file {path}: {message}. {expected}") from None
-    model = _checks.evaluation_model(loaded)
+    model = _data_checks.evaluation_model(loaded)
     if not isinstance(model, keras.Model):
         raise click.ClickException(f"{path} does not hold a Keras model (found {type(model).__name__}).")
     note = None
@@ -195,11 +196,11 @@ def _load_test_data(name, model, n):
         raise click.BadParameter(str(e), param_hint="'--dataset'") from None
     except ImportError as e:
         raise click.ClickException(str(e)) from None
-    model_classes = _checks.model_num_classes(model)
+    model_classes = _data_checks.model_num_classes(model)
     is_npz = os.fspath(name).lower().endswith(".npz")
     if model_classes is not None and is_npz:
         try:
-            _checks.label_indices(dataset.y_test, model_classes, "y_test")
+            _data_checks.label_indices(dataset.y_test, model_classes, "y_test")
         except ValueError as e:
             raise click.ClickException(
                 f"The model outputs {model_classes} classes (output shape (None, {model_classes})) but the dataset "
@@ -221,8 +222,8 @@ def _load_test_data(name, model, n):
         raise click.BadParameter(str(e), param_hint="'--n'") from None
     if idx is not None:
         x, y = x[idx], y[idx]
-    x = _checks.to_float01(x)
-    if _checks.infer_data_format(model) == "channels_first":
+    x = _data_checks.to_float01(x)
+    if _data_checks.infer_data_format(model) == "channels_first":
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return x, y, dataset
 
@@ -233,13 +234,13 @@ def _synthetic_like(model):
     The synthetic task is generated, so it is made at the size the model takes (16x16 for a smoke run's model).
     """
     options = {}
-    shape = _checks.model_input_shape(model)
+    shape = _data_checks.model_input_shape(model)
     if shape is not None and len(shape) == 4:
-        first = _checks.infer_data_format(model) == "channels_first"
+        first = _data_checks.infer_data_format(model) == "channels_first"
         height, width = shape[2:4] if first else shape[1:3]
         if height is not None and height == width:
             options["image_size"] = int(height)
-    classes = _checks.model_num_classes(model)
+    classes = _data_checks.model_num_classes(model)
     if classes:
         options["num_classes"] = classes
     return options

@@ -23,8 +23,8 @@ One module a job: `dataset` (the container), `loading` (`load` by name),
 (the generated set and its batch mix) and `pipeline` (the sequences).
 """
 
-from keras_rpat._checks import validate_images
-from keras_rpat._checks import validate_labels
+from keras_rpat._data_checks import validate_images
+from keras_rpat._data_checks import validate_labels
 from keras_rpat.datasets.dataset import Dataset
 from keras_rpat.datasets.dataset import default_data_dir
 from keras_rpat.datasets.generated import GeneratedData

@@ -6,8 +6,9 @@ import os
 import numpy as np
 
 from keras_rpat import _checks
-from keras_rpat._checks import validate_images
-from keras_rpat._checks import validate_labels
+from keras_rpat import _data_checks
+from keras_rpat._data_checks import validate_images
+from keras_rpat._data_checks import validate_labels
 
 
 def default_data_dir():
@@ -93,8 +94,8 @@ class Dataset:
                 f"x_test.shape={self.x_test.shape}"
             )
         if self.x_train.dtype != self.x_test.dtype:  # one uint8, one float32
-            self.x_train = _checks.to_float01(self.x_train)
-            self.x_test = _checks.to_float01(self.x_test)
+            self.x_train = _data_checks.to_float01(self.x_train)
+            self.x_test = _data_checks.to_float01(self.x_test)
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
             if len(self.class_names) != self.num_classes:

@@ -18,9 +18,10 @@ import zipfile
 import numpy as np
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import _io
-from keras_rpat._checks import validate_images
-from keras_rpat._checks import validate_labels
+from keras_rpat._data_checks import validate_images
+from keras_rpat._data_checks import validate_labels
 
 GENERATED_KEYS = ("image", "label")
 _RESAVE = "np.savez(path, image=images, label=labels)"
@@ -133,7 +134,7 @@ class GeneratedData:
         self.name = str(name)
         self.path = None
         self.num_classes = _checks.check_num_classes(num_classes)
-        images = _checks.to_numpy(images)
+        images = _data_checks.to_numpy(images)
         if images.dtype != np.uint8:
             raise ValueError(
                 f"{self.name}: `image` must be uint8 pixels in [0, 255] (the format of the EDM sets). Received: "

@@ -5,8 +5,8 @@ import zipfile
 
 import numpy as np
 
-from keras_rpat import _checks
-from keras_rpat._checks import validate_images
+from keras_rpat import _data_checks
+from keras_rpat._data_checks import validate_images
 from keras_rpat.datasets.dataset import Dataset
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -61,7 +61,7 @@ def load_npz(path, data_dir=None, num_classes=None):
         labels = []
         for k in ("y_train", "y_test"):
             try:
-                labels.append(_checks.label_indices(arrays[k], None, k))
+                labels.append(_data_checks.label_indices(arrays[k], None, k))
             except ValueError as e:
                 raise ValueError(f"In {path}: {e}") from None
         num_classes = int(max(int(y.max()) for y in labels if y.size)) + 1

@@ -15,8 +15,9 @@ import keras
 import numpy as np
 
 from keras_rpat import _checks
-from keras_rpat._checks import validate_images
-from keras_rpat._checks import validate_labels
+from keras_rpat import _data_checks
+from keras_rpat._data_checks import validate_images
+from keras_rpat._data_checks import validate_labels
 from keras_rpat.datasets import generated as generated_lib
 from keras_rpat.datasets.dataset import Dataset
 from keras_rpat.datasets.loading import load
@@ -79,7 +80,7 @@ def _cutmix(xb, yb, rng, num_classes):
 def _check_xy(x, y, num_classes):
     x = validate_images(x, name="x", allow_uint8=True)
     if num_classes is None:
-        y = _checks.label_indices(y, None, "y")
+        y = _data_checks.label_indices(y, None, "y")
     else:
         _checks.check_positive_int(num_classes, "num_classes")
         y = validate_labels(y, int(num_classes), "y")
@@ -183,7 +184,7 @@ class TrainSequence(keras.utils.PyDataset):
                 "`pad_mode` must be 'zero' (torchvision RandomCrop, Bench) or "
                 f"'reflect' (SOTAs). Received: pad_mode={pad_mode!r}"
             )
-        _checks.channel_axis(data_format)
+        _data_checks.channel_axis(data_format)
         _checks.check_non_negative_int(seed, "seed")
         if two_view and cutmix:
             raise ValueError(
@@ -328,7 +329,7 @@ class TrainSequence(keras.utils.PyDataset):
         )
         xg, yg = self.generated.rows(gen)
         if self.x.dtype != np.uint8:  # real images stored as float32 in [0, 1]
-            xg = _checks.to_float01(xg)
+            xg = _data_checks.to_float01(xg)
         return np.concatenate([self.x[real], xg])[perm], np.concatenate([self.y[real], yg])[perm]
 
 
@@ -391,7 +392,7 @@ class EvalSequence(keras.utils.PyDataset):
     def __init__(self, x, y=None, batch_size=128, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         _checks.check_positive_int(batch_size, "batch_size")
-        _checks.channel_axis(data_format)
+        _data_checks.channel_axis(data_format)
         if y is None:
             self.x = validate_images(x, name="x", allow_uint8=True)
             self.y = None
@@ -480,8 +481,7 @@ def make_datasets(
     >>> ds = keras_rpat.datasets.load("synthetic")
     >>> train, test = keras_rpat.datasets.make_datasets(ds, pipeline="sotas")
     """
-    if pipeline not in _PIPELINES:
-        raise ValueError(f"`pipeline` must be one of {sorted(_PIPELINES)}. Received: pipeline={pipeline!r}")
+    _checks.check_choice(pipeline, "pipeline", sorted(_PIPELINES))
     if not isinstance(dataset, Dataset):
         dataset = load(dataset)
     pad_mode, default_test_batch = _PIPELINES[pipeline]

@@ -8,7 +8,7 @@ results file records besides its numbers) and `robustbench` (a result as a
 RobustBench `model_info` record). All accuracies are in percent.
 """
 
-from keras_rpat._checks import infer_data_format
+from keras_rpat._data_checks import infer_data_format
 from keras_rpat._names import EVAL_BATCH_SIZE
 from keras_rpat._names import EVALUATION_ATTACKS
 from keras_rpat._names import PGD_EVAL_STEPS

@@ -40,6 +40,7 @@ import numpy as np
 from keras import ops
 
 from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import _resume
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import autoattack
@@ -79,7 +80,7 @@ def _fast(model):
 
 def _forward(model, xb):
     with rpat_backend.no_grad():
-        logits = _fast(model)(ops.convert_to_tensor(xb, dtype=_checks.pixel_dtype(model)), training=False)
+        logits = _fast(model)(ops.convert_to_tensor(xb, dtype=_data_checks.pixel_dtype(model)), training=False)
     return ops.convert_to_numpy(logits)
 
 
@@ -112,7 +113,7 @@ def _logits_function(model):
 
     def logits_of(xb):
         with rpat_backend.no_grad():
-            return (_fast(model)(ops.cast(xb, _checks.pixel_dtype(model)), training=False),)
+            return (_fast(model)(ops.cast(xb, _data_checks.pixel_dtype(model)), training=False),)
 
     logits_of.jit_key = ("logits",)  # on jax: one compiled function per model (see `attack_function`)
     return logits_of
@@ -122,7 +123,7 @@ def attack_function(model, attack, clean=False):
     """`(x, y) -> (logits of attack(x),)` (with the clean logits first if `clean`), for `map_rows`."""
 
     def attacked(xb, yb):
-        xb = ops.cast(xb, _checks.pixel_dtype(model))
+        xb = ops.cast(xb, _data_checks.pixel_dtype(model))
         x_adv = ops.stop_gradient(attack.perturb(_fast(model), xb, ops.cast(yb, "int32")))
         with rpat_backend.no_grad():
             logits = (_fast(model)(x_adv, training=False),)
@@ -218,8 +219,8 @@ def clean_accuracy(model, x, y, batch_size=EVAL_BATCH_SIZE):
     acc = keras_rpat.evaluation.clean_accuracy(model, x_test, y_test)
     ```
     """
-    model = _checks.evaluation_model(model)
-    x, y, _, _ = _checks.check_data(model, x, y)
+    model = _data_checks.evaluation_model(model)
+    x, y, _, _ = _data_checks.check_data(model, x, y)
     return percent(clean_correct(model, x, y, batch_size), len(x))
 
 
@@ -277,9 +278,9 @@ def pgd_accuracy(
         - Madry et al., Towards Deep Learning Models Resistant to Adversarial
           Attacks, ICLR 2018.
     """
-    model = _checks.evaluation_model(model)
+    model = _data_checks.evaluation_model(model)
     attack = evaluation_pgd(norm, epsilon, step_size, num_steps, seed, loss, restarts)
-    x, y, _, _ = _checks.check_data(model, x, y)
+    x, y, _, _ = _data_checks.check_data(model, x, y)
     check_logits(_forward(model, x[: min(len(x), 64)]))
     return percent(attack_correct(model, attack, x, y, batch_size, state_path=state_path), len(x))
 
@@ -329,8 +330,8 @@ def autoattack_accuracy(
         - Croce & Hein, Reliable evaluation of adversarial robustness with an
           ensemble of diverse parameter-free attacks, ICML 2020.
     """
-    model = _checks.evaluation_model(model)
-    x, y, _, _ = _checks.check_data(model, x, y)
+    model = _data_checks.evaluation_model(model)
+    x, y, _, _ = _data_checks.check_data(model, x, y)
     check_logits(_forward(model, x[: min(len(x), 64)]))
     accuracy, _ = autoattack.run_autoattack(
         model,
@@ -539,7 +540,7 @@ def evaluate(
     names = parse_attacks(attacks)
     if "clean" not in names:
         names.insert(0, "clean")
-    model = _checks.evaluation_model(model)
+    model = _data_checks.evaluation_model(model)
     norm = _checks.canonical_norm(norm)
     epsilon = _checks.check_budget(epsilon, "epsilon", norm)
     batch_size = _checks.check_positive_int(batch_size, "batch_size")
@@ -552,7 +553,7 @@ def evaluate(
     pgd_attacks = _pgd_attacks(names, norm, epsilon, step_size, num_steps, seed)
     for name in pgd_attacks:
         _resume.check_state_file(pgd_state_file(pgd_state_path, name), _resume.PGD)
-    x, y, _, fmt = _checks.check_data(model, x, y)
+    x, y, _, fmt = _data_checks.check_data(model, x, y)
     idx = _checks.strided_indices(len(x), n)
     if idx is not None:
         x, y = x[idx], y[idx]

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat._names import EVAL_BATCH_SIZE
@@ -118,7 +118,7 @@ def perception_analysis(
         )
     if averaging not in ("global", "per_batch"):
         raise ValueError(f"`averaging` must be 'global' or 'per_batch'. Received: averaging={averaging!r}")
-    model = _checks.evaluation_model(model)
+    model = _data_checks.evaluation_model(model)
     epsilon = attacks_lib.parse_epsilon(epsilon)
     if isinstance(perturbation, attacks_lib.Attack):
         attack = perturbation
@@ -132,7 +132,7 @@ def perception_analysis(
     else:
         attack = evaluation_pgd("linf", epsilon, step_size, num_steps, seed)
         step_size, num_steps = attack.step_size, attack.num_steps
-    x, y, num_classes, _ = _checks.check_data(model, x, y)
+    x, y, num_classes, _ = _data_checks.check_data(model, x, y)
 
     n = len(x)
     clean_ok = np.zeros(n, dtype=bool)

@@ -11,7 +11,7 @@ import os
 import warnings
 
 
-from keras_rpat import _checks
+from keras_rpat import _data_checks
 from keras_rpat import _names
 from keras_rpat import autoattack
 from keras_rpat import awp as awp_lib
@@ -184,7 +184,7 @@ def build_run(spec, data_dir=None, cache=None):
     )
     trainer = preset.build_trainer(model, steps_per_epoch=len(train_seq), seed=spec.seed)
     trainer.compile(optimizer=preset.optimizer(len(train_seq)))
-    x_test = _checks.to_float01(ds.x_test)
+    x_test = _data_checks.to_float01(ds.x_test)
     return Run(preset, ds, model, train_seq, trainer, x_test, ds.y_test)
 
 
