@@ -47,9 +47,8 @@ else:
 RUNS = ["pgd_at+rpat", "trades+rpat:keras"]
 # tensorflow: the same two (the path is torch's); the multi-worker smoke runs the first.
 TF_RUNS = ["pgd_at+rpat", "trades+rpat"]
-# With AWP (its ascent gradient the global batch's), in the same jobs: pgd_at+rpat on torch's fast path,
-# trades+rpat (the RPAT++ reproduction's stack) on tensorflow, pgd_at+rpat on jax.
-AWP_RUNS = {"torch": "pgd_at+rpat+awp", "tensorflow": "trades+rpat+awp", "jax": "pgd_at+rpat+awp:keras"}
+# With AWP (its ascent gradient the global batch's), in each engine's job (torch: on the fast path).
+AWP_RUN = "pgd_at+rpat+awp"
 
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
 
@@ -118,7 +117,7 @@ class _Job:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "two.npz"
-    job = _Job(out, [_start_torchrun([HERE / "distributed_worker.py", out, *RUNS, AWP_RUNS["torch"]])])
+    job = _Job(out, [_start_torchrun([HERE / "distributed_worker.py", out, *RUNS, AWP_RUN])])
     yield job
     job.stop()
 
@@ -127,8 +126,7 @@ def two_ranks(tmp_path_factory):
 def two_replicas(tmp_path_factory):
     """MirroredStrategy over 2 logical CPU devices, sync BatchNorm, both TF_RUNS and the AWP run, then AutoAttack."""
     out = tmp_path_factory.mktemp("mirrored") / "two.npz"
-    runs = [*TF_RUNS, AWP_RUNS["tensorflow"]]
-    job = _Job(out, [_start_tf_worker(out, runs, "--strategy", "mirrored", "--cpus", "2")])
+    job = _Job(out, [_start_tf_worker(out, [*TF_RUNS, AWP_RUN], "--strategy", "mirrored", "--cpus", "2")])
     # The one-device AutoAttack while the job trains (its own PyTorch subprocess: an interpreter start).
     job.one_device_autoattack = distributed_worker.tf_autoattack(None)
     yield job
@@ -187,9 +185,8 @@ def test_two_mirrored_replicas_take_the_one_device_steps(two_replicas, run):
     _assert_same_steps(_one_process(run), two_replicas.wait(), run.split(":")[0])
 
 
-def _assert_same_awp_steps(many):
-    """The AWP run of this backend's job took the one-device steps, which AWP changed."""
-    run = AWP_RUNS[BACKEND]
+def _assert_same_awp_steps(many, run=AWP_RUN):
+    """The AWP run of a job took the one-device steps, which AWP changed."""
     one, method = _one_process(run), run.split(":")[0]
     _assert_same_steps(one, many, method)
     without_awp = _one_process(run.replace("+awp", ""))
@@ -876,8 +873,7 @@ def _start_jax(args, env, stdout=subprocess.DEVNULL):
 def two_devices(tmp_path_factory):
     """One process, a DataParallel over 2 CPU devices: both JAX_RUNS and the AWP run, then the evaluation."""
     out = tmp_path_factory.mktemp("keras_distribution") / "two.npz"
-    runs = [*JAX_RUNS, AWP_RUNS["jax"].split(":")[0]]
-    job = _Job(out, [_start_jax([HERE / "distributed_jax.py", out, *runs], TWO_DEVICES)])
+    job = _Job(out, [_start_jax([HERE / "distributed_jax.py", out, *JAX_RUNS, AWP_RUN], TWO_DEVICES)])
     yield job
     job.stop()
 
@@ -894,7 +890,7 @@ def test_two_jax_devices_take_the_one_device_steps(two_devices, method):
 
 @jax_only
 def test_two_jax_devices_take_the_one_device_awp_steps(two_devices):
-    _assert_same_awp_steps(two_devices.wait())
+    _assert_same_awp_steps(two_devices.wait(), f"{AWP_RUN}:keras")
 
 
 def _assert_same_jax_evaluation(one, many, rows):
