@@ -22,6 +22,7 @@ times it, and `restore`, after `optimizer.step()`, subtracts the same. The proxy
 BatchNorm statistics are thrown away with the proxy: here they are restored.
 """
 
+import contextlib
 import warnings
 
 import keras
@@ -91,6 +92,25 @@ class AWP:
         d = PROXY_LEARNING_RATE * gradient
         scale = _norm(weight) / (_norm(d) + NORM_EPSILON)
         return self.gamma * (scale * d)
+
+    def perturb(self, variables, gradients, context=None):
+        """Adds to each perturbed variable (`perturbed`) with a gradient its `perturbation`, in `context`
+        (the engine's update context); returns them (`{index: perturbation}`) for `restore`.
+
+        In a data-parallel job `gradients` must be the global batch's (summed over the devices), so that
+        every replica moves its copy of the weights by the same amount."""
+        perturbation = {}
+        with context or contextlib.nullcontext():
+            for i in self.perturbed(variables):
+                if gradients[i] is not None:
+                    perturbation[i] = self.perturbation(variables[i].value, gradients[i])
+                    variables[i].assign_add(perturbation[i])
+        return perturbation
+
+    def restore(self, variables, perturbation):
+        """Removes the `perturbation` that `perturb` added (after the optimizer's update, in its context)."""
+        for i, delta in perturbation.items():
+            variables[i].assign_sub(delta)
 
     def get_config(self):
         return {"gamma": self.gamma, "warmup_epochs": self.warmup_epochs}

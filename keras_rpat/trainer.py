@@ -491,39 +491,21 @@ class RPATTrainer(keras.Model):
         return picked
 
     def awp_gradients(self, x, y, x_adv, static_views, batch):
-        """AWP's ascent direction: the gradients of the step's total loss on its views (a forward the step's
-        own forwards then repeat); the BatchNorm statistics (every state of the classifier) it moved are
-        restored, as the reference's proxy copy discards them (docs/algorithms.md#adversarial-weight-perturbation)."""
+        """AWP's ascent direction: the global batch's gradients of the step's total loss on its views (a forward
+        the step's own forwards repeat; summed over the devices as the weight gradients); the BatchNorm statistics
+        it moved are restored, as the reference's proxy copy discards them (docs/algorithms.md#adversarial-weight-perturbation)."""
         state = self.classifier.non_trainable_variables
         saved = [ops.copy(v.value) for v in state]
 
         def loss_fn():
             total, _, _ = self.view_losses(x, y, x_adv, dict(static_views), batch.sample_weight, batch.loss_share)
-            return total, None
+            return (total if batch.loss_weight is None else total * batch.loss_weight), None
 
         gradients, _ = self.engine.gradients(loss_fn, self.trainable_weights)
         with self.engine.update_context():
             for variable, value in zip(state, saved):
                 variable.assign(value)
-        return gradients
-
-    def perturb_weights(self, gradients):
-        """Adds AWP's perturbation of `gradients` to the weights; returns it (`{index: perturbation}` of
-        `trainable_weights`) for `restore_weights`."""
-        variables = self.trainable_weights
-        perturbation = {}
-        with self.engine.update_context():
-            for i in self.awp.perturbed(variables):
-                if gradients[i] is not None:
-                    perturbation[i] = self.awp.perturbation(variables[i].value, gradients[i])
-                    variables[i].assign_add(perturbation[i])
-        return perturbation
-
-    def restore_weights(self, perturbation):
-        """Removes AWP's `perturbation` (from `perturb_weights`) after the update."""
-        variables = self.trainable_weights
-        for i, delta in perturbation.items():
-            variables[i].assign_sub(delta)
+        return batch.reduce_gradients(gradients)
 
     def after_update(self, x):
         """After the optimizer's update: the optional post-step clean forward, then the EMA of the teacher."""
@@ -570,7 +552,9 @@ class RPATTrainer(keras.Model):
             with engine.forward_context(x):
                 x_adv, static_views = self.attack_views(x, y)
                 awp_gradients = self.awp_gradients(x, y, x_adv, static_views, batch) if self._awp_active else None
-            perturbation = None if awp_gradients is None else self.perturb_weights(awp_gradients)
+            perturbation = (
+                None if awp_gradients is None else self.awp.perturb(variables, awp_gradients, engine.update_context())
+            )
             with engine.forward_context(x):
 
                 def loss_fn():
@@ -585,7 +569,7 @@ class RPATTrainer(keras.Model):
             with engine.update_context():
                 self.optimizer.apply(gradients, variables)
                 if perturbation is not None:
-                    self.restore_weights(perturbation)
+                    self.awp.restore(variables, perturbation)
                 with engine.forward_context(x):
                     self.after_update(x)
         if not batch.distributed:
@@ -707,11 +691,6 @@ class RPATTrainer(keras.Model):
             _data_checks.warn_if_one_class(y, self._num_classes)
         _data_checks.warn_if_softmax(self.classifier)
         job = self.join_distributed()
-        if job is not None and self.awp is not None:
-            raise ValueError(
-                "AWP in a data-parallel job is not supported yet (its ascent gradient would be this device's "
-                "alone). Train on one device, or pass awp=None."
-            )
         if job is not None:
             _check_global_batch(x, batch_size, job.world_size)
         callbacks = list(callbacks or [])

@@ -5,7 +5,8 @@
     KERAS_BACKEND=tensorflow python tests/distributed_worker.py OUT.npz pgd_at+rpat --strategy mirrored --cpus 2
     TF_CONFIG=... KERAS_BACKEND=tensorflow python tests/distributed_worker.py OUT.npz pgd_at+rpat --strategy multiworker
 
-A run is `method[:path]`, path `fast` (default) or `keras`.
+A run is `method[:path]`, path `fast` (default) or `keras`; a method ending in `+awp` trains with
+`keras_rpat.AWP(gamma=AWP_GAMMA)`.
 
 For each method, in float64 (`testing.float64_precision`: a batch split over
 2 ranks rounds differently from the whole batch, and PGD's sign steps make that
@@ -43,6 +44,7 @@ EVAL_N = 22  # AutoAttack batches of 4: 6 batches (the last one short), dealt to
 AA_ATTACKS = ["square", "apgd-ce", "apgd-t"]  # Square first: its random squares are drawn per batch
 AA_OPTIONS = {"apgd": {"n_iter": 3}, "apgd-t": {"n_iter": 3, "n_target_classes": 2}, "square": {"n_queries": 8}}
 EVAL_EPSILON = 3 / 255
+AWP_GAMMA = 0.02  # the size test_awp.py checks against the authors' algorithm
 
 
 class Batches(keras.utils.PyDataset):
@@ -66,7 +68,9 @@ def train(method, sync_batchnorm, fast_path, strategy=None, data=None):
     """Trains `method` for `STEPS` steps in float64 (built in `strategy`'s scope, if given) on `data`
     (default `Batches()`); returns `{name: array}` of variables and logs."""
     keras.utils.set_random_seed(0)
-    preset = keras_rpat.presets.get(method)
+    preset = keras_rpat.presets.get(method.removesuffix("+awp"))
+    if method.endswith("+awp"):
+        preset = preset.with_options(awp=keras_rpat.AWP(gamma=AWP_GAMMA))
     attack = preset.attack.__class__.from_config({**preset.attack.get_config(), "num_steps": ATTACK_STEPS, "seed": 1})
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))

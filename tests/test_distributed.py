@@ -47,6 +47,8 @@ else:
 RUNS = ["pgd_at+rpat", "trades+rpat:keras"]
 # tensorflow: the same two (the path is torch's); the multi-worker smoke runs the first.
 TF_RUNS = ["pgd_at+rpat", "trades+rpat"]
+# With AWP (its ascent gradient the global batch's), in each engine's job (torch: on the fast path).
+AWP_RUN = "pgd_at+rpat+awp"
 
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
 
@@ -115,16 +117,16 @@ class _Job:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "two.npz"
-    job = _Job(out, [_start_torchrun([HERE / "distributed_worker.py", out, *RUNS])])
+    job = _Job(out, [_start_torchrun([HERE / "distributed_worker.py", out, *RUNS, AWP_RUN])])
     yield job
     job.stop()
 
 
 @pytest.fixture(scope="module")
 def two_replicas(tmp_path_factory):
-    """MirroredStrategy over 2 logical CPU devices, sync BatchNorm, both TF_RUNS, then AutoAttack."""
+    """MirroredStrategy over 2 logical CPU devices, sync BatchNorm, both TF_RUNS and the AWP run, then AutoAttack."""
     out = tmp_path_factory.mktemp("mirrored") / "two.npz"
-    job = _Job(out, [_start_tf_worker(out, TF_RUNS, "--strategy", "mirrored", "--cpus", "2")])
+    job = _Job(out, [_start_tf_worker(out, [*TF_RUNS, AWP_RUN], "--strategy", "mirrored", "--cpus", "2")])
     # The one-device AutoAttack while the job trains (its own PyTorch subprocess: an interpreter start).
     job.one_device_autoattack = distributed_worker.tf_autoattack(None)
     yield job
@@ -181,6 +183,25 @@ def test_two_ranks_take_the_one_process_steps(two_ranks, run):
 @pytest.mark.parametrize("run", TF_RUNS)
 def test_two_mirrored_replicas_take_the_one_device_steps(two_replicas, run):
     _assert_same_steps(_one_process(run), two_replicas.wait(), run.split(":")[0])
+
+
+def _assert_same_awp_steps(many, run=AWP_RUN):
+    """The AWP run of a job took the one-device steps, which AWP changed."""
+    one, method = _one_process(run), run.split(":")[0]
+    _assert_same_steps(one, many, method)
+    without_awp = _one_process(run.replace("+awp", ""))
+    kernel = "/var/conv1/kernel"
+    assert np.max(np.abs(one[method + kernel] - without_awp[method.removesuffix("+awp") + kernel])) > 1e-4
+
+
+@torch_only
+def test_two_ranks_take_the_one_process_awp_steps(two_ranks):
+    _assert_same_awp_steps(two_ranks.wait())
+
+
+@tensorflow_only
+def test_two_mirrored_replicas_take_the_one_device_awp_steps(two_replicas):
+    _assert_same_awp_steps(two_replicas.wait())
 
 
 def _assert_same_evaluation(one, many, replicas=("0", "1")):
@@ -850,9 +871,9 @@ def _start_jax(args, env, stdout=subprocess.DEVNULL):
 
 @pytest.fixture(scope="module")
 def two_devices(tmp_path_factory):
-    """One process, a DataParallel over 2 CPU devices: both JAX_RUNS, then the evaluation."""
+    """One process, a DataParallel over 2 CPU devices: both JAX_RUNS and the AWP run, then the evaluation."""
     out = tmp_path_factory.mktemp("keras_distribution") / "two.npz"
-    job = _Job(out, [_start_jax([HERE / "distributed_jax.py", out, *JAX_RUNS], TWO_DEVICES)])
+    job = _Job(out, [_start_jax([HERE / "distributed_jax.py", out, *JAX_RUNS, AWP_RUN], TWO_DEVICES)])
     yield job
     job.stop()
 
@@ -865,6 +886,11 @@ def test_two_jax_devices_take_the_one_device_steps(two_devices, method):
     # Every traced step saw the global batch of 8 images split into 2 shards of 4.
     shards = json.loads(str(results["shards"]))["train"]
     assert shards and all(s == [[4, 8, 8, 3]] for s in shards), shards
+
+
+@jax_only
+def test_two_jax_devices_take_the_one_device_awp_steps(two_devices):
+    _assert_same_awp_steps(two_devices.wait(), f"{AWP_RUN}:keras")
 
 
 def _assert_same_jax_evaluation(one, many, rows):

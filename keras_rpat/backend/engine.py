@@ -73,6 +73,11 @@ class Batch:
         """The gradients and the metric sums summed over the devices."""
         return gradients, metric_sums
 
+    def reduce_gradients(self, gradients):
+        """`gradients` (`None` for an unused variable) summed over the devices, as `reduce` sums the weight
+        gradients (each device's loss weighted by `loss_weight` or `loss_share`): AWP's ascent direction."""
+        return gradients
+
     def average(self, variables):
         """After the update: averages the float `variables` (non-trainable) over the devices when each normalised
         its own rows (no synchronized BatchNorm)."""

@@ -299,6 +299,14 @@ class ReplicaBatch(Batch):
         # The gradients: summed over the replicas by `optimizer.apply`.
         return gradients, self.replica.all_reduce(tf.distribute.ReduceOp.SUM, metric_sums)
 
+    def reduce_gradients(self, gradients):
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        summed = self.replica.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+        out = list(gradients)
+        for i, g in zip(present, summed):
+            out[i] = g
+        return out
+
     def average(self, variables):
         if not self.shard.sync_batchnorm:
             average_variables(self.replica, variables)

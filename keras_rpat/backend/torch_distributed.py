@@ -203,7 +203,7 @@ def rank_batch(trainer, x, y, sample_weight, first_step):
 class RankBatch(Batch):
     """This rank's rows of a step (`engine.Batch`): random draws and synchronized BatchNorm see the global
     batch (`shard_scope`), the loss is weighted by the rank's share, and one all-reduce sums the gradients
-    and the metric sums."""
+    and the metric sums (AWP's ascent gradients: one more)."""
 
     distributed = True
 
@@ -217,6 +217,9 @@ class RankBatch(Batch):
 
     def reduce(self, gradients, variables, metric_sums):
         return all_reduce_step(list(gradients), variables, metric_sums)
+
+    def reduce_gradients(self, gradients):
+        return all_reduce_sum(list(gradients))
 
     def average(self, variables):
         if not self.shard.sync_batchnorm:
@@ -405,20 +408,28 @@ def all_reduce_step(grads, variables, metric_sums):
     `grads` may hold `None` (unused variables): they stay `None`. Returns the
     summed gradients and metric sums.
     """
-    present = [i for i, g in enumerate(grads) if g is not None]
-    dtype = metric_sums.dtype  # float32, or float64 for float64 gradients (not rounded to float32)
+    summed = all_reduce_sum([*grads, metric_sums])
+    return summed[:-1], summed[-1]
+
+
+def all_reduce_sum(tensors):
+    """`tensors` (`None` stays `None`) summed over the ranks, in one all-reduce of their common dtype
+    (float64 gradients are not rounded to float32 metric sums)."""
+    present = [i for i, t in enumerate(tensors) if t is not None]
+    if not present:
+        return list(tensors)
+    dtype = tensors[present[0]].dtype
     for i in present:
-        dtype = torch.promote_types(dtype, grads[i].dtype)
-    pieces = [grads[i].reshape(-1).to(dtype) for i in present] + [metric_sums.reshape(-1)]
-    flat = torch.cat(pieces)
+        dtype = torch.promote_types(dtype, tensors[i].dtype)
+    flat = torch.cat([tensors[i].reshape(-1).to(dtype) for i in present])
     dist.all_reduce(flat)
-    out = list(grads)
+    out = list(tensors)
     offset = 0
     for i in present:
-        n = grads[i].numel()
-        out[i] = flat[offset : offset + n].view(grads[i].shape).to(grads[i].dtype)
+        n = tensors[i].numel()
+        out[i] = flat[offset : offset + n].view(tensors[i].shape).to(tensors[i].dtype)
         offset += n
-    return out, flat[offset:].to(metric_sums.dtype)
+    return out
 
 
 def average_variables(variables):
