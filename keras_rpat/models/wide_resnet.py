@@ -77,71 +77,57 @@ def wide_resnet(
     return cfg.head(x, inputs, name, bias_initializer="zeros", use_bias=use_bias)
 
 
-@document(
-    """WideResNet-34-10 (SOTAs Table 4; Tiny-ImageNet in Figure 5).
+def _preset(depth, widen_factor, use, trainable, example):
+    """`wide_resnet{depth}_{widen_factor}`: `wide_resnet` of that size, documented."""
 
-    46,160,474 trainable parameters for 10 classes. See `wide_resnet`.
+    def build(
+        num_classes=10,
+        input_shape=None,
+        data_format=None,
+        stem_stride=1,
+        normalize=None,
+        name=f"wide_resnet{depth}_{widen_factor}",
+        bias_last=True,
+    ):
+        return wide_resnet(
+            depth,
+            widen_factor,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            data_format=data_format,
+            stem_stride=stem_stride,
+            normalize=normalize,
+            name=name,
+            bias_last=bias_last,
+        )
+
+    build.__name__ = build.__qualname__ = f"wide_resnet{depth}_{widen_factor}"
+    return document(
+        f"""WideResNet-{depth}-{widen_factor} ({use}).
+
+    {trainable} trainable parameters for 10 classes. See `wide_resnet`.
 
     Args:
         bias_last: Whether the classifier has a bias (see `wide_resnet`).
             Defaults to `True`.
-{common_args}
+{{common_args}}
 """,
-    references=(PAPER, ZAGORUYKO),
+        references=(PAPER, ZAGORUYKO),
+        example=example,
+    )(build)
+
+
+wide_resnet34_10 = _preset(
+    34,
+    10,
+    use="SOTAs Table 4; Tiny-ImageNet in Figure 5",
+    trainable="46,160,474",
     example='keras_rpat.models.get("wrn34_10", normalize="cifar10")',
 )
-def wide_resnet34_10(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="wide_resnet34_10",
-    bias_last=True,
-):
-    return wide_resnet(
-        34,
-        10,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        data_format=data_format,
-        stem_stride=stem_stride,
-        normalize=normalize,
-        name=name,
-        bias_last=bias_last,
-    )
-
-
-@document(
-    """WideResNet-28-10 (Bench `wrn2810`).
-
-    36,479,194 trainable parameters for 10 classes. See `wide_resnet`.
-
-    Args:
-        bias_last: Whether the classifier has a bias (see `wide_resnet`).
-            Defaults to `True`.
-{common_args}
-""",
-    references=(PAPER, ZAGORUYKO),
+wide_resnet28_10 = _preset(
+    28,
+    10,
+    use="Bench `wrn2810`",
+    trainable="36,479,194",
     example='keras_rpat.models.get("wrn28_10", num_classes=100)',
 )
-def wide_resnet28_10(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="wide_resnet28_10",
-    bias_last=True,
-):
-    return wide_resnet(
-        28,
-        10,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        data_format=data_format,
-        stem_stride=stem_stride,
-        normalize=normalize,
-        name=name,
-        bias_last=bias_last,
-    )
