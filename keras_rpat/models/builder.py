@@ -207,10 +207,10 @@ COMMON_ARGS = (
 )
 
 
-IMAGES_TO_LOGITS = "A `keras.Model` from images to logits."
+_IMAGES_TO_LOGITS = "A `keras.Model` from images to logits."
 
 
-def document(text, references, example=None, returns=IMAGES_TO_LOGITS):
+def document(text, references, example=None, returns=_IMAGES_TO_LOGITS):
     """A builder's docstring: `text` (its summary, description and `Args:`, where `{common_args}` stands for
     every argument of `Config` and `name`, `{input_args}` for all but `normalize` and `name`, for builders
     that document those themselves), then its Returns, Example (`model = <example>` called on a batch of
