@@ -427,13 +427,19 @@ def test_each_rank_draws_its_rows_of_the_one_process_noise():
     assert draws[0][1] == draws[1][1] == beta  # a per-batch draw is the same on every rank
 
 
+def _sync_batchnorm_trainer():
+    """A compiled trainer with `sync_batchnorm=True`: outside a data-parallel job, `fit` names the fix."""
+    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
+    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
+    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    return trainer
+
+
 @torch_only
 def test_sync_batchnorm_without_a_job_names_the_fix(monkeypatch):
     for name in torch_distributed.TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
-    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
-    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    trainer = _sync_batchnorm_trainer()
     with pytest.raises(ValueError, match="torchrun --nproc_per_node"):
         trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
 
@@ -598,9 +604,7 @@ def test_tf_each_replica_draws_its_rows_of_the_one_device_noise():
 
 @tensorflow_only
 def test_tf_sync_batchnorm_without_a_strategy_names_the_fix():
-    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
-    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
-    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    trainer = _sync_batchnorm_trainer()
     with pytest.raises(ValueError, match="sync_batchnorm=True.*tf.distribute strategy's scope"):
         trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
 
@@ -949,9 +953,7 @@ def test_two_jax_devices_context_provenance_and_sync_batchnorm_false(two_devices
 
 @jax_only
 def test_jax_sync_batchnorm_without_a_distribution_names_the_fix():
-    model = keras_rpat.models.get("small_cnn", num_classes=10, input_shape=(8, 8, 3))
-    trainer = keras_rpat.RPATTrainer(model, sync_batchnorm=True)
-    trainer.compile(optimizer=keras_rpat.optimizers.SGD(0.1))
+    trainer = _sync_batchnorm_trainer()
     with pytest.raises(ValueError, match="sync_batchnorm=True.*keras.distribution.DataParallel"):
         trainer.fit(distributed_worker.Batches(), epochs=1, verbose=0)
 

@@ -722,29 +722,17 @@ def wide_resnet_parameters(depth, width, num_classes, bias_last=True):
     return total + 2 * channels[3] + channels[3] * num_classes + (num_classes if bias_last else 0)
 
 
+def _rb_dm_wide_resnet(depth, width):
+    return lambda c: rb.RBDMWideResNet(c, depth, width, rb.RBSwish)
+
+
 # name: (RobustBench's module, {num_classes: trainable}, BatchNorm buffers), counted from RobustBench's
 # definitions (written down here; the test recounts them from its code on the meta device).
 ROBUSTBENCH_COUNTS = {
-    "dm_wide_resnet28_10": (
-        lambda c: rb.RBDMWideResNet(c, 28, 10, rb.RBSwish),
-        {10: 36_479_194, 100: 36_536_884},
-        17_952,
-    ),
-    "dm_wide_resnet34_10": (
-        lambda c: rb.RBDMWideResNet(c, 34, 10, rb.RBSwish),
-        {10: 46_160_474, 100: 46_218_164},
-        22_432,
-    ),
-    "dm_wide_resnet34_20": (
-        lambda c: rb.RBDMWideResNet(c, 34, 20, rb.RBSwish),
-        {10: 184_531_674, 100: 184_646_964},
-        44_832,
-    ),
-    "dm_wide_resnet70_16": (
-        lambda c: rb.RBDMWideResNet(c, 70, 16, rb.RBSwish),
-        {10: 266_796_506, 100: 266_888_756},
-        78_880,
-    ),
+    "dm_wide_resnet28_10": (_rb_dm_wide_resnet(28, 10), {10: 36_479_194, 100: 36_536_884}, 17_952),
+    "dm_wide_resnet34_10": (_rb_dm_wide_resnet(34, 10), {10: 46_160_474, 100: 46_218_164}, 22_432),
+    "dm_wide_resnet34_20": (_rb_dm_wide_resnet(34, 20), {10: 184_531_674, 100: 184_646_964}, 44_832),
+    "dm_wide_resnet70_16": (_rb_dm_wide_resnet(70, 16), {10: 266_796_506, 100: 266_888_756}, 78_880),
     "dm_preact_resnet18": (
         lambda c: rb.RBDMPreActResNet(c, 18, 0, rb.RBSwish),
         {10: 12_548_426, 100: 12_594_596},

@@ -183,8 +183,10 @@ class TorchWideResNet(nn.Module):
 # RobustBench's CIFAR architectures, transcribed from RobustBench/robustbench at 78fcc9e
 # (robustbench/model_zoo/architectures/{dm_wide_resnet,wide_resnet,resnet}.py; the DM
 # networks are DeepMind's adversarial_robustness/pytorch/model_zoo.py, Apache-2.0).
-# Only the class names carry an `RB` prefix; `_Swish.backward` reads `saved_tensors`
-# (`saved_variables` is gone from recent torch). The shipped twins in
+# Kept as RobustBench writes it, repetitions included; what differs: the class names carry an
+# `RB` prefix, `_Swish.backward` reads `saved_tensors` (`saved_variables` is gone from recent
+# torch), `DMPreActResNet` leaves out its unused `use_cuda`, `mean_cuda` and `std_cuda`, and the
+# code is laid out by ruff, without docstrings, comments or type hints. The shipped twins in
 # keras_rpat/torch_models.py are checked against these: same keys, same logits.
 # ----------------------------------------------------------------------------
 

@@ -33,25 +33,26 @@ def _remember(ctx, param, value):
     return value
 
 
+def _requested(flag, choices, help_text):
+    """An option naming how to distribute the command, kept in `_REQUESTED` for `join` (not passed on)."""
+    return click.option(
+        flag, type=click.Choice(choices), default=None, expose_value=False, callback=_remember, help=help_text
+    )
+
+
 def strategy_option():
     """`--strategy` (tensorflow) and `--distribution` (jax), read by `join` and `join_evaluation`."""
-    strategy = click.option(
+    strategy = _requested(
         "--strategy",
-        type=click.Choice(_names.TF_STRATEGIES),
-        default=None,
-        expose_value=False,
-        callback=_remember,
-        help="tensorflow: run with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
+        _names.TF_STRATEGIES,
+        "tensorflow: run with tf.distribute. mirrored: this host's GPUs; multiworker: the hosts of "
         "TF_CONFIG (the default when TF_CONFIG is set), else of the Slurm job step (srun). On torch, launch with "
         "torchrun instead.",
     )
-    distribution = click.option(
+    distribution = _requested(
         "--distribution",
-        type=click.Choice(_names.JAX_DISTRIBUTIONS),
-        default=None,
-        expose_value=False,
-        callback=_remember,
-        help="jax: run with keras.distribution. data_parallel: the batch split over every local device (and "
+        _names.JAX_DISTRIBUTIONS,
+        "jax: run with keras.distribution. data_parallel: the batch split over every local device (and "
         "the processes of KERAS_DISTRIBUTION_*, the default when they name several); BatchNorm statistics are "
         "the global batch's.",
     )

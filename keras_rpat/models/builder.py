@@ -46,6 +46,18 @@ def check_wide_resnet_depth(depth):
     return int(depth)
 
 
+def wide_resnet_groups(depth, width):
+    """The three groups of blocks of a WideResNet-`depth`-`width` after its 16-channel stem: `(depth - 4) / 6`
+    blocks `(in_planes, out_planes, stride)` of `16 * width`, `32 * width`, `64 * width` channels; the first
+    block of a group changes the width, with stride 1, 2, 2."""
+    blocks = (depth - 4) // 6
+    groups, in_planes = [], 16
+    for stride, out_planes in zip((1, 2, 2), (16 * width, 32 * width, 64 * width)):
+        groups.append([(in_planes, out_planes, stride)] + [(out_planes, out_planes, 1)] * (blocks - 1))
+        in_planes = out_planes
+    return groups
+
+
 class Config:
     """What every layer of one model needs to know."""
 
@@ -195,14 +207,24 @@ COMMON_ARGS = (
 )
 
 
-def document(text):
-    """Fills `{common_args}` (every argument of `Config` and `name`) or `{input_args}` (all but
-    `normalize` and `name`, for builders that document those themselves) into a docstring."""
+_IMAGES_TO_LOGITS = "A `keras.Model` from images to logits."
+
+
+def document(text, references, example=None, returns=_IMAGES_TO_LOGITS):
+    """A builder's docstring: `text` (its summary, description and `Args:`, where `{common_args}` stands for
+    every argument of `Config` and `name`, `{input_args}` for all but `normalize` and `name`, for builders
+    that document those themselves), then its Returns, Example (`model = <example>` called on a batch of
+    zeros) and References sections."""
+    text = text.replace("{common_args}", COMMON_ARGS.strip("\n")).replace("{input_args}", INPUT_ARGS.strip("\n"))
+    sections = [text.rstrip(), f"    Returns:\n        {returns}"]
+    if example is not None:
+        sections.append(
+            f"    Example:\n\n    >>> model = {example}\n    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))"
+        )
+    sections.append("    References:\n\n" + "\n".join(f"    - {reference}" for reference in references))
 
     def decorate(fn):
-        fn.__doc__ = text.replace("{common_args}", COMMON_ARGS.strip("\n")).replace(
-            "{input_args}", INPUT_ARGS.strip("\n")
-        )
+        fn.__doc__ = "\n\n".join(sections) + "\n    "
         return fn
 
     return decorate

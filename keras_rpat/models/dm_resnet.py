@@ -17,6 +17,7 @@ from keras_rpat import _checks
 from keras_rpat.models.builder import Config
 from keras_rpat.models.builder import check_wide_resnet_depth
 from keras_rpat.models.builder import document
+from keras_rpat.models.builder import wide_resnet_groups
 
 GOWAL = 'Gowal et al., "Uncovering the Limits of Adversarial Training against Norm-Bounded Adversarial Examples", 2020.'
 REBUFFI = 'Rebuffi et al., "Fixing Data Augmentation to Improve Adversarial Robustness", 2021.'
@@ -35,6 +36,8 @@ _DM_ARGS = """
             and CIFAR-100 entries. Or `"cifar10"`, `"cifar100"`, a
             `(mean, std)` pair, or `None` (inputs normalised outside).
         name: Name of the returned model."""
+
+_RETURNS = "A `keras.Model` from images (pixels in `[0, 1]`) to logits."
 
 
 def _check_activation(activation):
@@ -84,29 +87,10 @@ def _dm_wide_block(cfg, x, in_planes, out_planes, stride, activation, prefix):
         width: Positive integer width multiplier (10, 16, 20). Defaults to
             `10`.
 """
-    + _DM_ARGS.strip("\n")
-    + """
-
-    Returns:
-        A `keras.Model` from images (pixels in `[0, 1]`) to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.dm_wide_resnet(depth=10, width=1)
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - """
-    + GOWAL
-    + """
-    - """
-    + REBUFFI
-    + """
-    - """
-    + WANG
-    + """
-    """
+    + _DM_ARGS.strip("\n"),
+    references=(GOWAL, REBUFFI, WANG),
+    example="keras_rpat.models.dm_wide_resnet(depth=10, width=1)",
+    returns=_RETURNS,
 )
 def dm_wide_resnet(
     depth=28,
@@ -125,23 +109,11 @@ def dm_wide_resnet(
     cfg = _dm_config(num_classes, input_shape, data_format, stem_stride, normalize)
     if name is None:
         name = f"dm_wide_resnet{depth}_{width}"
-    blocks_per_group = (depth - 4) // 6
-    widths = (16, 16 * width, 32 * width, 64 * width)
-
     inputs, x = cfg.inputs()
-    x = cfg.conv(x, widths[0], 3, cfg.stem_stride, "init_conv")
-    for group, stride in enumerate((1, 2, 2)):
-        for index in range(blocks_per_group):
-            in_planes = widths[group] if index == 0 else widths[group + 1]
-            x = _dm_wide_block(
-                cfg,
-                x,
-                in_planes,
-                widths[group + 1],
-                stride if index == 0 else 1,
-                activation,
-                f"layer_{group}_block_{index}",
-            )
+    x = cfg.conv(x, 16, 3, cfg.stem_stride, "init_conv")
+    for group, blocks in enumerate(wide_resnet_groups(depth, width)):
+        for index, (in_planes, out_planes, stride) in enumerate(blocks):
+            x = _dm_wide_block(cfg, x, in_planes, out_planes, stride, activation, f"layer_{group}_block_{index}")
         if group == 1:
             x = cfg.third_to_last(x)
     x = cfg.activation(cfg.bn(x, "batchnorm"), activation, "relu")
@@ -181,18 +153,9 @@ def _preset(depth, width, entries):
 
     Args:
 """
-        + _DM_ARGS.strip("\n")
-        + """
-
-    Returns:
-        A `keras.Model` from images (pixels in `[0, 1]`) to logits.
-
-    References:
-
-    - """
-        + GOWAL
-        + """
-    """
+        + _DM_ARGS.strip("\n"),
+        references=(GOWAL,),
+        returns=_RETURNS,
     )(build)
 
 
@@ -228,25 +191,10 @@ def _dm_preact_block(cfg, x, in_planes, out_planes, stride, activation, prefix):
 
     Args:
 """
-    + _DM_ARGS.strip("\n")
-    + """
-
-    Returns:
-        A `keras.Model` from images (pixels in `[0, 1]`) to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("dm_preact_resnet18", num_classes=100)  # CIFAR-100 statistics
-
-    References:
-
-    - """
-    + REBUFFI
-    + """
-    - """
-    + WANG
-    + """
-    """
+    + _DM_ARGS.strip("\n"),
+    references=(REBUFFI, WANG),
+    example='keras_rpat.models.get("dm_preact_resnet18", num_classes=100)  # CIFAR-100 statistics',
+    returns=_RETURNS,
 )
 def dm_preact_resnet18(
     activation="silu",

@@ -6,6 +6,9 @@ from keras_rpat.models.builder import PAPER
 from keras_rpat.models.builder import Config
 from keras_rpat.models.builder import document
 
+HE_RESNET = 'He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.'
+HE_PREACT = 'He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.'
+
 
 def _basic_block(cfg, x, in_planes, planes, stride, prefix):
     out = cfg.conv(x, planes, 3, stride, prefix + "_conv1")
@@ -53,24 +56,36 @@ def _preact_block_input_shortcut(cfg, x, in_planes, planes, stride, prefix):
     return _preact_block(cfg, x, in_planes, planes, stride, prefix, shortcut_on_input=True)
 
 
-def _resnet(cfg, block, stem_bn, final_bn, name):
-    inputs, x = cfg.inputs()
-    x = cfg.conv(x, 64, 3, cfg.stem_stride, "conv1")
-    if stem_bn:
-        x = cfg.relu(cfg.bn(x, "bn1"), "relu")
-    in_planes = 64
-    for stage, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
-        for index, block_stride in enumerate((stride, 1)):
-            x, in_planes = block(cfg, x, in_planes, planes, block_stride, f"layer{stage}_{index}")
-        if stage == 3:
-            x = cfg.third_to_last(x)
-    if final_bn:
-        x = cfg.relu(cfg.bn(x, "bn"), "relu")
-    return cfg.head(x, inputs, name)
+def _variant(name, block, stem_bn, final_bn, text, example, references):
+    """The builder `name`: a ResNet-18 of `block`s, with BN -> ReLU after its stem (`stem_bn`) and before its
+    pooling (`final_bn`), documented."""
+
+    def build(num_classes=10, input_shape=None, data_format=None, stem_stride=1, normalize=None, name=name):
+        cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
+        inputs, x = cfg.inputs()
+        x = cfg.conv(x, 64, 3, cfg.stem_stride, "conv1")
+        if stem_bn:
+            x = cfg.relu(cfg.bn(x, "bn1"), "relu")
+        in_planes = 64
+        for stage, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
+            for index, block_stride in enumerate((stride, 1)):
+                x, in_planes = block(cfg, x, in_planes, planes, block_stride, f"layer{stage}_{index}")
+            if stage == 3:
+                x = cfg.third_to_last(x)
+        if final_bn:
+            x = cfg.relu(cfg.bn(x, "bn"), "relu")
+        return cfg.head(x, inputs, name)
+
+    build.__name__ = build.__qualname__ = name
+    return document(text, references, example)(build)
 
 
-@document(
-    """Standard ResNet-18 (BasicBlock, [2, 2, 2, 2]), CIFAR variant.
+resnet18 = _variant(
+    "resnet18",
+    _basic_block,
+    stem_bn=True,
+    final_bn=False,
+    text="""Standard ResNet-18 (BasicBlock, [2, 2, 2, 2]), CIFAR variant.
 
     Stem conv3x3(64) -> BN -> ReLU, four stages of two BasicBlocks
     (64/128/256/512 channels, strides 1/2/2/2), global average pooling
@@ -80,37 +95,17 @@ def _resnet(cfg, block, stem_bn, final_bn, name):
 
     Args:
 {common_args}
-
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("resnet18", num_classes=10)
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    - He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
-    """
+""",
+    example='keras_rpat.models.get("resnet18", num_classes=10)',
+    references=(PAPER, HE_RESNET),
 )
-def resnet18(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="resnet18",
-):
-    cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
-    return _resnet(cfg, _basic_block, stem_bn=True, final_bn=False, name=name)
 
-
-@document(
-    """The paper's Bench "ResNet-18": a Bottleneck ResNet with [2, 2, 2, 2].
+resnet18_bottleneck = _variant(
+    "resnet18_bottleneck",
+    _bottleneck_block,
+    stem_bn=True,
+    final_bn=False,
+    text="""The paper's Bench "ResNet-18": a Bottleneck ResNet with [2, 2, 2, 2].
 
     The network used for Tables 1, 2 and 5 and Figures 2 and 4
     (`RPAT_Benchmarks/models/resnet.py::resnet18`): stem conv3x3(64) -> BN ->
@@ -121,37 +116,17 @@ def resnet18(
 
     Args:
 {common_args}
-
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("resnet18_bottleneck", num_classes=100)
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    - He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
-    """
+""",
+    example='keras_rpat.models.get("resnet18_bottleneck", num_classes=100)',
+    references=(PAPER, HE_RESNET),
 )
-def resnet18_bottleneck(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="resnet18_bottleneck",
-):
-    cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
-    return _resnet(cfg, _bottleneck_block, stem_bn=True, final_bn=False, name=name)
 
-
-@document(
-    """PreActResNet-18 of the SOTAs pipeline (Tables 3 and 6).
+preact_resnet18 = _variant(
+    "preact_resnet18",
+    _preact_block,
+    stem_bn=False,
+    final_bn=True,
+    text="""PreActResNet-18 of the SOTAs pipeline (Tables 3 and 6).
 
     `RPAT_SOTAs/networks/preactresnet.py`: stem conv3x3(64) without BN/ReLU,
     four stages of two pre-activation blocks (64/128/256/512, strides
@@ -162,37 +137,17 @@ def resnet18_bottleneck(
 
     Args:
 {common_args}
-
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("preact_resnet18", normalize="cifar10")
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    - He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
-    """
+""",
+    example='keras_rpat.models.get("preact_resnet18", normalize="cifar10")',
+    references=(PAPER, HE_PREACT),
 )
-def preact_resnet18(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="preact_resnet18",
-):
-    cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
-    return _resnet(cfg, _preact_block, stem_bn=False, final_bn=True, name=name)
 
-
-@document(
-    """RobustBench's default `PreActResNet18()` (`PreActResNet(PreActBlock, [2, 2, 2, 2])`).
+preact_resnet18_robustbench = _variant(
+    "preact_resnet18_robustbench",
+    _preact_block_input_shortcut,
+    stem_bn=False,
+    final_bn=False,
+    text="""RobustBench's default `PreActResNet18()` (`PreActResNet(PreActBlock, [2, 2, 2, 2])`).
 
     The network of Andriushchenko & Flammarion 2020 on the leaderboard. As
     `preact_resnet18` but for two things: a projection shortcut is the 1x1
@@ -203,29 +158,10 @@ def preact_resnet18(
 
     Args:
 {common_args}
-
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("preact_resnet18_robustbench")
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - Andriushchenko & Flammarion, "Understanding and Improving Fast
-      Adversarial Training", NeurIPS 2020.
-    - He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
-    """
+""",
+    example='keras_rpat.models.get("preact_resnet18_robustbench")',
+    references=(
+        'Andriushchenko & Flammarion, "Understanding and Improving Fast Adversarial Training", NeurIPS 2020.',
+        HE_PREACT,
+    ),
 )
-def preact_resnet18_robustbench(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="preact_resnet18_robustbench",
-):
-    cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize)
-    return _resnet(cfg, _preact_block_input_shortcut, stem_bn=False, final_bn=False, name=name)

@@ -18,21 +18,9 @@ from keras_rpat.models.builder import document
         widths: Three positive integers, the channels of the three blocks.
             Defaults to `(8, 16, 32)`.
 {common_args}
-
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("small_cnn")
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    """
+""",
+    references=(PAPER,),
+    example='keras_rpat.models.get("small_cnn")',
 )
 def small_cnn(
     num_classes=10,

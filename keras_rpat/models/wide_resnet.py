@@ -7,6 +7,9 @@ from keras_rpat.models.builder import PAPER
 from keras_rpat.models.builder import Config
 from keras_rpat.models.builder import check_wide_resnet_depth
 from keras_rpat.models.builder import document
+from keras_rpat.models.builder import wide_resnet_groups
+
+ZAGORUYKO = 'Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.'
 
 
 def _wide_block(cfg, x, in_planes, out_planes, stride, prefix):
@@ -21,7 +24,7 @@ def _wide_block(cfg, x, in_planes, out_planes, stride, prefix):
         shortcut = x
     out = cfg.relu(cfg.bn(out, prefix + "_bn2"), prefix + "_relu2")
     out = cfg.conv(out, out_planes, 3, 1, prefix + "_conv2")
-    return keras.layers.Add(name=prefix + "_add")([shortcut, out]), out_planes
+    return keras.layers.Add(name=prefix + "_add")([shortcut, out])
 
 
 @document(
@@ -42,22 +45,9 @@ def _wide_block(cfg, x, in_planes, out_planes, stride, prefix):
         bias_last: Whether the classifier has a bias. `False` is
             RobustBench's `WideResNet(bias_last=False)`. Defaults to `True`.
 {common_args}
-
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.wide_resnet(depth=10, widen_factor=2)
-    >>> logits = model(keras.ops.zeros((2, 32, 32, 3)))
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
-    """
+""",
+    references=(PAPER, ZAGORUYKO),
+    example="keras_rpat.models.wide_resnet(depth=10, widen_factor=2)",
 )
 def wide_resnet(
     depth=34,
@@ -73,127 +63,71 @@ def wide_resnet(
     depth = check_wide_resnet_depth(depth)
     use_bias = _checks.check_bool(bias_last, "bias_last")
     widen_factor = _checks.check_positive_int(widen_factor, "widen_factor")
-    cfg = Config(
-        num_classes,
-        input_shape,
-        data_format,
-        stem_stride,
-        normalize,
-        kernel_initializer="kaiming_fan_out",
-    )
+    cfg = Config(num_classes, input_shape, data_format, stem_stride, normalize, kernel_initializer="kaiming_fan_out")
     if name is None:
         name = f"wide_resnet{depth}_{widen_factor}"
-    blocks_per_group = (depth - 4) // 6
-    widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-
     inputs, x = cfg.inputs()
-    x = cfg.conv(x, widths[0], 3, cfg.stem_stride, "conv1")
-    in_planes = widths[0]
-    for group, stride in enumerate((1, 2, 2), start=1):
-        for index in range(blocks_per_group):
-            x, in_planes = _wide_block(
-                cfg,
-                x,
-                in_planes,
-                widths[group],
-                stride if index == 0 else 1,
-                f"block{group}_layer_{index}",
-            )
+    x = cfg.conv(x, 16, 3, cfg.stem_stride, "conv1")
+    for group, blocks in enumerate(wide_resnet_groups(depth, widen_factor), start=1):
+        for index, (in_planes, out_planes, stride) in enumerate(blocks):
+            x = _wide_block(cfg, x, in_planes, out_planes, stride, f"block{group}_layer_{index}")
         if group == 2:
             x = cfg.third_to_last(x)
     x = cfg.relu(cfg.bn(x, "bn1"), "relu")
     return cfg.head(x, inputs, name, bias_initializer="zeros", use_bias=use_bias)
 
 
-@document(
-    """WideResNet-34-10 (SOTAs Table 4; Tiny-ImageNet in Figure 5).
+def _preset(depth, widen_factor, use, trainable, example):
+    """`wide_resnet{depth}_{widen_factor}`: `wide_resnet` of that size, documented."""
 
-    46,160,474 trainable parameters for 10 classes. See `wide_resnet`.
+    def build(
+        num_classes=10,
+        input_shape=None,
+        data_format=None,
+        stem_stride=1,
+        normalize=None,
+        name=f"wide_resnet{depth}_{widen_factor}",
+        bias_last=True,
+    ):
+        return wide_resnet(
+            depth,
+            widen_factor,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            data_format=data_format,
+            stem_stride=stem_stride,
+            normalize=normalize,
+            name=name,
+            bias_last=bias_last,
+        )
 
-    Args:
-        bias_last: Whether the classifier has a bias (see `wide_resnet`).
-            Defaults to `True`.
-{common_args}
+    build.__name__ = build.__qualname__ = f"wide_resnet{depth}_{widen_factor}"
+    return document(
+        f"""WideResNet-{depth}-{widen_factor} ({use}).
 
-    Returns:
-        A `keras.Model` from images to logits.
-
-    Example:
-
-    >>> model = keras_rpat.models.get("wrn34_10", normalize="cifar10")
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
-    """
-)
-def wide_resnet34_10(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="wide_resnet34_10",
-    bias_last=True,
-):
-    return wide_resnet(
-        34,
-        10,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        data_format=data_format,
-        stem_stride=stem_stride,
-        normalize=normalize,
-        name=name,
-        bias_last=bias_last,
-    )
-
-
-@document(
-    """WideResNet-28-10 (Bench `wrn2810`).
-
-    36,479,194 trainable parameters for 10 classes. See `wide_resnet`.
+    {trainable} trainable parameters for 10 classes. See `wide_resnet`.
 
     Args:
         bias_last: Whether the classifier has a bias (see `wide_resnet`).
             Defaults to `True`.
-{common_args}
+{{common_args}}
+""",
+        references=(PAPER, ZAGORUYKO),
+        example=example,
+    )(build)
 
-    Returns:
-        A `keras.Model` from images to logits.
 
-    Example:
-
-    >>> model = keras_rpat.models.get("wrn28_10", num_classes=100)
-
-    References:
-
-    - """
-    + PAPER
-    + """
-    - Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
-    """
+wide_resnet34_10 = _preset(
+    34,
+    10,
+    use="SOTAs Table 4; Tiny-ImageNet in Figure 5",
+    trainable="46,160,474",
+    example='keras_rpat.models.get("wrn34_10", normalize="cifar10")',
 )
-def wide_resnet28_10(
-    num_classes=10,
-    input_shape=None,
-    data_format=None,
-    stem_stride=1,
-    normalize=None,
-    name="wide_resnet28_10",
-    bias_last=True,
-):
-    return wide_resnet(
-        28,
-        10,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        data_format=data_format,
-        stem_stride=stem_stride,
-        normalize=normalize,
-        name=name,
-        bias_last=bias_last,
-    )
+wide_resnet28_10 = _preset(
+    28,
+    10,
+    use="Bench `wrn2810`",
+    trainable="36,479,194",
+    example='keras_rpat.models.get("wrn28_10", num_classes=100)',
+)
