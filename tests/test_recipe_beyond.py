@@ -303,3 +303,22 @@ def test_beyond_smoke_runs_end_to_end_and_reports_the_reference_rows(tmp_path):
     # Other generated data is another configuration: refused, not mixed into these results.
     again = invoke(args + ["--generated-data", "edm/20m.npz"])
     assert again.exit_code == 1 and "different configuration" in again.output
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="builds two ResNet-18s: 20 s under jax; the choice is the backend's none")
+def test_deepmind_networks_keep_their_input_normalisation_in_a_recipe_run():
+    import dataclasses
+    import types
+
+    from keras_rpat.layers import CIFAR10_MEAN
+    from keras_rpat.recipes import build
+    from keras_rpat.recipes import experiment
+
+    [spec] = recipes.load_recipe("beyond").runs(method="trades", seeds=[0])
+    preset = recipes.build_preset(spec)
+    assert preset.normalize is None  # the Bench pipeline normalises nothing itself
+    data = types.SimpleNamespace(num_classes=10, image_shape=(32, 32, 3))
+    deepmind = build._build_model(dataclasses.replace(spec, arch="dm_preact_resnet18"), preset, data)
+    assert experiment._model_normalization(deepmind)["mean"] == pytest.approx(CIFAR10_MEAN)
+    paper = build._build_model(dataclasses.replace(spec, arch="preact_resnet18"), preset, data)
+    assert experiment._model_normalization(paper) is None
