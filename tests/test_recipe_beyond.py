@@ -267,6 +267,20 @@ def test_dry_run_prints_the_plan_and_its_gpu_hours():
     assert "GPU-h" in invoke(["recipe", "table3", "--dry-run", "--arch", "preactresnet18"]).output
 
 
+def test_train_takes_the_learning_rate_and_the_trades_beta(monkeypatch):
+    from keras_rpat.cli import train as train_cli
+
+    ran = []
+    monkeypatch.setattr(train_cli.recipes, "run_single", lambda spec, *a, **k: ran.append(spec) or {})
+    args = ["train", "--method", "trades+rpat", "--dataset", "cifar10", "--learning-rate", "0.2", "--beta", "5"]
+    assert invoke(args).exit_code == 0
+    assert ran[0].options == {"beta": 5.0, "learning_rate": 0.2}
+    preset = recipes.build_preset(ran[0])
+    assert preset.learning_rate == 0.2 and preset.losses[0].beta == 5.0 and preset.losses[1].weight == 1.0
+    refused = invoke(["train", "--method", "pgd_at", "--dataset", "cifar10", "--beta", "5"])
+    assert refused.exit_code == 2 and "option `beta` applies to the TRADES / MART" in refused.output
+
+
 def test_a_run_without_its_generated_data_is_a_usage_error():
     result = invoke(["recipe", "beyond", "--method", "trades"])
     assert result.exit_code == 2

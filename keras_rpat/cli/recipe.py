@@ -337,7 +337,7 @@ class RecipeGroup(click.Group):
 
 @click.group(cls=RecipeGroup, name="recipe")
 def recipe_group():
-    """Reproduce a table or figure of the RPAT paper (ICCV 2025).
+    """Reproduce a table or figure of the RPAT paper (ICCV 2025), or run the recipe beyond it.
 
     Each recipe (recipes/*.toml) holds the paper's configuration and numbers.
     A run writes per-run results JSON, a Markdown table of the measured numbers
@@ -361,13 +361,16 @@ def list_command():
                 "of recipe files, or unset it for the paper's recipes."
             )
         raise click.ClickException(f"No recipes found in {folder} (set ${env} to a folder of recipe files).")
+    rows = []
     for name in names:
         try:
             recipe = recipes.load_recipe(name)
-            n = len(recipe.runs())
-            click.echo(f"{name:<8} {recipe.paper:<9} {n:>3} runs x {recipe.epochs} epochs  {recipe.title}")
+            rows.append((name, recipe.paper, f"{len(recipe.runs()):>3} runs x {recipe.epochs} epochs  {recipe.title}"))
         except recipes.RecipeError as e:
-            click.echo(f"{name:<8} INVALID: {e}")
+            rows.append((name, None, f"INVALID: {e}"))
+    widths = [max(len(r[i] or "") for r in rows) for i in (0, 1)]
+    for name, paper, text in rows:
+        click.echo(f"{name:<{widths[0]}} " + (text if paper is None else f"{paper:<{widths[1]}} {text}"))
 
 
 @recipe_group.command("show")

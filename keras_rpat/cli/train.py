@@ -101,6 +101,12 @@ _METHOD_OPTIONS = [
         help="The first epoch (0-based, of this run) with AWP; needs --awp-gamma. Default 0.",
     ),
     click.option(
+        "--learning-rate",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="SGD's learning rate, the peak of --lr-schedule cosine (any method; 0.2 in Wang et al. 2023). Default 0.1.",
+    ),
+    click.option(
         "--l2-step-size",
         type=opt.FRACTION,
         default=None,

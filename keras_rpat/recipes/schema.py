@@ -187,7 +187,7 @@ def list_recipes():
     Example:
 
     >>> keras_rpat.recipes.list_recipes()
-    ['figure2', 'figure4', 'figure5', 'table1', 'table2', 'table3', 'table4', 'table5', 'table6']
+    ['beyond', 'figure2', 'figure4', 'figure5', 'table1', 'table2', 'table3', 'table4', 'table5', 'table6']
     """
     folder = recipes_dir()
     if not folder.is_dir():
