@@ -337,9 +337,10 @@ class RecipeGroup(click.Group):
 
 @click.group(cls=RecipeGroup, name="recipe")
 def recipe_group():
-    """Reproduce a table or figure of the RPAT paper (ICCV 2025), or run the recipe beyond it.
+    """Reproduce a table or figure of the RPAT paper (ICCV 2025).
 
-    Each recipe (recipes/*.toml) holds the paper's configuration and numbers.
+    Each recipe (recipes/*.toml) holds the paper's configuration and numbers
+    (`beyond`: a recipe beyond the paper, with published reference rows).
     A run writes per-run results JSON, a Markdown table of the measured numbers
     beside the paper's, and (for figures) PNGs. Re-running the same command
     resumes: finished runs are skipped, interrupted ones continue.
