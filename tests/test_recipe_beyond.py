@@ -238,7 +238,10 @@ def test_forward_flops_counts_the_multiply_adds():
     assert cost.forward_flops(model) == 2 * (8 * 8 * 9 * 3 * 4 + 4 * 4 * 9 * 4 * 6 + 6 * 10)
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="the table holds the same numbers on every backend (jax builds slowly)")
+@pytest.mark.skipif(
+    BACKEND != "torch",
+    reason="the table is the same on every backend: checked once, on torch (building the networks takes 60 s under jax)",
+)
 @pytest.mark.parametrize("arch", sorted(cost.FORWARD_FLOPS))
 def test_forward_flops_table_is_the_models(arch):
     if arch == "small_cnn":
@@ -319,7 +322,10 @@ def test_beyond_smoke_runs_end_to_end_and_reports_the_reference_rows(tmp_path):
     assert again.exit_code == 1 and "different configuration" in again.output
 
 
-@pytest.mark.skipif(BACKEND == "jax", reason="builds two ResNet-18s: 20 s under jax; the choice is the backend's none")
+@pytest.mark.skipif(
+    BACKEND == "jax",
+    reason="builds two ResNet-18s: 20 s under jax; which normalisation a network gets does not depend on the backend",
+)
 def test_deepmind_networks_keep_their_input_normalisation_in_a_recipe_run():
     import dataclasses
     import types
