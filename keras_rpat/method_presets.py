@@ -129,10 +129,12 @@ OPTION_TYPES = {
     "ema": float,
     "awp_gamma": float,
     "awp_warmup": int,
+    "learning_rate": float,
 }
-# The run options of every method (any losses): the L2 step and adversarial weight perturbation
-# (`keras_rpat.AWP`: `awp_gamma`, and `awp_warmup`, its first epoch of the run, 0 by default).
-EVERY_METHOD_OPTIONS = ("l2_step_size", "awp_gamma", "awp_warmup")
+# The run options of every method (any losses): the L2 step, adversarial weight perturbation
+# (`keras_rpat.AWP`: `awp_gamma`, and `awp_warmup`, its first epoch of the run, 0 by default) and the
+# SGD's (peak) learning rate (0.1 by default).
+EVERY_METHOD_OPTIONS = ("l2_step_size", "awp_gamma", "awp_warmup", "learning_rate")
 
 
 def _pgd(style, training=False, **config):
@@ -211,7 +213,7 @@ method_presets = {
         "weight_averaging": None,
         "settings": BENCH_SETTINGS,
         "budgets": BUDGETS,
-        "options": {},
+        "options": {"beta": 6.0},
     },
     "mart": {
         "metadata": {
@@ -226,7 +228,7 @@ method_presets = {
         "weight_averaging": None,
         "settings": BENCH_SETTINGS,
         "budgets": BUDGETS,
-        "options": {},
+        "options": {"beta": 6.0},
     },
     "consistency_at": {
         "metadata": {

@@ -150,7 +150,10 @@ def test_a_new_row_is_a_new_method(toy_method):
     assert "CutMix (rebat, rpat_plus_plus, toy;" in help_text
     assert "WA teacher (rebat, rpat_plus_plus, wa, toy)" in help_text
     refused = invoke(toy_method.train_command, ["--method", "toy", "--dataset", "cifar10", "--beta", "2"])
-    assert refused.exit_code == 2 and "option `beta` applies to the ReBAT / RPAT++ presets only" in refused.output
+    assert (
+        refused.exit_code == 2
+        and "option `beta` applies to the TRADES / MART / ReBAT / RPAT++ presets only" in refused.output
+    )
 
     # The recipe schema validates it and its options; its runs are evaluated with its budgets.
     config = {"norms": ["linf"], "perception": None}
@@ -158,7 +161,7 @@ def test_a_new_row_is_a_new_method(toy_method):
         "toy.toml", [{"id": "toy", "preset": "toyat+rpat", "label": "Toy", "options": {"cutmix": True}}], config
     )
     assert method.preset == "toy+rpat" and method.options == {"cutmix": True}
-    with pytest.raises(recipes.RecipeError, match="applies to the ReBAT / RPAT\\+\\+ presets only"):
+    with pytest.raises(recipes.RecipeError, match="applies to the TRADES / MART / ReBAT / RPAT\\+\\+ presets only"):
         schema.validate_methods(
             "toy.toml", [{"id": "t", "preset": "toy", "label": "T", "options": {"beta": 2.0}}], config
         )

@@ -22,6 +22,7 @@ from keras_rpat import _io
 from keras_rpat import recipes
 from keras_rpat.cli import launch as launch_lib
 from keras_rpat.cli import options as opt
+from keras_rpat.recipes import cost
 
 __all__ = ["recipe_group", "recipe_run_options"]
 
@@ -104,7 +105,20 @@ def recipe_run_options(f):
                 is_flag=True,
                 help="Accept an --out of another configuration and re-run the selected runs from scratch.",
             ),
-            click.option("--dry-run", is_flag=True, help="Print the run plan and exit."),
+            opt.generated_data_options(),
+            click.option(
+                "--dry-run",
+                is_flag=True,
+                help="Print the run plan and its GPU-hour estimate, and exit (trains nothing).",
+            ),
+            click.option(
+                "--gpu-tflops",
+                type=click.FloatRange(min=0, min_open=True),
+                default=cost.DEFAULT_GPU_TFLOPS,
+                show_default=True,
+                help="Sustained TFLOP/s the plan's GPU-hour estimate assumes (an assumption, not a measurement: "
+                "docs/guides/recipes.md#cost).",
+            ),
             opt.checkpoint_every_option(),
             opt.tensorboard_option(),
             launch_lib.data_parallel_options(),
@@ -127,7 +141,7 @@ def _load(name):
         raise click.UsageError(opt.command_line_message(e)) from None
 
 
-def _echo_plan(recipe, runs, out):
+def _echo_plan(recipe, runs, out, gpu_tflops=cost.DEFAULT_GPU_TFLOPS):
     echo = opt.echo()
     dims = {
         "methods": sorted({m for r in runs for m in r.methods}, key=[m.id for m in recipe.methods].index),
@@ -149,6 +163,11 @@ def _echo_plan(recipe, runs, out):
         echo(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
     if shared:
         echo(f"  (methods sharing another method's run: {', '.join(sorted(set(shared)))})")
+    generated = runs[0].generated
+    if generated is not None:
+        source = generated["path"] or "none given: pass --generated-data PATH"
+        echo(f"  generated data: {generated['fraction']:g} of each batch, from {source}")
+    estimates = [cost.estimate(r, gpu_tflops) for r in runs]
     widths = [
         4,
         max(len(r.method) for r in runs),
@@ -157,16 +176,33 @@ def _echo_plan(recipe, runs, out):
         4,
         4,
     ]
-    header = ["#", "method", "dataset", "arch", "norm", "seed"]
+    header = ["#", "method", "dataset", "arch", "norm", "seed", "GPU-h"]
+    widths.append(7)
     echo("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  folder")
-    for i, r in enumerate(runs, 1):
-        cells = [str(i), r.method, r.dataset, r.arch, r.norm, str(r.seed)]
+    for i, (r, e) in enumerate(zip(runs, estimates), 1):
+        cells = [str(i), r.method, r.dataset, r.arch, r.norm, str(r.seed), _hours(e)]
         opts = "".join(f" {k}={v}" for k, v in r.options.items())
         echo(
             "  "
             + "  ".join(c.ljust(w) for c, w in zip(cells, widths))
             + f"  {r.run_dir}{opts and '  [' + opts.strip() + ']'}"
         )
+    known = [e for e in estimates if e is not None]
+    if known:
+        unknown = len(estimates) - len(known)
+        echo(
+            f"  GPU-hour estimate: {_hours({'gpu_hours': sum(e['gpu_hours'] for e in known)})} in total"
+            + (f" ({unknown} run(s) of unknown cost left out)" if unknown else "")
+            + f", {sum(e['flops'] for e in known):.3g} FLOPs at an assumed {gpu_tflops:g} TFLOP/s sustained "
+            "(--gpu-tflops; an estimate from the passes per step, not a measurement: docs/guides/recipes.md#cost)"
+        )
+
+
+def _hours(e):
+    """`"12.3"` GPU-hours (`"<0.01"`, or `"?"` for a network whose FLOPs are unknown)."""
+    if e is None:
+        return "?"
+    return "<0.01" if e["gpu_hours"] < 0.01 else f"{e['gpu_hours']:.3g}"
 
 
 def _run_recipe_command(
@@ -180,21 +216,24 @@ def _run_recipe_command(
     sync_batchnorm=False,
     checkpoint_every=None,
     tensorboard=None,
+    gpu_tflops=cost.DEFAULT_GPU_TFLOPS,
 ):
     """The body of every `keras-rpat recipe <name>` command.
 
     Args:
         name: the recipe.
-        plan: the narrowing arguments of `Recipe.runs` (`dataset`, `arch`,
-            `norm`, `method`, `seeds`, `epochs`, `smoke`, `batch_size`).
-        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard: the command's
-            options.
+        plan: the arguments of `Recipe.runs` (`dataset`, `arch`, `norm`, `method`, `seeds`, `epochs`,
+            `smoke`, `batch_size`, `generated_data`, `generated_fraction`).
+        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard, gpu_tflops:
+            the command's options.
     """
     recipe = _load(name)
     try:
         runs = recipe.runs(**plan)
     except recipes.RecipeError as e:
         raise click.UsageError(str(e)) from None
+    if not dry_run and not plan["smoke"] and any(r.generated and r.generated["path"] is None for r in runs):
+        raise click.UsageError(recipes.missing_generated_message(name))
     out = out or os.path.join("runs", f"{name}_smoke" if plan["smoke"] else name)
     launch = launch_lib.Launch(out)
     if not dry_run:
@@ -203,7 +242,7 @@ def _run_recipe_command(
         launch = launch_lib.join(out, sync_batchnorm, config, runs[0].batch_size)
     launch.echo(opt.backend_line(load=not dry_run))  # a plan loads no Keras
     if launch.primary:
-        _echo_plan(recipe, runs, out)
+        _echo_plan(recipe, runs, out, gpu_tflops)
     if dry_run:
         return
     try:
@@ -249,9 +288,21 @@ def _recipe_command(name):
 
     @click.command(name=name, help=body, short_help=short)
     @recipe_run_options
-    def command(data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard, **plan):
+    def command(
+        data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard, gpu_tflops, **plan
+    ):
         _run_recipe_command(
-            name, plan, data_dir, out, overwrite, dry_run, verbose, sync_batchnorm, checkpoint_every, tensorboard
+            name,
+            plan,
+            data_dir,
+            out,
+            overwrite,
+            dry_run,
+            verbose,
+            sync_batchnorm,
+            checkpoint_every,
+            tensorboard,
+            gpu_tflops,
         )
 
     return command
@@ -288,7 +339,8 @@ class RecipeGroup(click.Group):
 def recipe_group():
     """Reproduce a table or figure of the RPAT paper (ICCV 2025).
 
-    Each recipe (recipes/*.toml) holds the paper's configuration and numbers.
+    Each recipe (recipes/*.toml) holds the paper's configuration and numbers
+    (`beyond`: a recipe beyond the paper, with published reference rows).
     A run writes per-run results JSON, a Markdown table of the measured numbers
     beside the paper's, and (for figures) PNGs. Re-running the same command
     resumes: finished runs are skipped, interrupted ones continue.
@@ -310,13 +362,16 @@ def list_command():
                 "of recipe files, or unset it for the paper's recipes."
             )
         raise click.ClickException(f"No recipes found in {folder} (set ${env} to a folder of recipe files).")
+    rows = []
     for name in names:
         try:
             recipe = recipes.load_recipe(name)
-            n = len(recipe.runs())
-            click.echo(f"{name:<8} {recipe.paper:<9} {n:>3} runs x {recipe.epochs} epochs  {recipe.title}")
+            rows.append((name, recipe.paper, f"{len(recipe.runs()):>3} runs x {recipe.epochs} epochs  {recipe.title}"))
         except recipes.RecipeError as e:
-            click.echo(f"{name:<8} INVALID: {e}")
+            rows.append((name, None, f"INVALID: {e}"))
+    widths = [max(len(r[i] or "") for r in rows) for i in (0, 1)]
+    for name, paper, text in rows:
+        click.echo(f"{name:<{widths[0]}} " + (text if paper is None else f"{paper:<{widths[1]}} {text}"))
 
 
 @recipe_group.command("show")

@@ -50,7 +50,12 @@ _METHOD_OPTIONS = [
         help=f"Table 6 '$': epsilon 10/255, 12 steps from epoch 100 ({_for('stronger_attack')}; linf).",
     ),
     click.option("--lr-factor", type=float, default=None, help=f"Piecewise LR divisor ({_for('lr_factor')}; 1.5)."),
-    click.option("--beta", type=float, default=None, help=f"Weight of the BoAT / RPAT++ term ({_for('beta')}; 1.0)."),
+    click.option(
+        "--beta",
+        type=float,
+        default=None,
+        help=f"Weight of the TRADES / MART (6.0) or BoAT / RPAT++ (1.0) term ({_for('beta')}).",
+    ),
     click.option(
         "--proxy",
         type=click.Choice(list(method_presets.OPTION_TYPES["proxy"])),
@@ -94,6 +99,12 @@ _METHOD_OPTIONS = [
         type=click.IntRange(min=0),
         default=None,
         help="The first epoch (0-based, of this run) with AWP; needs --awp-gamma. Default 0.",
+    ),
+    click.option(
+        "--learning-rate",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="SGD's learning rate, the peak of --lr-schedule cosine (any method; 0.2 in Wang et al. 2023). Default 0.1.",
     ),
     click.option(
         "--l2-step-size",

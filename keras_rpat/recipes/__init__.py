@@ -59,6 +59,7 @@ from keras_rpat.recipes.schema import RECIPES_ENV
 from keras_rpat.recipes.schema import RESULTS_FORMAT
 from keras_rpat.recipes.schema import RecipeError
 from keras_rpat.recipes.schema import list_recipes
+from keras_rpat.recipes.schema import missing_generated_message
 from keras_rpat.recipes.schema import parse_seeds
 from keras_rpat.recipes.schema import recipes_dir
 
@@ -104,6 +105,7 @@ __all__ = [
     "collect_results",
     "list_recipes",
     "load_recipe",
+    "missing_generated_message",
     "parse_seeds",
     "recipes_dir",
     "run_cell",

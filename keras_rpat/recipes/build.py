@@ -23,7 +23,10 @@ from keras_rpat import method_presets
 from keras_rpat import models
 from keras_rpat import presets
 from keras_rpat.recipes.plan import SMOKE
+from keras_rpat.recipes.plan import awp_first_epoch
 from keras_rpat.recipes.schema import RP_OPTIONS
+from keras_rpat.recipes.schema import RecipeError
+from keras_rpat.recipes.schema import missing_generated_message
 
 __all__ = ["Run", "build_preset", "build_run", "evaluation_settings"]
 
@@ -41,6 +44,8 @@ def build_preset(spec):
     changes = {"losses": [_with_loss_options(loss, opts) for loss in preset.losses]}
     if "lr_factor" in opts:
         changes["lr_factor"] = float(opts["lr_factor"])
+    if "learning_rate" in opts:
+        changes["learning_rate"] = float(opts["learning_rate"])
     if spec.smoke and preset.attack is not None and hasattr(preset.attack, "num_steps"):
         changes["attack"] = _with_steps(preset.attack, SMOKE["train_steps"])
     preset = preset.with_options(**changes)
@@ -48,7 +53,7 @@ def build_preset(spec):
     if spec.epochs != preset.epochs:
         preset = preset.with_epochs(spec.epochs)
     if "awp_gamma" in opts:  # after `with_epochs`: `awp_warmup` is an epoch of this run, not scaled
-        preset = preset.with_options(awp=awp_lib.AWP(opts["awp_gamma"], warmup_epochs=opts.get("awp_warmup", 0)))
+        preset = preset.with_options(awp=awp_lib.AWP(opts["awp_gamma"], warmup_epochs=awp_first_epoch(spec)))
         if preset.awp.warmup_epochs >= spec.epochs:
             warnings.warn(
                 f"AWP starts at epoch {preset.awp.warmup_epochs} (0-based), but the run has {spec.epochs} epochs: "
@@ -60,11 +65,14 @@ def build_preset(spec):
 
 
 def _with_loss_options(loss, opts):
-    """A copy of `loss` with the run's RobustPerception / BoAT / RPAT++ options."""
+    """A copy of `loss` with the run's RobustPerception options, or its `beta` (TRADES, MART, BoAT, RPAT++)."""
     config = loss.get_config()
     if isinstance(loss, losses_lib.RobustPerception):
         config.update({arg: opts[key] for key, arg in RP_OPTIONS.items() if key in opts})
-    elif isinstance(loss, (losses_lib.BoAT, losses_lib.RPATPlusPlus)) and "beta" in opts:
+    elif (
+        isinstance(loss, (losses_lib.TRADES, losses_lib.MART, losses_lib.BoAT, losses_lib.RPATPlusPlus))
+        and "beta" in opts
+    ):
         config["beta"] = float(opts["beta"])
     return type(loss).from_config(config)
 
@@ -113,27 +121,28 @@ def _load_generated(spec, ds, data_dir):
             image_size=SMOKE["image_size"],
             seed=1,
         )
-        name = f"synthetic stand-in for {spec.generated['path']}"
+        name = f"synthetic stand-in for {spec.generated['path'] or 'the generated data'}"
         return datasets.GeneratedData(stand_in.x_train, stand_in.y_train, ds.num_classes, ds.image_shape, name=name)
+    if spec.generated["path"] is None:
+        raise RecipeError(missing_generated_message(spec.recipe))
     return datasets.GeneratedData.open(spec.generated["path"], ds.num_classes, ds.image_shape, data_dir=data_dir)
 
 
 def _build_model(spec, preset, ds):
+    # A preset without normalisation leaves the network's default: none for the paper's networks, the
+    # dataset's statistics inside DeepMind's (as RobustBench's and Wang et al.'s DMWideResNet hold them).
+    normalize = {} if preset.normalize is None else {"normalize": preset.normalize}
     if spec.smoke:
         return models.get(
             "small_cnn",
             num_classes=ds.num_classes,
             input_shape=ds.image_shape,
             stem_stride=spec.stem_stride,
-            normalize=preset.normalize,
             widths=SMOKE["widths"],
+            **normalize,
         )
     return models.get(
-        spec.arch,
-        num_classes=ds.num_classes,
-        input_shape=ds.image_shape,
-        stem_stride=spec.stem_stride,
-        normalize=preset.normalize,
+        spec.arch, num_classes=ds.num_classes, input_shape=ds.image_shape, stem_stride=spec.stem_stride, **normalize
     )
 
 

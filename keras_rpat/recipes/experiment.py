@@ -32,6 +32,7 @@ import numpy as np
 
 import keras_rpat.layers  # noqa: F401  (registers the custom layers for loading checkpoints)
 from keras_rpat import _checks
+from keras_rpat import _names
 from keras_rpat import attacks as attacks_lib
 from keras_rpat import backend as rpat_backend
 from keras_rpat import _io
@@ -39,11 +40,14 @@ from keras_rpat._progress import format_duration
 from keras_rpat import callbacks as callbacks_lib
 from keras_rpat import datasets
 from keras_rpat import evaluation
+from keras_rpat.evaluation.metrics import pgd_label
 from keras_rpat import method_presets
 from keras_rpat import presets
 from keras_rpat.recipes import plots
 from keras_rpat.recipes.build import build_run
 from keras_rpat.recipes.build import evaluation_settings
+from keras_rpat.recipes.schema import missing_generated_message
+from keras_rpat.recipes.schema import variant_metric
 from keras_rpat.recipes.schema import RESULTS_FORMAT
 from keras_rpat.recipes.schema import RESULTS_VERSION
 from keras_rpat.recipes.plan import SMOKE
@@ -85,7 +89,7 @@ def _resolved_config(spec, preset, model, ds, train_seq, eval_settings):
                 "num_classes": ds.num_classes,
                 "input_shape": list(ds.image_shape),
                 "stem_stride": spec.stem_stride,
-                "normalize": preset.normalize,
+                "normalize": preset.normalize if preset.normalize is not None else _model_normalization(model),
                 "params": int(model.count_params()),
             },
             "data": {
@@ -102,6 +106,14 @@ def _resolved_config(spec, preset, model, ds, train_seq, eval_settings):
             "evaluation": eval_settings,
         }
     )
+
+
+def _model_normalization(model):
+    """The mean and std a network normalises its input with (DeepMind's hold their dataset's), or None."""
+    for layer in model.layers:
+        if isinstance(layer, keras_rpat.layers.InputNormalization):
+            return {"mean": list(layer.mean), "std": list(layer.std)}
+    return None
 
 
 def _is_complete(result, spec):
@@ -492,7 +504,8 @@ def _evaluate_checkpoints(spec, run_dir, settings, x_test, y_test):
                 norm=settings["norm"],
                 epsilon=settings["epsilon"],
                 step_size=settings["step_size"],
-                num_steps=settings["pgd_steps"],
+                # A smoke run shortens every PGD evaluation; a real one runs the steps each name says (cw50).
+                num_steps=settings["pgd_steps"] if spec.smoke else None,
                 n=settings["n"],
                 batch_size=settings["batch_size"],
                 seed=spec.seed,
@@ -587,6 +600,8 @@ def _summarize(metrics, perception, trained, history):
         s[f"clean_{ckpt}"] = r.get("clean")
         s[f"pgd20_{ckpt}"] = r.get("pgd20")
         s[f"aa_{ckpt}"] = r.get("autoattack")
+        for name, variant in (r.get("pgd_variants") or {}).items():  # cw20, pgd20x5...: `cw20_best`
+            s[f"{name}_{ckpt}"] = variant["accuracy"]
     for ckpt, suffix in (("best", ""), ("final", "_final")):
         clean = s.get(f"clean_{ckpt}")
         robust = s.get(f"aa_{ckpt}")
@@ -616,6 +631,11 @@ def _summary_line(spec, s, elapsed):
         items = [f"clean {_fmt(s.get(f'clean_{ckpt}'))}"]
         if s.get(f"pgd20_{ckpt}") is not None:
             items.append(f"{pgd} {_fmt(s.get(f'pgd20_{ckpt}'))}")
+        for name in spec.eval_attacks:  # cw20, pgd20x5...: `CW-20 12.50` (CW-2 in a smoke run)
+            if variant_metric(f"{name}_{ckpt}") is not None and s.get(f"{name}_{ckpt}") is not None:
+                loss, steps, restarts = _names.pgd_evaluation(name)
+                label = pgd_label(loss, SMOKE["eval_steps"] if spec.smoke else steps, restarts)
+                items.append(f"{label} {_fmt(s[f'{name}_{ckpt}'])}")
         if s.get(f"aa_{ckpt}") is not None:
             items.append(f"{aa} {_fmt(s.get(f'aa_{ckpt}'))}")
         label = ckpt + (f" (epoch {s['best_epoch']})" if ckpt == "best" and s.get("best_epoch") else "")
@@ -741,6 +761,8 @@ def preflight(runs, data_dir):
     data_dir = None if data_dir is None else os.fspath(data_dir)
     for dataset in sorted({r.dataset for r in runs if not r.smoke and str(r.dataset).lower().endswith(".npz")}):
         datasets.find_npz(dataset, data_dir)
+    if any(not r.smoke and r.generated is not None and r.generated["path"] is None for r in runs):
+        raise RecipeError(missing_generated_message(runs[0].recipe))
     for path in sorted({r.generated["path"] for r in runs if not r.smoke and r.generated is not None}):
         datasets.find_generated(path, data_dir)
     if any(r.smoke for r in runs) or not any(r.dataset == "tiny_imagenet" for r in runs):

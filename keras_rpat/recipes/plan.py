@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from keras_rpat import _checks
@@ -17,13 +18,21 @@ from keras_rpat import _names
 from keras_rpat import method_presets
 from keras_rpat.recipes import schema
 from keras_rpat.recipes.schema import CONFIG_KEYS
-from keras_rpat.recipes.schema import METRIC_LABELS
-from keras_rpat.recipes.schema import METRICS
+from keras_rpat.recipes.schema import metric_label
 from keras_rpat.recipes.schema import RecipeError
 from keras_rpat.recipes.schema import generated_setting
 from keras_rpat.recipes.schema import parse_seeds
 
-__all__ = ["SMOKE", "Recipe", "RunSpec", "canonical_options", "load_recipe", "run_cell", "smoke_description"]
+__all__ = [
+    "SMOKE",
+    "Recipe",
+    "RunSpec",
+    "awp_first_epoch",
+    "canonical_options",
+    "load_recipe",
+    "run_cell",
+    "smoke_description",
+]
 
 # Smoke mode: everything tiny, every code path of a real run.
 SMOKE = {
@@ -55,6 +64,15 @@ def smoke_description():
         f"{SMOKE['eval_n']} images, AutoAttack replaced by {'+'.join(a.upper() for a in SMOKE['aa_attacks'])} "
         f"({SMOKE['aa_options']['apgd']['n_iter']} iterations)"
     )
+
+
+def awp_first_epoch(spec):
+    """The first (0-based) epoch with AWP of a run (None without AWP): its `awp_warmup` option, not scaled by
+    the run's length; a smoke run checks every phase, so its AWP starts in its last epoch at the latest."""
+    if "awp_gamma" not in spec.options:
+        return None
+    warmup = spec.options.get("awp_warmup", 0)
+    return min(warmup, spec.epochs - 1) if spec.smoke else warmup
 
 
 def run_cell(dataset, arch, norm, smoke):
@@ -356,7 +374,17 @@ class Recipe:
         )
 
     def runs(
-        self, dataset=None, arch=None, norm=None, method=None, seeds=None, epochs=None, smoke=False, batch_size=None
+        self,
+        dataset=None,
+        arch=None,
+        norm=None,
+        method=None,
+        seeds=None,
+        epochs=None,
+        smoke=False,
+        batch_size=None,
+        generated_data=None,
+        generated_fraction=None,
     ):
         """The run plan: one `RunSpec` per method, setup, norm and seed.
 
@@ -379,6 +407,13 @@ class Recipe:
             smoke: tiny synthetic smoke runs (1 epoch unless `epochs`).
             batch_size: training batch size (default: the recipe's; 32 in
                 smoke mode).
+            generated_data: an `.npz` of generated images mixed into every
+                training batch (`--generated-data`), instead of the recipe's
+                `generated_data`; a recipe with `generated_fraction` and no
+                file needs it (its runs' `generated["path"]` is None until
+                then).
+            generated_fraction: their share of each batch (default: the
+                recipe's, else 0.7).
 
         Returns:
             A list of `RunSpec`, seed-major (all runs of the first seed come
@@ -410,7 +445,10 @@ class Recipe:
                 f"No setup of recipe {self.name!r} matches dataset={datasets} and arch={archs}. Setups: "
                 + ", ".join(f"{s['dataset']}/{s['arch']}" for s in self.config["setups"])
             )
+        generated = self._generated(generated_data, generated_fraction)
         fingerprint = self.fingerprint(epochs, batch_size, smoke)
+        if generated is not None:  # recipes without generated data keep the fingerprint they had before it existed
+            fingerprint["generated"] = dict(generated)
         run_epochs = fingerprint["epochs"]
         run_batch = fingerprint["batch_size"]
         out = []
@@ -447,13 +485,31 @@ class Recipe:
                             perception=copy.deepcopy(self.config["perception"]),
                             perturbation=m.perturbation,
                             smoke=bool(smoke),
-                            generated=generated_setting(self.config),
+                            generated=None if generated is None else dict(generated),
                             fingerprint=dict(fingerprint),
                             run_dir=f"{m.id}/{run_cell(setup['dataset'], setup['arch'], n, smoke)}/seed{seed}",
                         )
                         planned[key] = spec
                         out.append(spec)
         return out
+
+    def _generated(self, path, fraction):
+        """The plan's generated data, `{"path", "fraction"}` or None: the recipe's, the arguments override."""
+        recipe = generated_setting(self.config)
+        if path is None and fraction is None:
+            return recipe
+        if path is None and recipe is None:
+            raise RecipeError(
+                f"generated_fraction={fraction!r} needs generated data: recipe {self.name!r} has none, so pass "
+                "generated_data (--generated-data) too."
+            )
+        if fraction is None:
+            fraction = schema.GENERATED_FRACTION if recipe is None else recipe["fraction"]
+        where = f"recipe {self.name!r}"
+        return {
+            "path": os.fspath(path) if path is not None else recipe["path"],
+            "fraction": schema.check_generated_fraction(where, fraction),
+        }
 
     # ------------------------------------------------------------ display
     def describe(self):
@@ -499,8 +555,9 @@ def _format_result_line(r, recipe):
     head = r.get("method") or r.get("label")
     venue = f" ({r['venue']})" if r.get("venue") else ""
     where = "".join(f" {r[k]}" for k in ("dataset", "arch", "norm") if k in r)
-    values = ", ".join(f"{METRIC_LABELS[k]} {r[k]:g}" for k in METRICS if k in r)
-    return f"{head}{venue}{where}: {values}"
+    values = ", ".join(f"{metric_label(k)} {v:g}" for k, v in r.items() if schema.is_metric(k))
+    setting = f" [{r['setting']}]" if r.get("setting") else ""
+    return f"{head}{venue}{where}{setting}: {values}"
 
 
 def canonical_options(method, norm):

@@ -9,7 +9,8 @@ from keras_rpat.recipes.results import aggregate
 from keras_rpat.recipes.results import collect_results
 from keras_rpat.recipes.results import paper_value
 from keras_rpat.recipes.schema import DATASET_LABELS
-from keras_rpat.recipes.schema import METRIC_LABELS
+from keras_rpat.recipes.schema import metric_label
+from keras_rpat.recipes.schema import variant_metric
 from keras_rpat.recipes.schema import METRICS
 from keras_rpat.recipes.schema import MSE_METRICS
 from keras_rpat.recipes.schema import NORM_LABELS
@@ -76,7 +77,7 @@ def report_tables(recipe, found, compare=True):
     header = [d.capitalize() if d not in ("row", "group") else ("Method" if d == "row" else "Group") for d in rows_dims]
     for g in groups:
         prefix = "" if g is None else f"{_dim_label(group_dim, g)} "
-        header += [prefix + METRIC_LABELS[c] for c in group_columns(g)]
+        header += [prefix + metric_label(c) for c in group_columns(g)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_cell = {(recipe.row_key(e), recipe.group_key(e)): e for e in entries}
     for rk in row_keys:
@@ -98,8 +99,13 @@ def _detail_lines(recipe, found):
     metrics = ["clean_best", "pgd20_best", "aa_best", "clean_final", "pgd20_final", "aa_final", "mean", "nrr"]
     if recipe.config["perception"] is not None:
         metrics = ["clean_final", "pgd20_final", "mse_success", "mse_failure", "clean_acc", "perturbed_acc"]
+    if recipe.config["perception"] is None:  # the PGD variants of `eval_attacks` (cw20_best...), after PGD-20
+        variants = [a for a in recipe.config["eval_attacks"] if variant_metric(f"{a}_best")]
+        metrics[2:2] = [f"{a}_best" for a in variants]
+        at = metrics.index("aa_final")
+        metrics[at:at] = [f"{a}_final" for a in variants]
     metrics = [m for m in metrics if any(aggregate(v, m)[0] is not None for v in found.values())] or metrics[:1]
-    header = ["Method", "Dataset", "Arch", "Norm", "Seeds"] + [METRIC_LABELS[m] for m in metrics]
+    header = ["Method", "Dataset", "Arch", "Norm", "Seeds"] + [metric_label(m) for m in metrics]
     if recipe.config["perception"] is not None:
         header.append("Pattern")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -142,13 +148,16 @@ def _literature_lines(recipe):
     """The rows the paper copies from the literature (not re-run), as a Markdown table."""
     if not recipe.literature:
         return []
-    lines = ["", "## Literature rows (from the paper, not re-run)", ""]
-    cols = [c for c in METRICS if any(c in r for r in recipe.literature)]
+    lines = ["", "## Literature rows (published numbers, not re-run)", ""]
+    variants = [k for r in recipe.literature for k in r if variant_metric(k) is not None]
+    cols = [c for c in METRICS + tuple(dict.fromkeys(variants)) if any(c in r for r in recipe.literature)]
     dims = [d for d in ("norm", "dataset", "arch") if any(d in r for r in recipe.literature)]
-    header = ["Method", "Venue"] + [d.capitalize() for d in dims] + [METRIC_LABELS[c] for c in cols]
+    texts = [t for t in ("setting", "source") if any(t in r for r in recipe.literature)]
+    header = ["Method", "Venue"] + [d.capitalize() for d in dims + texts] + [metric_label(c) for c in cols]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in recipe.literature:
         cells = [r["label"], r.get("venue", "")] + [_dim_label(d, r.get(d, "")) for d in dims]
+        cells += [r.get(t, "") for t in texts]
         cells += [_fmt(r.get(c), 3 if c in ("mean", "nrr") else 2) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -18,7 +18,6 @@ from keras_rpat import _checks
 from keras_rpat import _names
 from keras_rpat import method_presets
 from keras_rpat._names import AA_VERSIONS
-from keras_rpat._names import EVALUATION_ATTACKS
 from keras_rpat._names import PERTURBATIONS
 from keras_rpat._names import PGD_EVAL_STEPS
 
@@ -37,6 +36,7 @@ RECIPES_ENV = "KERAS_RPAT_RECIPES"
 RESULTS_FORMAT = "keras_rpat.recipe_result"
 RESULTS_VERSION = 1
 
+CHECKPOINTS = ("best", "final")
 # Metrics a recipe row can report (percent, except the MSEs).
 METRICS = (
     "clean_best",
@@ -72,6 +72,33 @@ METRIC_LABELS = {
 }
 MSE_METRICS = ("mse_success", "mse_failure")
 
+
+def is_metric(name):
+    """A fixed metric of `METRICS`, or a PGD evaluation's of a checkpoint (`"cw20_best"`, `"pgd20x5_final"`)."""
+    return name in METRICS or variant_metric(name) is not None
+
+
+def variant_metric(name):
+    """`(evaluation, checkpoint)` of a PGD-variant metric (`"cw20_best"` -> `("cw20", "best")`), else None."""
+    head, _, checkpoint = str(name).rpartition("_")
+    if checkpoint not in CHECKPOINTS or head == "pgd20" or _names.pgd_evaluation(head) is None:
+        return None
+    try:
+        canonical = _names.parse_attacks(head)[0]
+    except ValueError:
+        return None
+    return (head, checkpoint) if canonical == head else None
+
+
+def metric_label(name):
+    """The column label of a metric (`"cw20_best"` -> `"CW-20 best"`)."""
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    evaluation, checkpoint = variant_metric(name)
+    loss, steps, restarts = _names.pgd_evaluation(evaluation)
+    return f"{'CW' if loss == 'cw' else 'PGD'}-{steps}{f'x{restarts}' if restarts > 1 else ''} {checkpoint}"
+
+
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny-ImageNet"}
 NORM_LABELS = {"linf": "Linf", "l2": "L2"}
@@ -82,7 +109,6 @@ ARCH_LABELS = {
     "wide_resnet34_10": "WRN-34-10",
     "wide_resnet28_10": "WRN-28-10",
 }
-CHECKPOINTS = ("best", "final")
 KINDS = ("table", "figure")
 LAYOUT_DIMS = ("dataset", "arch", "norm", "row", "group")
 
@@ -161,7 +187,7 @@ def list_recipes():
     Example:
 
     >>> keras_rpat.recipes.list_recipes()
-    ['figure2', 'figure4', 'figure5', 'table1', 'table2', 'table3', 'table4', 'table5', 'table6']
+    ['beyond', 'figure2', 'figure4', 'figure5', 'table1', 'table2', 'table3', 'table4', 'table5', 'table6']
     """
     folder = recipes_dir()
     if not folder.is_dir():
@@ -258,6 +284,15 @@ def _list(where, value, name, item, allow_empty=False):
     return out
 
 
+def _evaluation(where, value):
+    """A canonical evaluation name of `keras-rpat eval --attacks` (`"cw20"`, `"pgd20x5"`, `"aa"` -> `"autoattack"`)."""
+    try:
+        [name] = _names.parse_attacks([_str(where, value, "eval_attacks")])
+    except ValueError as e:
+        _err(where, f"`eval_attacks`: {e}")
+    return name
+
+
 def _fraction(where, value, name, norm):
     """A budget or step in `norm`: > 0, and not in 0-255 units (`_checks.check_budget`)."""
     try:
@@ -334,7 +369,7 @@ def validate_recipe(data, path=None):
         "notes": list(notes),
         "config": config,
         "methods": methods,
-        "layout": _validate_layout(f"{where} [layout]", data.get("layout", {}), methods),
+        "layout": _validate_layout(f"{where} [layout]", data.get("layout", {}), methods, config["eval_attacks"]),
         "paper_results": _validate_results(where, data.get("paper_results", []), "paper_results", methods, config),
         "literature": _validate_results(where, data.get("literature", []), "literature", methods, config),
         "path": None if path is None else Path(path),
@@ -390,9 +425,7 @@ def _validate_config(where, config):
         )
     if "lr_factor" in config:
         out["lr_factor"] = _number(where, config["lr_factor"], "lr_factor", 1.0, strict=False)
-    out["eval_attacks"] = _list(
-        where, config["eval_attacks"], "eval_attacks", lambda v: _str(where, v, "eval_attacks", EVALUATION_ATTACKS)
-    )
+    out["eval_attacks"] = _list(where, config["eval_attacks"], "eval_attacks", lambda v: _evaluation(where, v))
     out["autoattack_version"] = _str(
         where, config.get("autoattack_version", "standard"), "autoattack_version", AA_VERSIONS
     )
@@ -407,7 +440,7 @@ def _validate_config(where, config):
     )
     out["tolerance"] = _number(where, config["tolerance"], "tolerance", 0.0)
     out["perception"] = _validate_perception(f"{where} perception", config.get("perception"), out["checkpoints"])
-    out.update(validate_generated(where, config))
+    out.update(validate_generated(where, config, path_optional=True))
     return out
 
 
@@ -415,29 +448,49 @@ def _validate_config(where, config):
 GENERATED_FRACTION = 0.7
 
 
-def validate_generated(where, config):
-    """`generated_data` (an `.npz` of generated images) and `generated_fraction` (their share of a batch): both or neither."""
+def validate_generated(where, config, path_optional=False):
+    """`generated_data` (an `.npz` of generated images) and `generated_fraction` (their share of a batch): both or
+    neither; with `path_optional` (a recipe file), `generated_fraction` alone says the recipe needs generated data
+    and the command line names the file (`keras-rpat recipe --generated-data`)."""
     path, fraction = config.get("generated_data"), config.get("generated_fraction")
     if path is None and fraction is None:
         return {}
+    if path is None and path_optional:
+        return {"generated_fraction": check_generated_fraction(where, fraction)}
     if path is None or fraction is None:
         given, missing = (
             ("generated_data", "generated_fraction") if fraction is None else ("generated_fraction", "generated_data")
         )
         _err(where, f'`{given}` needs `{missing}` (e.g. generated_data = "1m.npz", generated_fraction = 0.7).')
+    return {
+        "generated_data": _str(where, path, "generated_data"),
+        "generated_fraction": check_generated_fraction(where, fraction),
+    }
+
+
+def check_generated_fraction(where, fraction):
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         _err(where, f"`generated_fraction` must be a number in (0, 1). Received: generated_fraction={fraction!r}")
-    return {"generated_data": _str(where, path, "generated_data"), "generated_fraction": float(fraction)}
+    return float(fraction)
+
+
+def missing_generated_message(recipe):
+    """The error of a plan that mixes generated images into its batches but names no file of them."""
+    return (
+        f"Recipe {recipe!r} mixes generated images into every batch: pass their .npz with --generated-data PATH "
+        "(generated_data=...; docs/guides/leaderboard.md#beyond says where to get the public EDM sets)."
+    )
 
 
 def generated_setting(config):
-    """A run's generated data, `{"path": ..., "fraction": ...}`, from a validated config (None without)."""
-    if "generated_data" not in config:
+    """A run's generated data, `{"path": ..., "fraction": ...}`, from a validated config (None without; the path
+    None when the recipe needs a file the command line has not named)."""
+    if "generated_fraction" not in config:
         return None
-    return {"path": config["generated_data"], "fraction": config["generated_fraction"]}
+    return {"path": config.get("generated_data"), "fraction": config["generated_fraction"]}
 
 
-def _validate_layout(where, layout, methods):
+def _validate_layout(where, layout, methods, eval_attacks):
     _check_keys(where, layout, ("rows", "groups", "columns"))
     default_columns = (
         ["mse_success", "mse_failure", "clean_acc", "perturbed_acc"]
@@ -452,7 +505,19 @@ def _validate_layout(where, layout, methods):
         if groups in rows:
             _err(where, f"`groups` {groups!r} is also in `rows` {rows}")
     columns = layout.get("columns", default_columns)
-    metric = lambda v: _str(where, v, "columns", METRICS)  # noqa: E731
+
+    def metric(v):
+        if not is_metric(_str(where, v, "columns")):
+            _err(
+                where,
+                f"`columns` must name metrics of {list(METRICS)}, or `<evaluation>_best` / `<evaluation>_final` "
+                f"of a PGD evaluation of `eval_attacks` (e.g. cw20_best). Received: {v!r}",
+            )
+        variant = variant_metric(v)
+        if variant is not None and variant[0] not in eval_attacks:
+            _err(where, f"column {v!r} needs {variant[0]!r} in [config] `eval_attacks` {eval_attacks}.")
+        return v
+
     if isinstance(columns, dict):
         if groups != "group":
             _err(where, 'per-group `columns` (a table) need `groups = "group"`.')
@@ -477,15 +542,17 @@ def _validate_results(where, entries, field, methods, config):
     ids = [m.id for m in methods]
     for i, entry in enumerate(entries):
         ew = f"{where} {field}[{i}]"
-        keys = ("method",) if field == "paper_results" else ("label", "venue")
-        _check_keys(ew, entry, keys + ("dataset", "arch", "norm") + METRICS, required=keys[:1])
+        keys = ("method",) if field == "paper_results" else ("label", "venue", "setting", "source")
+        variants = tuple(k for k in entry if isinstance(entry, dict) and variant_metric(k) is not None)
+        _check_keys(ew, entry, keys + ("dataset", "arch", "norm") + METRICS + variants, required=keys[:1])
         row = {}
         if field == "paper_results":
             row["method"] = _str(ew, entry["method"], "method", ids)
         else:
             row["label"] = _str(ew, entry["label"], "label")
-            if "venue" in entry:
-                row["venue"] = _str(ew, entry["venue"], "venue")
+            for key in ("venue", "setting", "source"):  # setting: what the row assumes; source: where it is from
+                if key in entry:
+                    row[key] = _str(ew, entry[key], key)
         if "dataset" in entry:
             row["dataset"] = _str(ew, entry["dataset"], "dataset", config["datasets"])
         if "arch" in entry:
@@ -497,7 +564,7 @@ def _validate_results(where, entries, field, methods, config):
                 _err(ew, f"`arch` must be one of {config['archs']}. Received: {entry['arch']!r}")
         if "norm" in entry:
             row["norm"] = _str(ew, entry["norm"], "norm", config["norms"])
-        metrics = {k: _number(ew, entry[k], k, 0.0) for k in METRICS if k in entry}
+        metrics = {k: _number(ew, entry[k], k, 0.0) for k in METRICS + variants if k in entry}
         if not metrics:
             _err(ew, f"no metric given; expected some of {list(METRICS)}")
         row.update(metrics)
@@ -585,7 +652,7 @@ def _validate_method(mw, mid, m, config):
         _err(mw, str(e))
     label = _str(mw, m["label"], "label")
     options = _validate_options(mw, m, preset_name, config)
-    _check_preset_agrees(mw, preset_name, config)
+    _check_preset_agrees(mw, preset_name, config, options)
     perturbation = m.get("perturbation")
     if perturbation is not None:
         _str(mw, perturbation, "perturbation", PERTURBATIONS)
@@ -646,7 +713,14 @@ def _validate_options(mw, m, preset_name, config):
     if "awp_warmup" in options and "awp_gamma" not in options:
         _err(mw, "option `awp_warmup` (AWP's first epoch) needs `awp_gamma` (AWP's size, e.g. 0.005).")
     if "beta" in options and options["beta"] < 0:
-        _err(mw, f"option `beta` (weight of the BoAT / RPAT++ term) must be >= 0. Received: {options['beta']}")
+        _err(
+            mw,
+            f"option `beta` (weight of the TRADES / MART / BoAT / RPAT++ term) must be >= 0. Received: {options['beta']}",
+        )
+    if "learning_rate" in options and not options["learning_rate"] > 0:
+        _err(
+            mw, f"option `learning_rate` (SGD's, the schedule's peak) must be > 0. Received: {options['learning_rate']}"
+        )
     if "label_smoothing" in options and not 0.0 <= options["label_smoothing"] < 1.0:
         _err(mw, f"option `label_smoothing` must be in [0, 1) (0.1 is usual). Received: {options['label_smoothing']}")
     if "ema" in options and not 0.0 < options["ema"] < 1.0:
@@ -678,10 +752,17 @@ def _check_options_apply(mw, options, preset_name):
             _err(mw, f"option `{key}` {what}. Received preset {preset_name!r}.")
 
 
-def _check_preset_agrees(mw, preset_name, config):
-    """The preset decides the pipeline, schedule and model type: the recipe's descriptive fields must agree."""
+def _check_preset_agrees(mw, preset_name, config, options=None):
+    """The preset decides the pipeline, schedule and model type: the recipe's descriptive fields must agree.
+
+    A method whose `lr_schedule` option replaces the preset's schedule (`"cosine"`) owns its schedule: the
+    recipe's `epochs` is that schedule's length, whatever the preset's.
+    """
     preset = method_presets.preset_settings(preset_name)
+    replaced = (options or {}).get("lr_schedule", preset["schedule"]) != preset["schedule"]
     for field, recipe_key in (("pipeline", "pipeline"), ("epochs", "epochs"), ("schedule", "lr_schedule")):
+        if replaced and field != "pipeline":
+            continue
         if recipe_key in config and preset[field] != config[recipe_key]:
             _err(
                 mw,
@@ -689,6 +770,8 @@ def _check_preset_agrees(mw, preset_name, config):
                 f"`{recipe_key}` is {config[recipe_key]!r}. Keep the preset's value (use --epochs "
                 "to shorten a run).",
             )
+    if replaced:
+        return
     if "lr_milestones" in config and list(preset["milestones"]) != config["lr_milestones"]:
         _err(
             mw,
