@@ -172,6 +172,11 @@ EVAL_BATCH_SIZE = 256
 AA_BATCH_SIZE = 250
 
 
+def pgd_label(loss, num_steps, restarts=1):
+    """`"PGD-20"`, `"CW-20"`, `"PGD-20x5"`: an evaluation PGD's name in summaries."""
+    return f"{'CW' if loss == 'cw' else 'PGD'}-{num_steps}" + (f"x{restarts}" if restarts > 1 else "")
+
+
 def pgd_evaluation(name):
     """`(loss, num_steps, restarts)` of a canonical PGD evaluation name (`"cw20"` -> `("cw", 20, 1)`), else `None`."""
     match = _PGD_EVALUATION.fullmatch(name)

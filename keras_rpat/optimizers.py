@@ -17,7 +17,6 @@ Everything here is written with `keras.ops` only, without Python branches on
 tensor values, so a whole training step can be traced into one graph.
 """
 
-import fractions
 import math
 import numbers
 
@@ -25,6 +24,7 @@ import keras
 from keras import ops
 
 from keras_rpat import _checks
+from keras_rpat._epochs import scale_epoch
 from keras_rpat._names import WEIGHT_DECAY_EXCLUSIONS
 
 __all__ = [
@@ -658,30 +658,6 @@ def bench_milestones(epochs):
     if epochs < 200:
         return [100, 105]
     return [int(0.5 * epochs), int(0.75 * epochs)]
-
-
-def scale_epoch(epoch, epochs, reference_epochs):
-    """The epoch of a `reference_epochs` schedule that corresponds to `epoch` in an `epochs`-long run.
-
-    `epoch * epochs / reference_epochs`, rounded to the nearest integer, with
-    ties going to the earlier epoch: an event exactly halfway between two
-    epochs (a learning-rate decay, the start of weight averaging or of a
-    stronger attack) happens at the earlier one, so the phase it starts is
-    never the one cut from a short run. This is the one rounding rule of
-    keras_rpat (`scale_milestones`, `keras_rpat.presets.Preset.with_epochs`).
-    Computed exactly (no floating-point round-off decides a tie).
-
-    Example:
-
-    ```python
-    >>> keras_rpat.optimizers.scale_epoch(105, 11, 110)  # 10.5: the tie goes to 10
-    10
-    >>> keras_rpat.optimizers.scale_epoch(150, 20, 200)
-    15
-    ```
-    """
-    exact = fractions.Fraction(epoch) * epochs / reference_epochs
-    return math.ceil(exact - fractions.Fraction(1, 2))
 
 
 def scale_milestones(milestones, epochs, reference_epochs):

@@ -54,6 +54,7 @@ from keras_rpat._names import pgd_evaluation
 from keras_rpat._progress import Progress
 from keras_rpat.evaluation.provenance import JSONResult
 from keras_rpat.evaluation.provenance import provenance
+from keras_rpat._names import pgd_label
 
 
 def check_logits(logits, atol=1e-5):
@@ -148,11 +149,6 @@ def evaluation_pgd(norm, epsilon, step_size, num_steps, seed, loss="ce", restart
     if _checks.check_positive_int(restarts, "restarts") > 1:
         return attacks_lib.RestartedPGD(**settings, restarts=restarts)
     return attacks_lib.PGD(**settings)
-
-
-def pgd_label(loss, num_steps, restarts=1):
-    """`"PGD-20"`, `"CW-20"`, `"PGD-20x5"`: an evaluation PGD's name in summaries."""
-    return f"{'CW' if loss == 'cw' else 'PGD'}-{num_steps}" + (f"x{restarts}" if restarts > 1 else "")
 
 
 def pgd_state_file(path, name):

@@ -37,6 +37,7 @@ import math
 
 from keras_rpat import _names
 from keras_rpat import method_presets
+from keras_rpat._epochs import scale_epoch
 from keras_rpat.recipes.plan import SMOKE
 from keras_rpat.recipes.plan import awp_first_epoch
 
@@ -92,8 +93,8 @@ def step_passes(preset, norm="linf", epoch=0, epochs=None, options=None, awp=Fal
         preset: a preset name (`"trades+rpat"`).
         norm: the threat model (its attack's steps).
         epoch: the (0-based) epoch of the step: the losses and attack schedule active then.
-        epochs: the run's length (default: the preset's); the phases start at their epochs scaled to it,
-            to the nearest epoch (`Preset.with_epochs` breaks ties to the earlier one).
+        epochs: the run's length (default: the preset's); the phases start at their epochs scaled to it
+            as `Preset.with_epochs` scales them (`keras_rpat.optimizers.scale_epoch`).
         options: the run's options (`stronger_attack`).
         awp: whether AWP runs in this step.
         train_steps: the training attack's steps instead of the preset's (smoke runs).
@@ -107,7 +108,7 @@ def step_passes(preset, norm="linf", epoch=0, epochs=None, options=None, awp=Fal
     epochs = epochs or settings["epochs"]
 
     def started(start):
-        return epoch >= min(round(start * epochs / settings["epochs"]), epochs - 1)
+        return epoch >= min(scale_epoch(start, epochs, settings["epochs"]), epochs - 1)
 
     attack = 0
     if row["attack"] is not None and row["attack"]["class_name"] == "PGD":  # RandomNoise: no forward

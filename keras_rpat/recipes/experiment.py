@@ -40,7 +40,7 @@ from keras_rpat._progress import format_duration
 from keras_rpat import callbacks as callbacks_lib
 from keras_rpat import datasets
 from keras_rpat import evaluation
-from keras_rpat.evaluation.metrics import pgd_label
+from keras_rpat._names import pgd_label
 from keras_rpat import method_presets
 from keras_rpat import presets
 from keras_rpat.recipes import plots

@@ -95,8 +95,7 @@ def metric_label(name):
     if name in METRIC_LABELS:
         return METRIC_LABELS[name]
     evaluation, checkpoint = variant_metric(name)
-    loss, steps, restarts = _names.pgd_evaluation(evaluation)
-    return f"{'CW' if loss == 'cw' else 'PGD'}-{steps}{f'x{restarts}' if restarts > 1 else ''} {checkpoint}"
+    return f"{_names.pgd_label(*_names.pgd_evaluation(evaluation))} {checkpoint}"
 
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
