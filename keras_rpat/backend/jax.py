@@ -21,7 +21,7 @@ from keras_rpat.backend import jax_distributed
 from keras_rpat.backend import jax_engine
 from keras_rpat.backend import jax_state
 
-# XLA's CPU compiler (jaxlib 0.10, 0.11) hands a maximum followed by a sum (a ReLU before global average pooling)
+# XLA's CPU compiler (seen in jaxlib 0.10.2) hands a maximum followed by a sum (a ReLU before global average pooling)
 # to YNNPACK, whose maximum drops NaN: a model with NaN weights gives finite logits and a finite loss, so a
 # diverged run trains on unnoticed (`DivergenceGuard`). Reductions then stay in XLA's own NaN-propagating code.
 # XLA reads XLA_FLAGS when JAX first compiles, and aborts on a flag it does not know: set for the jaxlib versions
@@ -60,7 +60,7 @@ def _warn_if_nan_vanishes():
             "JAX's CPU compiler drops NaN here (a ReLU before a sum, as in global average pooling): a model whose "
             "weights went NaN reports a finite loss, and the divergence stop can miss it. keras_rpat sets "
             f"XLA_FLAGS={NAN_SAFE_CPU_FLAG} unless XLA_FLAGS names YNN fusions, and XLA reads it only before JAX "
-            "first compiles: set it in the environment before starting Python, or import keras_rpat first.",
+            "first compiles: set it in the environment, or use keras_rpat before any JAX computation.",
             stacklevel=3,
         )
 
