@@ -175,6 +175,10 @@ def test_cosine_schedule_serializes_and_traces():
 
         traced = tf.function(schedule, jit_compile=True)
         np.testing.assert_allclose(to_np(traced(tf.constant(37))), to_np(schedule(37)), rtol=1e-6)
+    elif BACKEND == "jax":
+        import jax
+
+        np.testing.assert_allclose(to_np(jax.jit(schedule)(jax.numpy.asarray(37))), to_np(schedule(37)), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

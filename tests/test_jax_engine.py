@@ -4,7 +4,7 @@ The numbers of the JAX step against torch and tensorflow are checked in
 tests/test_trainer.py (cross-backend agreement); these tests check how it runs.
 """
 
-import keras_rpat  # noqa: F401  (sets the default backend)
+import keras_rpat  # first: sets the default backend
 
 import keras
 import numpy as np
@@ -173,3 +173,35 @@ def test_evaluate_and_save_load_round_trip(tmp_path):
     )
     again = loaded.evaluate(x.astype("float32"), y, batch_size=8, verbose=0, return_dict=True)
     assert again["clean_acc"] == logs["clean_acc"]
+
+
+def test_a_weight_a_callback_assigns_after_validation_is_the_next_steps_input():
+    # Keras' JAX fit holds the variables' values outside the variables mid-epoch and reads them back at an
+    # epoch's first step: an assignment made after validation, at the next epoch's start, reaches that step.
+    class AssignAtEpoch2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                bias = self.model.classifier.weights[-1]
+                bias.assign(np.full(bias.shape, 7.0, "float32"))
+
+    x, y = batch(16)
+    classifier = tiny_classifier()
+    trainer = RPATTrainer(classifier, losses=[keras_rpat.losses.CrossEntropy()], eval_attack=None)
+    trainer.compile(optimizer=optimizers.SGD(0.0))  # the steps leave the weights as they find them
+    x = x.astype("float32")
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y), callbacks=[AssignAtEpoch2()])
+    np.testing.assert_array_equal(to_np(classifier.weights[-1]), np.full((3,), 7.0, "float32"))
+
+
+def test_cpu_reductions_keep_nan_and_a_compiler_that_drops_it_is_named(monkeypatch):
+    import jax
+
+    from keras_rpat.backend import jax as jax_backend
+
+    if jax.default_backend() == "cpu":
+        assert jax_backend.cpu_reductions_keep_nan()  # XLA_FLAGS as keras_rpat set it, before JAX compiled
+    monkeypatch.setattr(jax_backend, "cpu_reductions_keep_nan", lambda: False)
+    monkeypatch.setattr(jax_backend, "_NAN_CHECKED", [])
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    with pytest.warns(UserWarning, match=r"drops NaN.*XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce"):
+        jax_backend.train_engine(make_trainer("pgd_at"))

@@ -294,3 +294,7 @@ def set_generator_state(generator, state):
     put = getattr(get_backend(), "set_random_state", None)
     if put is not None and "backend" in state:
         put(generator, state["backend"])
+
+
+if keras.config.backend() == "jax":
+    get_backend()  # before JAX compiles anything: keras_rpat.backend.jax sets XLA's CPU flags

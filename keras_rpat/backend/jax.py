@@ -7,7 +7,10 @@ are `keras.distribution`'s (`jax_distributed`).
 """
 
 import contextlib
+import importlib.metadata
+import os
 import random
+import warnings
 import weakref
 
 import jax
@@ -17,6 +20,49 @@ import numpy as np
 from keras_rpat.backend import jax_distributed
 from keras_rpat.backend import jax_engine
 from keras_rpat.backend import jax_state
+
+# XLA's CPU compiler (seen in jaxlib 0.10.2) hands a maximum followed by a sum (a ReLU before global average pooling)
+# to YNNPACK, whose maximum drops NaN: a model with NaN weights gives finite logits and a finite loss, so a
+# diverged run trains on unnoticed (`DivergenceGuard`). Reductions then stay in XLA's own NaN-propagating code.
+# XLA reads XLA_FLAGS when JAX first compiles, and aborts on a flag it does not know: set for the jaxlib versions
+# that have it, unless the user chose a YNN setting (`keras_rpat.backend` imports this module when Keras loads).
+NAN_SAFE_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+
+
+def _jaxlib_version():
+    try:
+        return tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
+if _jaxlib_version() >= (0, 10) and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NAN_SAFE_CPU_FLAG}".strip()
+
+
+def cpu_reductions_keep_nan():
+    """Whether a jitted ReLU-then-sum propagates NaN on the default device (`False`: XLA's CPU compiler drops it)."""
+    x = np.full((32, 4, 4, 8), np.nan, "float32")  # large enough for XLA to hand the reduction to YNNPACK
+    with jax.ensure_compile_time_eval():  # also when asked while tracing a step
+        y = jax.jit(lambda x: jax.numpy.sum(jax.numpy.maximum(x, 0.0), axis=(1, 2)))(x)
+    return bool(np.isnan(np.asarray(y)).all())
+
+
+_NAN_CHECKED = []
+
+
+def _warn_if_nan_vanishes():
+    if _NAN_CHECKED or jax.default_backend() != "cpu":
+        return
+    _NAN_CHECKED.append(True)
+    if not cpu_reductions_keep_nan():
+        warnings.warn(
+            "JAX's CPU compiler drops NaN here (a ReLU before a sum, as in global average pooling): a model whose "
+            "weights went NaN reports a finite loss, and the divergence stop can miss it. keras_rpat sets "
+            f"XLA_FLAGS={NAN_SAFE_CPU_FLAG} unless XLA_FLAGS names YNN fusions, and XLA reads it only before JAX "
+            "first compiles: set it in the environment, or use keras_rpat before any JAX computation.",
+            stacklevel=3,
+        )
 
 
 def input_gradient(loss_fn, x):
@@ -45,6 +91,7 @@ def assign_moving_average(targets, sources, decay):
 
 
 def train_engine(trainer):
+    _warn_if_nan_vanishes()
     return jax_engine.JaxEngine(trainer)
 
 
