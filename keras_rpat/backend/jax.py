@@ -25,7 +25,8 @@ from keras_rpat.backend import jax_state
 # to YNNPACK, whose maximum drops NaN: a model with NaN weights gives finite logits and a finite loss, so a
 # diverged run trains on unnoticed (`DivergenceGuard`). Reductions then stay in XLA's own NaN-propagating code.
 # XLA reads XLA_FLAGS when JAX first compiles, and aborts on a flag it does not know: set for the jaxlib versions
-# that have it, unless the user chose a YNN setting (`keras_rpat.backend` imports this module when Keras loads).
+# known to have it (0.10, 0.11; on others the check at the first trainer warns), unless the user chose a YNN
+# setting (`keras_rpat.backend` imports this module when Keras loads).
 NAN_SAFE_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
 
 
@@ -36,7 +37,8 @@ def _jaxlib_version():
         return (0, 0)
 
 
-if _jaxlib_version() >= (0, 10) and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+_FLAG_KNOWN = (0, 10) <= _jaxlib_version() < (0, 12)
+if _FLAG_KNOWN and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NAN_SAFE_CPU_FLAG}".strip()
 
 
@@ -59,7 +61,7 @@ def _warn_if_nan_vanishes():
         warnings.warn(
             "JAX's CPU compiler drops NaN here (a ReLU before a sum, as in global average pooling): a model whose "
             "weights went NaN reports a finite loss, and the divergence stop can miss it. keras_rpat sets "
-            f"XLA_FLAGS={NAN_SAFE_CPU_FLAG} unless XLA_FLAGS names YNN fusions, and XLA reads it only before JAX "
+            f"XLA_FLAGS={NAN_SAFE_CPU_FLAG} on jaxlib 0.10 and 0.11 unless XLA_FLAGS names YNN fusions; XLA reads it only before JAX "
             "first compiles: set it in the environment, or use keras_rpat before any JAX computation.",
             stacklevel=3,
         )
