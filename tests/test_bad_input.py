@@ -133,7 +133,7 @@ CLI_CASES = [
     ("train-checkpoint-every-0", TRAIN_PGD + ["--checkpoint-every", "0"], "train", 2, ["--checkpoint-every", "0"]),
     ("recipe-checkpoint-every-text", RECIPE + ["--checkpoint-every", "x"], "recipe", 2, ["--checkpoint-every", "'x'"]),
     ("train-alpha-without-rpat", TRAIN_PGD + ["--alpha", "0.3"], "train", 2, ["alpha", "pgd_at", "+rpat"]),
-    ("train-beta-on-trades", TRAIN + ["--beta", "2"], "train", 2, ["beta", "RPAT++"]),
+    ("train-beta-on-pgd-at", TRAIN_PGD + ["--beta", "2"], "train", 2, ["beta", "TRADES", "pgd_at"]),
     ("train-out-under-a-file", TRAIN_PGD[:-1] + ["@a_file/run"], "train", 2, ["a_file", "is a file"]),
     ("train-out-read-only", TRAIN_PGD[:-1] + [READ_ONLY + "/run"], "train", 2, [READ_ONLY, "not writable"]),
     ("train-out-is-a-file", TRAIN_PGD[:-1] + ["@a_file"], "train", 2, ["a_file", "is a file"]),
