@@ -166,6 +166,8 @@ def _echo_plan(recipe, runs, out, gpu_tflops=cost.DEFAULT_GPU_TFLOPS):
     generated = runs[0].generated
     if generated is not None:
         source = generated["path"] or "none given: pass --generated-data PATH"
+        if runs[0].smoke:
+            source = f"synthetic images standing in for {generated['path'] or 'the file'}"
         echo(f"  generated data: {generated['fraction']:g} of each batch, from {source}")
     estimates = [cost.estimate(r, gpu_tflops) for r in runs]
     widths = [
