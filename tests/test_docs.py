@@ -1,11 +1,15 @@
 """The docs the code cites exist: every Algorithms-page anchor (`docs/algorithms.md#<name>`) named in the package,
-the tests, the recipes, the README and CONTRIBUTING is an anchor of that page.
+the tests, the recipes, the README and CONTRIBUTING is an anchor of that page. The API page of `keras_rpat.models`
+documents every builder.
 
 (`make docs` builds the site with `--strict`, which checks the links inside the site.)
 """
 
+import inspect
 import pathlib
 import re
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CITATION = re.compile(r"docs/algorithms\.md#([A-Za-z0-9_-]+)((?:,\s*#[A-Za-z0-9_-]+)*)")
@@ -48,3 +52,28 @@ def test_nothing_cites_the_notes_outside_the_repository():
         if "REFERENCE" in (ROOT / name).read_text():
             hits.append(name)
     assert not hits, f"'REFERENCE' cited in {hits}; cite docs/algorithms.md#<anchor> instead"
+
+
+def test_the_models_api_page_documents_every_name_of_models_all():
+    """What mkdocs.yml's API pages read (the source, with tools/griffe_builders.py): every name of
+    `keras_rpat.models.__all__` is a function with its runtime parameters and its whole runtime docstring (the
+    builders' are written at import, some builders are made by factories, and no submodule hides a name); a
+    builder's Args name each of its parameters."""
+    griffe = pytest.importorskip("griffe")
+    from keras_rpat import models
+
+    loader = griffe.GriffeLoader(
+        search_paths=[str(ROOT)],
+        extensions=griffe.load_extensions(f"{ROOT / 'tools' / 'griffe_builders.py'}:RuntimeBuilders"),
+        docstring_parser="google",
+        docstring_options={"warn_missing_types": False},
+    )
+    page = loader.load("keras_rpat")["models"]
+    for name in models.__all__:
+        runtime, documented = getattr(models, name), page[name]
+        assert documented.is_function, f"keras_rpat.models.{name} is documented as: {documented.kind.value}"
+        assert [parameter.name for parameter in documented.parameters] == list(inspect.signature(runtime).parameters)
+        assert documented.docstring is not None and documented.docstring.value == inspect.cleandoc(runtime.__doc__)
+        if name in models.list_models():
+            (args,) = [section for section in documented.docstring.parse() if section.kind.value == "parameters"]
+            assert sorted(arg.name for arg in args.value) == sorted(inspect.signature(runtime).parameters), name

@@ -35,13 +35,15 @@ PyTorch `state_dict` (`from_torch`, `torch_state_dict`), the unused
 MART) included.
 
 One module a job: `builder` (the shared arguments and layers), `resnet`,
-`wide_resnet`, `small_cnn`, `dm_resnet` (the architectures by family), `registry`
-(`get` by name), `features` (`feature_model`) and `torch_checkpoints`
+`wrn`, `dm_resnet`, `cnn` (the architectures by family; no module is named
+after a builder, as `wide_resnet` and `small_cnn` are functions of this package),
+`registry` (`get` by name), `features` (`feature_model`) and `torch_checkpoints`
 (PyTorch `state_dict`s in and out).
 """
 
 from keras_rpat._names import canonical_model_name as canonical_name
 from keras_rpat._names import list_models
+from keras_rpat.models.cnn import small_cnn
 from keras_rpat.models.dm_resnet import dm_preact_resnet18
 from keras_rpat.models.dm_resnet import dm_wide_resnet
 from keras_rpat.models.dm_resnet import dm_wide_resnet28_10
@@ -54,13 +56,12 @@ from keras_rpat.models.resnet import preact_resnet18
 from keras_rpat.models.resnet import preact_resnet18_robustbench
 from keras_rpat.models.resnet import resnet18
 from keras_rpat.models.resnet import resnet18_bottleneck
-from keras_rpat.models.small_cnn import small_cnn
 from keras_rpat.models.torch_checkpoints import from_torch
 from keras_rpat.models.torch_checkpoints import load_torch_weights
 from keras_rpat.models.torch_checkpoints import torch_state_dict
-from keras_rpat.models.wide_resnet import wide_resnet
-from keras_rpat.models.wide_resnet import wide_resnet28_10
-from keras_rpat.models.wide_resnet import wide_resnet34_10
+from keras_rpat.models.wrn import wide_resnet
+from keras_rpat.models.wrn import wide_resnet28_10
+from keras_rpat.models.wrn import wide_resnet34_10
 
 __all__ = [
     "get",

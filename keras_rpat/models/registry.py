@@ -2,13 +2,13 @@
 
 from keras_rpat._names import MODEL_NAMES
 from keras_rpat._names import canonical_model_name as canonical_name
+from keras_rpat.models import cnn
 from keras_rpat.models import dm_resnet
 from keras_rpat.models import resnet
-from keras_rpat.models import small_cnn
-from keras_rpat.models import wide_resnet
+from keras_rpat.models import wrn
 
 # Each name of `_names.MODEL_NAMES` is the builder function of that name in one of the family modules.
-_FAMILIES = (resnet, wide_resnet, small_cnn, dm_resnet)
+_FAMILIES = (resnet, wrn, cnn, dm_resnet)
 _BUILDERS = {name: getattr(next(m for m in _FAMILIES if hasattr(m, name)), name) for name in MODEL_NAMES}
 
 
