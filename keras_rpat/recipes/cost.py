@@ -26,7 +26,7 @@ near this bound). Optimizer updates, weight averaging, BatchNorm and activations
 convolutions are above 99% of a forward's FLOPs).
 
 `FORWARD_FLOPS` is each network's forward, counted from its Keras model by `forward_flops`
-(tests/test_recipes.py recomputes the table): 2 FLOPs per multiply-add of every convolution and dense
+(tests/test_recipe_beyond.py recomputes the table): 2 FLOPs per multiply-add of every convolution and dense
 layer, for a 32x32x3 image and 10 classes. Tiny-ImageNet's 64x64 images go through a stride-2 stem to
 the same 32x32 maps, so they cost the same; 100 or 200 classes add under 0.1%.
 
@@ -73,7 +73,7 @@ AUTOATTACK_PASSES = 2 * 100 + 9 * 2 * 100 + 9 * 3 * 100 + 5_000
 
 # Views whose forward is an inference forward of the teacher (no gradient).
 _TEACHER_VIEWS = ("teacher_clean", "teacher_adv", "teacher_interp")
-# The views each loss of `keras_rpat.losses` needs (its `required_views`; tests/test_recipes.py checks them).
+# The views each loss of `keras_rpat.losses` needs (its `required_views`; tests/test_recipe_beyond.py checks them).
 LOSS_VIEWS = {
     "CrossEntropy": ("clean",),
     "AdversarialCrossEntropy": ("adv",),
