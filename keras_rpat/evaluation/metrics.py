@@ -51,10 +51,10 @@ from keras_rpat._names import EVAL_BATCH_SIZE
 from keras_rpat._names import PGD_EVAL_STEPS
 from keras_rpat._names import parse_attacks
 from keras_rpat._names import pgd_evaluation
+from keras_rpat._names import pgd_label
 from keras_rpat._progress import Progress
 from keras_rpat.evaluation.provenance import JSONResult
 from keras_rpat.evaluation.provenance import provenance
-from keras_rpat._names import pgd_label
 
 
 def check_logits(logits, atol=1e-5):

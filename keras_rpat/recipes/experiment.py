@@ -40,7 +40,6 @@ from keras_rpat._progress import format_duration
 from keras_rpat import callbacks as callbacks_lib
 from keras_rpat import datasets
 from keras_rpat import evaluation
-from keras_rpat._names import pgd_label
 from keras_rpat import method_presets
 from keras_rpat import presets
 from keras_rpat.recipes import plots
@@ -634,7 +633,7 @@ def _summary_line(spec, s, elapsed):
         for name in spec.eval_attacks:  # cw20, pgd20x5...: `CW-20 12.50` (CW-2 in a smoke run)
             if variant_metric(f"{name}_{ckpt}") is not None and s.get(f"{name}_{ckpt}") is not None:
                 loss, steps, restarts = _names.pgd_evaluation(name)
-                label = pgd_label(loss, SMOKE["eval_steps"] if spec.smoke else steps, restarts)
+                label = _names.pgd_label(loss, SMOKE["eval_steps"] if spec.smoke else steps, restarts)
                 items.append(f"{label} {_fmt(s[f'{name}_{ckpt}'])}")
         if s.get(f"aa_{ckpt}") is not None:
             items.append(f"{aa} {_fmt(s.get(f'aa_{ckpt}'))}")
