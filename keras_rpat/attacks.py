@@ -31,7 +31,6 @@ from keras_rpat._checks import allow_large_l2_budgets  # noqa: F401  (the limit 
 from keras_rpat._checks import canonical_norm as _canonical_norm
 from keras_rpat._checks import check_budget as _budget
 from keras_rpat._checks import parse_epsilon  # noqa: F401
-from keras_rpat._data_checks import validate_images
 
 STYLES = ("advertorch", "trades", "sotas")
 ATTACK_LOSSES = ("ce", "kl", "cw")
@@ -104,7 +103,7 @@ def _check_call(model, x, y):
     """
     if isinstance(x, np.ndarray):
         fmt = _data_checks.infer_data_format(model) if isinstance(model, keras.Model) else None
-        validate_images(x, data_format=fmt or _data_checks.shape_data_format(x.shape) or "channels_last")
+        _data_checks.validate_images(x, data_format=fmt or _data_checks.shape_data_format(x.shape) or "channels_last")
     elif hasattr(x, "dtype"):
         _data_checks.check_float_dtype(x)
     y_shape = tuple(y.shape) if hasattr(y, "shape") else np.shape(y)

@@ -7,8 +7,6 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _data_checks
-from keras_rpat._data_checks import validate_images
-from keras_rpat._data_checks import validate_labels
 
 
 def default_data_dir():
@@ -23,7 +21,7 @@ def default_data_dir():
 
 def _as_storage_images(x, name):
     """Returns images as uint8 when lossless, else float32 in [0, 1]."""
-    x = validate_images(x, name=name, allow_uint8=True)
+    x = _data_checks.validate_images(x, name=name, allow_uint8=True)
     if x.dtype == np.uint8:
         return x
     q = np.rint(x * np.float32(255.0))
@@ -78,8 +76,8 @@ class Dataset:
         self.num_classes = _checks.check_num_classes(self.num_classes)
         self.x_train = _as_storage_images(self.x_train, "x_train")
         self.x_test = _as_storage_images(self.x_test, "x_test")
-        self.y_train = validate_labels(self.y_train, self.num_classes, "y_train")
-        self.y_test = validate_labels(self.y_test, self.num_classes, "y_test")
+        self.y_train = _data_checks.validate_labels(self.y_train, self.num_classes, "y_train")
+        self.y_test = _data_checks.validate_labels(self.y_test, self.num_classes, "y_test")
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if len(x) != len(y):

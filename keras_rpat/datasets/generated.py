@@ -20,8 +20,6 @@ import numpy as np
 from keras_rpat import _checks
 from keras_rpat import _data_checks
 from keras_rpat import _io
-from keras_rpat._data_checks import validate_images
-from keras_rpat._data_checks import validate_labels
 
 GENERATED_KEYS = ("image", "label")
 _RESAVE = "np.savez(path, image=images, label=labels)"
@@ -142,8 +140,10 @@ class GeneratedData:
                 "np.rint(image * 255).astype('uint8') and save again."
             )
         try:
-            self.images = validate_images(images, name="image", allow_uint8=True)  # shape and channels; no read
-            self.labels = validate_labels(labels, self.num_classes, name="label")
+            self.images = _data_checks.validate_images(
+                images, name="image", allow_uint8=True
+            )  # shape and channels; no read
+            self.labels = _data_checks.validate_labels(labels, self.num_classes, name="label")
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
         if len(self.images) != len(self.labels):

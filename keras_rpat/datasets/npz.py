@@ -6,7 +6,6 @@ import zipfile
 import numpy as np
 
 from keras_rpat import _data_checks
-from keras_rpat._data_checks import validate_images
 from keras_rpat.datasets.dataset import Dataset
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -54,7 +53,7 @@ def load_npz(path, data_dir=None, num_classes=None):
         arrays = {k: f[k] for k in NPZ_KEYS}
     for k in ("x_train", "x_test"):
         try:
-            validate_images(arrays[k], name=k, allow_uint8=True)
+            _data_checks.validate_images(arrays[k], name=k, allow_uint8=True)
         except ValueError as e:
             raise ValueError(f"In {path}: {e}") from None
     if num_classes is None:

@@ -16,8 +16,6 @@ import numpy as np
 
 from keras_rpat import _checks
 from keras_rpat import _data_checks
-from keras_rpat._data_checks import validate_images
-from keras_rpat._data_checks import validate_labels
 from keras_rpat.datasets import generated as generated_lib
 from keras_rpat.datasets.dataset import Dataset
 from keras_rpat.datasets.loading import load
@@ -78,12 +76,12 @@ def _cutmix(xb, yb, rng, num_classes):
 
 
 def _check_xy(x, y, num_classes):
-    x = validate_images(x, name="x", allow_uint8=True)
+    x = _data_checks.validate_images(x, name="x", allow_uint8=True)
     if num_classes is None:
         y = _data_checks.label_indices(y, None, "y")
     else:
         _checks.check_positive_int(num_classes, "num_classes")
-        y = validate_labels(y, int(num_classes), "y")
+        y = _data_checks.validate_labels(y, int(num_classes), "y")
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}")
     return x, y
@@ -394,7 +392,7 @@ class EvalSequence(keras.utils.PyDataset):
         _checks.check_positive_int(batch_size, "batch_size")
         _data_checks.channel_axis(data_format)
         if y is None:
-            self.x = validate_images(x, name="x", allow_uint8=True)
+            self.x = _data_checks.validate_images(x, name="x", allow_uint8=True)
             self.y = None
         else:
             self.x, self.y = _check_xy(x, y, None)
